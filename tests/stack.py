@@ -1,0 +1,134 @@
+"""The real app as separate processes: a Celery worker and the ASGI server.
+
+Both use the test database (a file, see settings) and a real embedded Redis,
+exactly as `make run` wires them. Their logs go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from inference import presence
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@dataclass
+class Stack:
+    base_url: str
+    redis_url: str
+    worker: subprocess.Popen[bytes]
+    web: subprocess.Popen[bytes]
+
+    def pause_worker(self) -> None:
+        self.worker.send_signal(signal.SIGSTOP)
+
+    def resume_worker(self) -> None:
+        self.worker.send_signal(signal.SIGCONT)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait(what: str, ready, timeout_s: float, processes: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what}: a process exited with {process.returncode}; see {ARTIFACTS}")
+        if ready():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout_s:g} s; see logs in {ARTIFACTS}")
+
+
+def _web_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/login/", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def running_stack(
+    *, name: str, database: str, redis_url: str, secret_key: str, env: dict[str, str]
+) -> Iterator[Stack]:
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = free_port()
+    process_env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "sanjai_site.settings",
+        "DATABASE_URL": f"sqlite:///{database}",
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": secret_key,
+        "DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        **env,
+    }
+    python = sys.executable
+    with (
+        open(ARTIFACTS / f"{name}-worker.log", "wb") as worker_log,
+        open(ARTIFACTS / f"{name}-web.log", "wb") as web_log,
+    ):
+        worker = subprocess.Popen(
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "sanjai_site",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                "1",
+                "--queues",
+                "generation",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"{name}@%h",
+            ],
+            cwd=ROOT,
+            env=process_env,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+        )
+        web = subprocess.Popen(
+            [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "sanjai_site.asgi:application"],
+            cwd=ROOT,
+            env=process_env,
+            stdout=web_log,
+            stderr=subprocess.STDOUT,
+        )
+        stack = Stack(base_url=f"http://127.0.0.1:{port}", redis_url=redis_url, worker=worker, web=web)
+        try:
+            _wait("web server", lambda: _web_ready(stack.base_url), 60, [web])
+            _wait("worker", lambda: bool(presence.live_workers(redis_url)), 300, [worker])
+            yield stack
+        finally:
+            for process in (web, worker):
+                process.send_signal(signal.SIGCONT)
+                process.terminate()
+            for process in (web, worker):
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()

@@ -1,0 +1,148 @@
+"""Services and selectors, with task bodies called directly on the tiny model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from chat import selectors, services
+from chat.models import ApiKey, Conversation, Message
+from inference.params import GenerationParams
+from inference.types import Turn
+from tests.conftest import captured_events
+
+pytestmark = pytest.mark.django_db
+
+GREEDY = GenerationParams(max_new_tokens=12, temperature=0)
+
+
+@pytest.fixture
+def run_job(tiny_backend: Any, django_capture_on_commit_callbacks: Any):
+    """Run the generation job body directly; returns the events it published."""
+
+    def run(reply: Message) -> list[dict[str, Any]]:
+        with (
+            captured_events(reply.conversation_id) as events,
+            django_capture_on_commit_callbacks(execute=True),
+        ):
+            services.reply_generate(reply_id=reply.pk, backend=tiny_backend)
+        return events
+
+    return run
+
+
+def post(user: Any, content: str = "What is the capital of France?", **kwargs: Any) -> services.PostedMessage:
+    return services.message_post(user=user, content=content, params=kwargs.pop("params", GREEDY), **kwargs)
+
+
+def test_posting_stores_the_message_and_a_pending_reply_first(owner: Any) -> None:
+    posted = post(owner)
+    conversation = posted.reply.conversation
+    assert conversation.owner == owner
+    assert conversation.title == "What is the capital of France?"
+    assert [(m.role, m.status) for m in conversation.messages.all()] == [
+        ("user", "done"),
+        ("assistant", "pending"),
+    ]
+    assert posted.reply.params == GREEDY.as_dict()
+    # Without an id, the next message continues the same conversation.
+    assert post(owner, "And of Italy?").reply.conversation_id == conversation.pk
+
+
+def test_another_users_conversation_does_not_exist_for_you(owner: Any, other_user: Any) -> None:
+    conversation = services.conversation_create(user=owner)
+    with pytest.raises(Conversation.DoesNotExist):
+        post(other_user, conversation_id=conversation.pk)
+    with pytest.raises(Conversation.DoesNotExist):
+        selectors.conversation_get(user=other_user, conversation_id=conversation.pk)
+    assert conversation.messages.count() == 0
+
+
+def test_reset_starts_a_new_current_conversation(owner: Any) -> None:
+    first = post(owner).reply.conversation_id
+    fresh = services.conversation_create(user=owner)
+    assert fresh.pk != first
+    assert post(owner, "hello again").reply.conversation_id == fresh.pk
+
+
+def test_generating_a_reply_stores_text_tokens_timing_and_streams_events(
+    owner: Any, tiny_backend: Any, run_job: Any
+) -> None:
+    reply = post(owner, params=GenerationParams(max_new_tokens=30, temperature=0)).reply
+    events = run_job(reply)
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.DONE
+    assert reply.content
+    assert reply.prompt_tokens and reply.prompt_tokens > 10
+    assert reply.completion_tokens == 30 and reply.finish_reason == "length"
+    assert reply.first_token_at is not None and reply.finished_at is not None
+    assert reply.first_token_at <= reply.finished_at
+    kinds = [event["type"] for event in events]
+    assert kinds[0] == "message.started" and kinds[-1] == "message.done"
+    assert set(kinds[1:-1]) == {"message.delta"}
+    streamed = "".join(event["text"] for event in events if event["type"] == "message.delta")
+    assert streamed.strip() == reply.content
+    assert events[-1]["usage"] == {"prompt_tokens": reply.prompt_tokens, "completion_tokens": 30}
+
+
+def test_running_the_same_job_twice_yields_one_reply(owner: Any, tiny_backend: Any, run_job: Any) -> None:
+    reply = post(owner).reply
+    services.reply_generate(reply_id=reply.pk, backend=tiny_backend)
+    reply.refresh_from_db()
+    first = (reply.content, reply.finished_at)
+    events = run_job(reply)
+    reply.refresh_from_db()
+    assert (reply.content, reply.finished_at) == first
+    assert events == []
+    assert reply.conversation.messages.filter(role="assistant").count() == 1
+
+
+def test_a_job_whose_conversation_was_deleted_does_nothing(owner: Any, tiny_backend: Any) -> None:
+    reply = post(owner).reply
+    reply.conversation.delete()
+    services.reply_generate(reply_id=reply.pk, backend=tiny_backend)  # no error
+    assert not Message.objects.filter(pk=reply.pk).exists()
+
+
+def test_a_prompt_too_long_for_the_model_fails_with_a_readable_reason(
+    owner: Any, tiny_backend: Any, run_job: Any
+) -> None:
+    conversation = services.conversation_create(user=owner, system_prompt="be verbose " * 200)
+    reply = post(owner, conversation_id=conversation.pk).reply
+    events = run_job(reply)
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.FAILED
+    assert reply.error_code == "context_overflow"
+    assert "context of 256 tokens" in reply.error
+    assert events[-1]["type"] == "message.failed" and events[-1]["error"] == reply.error
+    # The user's words are still there.
+    assert conversation.messages.get(role="user").content == "What is the capital of France?"
+
+
+def test_history_skips_failed_replies_and_their_questions(owner: Any) -> None:
+    conversation = services.conversation_create(user=owner, system_prompt="Be brief.")
+    first = post(owner, "first question", conversation_id=conversation.pk).reply
+    Message.objects.filter(pk=first.pk).update(status="done", content="first answer")
+    failed = post(owner, "question that failed", conversation_id=conversation.pk).reply
+    services.reply_fail(reply_id=failed.pk, code="internal", error="boom")
+    newest = post(owner, "newest question", conversation_id=conversation.pk).reply
+    assert selectors.reply_turns(reply=newest) == [
+        Turn("system", "Be brief."),
+        Turn("user", "first question"),
+        Turn("assistant", "first answer"),
+        Turn("user", "newest question"),
+    ]
+
+
+def test_api_keys_are_stored_hashed_shown_once_and_revocable(owner: Any, other_user: Any) -> None:
+    api_key, secret = services.api_key_create(user=owner, name="laptop")
+    assert secret.startswith("sanjai-")
+    assert secret not in {api_key.hashed_secret, api_key.prefix} and len(api_key.hashed_secret) == 64
+    assert services.api_key_authenticate(key=secret) == owner
+    assert services.api_key_authenticate(key=secret + "x") is None
+    assert services.api_key_authenticate(key="sanjai-nothing") is None
+    with pytest.raises(ApiKey.DoesNotExist):
+        services.api_key_revoke(user=other_user, key_id=api_key.pk)
+    services.api_key_revoke(user=owner, key_id=api_key.pk)
+    assert services.api_key_authenticate(key=secret) is None

