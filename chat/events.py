@@ -41,12 +41,17 @@ def send_event(conversation_id: int, event: dict[str, Any]) -> None:
 
 
 class DeltaCoalescer:
-    """Buffers streamed text and publishes it at most every DELTA_INTERVAL_S."""
+    """Buffers streamed text and publishes it at most every DELTA_INTERVAL_S.
+
+    Each delta carries `offset`, the length of the reply before it, so that a
+    client that loaded a snapshot of the text can skip what it already has.
+    """
 
     def __init__(self, conversation_id: int, message_id: int) -> None:
         self._conversation_id = conversation_id
         self._message_id = message_id
         self._pending: list[str] = []
+        self._offset = 0
         self._last = 0.0
 
     def __call__(self, text: str) -> None:
@@ -62,8 +67,9 @@ class DeltaCoalescer:
         self._last = time.monotonic()
         send_event(
             self._conversation_id,
-            {"type": "message.delta", "message_id": self._message_id, "text": text},
+            {"type": "message.delta", "message_id": self._message_id, "offset": self._offset, "text": text},
         )
+        self._offset += len(text)
 
 
 class Subscription:

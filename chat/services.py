@@ -128,6 +128,36 @@ def reply_enqueue(*, reply: Message) -> None:
     Message.objects.filter(pk=reply.pk).update(queued_at=timezone.now())
 
 
+class NotCancellable(Exception):
+    pass
+
+
+def reply_cancel(*, user: AbstractBaseUser, message_id: int) -> Message:
+    """Stop a reply. Raises Message.DoesNotExist for anyone else's message.
+
+    A queued reply is cancelled at once (its job will find nothing to claim);
+    a streaming one is stopped by its worker within a decode step or two, and
+    keeps the text generated so far. Cancelling a finished reply changes nothing.
+    """
+    reply = selectors.message_get(user=user, message_id=message_id)
+    if reply.role != Message.Role.ASSISTANT:
+        raise NotCancellable("Only a reply can be cancelled.")
+    with transaction.atomic():
+        queued = Message.objects.filter(pk=reply.pk, status=Message.Status.PENDING).update(
+            status=Message.Status.CANCELLED, finish_reason="cancelled", finished_at=timezone.now()
+        )
+        if queued:
+            reply.refresh_from_db()
+            send_event(reply.conversation_id, reply_event(reply))
+        else:
+            # The worker sees this between decode steps and publishes the end itself.
+            Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
+                status=Message.Status.CANCELLED
+            )
+    reply.refresh_from_db()
+    return reply
+
+
 def reply_fail(*, reply_id: int, code: str, error: str) -> None:
     """Mark an unfinished reply failed with a readable reason."""
     with transaction.atomic():
@@ -161,6 +191,34 @@ class _CancelWatch:
         return self._cancelled
 
 
+class _Progress:
+    """Receives streamed text: publishes deltas and saves the text so far now and then.
+
+    The saved partial text is what a page that reconnects mid-reply shows
+    before the next deltas arrive.
+    """
+
+    SAVE_INTERVAL_S = 1.0
+
+    def __init__(self, reply_id: int, publish: DeltaCoalescer) -> None:
+        self.reply_id = reply_id
+        self.publish = publish
+        self.first_token_at: float | None = None
+        self._parts: list[str] = []
+        self._saved_at = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.time()
+        self._parts.append(text)
+        self.publish(text)
+        if time.monotonic() - self._saved_at >= self.SAVE_INTERVAL_S:
+            self._saved_at = time.monotonic()
+            Message.objects.filter(pk=self.reply_id, status=Message.Status.STREAMING).update(
+                content="".join(self._parts)
+            )
+
+
 def reply_generate(*, reply_id: int, backend: Backend) -> None:
     """Generate and store one reply. Safe to run twice: only the run that claims it works.
 
@@ -178,22 +236,15 @@ def reply_generate(*, reply_id: int, backend: Backend) -> None:
     conversation_id = reply.conversation_id
     send_event(conversation_id, {"type": "message.started", "message_id": reply_id})
 
-    first_token_at: list[float] = []
-    publish = DeltaCoalescer(conversation_id, reply_id)
-
-    def on_text(text: str) -> None:
-        if not first_token_at:
-            first_token_at.append(time.time())
-        publish(text)
-
+    progress = _Progress(reply_id, DeltaCoalescer(conversation_id, reply_id))
     request = GenerationRequest(
         turns=selectors.reply_turns(reply=reply),
-        params=GenerationParams(**reply.params),
+        params=GenerationParams.from_dict(reply.params),
         time_limit_s=settings.GENERATION_TIME_LIMIT_S,
         should_stop=_CancelWatch(reply_id),
     )
     try:
-        completion = backend.generate(request, on_text=on_text)
+        completion = backend.generate(request, on_text=progress)
     except GenerationError as exc:
         reply_fail(reply_id=reply_id, code=exc.code, error=str(exc))
         return
@@ -203,8 +254,8 @@ def reply_generate(*, reply_id: int, backend: Backend) -> None:
             reply_id=reply_id, code="internal", error="The worker hit an internal error while generating."
         )
         raise
-    publish.flush()
-    _reply_finish(reply, completion, first_token_at[0] if first_token_at else None)
+    progress.publish.flush()
+    _reply_finish(reply, completion, progress.first_token_at)
 
 
 FINISHED_EVENTS = {

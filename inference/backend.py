@@ -97,8 +97,11 @@ class TransformersBackend:
         else:
             # Greedy: clear the sampling defaults a model's generation_config may carry.
             options.update(temperature=None, top_p=None, top_k=None)
-        if self.stop_strings:
-            options.update(stop_strings=self.stop_strings, tokenizer=loaded.tokenizer)
+        stop_strings = [*self.stop_strings, *params.stop]
+        if stop_strings:
+            options.update(stop_strings=stop_strings, tokenizer=loaded.tokenizer)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)  # one request at a time: the global generator is ours
         if on_text is not None:
             options["streamer"] = _CallbackStreamer(loaded.tokenizer, on_text)
         with torch.inference_mode():
@@ -107,7 +110,7 @@ class TransformersBackend:
             )
         new_tokens = output[0, input_ids.shape[1] :].tolist()
         text = loaded.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        text, hit_stop_string = _cut_stop_strings(text, self.stop_strings)
+        text, hit_stop_string = _cut_stop_strings(text, stop_strings)
         return Completion(
             text=text.strip(),
             prompt_tokens=len(prompt.input_ids),

@@ -23,19 +23,35 @@ class InvalidParameter(ValueError):
         self.field = field
 
 
+MAX_STOP_STRINGS = 4
+MAX_STOP_LENGTH = 100
+MAX_SEED = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     max_new_tokens: int = 200
     temperature: float = DEFAULT_TEMPERATURE  # 0 means greedy decoding
     top_p: float = DEFAULT_TOP_P
     repetition_penalty: float = DEFAULT_REPETITION_PENALTY
+    stop: tuple[str, ...] = ()  # the reply ends before the first of these
+    seed: int | None = None  # makes sampling repeatable
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready, for storing with a message."""
+        data = asdict(self)
+        data["stop"] = list(self.stop)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationParams:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["stop"] = tuple(known.get("stop") or ())
+        return cls(**known)
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,26 @@ def _whole(field: str, value: Any, high: int) -> int:
     return value
 
 
+def _stop(value: Any) -> tuple[str, ...]:
+    field = "stop"
+    items = [value] if isinstance(value, str) else value
+    allowed = f"a string or a list of at most {MAX_STOP_STRINGS} non-empty strings"
+    if not isinstance(items, list) or len(items) > MAX_STOP_STRINGS:
+        raise InvalidParameter(field, f"must be {allowed}, got {value!r}")
+    for item in items:
+        if not isinstance(item, str) or not item or len(item) > MAX_STOP_LENGTH:
+            raise InvalidParameter(
+                field, f"must be {allowed} of at most {MAX_STOP_LENGTH} characters, got {item!r}"
+            )
+    return tuple(items)
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise InvalidParameter("seed", f"must be a whole number from 0 to {MAX_SEED}, got {value!r}")
+    return value
+
+
 def parse_params(
     raw: Mapping[str, Any],
     *,
@@ -98,4 +134,6 @@ def parse_params(
             given.get("repetition_penalty", base.repetition_penalty),
             REPETITION_PENALTY_RANGE,
         ),
+        stop=_stop(given["stop"]) if "stop" in given else base.stop,
+        seed=_seed(given["seed"]) if "seed" in given else base.seed,
     )

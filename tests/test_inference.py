@@ -155,3 +155,19 @@ def test_a_model_without_chat_template_uses_the_inst_fallback(tmp_path: Path) ->
     completion = backend.generate(GenerationRequest(turns=HELLO, params=greedy(8)))
     assert completion.prompt_tokens > 0
     assert "[INST]" not in completion.text
+
+
+def test_stop_strings_end_the_reply_before_them(tiny_backend: TransformersBackend) -> None:
+    free = tiny_backend.generate(GenerationRequest(turns=HELLO, params=greedy(30)))
+    assert len(free.text) > 6
+    marker = free.text[3:6]
+    params = GenerationParams(max_new_tokens=30, temperature=0, repetition_penalty=1.0, stop=(marker,))
+    stopped = tiny_backend.generate(GenerationRequest(turns=HELLO, params=params))
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free.text[: free.text.index(marker)].strip()
+
+
+def test_a_seed_makes_sampling_repeatable(tiny_backend: TransformersBackend) -> None:
+    params = GenerationParams(max_new_tokens=15, temperature=1.5, seed=1234)
+    runs = [tiny_backend.generate(GenerationRequest(turns=HELLO, params=params)).text for _ in range(2)]
+    assert runs[0] == runs[1]

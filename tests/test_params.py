@@ -58,3 +58,15 @@ def test_edges_of_the_ranges_are_allowed() -> None:
 
 def test_the_cap_comes_from_the_caller() -> None:
     assert parse_params({"max_new_tokens": 900}, max_new_tokens_cap=1000).max_new_tokens == 900
+
+
+def test_stop_and_seed_are_validated_and_round_trip_through_storage() -> None:
+    params = parse(stop="\n\n", seed=7)
+    assert params.stop == ("\n\n",) and params.seed == 7
+    assert GenerationParams.from_dict(params.as_dict()) == params
+    assert parse(stop=["a", "b"]).stop == ("a", "b")
+    for bad in (["a"] * 5, [""], [3], {"a": 1}):
+        with pytest.raises(InvalidParameter, match="stop: must be a string or a list of at most 4"):
+            parse(stop=bad)
+    with pytest.raises(InvalidParameter, match="seed: must be a whole number"):
+        parse(seed=-1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -146,3 +148,72 @@ def test_api_keys_are_stored_hashed_shown_once_and_revocable(owner: Any, other_u
         services.api_key_revoke(user=other_user, key_id=api_key.pk)
     services.api_key_revoke(user=owner, key_id=api_key.pk)
     assert services.api_key_authenticate(key=secret) is None
+
+
+def test_cancelling_a_queued_reply_stops_it_before_it_runs(owner: Any, other_user: Any, run_job: Any) -> None:
+    reply = post(owner).reply
+    with pytest.raises(Message.DoesNotExist):
+        services.reply_cancel(user=other_user, message_id=reply.pk)
+    cancelled = services.reply_cancel(user=owner, message_id=reply.pk)
+    assert cancelled.status == Message.Status.CANCELLED
+    assert run_job(reply) == []  # the job finds nothing to claim
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.CANCELLED and reply.content == ""
+    with pytest.raises(services.NotCancellable):
+        services.reply_cancel(user=owner, message_id=reply.pk - 1)  # the user's own message
+
+
+class PausingBackend:
+    """The real tiny backend, paused after its first streamed text until released."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.model_name = backend.model_name
+        self.streaming = threading.Event()
+        self.release = threading.Event()
+
+    def generate(self, request: Any, on_text: Any = None) -> Any:
+        def hook(text: str) -> None:
+            on_text(text)
+            if not self.streaming.is_set():
+                self.streaming.set()
+                self.release.wait(30)
+
+        return self.backend.generate(request, on_text=hook)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_streaming_reply_keeps_the_partial_text(owner: Any, tiny_backend: Any) -> None:
+    from django.db import connection
+
+    reply = post(owner, params=GenerationParams(max_new_tokens=200, temperature=0)).reply
+    backend = PausingBackend(tiny_backend)
+
+    def work() -> None:
+        try:
+            services.reply_generate(reply_id=reply.pk, backend=backend)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert backend.streaming.wait(30)
+    services.reply_cancel(user=owner, message_id=reply.pk)
+    time.sleep(0.3)  # let the worker's next status check fall due
+    backend.release.set()
+    worker.join(30)
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.CANCELLED
+    assert reply.finish_reason == "cancelled"
+    assert reply.content and 0 < reply.completion_tokens < 200
+
+
+def test_deltas_carry_offsets_that_rebuild_the_text(owner: Any, run_job: Any) -> None:
+    reply = post(owner, params=GenerationParams(max_new_tokens=40, temperature=0)).reply
+    events = run_job(reply)
+    text = ""
+    for event in (e for e in events if e["type"] == "message.delta"):
+        assert event["offset"] == len(text)
+        text += event["text"]
+    reply.refresh_from_db()
+    assert text.strip() == reply.content
