@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from chat.models import ApiKey, Conversation, Message
 from inference.types import Turn
@@ -11,6 +11,12 @@ from inference.types import Turn
 
 def conversation_list(*, user: AbstractBaseUser) -> QuerySet[Conversation]:
     return Conversation.objects.filter(owner=user).order_by("-updated")
+
+
+def conversation_search(*, user: AbstractBaseUser, query: str) -> QuerySet[Conversation]:
+    """The user's conversations whose title or any message contains `query`."""
+    matches = Q(title__icontains=query) | Q(messages__content__icontains=query)
+    return conversation_list(user=user).filter(matches).distinct()
 
 
 def conversation_get(*, user: AbstractBaseUser, conversation_id: int) -> Conversation:

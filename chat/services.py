@@ -64,6 +64,35 @@ def conversation_current(*, user: AbstractBaseUser) -> Conversation:
     return conversation_create(user=user)
 
 
+def conversation_update(
+    *,
+    user: AbstractBaseUser,
+    conversation_id: int,
+    title: str | None = None,
+    system_prompt: str | None = None,
+) -> Conversation:
+    """Rename a conversation or change its system prompt; DoesNotExist for others'."""
+    conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+    fields = []
+    if title is not None:
+        conversation.title = " ".join(title.split())[:200]
+        fields.append("title")
+    if system_prompt is not None:
+        conversation.system_prompt = system_prompt.strip()
+        fields.append("system_prompt")
+    if fields:
+        conversation.save(update_fields=[*fields, "updated"])
+    return conversation
+
+
+def conversation_delete(*, user: AbstractBaseUser, conversation_id: int) -> None:
+    """Delete a conversation and its messages; DoesNotExist for others'.
+
+    A job still queued for it finds nothing to claim and does nothing.
+    """
+    selectors.conversation_get(user=user, conversation_id=conversation_id).delete()
+
+
 @dataclass(frozen=True)
 class PostedMessage:
     user_message: Message

@@ -217,3 +217,20 @@ def test_deltas_carry_offsets_that_rebuild_the_text(owner: Any, run_job: Any) ->
         text += event["text"]
     reply.refresh_from_db()
     assert text.strip() == reply.content
+
+
+def test_rename_delete_and_search_are_per_user(owner: Any, other_user: Any) -> None:
+    mine = services.conversation_create(user=owner, title="Trip plans")
+    post(owner, "Which train goes to Lyon?", conversation_id=mine.pk)
+    theirs = services.conversation_create(user=other_user, title="Lyon secrets")
+    assert list(selectors.conversation_search(user=owner, query="lyon")) == [mine]  # content match
+    assert list(selectors.conversation_search(user=owner, query="trip")) == [mine]  # title match
+    with pytest.raises(Conversation.DoesNotExist):
+        services.conversation_update(user=owner, conversation_id=theirs.pk, title="mine now")
+    with pytest.raises(Conversation.DoesNotExist):
+        services.conversation_delete(user=owner, conversation_id=theirs.pk)
+    renamed = services.conversation_update(user=owner, conversation_id=mine.pk, title="  Lyon   by train ")
+    assert renamed.title == "Lyon by train"
+    services.conversation_delete(user=owner, conversation_id=mine.pk)
+    assert not Message.objects.filter(conversation_id=mine.pk).exists()
+    assert Conversation.objects.filter(pk=theirs.pk).exists()
