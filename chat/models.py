@@ -10,6 +10,9 @@ class Conversation(models.Model):
     )
     title = models.CharField(max_length=200, blank=True)
     system_prompt = models.TextField(blank=True)
+    # Generation parameters chosen for this conversation; unset ones come from
+    # the owner's profile, then from the settings.
+    params = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -66,6 +69,7 @@ class Profile(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="profile")
     display_name = models.CharField(max_length=100, blank=True)
     default_system_prompt = models.TextField(blank=True)
+    default_params = models.JSONField(default=dict, blank=True)  # for new conversations
     # The conversation `POST /chat` continues when a caller names none.
     current_conversation = models.ForeignKey(
         Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

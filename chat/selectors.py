@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
 
 from chat.models import ApiKey, Conversation, Message
+from inference import presence
 from inference.types import Turn
 
 
@@ -30,6 +37,30 @@ def message_get(*, user: AbstractBaseUser, message_id: int) -> Message:
 
 def conversation_messages(*, conversation: Conversation) -> QuerySet[Message]:
     return conversation.messages.order_by("created", "id")
+
+
+def reply_in_progress(*, conversation: Conversation) -> bool:
+    return conversation.messages.filter(
+        role=Message.Role.ASSISTANT, status__in=[Message.Status.PENDING, Message.Status.STREAMING]
+    ).exists()
+
+
+def message_payload(message: Message) -> dict[str, Any]:
+    """A message as the chat page and the websocket see it."""
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "finish_reason": message.finish_reason,
+        "error": message.error,
+        "code": message.error_code,
+        "usage": {
+            "prompt_tokens": message.prompt_tokens or 0,
+            "completion_tokens": message.completion_tokens or 0,
+        },
+        "created": message.created.isoformat(),
+    }
 
 
 def reply_turns(*, reply: Message) -> list[Turn]:
@@ -66,3 +97,62 @@ def _usable_reply(message: Message) -> bool:
 
 def api_key_list(*, user: AbstractBaseUser) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(user=user).order_by("-created", "-id")
+
+
+# --- The OpenAI-compatible and REST APIs -----------------------------------------
+
+
+def reply_unfinished_count(
+    *, user: AbstractBaseUser, since: datetime, conversation: Conversation | None = None
+) -> int:
+    """The user's replies created after `since` that are queued or being generated."""
+    replies = Message.objects.filter(
+        conversation__owner=user,
+        role=Message.Role.ASSISTANT,
+        status__in=[Message.Status.PENDING, Message.Status.STREAMING],
+        created__gte=since,
+    )
+    if conversation is not None:
+        replies = replies.filter(conversation=conversation)
+    return replies.count()
+
+
+# The name the worker gives the packaged model (inference.loading.DEFAULT_MODEL_NAME,
+# repeated here because that module imports torch and the web process must not).
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def model_configured_name(*, model_path: str) -> str:
+    """The name a worker started with MODEL_PATH=`model_path` reports, computed without loading it."""
+    if not model_path:
+        return DEFAULT_MODEL_NAME
+    path = Path(model_path).expanduser()
+    return path.stem if path.suffix == ".gguf" else path.resolve().name
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    since: float  # when the oldest worker serving it started; 0 if none is up
+    workers: int
+
+
+def model_list(*, redis_url: str, model_path: str) -> list[ServedModel]:
+    """The models live workers serve; the configured one if no worker is up.
+
+    Listing the configured model while no worker runs lets clients discover
+    the name before the first worker is up (a completion then answers 503).
+    """
+    try:
+        workers = presence.live_workers(redis_url)
+    except redis.RedisError:
+        workers = []
+    by_name: dict[str, list[float]] = {}
+    for worker in workers:
+        by_name.setdefault(worker.model, []).append(worker.since)
+    if not by_name:
+        return [ServedModel(name=model_configured_name(model_path=model_path), since=0, workers=0)]
+    return [
+        ServedModel(name=name, since=min(starts), workers=len(starts))
+        for name, starts in sorted(by_name.items())
+    ]

@@ -7,6 +7,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,8 +23,8 @@ from chat import selectors
 from chat.events import DeltaCoalescer, send_event
 from chat.models import ApiKey, Conversation, Message, Profile
 from inference import presence
-from inference.params import GenerationParams
-from inference.types import Backend, Completion, GenerationError, GenerationRequest
+from inference.params import GenerationParams, InvalidParameter, parse_params
+from inference.types import Backend, Completion, GenerationError, GenerationRequest, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,132 @@ def reply_cancel(*, user: AbstractBaseUser, message_id: int) -> Message:
                 status=Message.Status.CANCELLED
             )
     reply.refresh_from_db()
+    return reply
+
+
+class ReplyInProgress(Exception):
+    """The conversation is still answering; wait for it or stop it first."""
+
+
+class NothingToRegenerate(Exception):
+    pass
+
+
+# The parameters a person chooses on the chat page and the profile page.
+CHAT_PARAM_FIELDS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty")
+
+
+def _stored_params(stored: dict[str, Any], defaults: GenerationParams) -> GenerationParams:
+    try:
+        return parse_params(
+            {field: stored.get(field) for field in CHAT_PARAM_FIELDS},
+            max_new_tokens_cap=settings.GENERATION_MAX_NEW_TOKENS,
+            defaults=defaults,
+        )
+    except InvalidParameter:
+        return defaults  # stored before a cap was lowered: fall back rather than fail
+
+
+def params_for(*, conversation: Conversation) -> GenerationParams:
+    """Conversation settings over the owner's profile defaults over the site defaults."""
+    profile = profile_get_or_create(user=conversation.owner)
+    return _stored_params(conversation.params, _stored_params(profile.default_params, default_params()))
+
+
+def _validated(raw: dict[str, Any], defaults: GenerationParams) -> dict[str, Any]:
+    params = parse_params(
+        {field: raw.get(field) for field in CHAT_PARAM_FIELDS},
+        max_new_tokens_cap=settings.GENERATION_MAX_NEW_TOKENS,
+        defaults=defaults,
+    )
+    return {field: getattr(params, field) for field in CHAT_PARAM_FIELDS}
+
+
+def conversation_settings_update(
+    *, user: AbstractBaseUser, conversation_id: int, system_prompt: str, params: dict[str, Any]
+) -> Conversation:
+    """Save a conversation's system prompt and generation parameters.
+
+    Raises InvalidParameter naming the field and its range, DoesNotExist for others'.
+    """
+    conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+    profile = profile_get_or_create(user=user)
+    conversation.params = _validated(params, _stored_params(profile.default_params, default_params()))
+    conversation.system_prompt = system_prompt.strip()
+    conversation.save(update_fields=["params", "system_prompt", "updated"])
+    return conversation
+
+
+def profile_defaults_update(*, user: AbstractBaseUser, params: dict[str, Any]) -> Profile:
+    """Save the generation defaults for the user's new conversations (InvalidParameter if bad)."""
+    profile = profile_get_or_create(user=user)
+    profile.default_params = _validated(params, default_params())
+    profile.save(update_fields=["default_params"])
+    return profile
+
+
+def _ensure_idle(conversation: Conversation) -> None:
+    if selectors.reply_in_progress(conversation=conversation):
+        raise ReplyInProgress("A reply is still being written: wait for it or stop it first.")
+
+
+def chat_message_post(*, user: AbstractBaseUser, conversation_id: int, content: str) -> PostedMessage:
+    """The chat page's send: refuses while a reply is running, uses the conversation's settings."""
+    content = content.strip()
+    if not content:
+        raise ValueError("The message is empty.")
+    if len(content) > settings.CHAT_MAX_MESSAGE_CHARS:
+        raise ValueError(f"The message is longer than {settings.CHAT_MAX_MESSAGE_CHARS} characters.")
+    with transaction.atomic():
+        conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+        _ensure_idle(conversation)
+        return message_post(
+            user=user,
+            content=content,
+            params=params_for(conversation=conversation),
+            conversation_id=conversation_id,
+        )
+
+
+@transaction.atomic
+def reply_regenerate(*, user: AbstractBaseUser, conversation_id: int) -> Message:
+    """Replace the last reply with a new pending one for the same question."""
+    conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+    _ensure_idle(conversation)
+    last = conversation.messages.order_by("-id").first()
+    if last is None or last.role != Message.Role.ASSISTANT:
+        raise NothingToRegenerate("There is no reply to regenerate yet.")
+    return _replace_replies_after(conversation, last.pk - 1)
+
+
+@transaction.atomic
+def message_edit_last(*, user: AbstractBaseUser, conversation_id: int, content: str) -> Message:
+    """Change the last user message and ask again; returns the new pending reply."""
+    content = content.strip()
+    if not content:
+        raise ValueError("The message is empty.")
+    conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+    _ensure_idle(conversation)
+    question = conversation.messages.filter(role=Message.Role.USER).order_by("-id").first()
+    if question is None:
+        raise NothingToRegenerate("There is no message to edit yet.")
+    Message.objects.filter(pk=question.pk).update(content=content)
+    send_event(conversation.pk, {"type": "message.edited", "message_id": question.pk, "content": content})
+    return _replace_replies_after(conversation, question.pk)
+
+
+def _replace_replies_after(conversation: Conversation, message_id: int) -> Message:
+    for stale in conversation.messages.filter(id__gt=message_id).values_list("id", flat=True):
+        send_event(conversation.pk, {"type": "message.deleted", "message_id": stale})
+    conversation.messages.filter(id__gt=message_id).delete()
+    reply = Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.PENDING,
+        params=params_for(conversation=conversation).as_dict(),
+    )
+    conversation.save(update_fields=["updated"])
+    send_event(conversation.pk, {"type": "message.created", "message_id": reply.pk, "role": reply.role})
     return reply
 
 
@@ -409,3 +536,94 @@ def user_create(*, username: str, password: str) -> AbstractBaseUser:
     user = get_user_model().objects.create_user(username=username, password=password)
     profile_get_or_create(user=user)
     return user
+
+
+# --- The OpenAI-compatible and REST APIs -----------------------------------------
+
+
+class TooManyReplies(Exception):
+    """The user already has as many replies in the works as the API allows."""
+
+
+class ConversationBusy(Exception):
+    """The conversation is still answering its previous message."""
+
+
+def _unfinished_since() -> datetime:
+    # A reply still unfinished after the longest wait plus the generation limit
+    # belongs to a worker that died; it must not hold a slot for ever.
+    window = settings.CHAT_REPLY_TIMEOUT_S + settings.GENERATION_TIME_LIMIT_S
+    return timezone.now() - timedelta(seconds=window)
+
+
+def reply_limit_check(*, user: AbstractBaseUser) -> None:
+    """Raise TooManyReplies when the user has API_MAX_CONCURRENT_REPLIES replies running.
+
+    Call inside a transaction: the profile row lock makes two requests of one
+    user take turns on PostgreSQL (SQLite's IMMEDIATE transactions already do).
+    """
+    limit = settings.API_MAX_CONCURRENT_REPLIES
+    if not limit:
+        return
+    profile_get_or_create(user=user)
+    Profile.objects.select_for_update().filter(user=user).first()
+    running = selectors.reply_unfinished_count(user=user, since=_unfinished_since())
+    if running >= limit:
+        raise TooManyReplies(
+            f"You have {running} replies being generated; at most {limit} may run at once. "
+            "Wait for one to finish, or cancel one."
+        )
+
+
+@transaction.atomic
+def message_submit(
+    *, user: AbstractBaseUser, conversation_id: int, content: str, params: GenerationParams
+) -> PostedMessage:
+    """The REST API's post: a message to one of the user's conversations, within the limits.
+
+    Raises Conversation.DoesNotExist for others' ids, ConversationBusy while
+    the conversation's previous reply runs, TooManyReplies over the limit.
+    """
+    conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+    if selectors.reply_unfinished_count(user=user, since=_unfinished_since(), conversation=conversation):
+        raise ConversationBusy("This conversation is still answering: wait for the reply or cancel it.")
+    reply_limit_check(user=user)
+    return message_post(user=user, content=content, params=params, conversation_id=conversation_id)
+
+
+@transaction.atomic
+def completion_post(
+    *, user: AbstractBaseUser, system_prompt: str, turns: Sequence[Turn], params: GenerationParams
+) -> PostedMessage:
+    """Store an OpenAI-style request as a new conversation of `user`, with a pending reply.
+
+    `turns` alternate user and assistant and end with the user's question; the
+    earlier ones are stored as finished messages. The conversation does not
+    become the one `POST /chat` continues. Raises TooManyReplies over the limit.
+    """
+    if not turns or turns[-1].role != "user" or any(turn.role == "system" for turn in turns):
+        raise ValueError("turns must be user and assistant turns ending with a user turn")
+    reply_limit_check(user=user)
+    conversation = Conversation.objects.create(
+        owner=user,
+        title=" ".join(turns[0].content.split())[:TITLE_LENGTH],
+        system_prompt=system_prompt.strip(),
+    )
+    *history, question = turns
+    for turn in history:
+        Message.objects.create(
+            conversation=conversation, role=turn.role, content=turn.content, status=Message.Status.DONE
+        )
+    user_message = Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.USER,
+        content=question.content,
+        status=Message.Status.DONE,
+    )
+    reply = Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.PENDING,
+        params=params.as_dict(),
+    )
+    return PostedMessage(user_message=user_message, reply=reply)

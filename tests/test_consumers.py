@@ -1,0 +1,230 @@
+"""The chat websocket, driven with Channels' WebsocketCommunicator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.auth import AuthMiddlewareStack
+from channels.db import database_sync_to_async
+from channels.routing import URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
+
+from chat import services
+from chat.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
+from chat.models import Message
+from chat.routing import websocket_urlpatterns
+from inference.params import GenerationParams
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+APP = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+
+
+def session_cookie(user: Any) -> tuple[bytes, bytes]:
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    return (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session.session_key}".encode())
+
+
+def communicator(conversation_id: int, *headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
+    return WebsocketCommunicator(APP, f"/ws/conversations/{conversation_id}/", headers=list(headers))
+
+
+def run(scenario: Any) -> Any:
+    return async_to_sync(scenario)()
+
+
+@pytest.fixture
+def no_broker(settings: Any, dead_redis_url: str) -> None:
+    settings.REDIS_URL = dead_redis_url
+
+
+def test_anonymous_sockets_are_refused(owner: Any) -> None:
+    conversation = services.conversation_create(user=owner)
+
+    async def scenario() -> Any:
+        ws = communicator(conversation.pk, ORIGIN)
+        return await ws.connect()
+
+    assert run(scenario) == (False, CLOSE_UNAUTHENTICATED)
+
+
+def test_another_users_conversation_is_refused(owner: Any, other_user: Any) -> None:
+    conversation = services.conversation_create(user=owner)
+    cookie = session_cookie(other_user)
+
+    async def scenario() -> Any:
+        return await communicator(conversation.pk, ORIGIN, cookie).connect()
+
+    assert run(scenario) == (False, CLOSE_NOT_FOUND)
+
+
+def test_a_foreign_origin_is_refused(owner: Any) -> None:
+    conversation = services.conversation_create(user=owner)
+    cookie = session_cookie(owner)
+
+    async def scenario() -> Any:
+        return await communicator(conversation.pk, (b"origin", b"https://evil.example"), cookie).connect()
+
+    connected, _ = run(scenario)
+    assert connected is False
+
+
+def test_the_owner_gets_a_snapshot_with_the_text_so_far(owner: Any) -> None:
+    conversation = services.conversation_create(user=owner, system_prompt="Be brief.")
+    posted = services.message_post(
+        user=owner, content="Hi", params=GenerationParams(), conversation_id=conversation.pk
+    )
+    Message.objects.filter(pk=posted.reply.pk).update(status="streaming", content="Hel")
+    cookie = session_cookie(owner)
+
+    async def scenario() -> Any:
+        ws = communicator(conversation.pk, ORIGIN, cookie)
+        assert (await ws.connect())[0]
+        snapshot = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return snapshot
+
+    snapshot = run(scenario)
+    assert snapshot["type"] == "snapshot"
+    assert snapshot["conversation"]["system_prompt"] == "Be brief."
+    assert snapshot["conversation"]["params"]["temperature"] == 0.7
+    assert [(m["role"], m["status"], m["content"]) for m in snapshot["messages"]] == [
+        ("user", "done", "Hi"),
+        ("assistant", "streaming", "Hel"),
+    ]
+
+
+def test_sending_stores_first_and_reports_a_down_worker(owner: Any, no_broker: None) -> None:
+    conversation = services.conversation_create(user=owner)
+    cookie = session_cookie(owner)
+
+    async def scenario() -> list[dict[str, Any]]:
+        ws = communicator(conversation.pk, ORIGIN, cookie)
+        await ws.connect()
+        await ws.receive_json_from(timeout=5)  # snapshot
+        await ws.send_json_to({"action": "send", "content": "   "})
+        events = [await ws.receive_json_from(timeout=5)]
+        await ws.send_json_to({"action": "send", "content": "Hello there"})
+        events += [await ws.receive_json_from(timeout=5) for _ in range(3)]
+        await ws.disconnect()
+        return events
+
+    events = run(scenario)
+    assert events[0] == {"type": "error", "action": "send", "error": "The message is empty."}
+    assert [e["type"] for e in events[1:]] == ["message.created", "message.created", "message.failed"]
+    assert "unreachable" in events[3]["error"]
+    user_message = Message.objects.get(conversation=conversation, role="user")
+    assert user_message.content == "Hello there"  # kept although no worker took it
+
+
+def test_events_of_a_generated_reply_reach_the_page_in_order(owner: Any, tiny_backend: Any) -> None:
+    conversation = services.conversation_create(user=owner)
+    reply = services.message_post(
+        user=owner,
+        content="Hi",
+        params=GenerationParams(max_new_tokens=40, temperature=0),
+        conversation_id=conversation.pk,
+    ).reply
+    cookie = session_cookie(owner)
+
+    async def scenario() -> list[dict[str, Any]]:
+        ws = communicator(conversation.pk, ORIGIN, cookie)
+        await ws.connect()
+        await ws.receive_json_from(timeout=5)
+        # The job body, as the worker runs it.
+        await database_sync_to_async(services.reply_generate)(reply_id=reply.pk, backend=tiny_backend)
+        events = []
+        while not events or events[-1]["type"] != "message.done":
+            events.append(await ws.receive_json_from(timeout=5))
+        await ws.disconnect()
+        return events
+
+    events = run(scenario)
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "message.started" and kinds[-1] == "message.done"
+    assert set(kinds[1:-1]) == {"message.delta"} and len(kinds) > 3
+    reply.refresh_from_db()
+    assert "".join(e["text"] for e in events[1:-1]).strip() == reply.content == events[-1]["content"]
+
+
+def test_cancel_from_the_page_stops_a_queued_reply(owner: Any, other_user: Any) -> None:
+    conversation = services.conversation_create(user=owner)
+    reply = services.message_post(
+        user=owner, content="Hi", params=GenerationParams(), conversation_id=conversation.pk
+    ).reply
+    theirs = services.conversation_create(user=other_user)
+    their_reply = services.message_post(
+        user=other_user, content="Mine", params=GenerationParams(), conversation_id=theirs.pk
+    ).reply
+    cookie = session_cookie(owner)
+
+    async def scenario() -> list[dict[str, Any]]:
+        ws = communicator(conversation.pk, ORIGIN, cookie)
+        await ws.connect()
+        await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"action": "cancel", "message_id": their_reply.pk})
+        refused = await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"action": "cancel", "message_id": reply.pk})
+        cancelled = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return [refused, cancelled]
+
+    refused, cancelled = run(scenario)
+    assert refused["type"] == "error"
+    assert cancelled["type"] == "message.cancelled" and cancelled["message_id"] == reply.pk
+    their_reply.refresh_from_db()
+    assert their_reply.status == Message.Status.PENDING  # untouched
+
+
+def test_regenerate_and_edit_replace_the_last_reply(owner: Any, no_broker: None) -> None:
+    conversation = services.conversation_create(user=owner)
+    posted = services.message_post(
+        user=owner, content="First try", params=GenerationParams(), conversation_id=conversation.pk
+    )
+    Message.objects.filter(pk=posted.reply.pk).update(status="done", content="Old answer")
+    cookie = session_cookie(owner)
+
+    async def scenario() -> list[dict[str, Any]]:
+        ws = communicator(conversation.pk, ORIGIN, cookie)
+        await ws.connect()
+        await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"action": "regenerate"})
+        events = [await ws.receive_json_from(timeout=5) for _ in range(3)]
+        await ws.send_json_to({"action": "edit", "content": "Second try"})
+        events += [await ws.receive_json_from(timeout=5) for _ in range(4)]
+        await ws.disconnect()
+        return events
+
+    events = run(scenario)
+    assert [e["type"] for e in events] == [
+        "message.deleted",
+        "message.created",
+        "message.failed",  # regenerate (no worker here)
+        "message.edited",
+        "message.deleted",
+        "message.created",
+        "message.failed",  # edit
+    ]
+    assert events[0]["message_id"] == posted.reply.pk
+    messages = list(conversation.messages.all())
+    assert [(m.role, m.content) for m in messages] == [("user", "Second try"), ("assistant", "")]
+
+
+def test_a_second_message_waits_for_the_running_reply(owner: Any) -> None:
+    conversation = services.conversation_create(user=owner)
+    services.message_post(
+        user=owner, content="Hi", params=GenerationParams(), conversation_id=conversation.pk
+    )
+    with pytest.raises(services.ReplyInProgress):
+        services.chat_message_post(user=owner, conversation_id=conversation.pk, content="Again")
