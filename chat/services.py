@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
-from chat import selectors
+from chat import exports, selectors
 from chat.events import DeltaCoalescer, send_event
 from chat.models import ApiKey, Conversation, Message, Profile
 from inference import presence
@@ -94,6 +94,31 @@ def conversation_delete(*, user: AbstractBaseUser, conversation_id: int) -> None
     selectors.conversation_get(user=user, conversation_id=conversation_id).delete()
 
 
+@transaction.atomic
+def conversation_import(*, user: AbstractBaseUser, data: Any) -> Conversation:
+    """Create a conversation from an exported JSON file (InvalidImport if it is not one)."""
+    imported = exports.parse_import(data)
+    conversation = conversation_create(
+        user=user, title=imported.title or "Imported conversation", system_prompt=imported.system_prompt
+    )
+    try:
+        conversation.params = _validated(imported.params, default_params()) if imported.params else {}
+    except InvalidParameter as exc:
+        raise exports.InvalidImport(f"params: {exc}") from None
+    conversation.save(update_fields=["params"])
+    Message.objects.bulk_create(
+        Message(conversation=conversation, role=m.role, content=m.content, status=Message.Status.DONE)
+        for m in imported.messages
+    )
+    return conversation
+
+
+@transaction.atomic
+def account_delete(*, user: AbstractBaseUser) -> None:
+    """Delete the user with every conversation, message, key and profile (cascades)."""
+    user.delete()
+
+
 @dataclass(frozen=True)
 class PostedMessage:
     user_message: Message
@@ -129,10 +154,17 @@ def message_post(
         conversation.title = " ".join(content.split())[:TITLE_LENGTH]
     conversation.save(update_fields=["title", "updated"])
     for message in (user_message, reply):
-        send_event(
-            conversation.pk, {"type": "message.created", "message_id": message.pk, "role": message.role}
-        )
+        send_event(conversation.pk, _created_event(message))
     return PostedMessage(user_message=user_message, reply=reply)
+
+
+def _created_event(message: Message) -> dict[str, Any]:
+    return {
+        "type": "message.created",
+        "message_id": message.pk,
+        "role": message.role,
+        "message": selectors.message_payload(message),
+    }
 
 
 def reply_enqueue(*, reply: Message) -> None:
@@ -211,10 +243,13 @@ def _stored_params(stored: dict[str, Any], defaults: GenerationParams) -> Genera
         return defaults  # stored before a cap was lowered: fall back rather than fail
 
 
+def params_for_new_conversations(*, user: AbstractBaseUser) -> GenerationParams:
+    return _stored_params(profile_get_or_create(user=user).default_params, default_params())
+
+
 def params_for(*, conversation: Conversation) -> GenerationParams:
     """Conversation settings over the owner's profile defaults over the site defaults."""
-    profile = profile_get_or_create(user=conversation.owner)
-    return _stored_params(conversation.params, _stored_params(profile.default_params, default_params()))
+    return _stored_params(conversation.params, params_for_new_conversations(user=conversation.owner))
 
 
 def _validated(raw: dict[str, Any], defaults: GenerationParams) -> dict[str, Any]:
@@ -310,7 +345,7 @@ def _replace_replies_after(conversation: Conversation, message_id: int) -> Messa
         params=params_for(conversation=conversation).as_dict(),
     )
     conversation.save(update_fields=["updated"])
-    send_event(conversation.pk, {"type": "message.created", "message_id": reply.pk, "role": reply.role})
+    send_event(conversation.pk, _created_event(reply))
     return reply
 
 

@@ -9,6 +9,13 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("new/", views.conversation_new, name="conversation_new"),
     path("c/<int:conversation_id>/", views.conversation_detail, name="conversation"),
+    path("c/<int:conversation_id>/rename/", views.conversation_rename, name="conversation_rename"),
+    path("c/<int:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
+    path("c/<int:conversation_id>/settings/", views.conversation_settings, name="conversation_settings"),
+    path("c/<int:conversation_id>/export/", views.conversation_export, name="conversation_export"),
+    path("import/", views.conversation_import, name="conversation_import"),
+    path("profile/export/", views.export_all, name="export_all"),
+    path("profile/delete/", views.account_delete, name="account_delete"),
     path("signup/", views.signup, name="signup"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     # Django's LogoutView accepts POST only, so a link or prefetch cannot log anyone out.

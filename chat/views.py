@@ -2,24 +2,69 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from chat import selectors, services
-from chat.forms import ApiKeyForm, ProfileForm
+from chat import exports, selectors, services
+from chat.forms import ApiKeyForm, DefaultParamsForm, ProfileForm
 from chat.models import ApiKey, Conversation
+from inference.params import (
+    REPETITION_PENALTY_RANGE,
+    TEMPERATURE_RANGE,
+    TOP_P_RANGE,
+    InvalidParameter,
+)
+
+
+def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+    query = request.GET.get("q", "").strip()
+    sidebar = (
+        selectors.conversation_search(user=request.user, query=query)
+        if query
+        else selectors.conversation_list(user=request.user)
+    )
+    context = {
+        "conversation": conversation,
+        "conversations": sidebar,
+        "query": query,
+        "chat_messages": selectors.conversation_messages(conversation=conversation) if conversation else [],
+        "params": services.params_for(conversation=conversation) if conversation else None,
+        "ranges": PARAM_RANGES,
+        "max_new_tokens_cap": settings.GENERATION_MAX_NEW_TOKENS,
+    }
+    return render(request, "chat/chat.html", context)
+
+
+# What the settings panel shows next to each field.
+PARAM_RANGES = {
+    "temperature": TEMPERATURE_RANGE,
+    "top_p": TOP_P_RANGE,
+    "repetition_penalty": REPETITION_PENALTY_RANGE,
+}
+
+
+def _own_conversation(request: HttpRequest, conversation_id: int) -> Conversation:
+    try:
+        return selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+    except Conversation.DoesNotExist:
+        # 404, not 403: whether someone else's conversation exists is not ours to tell.
+        raise Http404("No such conversation.") from None
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    conversations = selectors.conversation_list(user=request.user)
-    return render(request, "chat/home.html", {"conversations": conversations})
+    return _chat_page(request, None)
 
 
 @login_required
@@ -31,16 +76,138 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    return _chat_page(request, _own_conversation(request, conversation_id))
+
+
+@login_required
+@require_POST
+def conversation_rename(request: HttpRequest, conversation_id: int) -> JsonResponse:
+    title = request.POST.get("title", "").strip()
+    if not title:
+        return JsonResponse({"error": "The title cannot be empty."}, status=400)
+    _own_conversation(request, conversation_id)
+    conversation = services.conversation_update(
+        user=request.user, conversation_id=conversation_id, title=title
+    )
+    return JsonResponse({"title": conversation.title})
+
+
+@login_required
+@require_POST
+def conversation_delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    _own_conversation(request, conversation_id)
+    services.conversation_delete(user=request.user, conversation_id=conversation_id)
+    messages.success(request, "Conversation deleted.")
+    return redirect("home")
+
+
+@login_required
+@require_POST
+def conversation_settings(request: HttpRequest, conversation_id: int) -> JsonResponse:
+    _own_conversation(request, conversation_id)
     try:
-        conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
-    except Conversation.DoesNotExist:
-        # 404, not 403: whether someone else's conversation exists is not ours to tell.
-        raise Http404("No such conversation.") from None
-    context = {
-        "conversation": conversation,
-        "chat_messages": selectors.conversation_messages(conversation=conversation),
-    }
-    return render(request, "chat/conversation.html", context)
+        body = json.loads(request.body or b"{}")
+        if not isinstance(body, dict):
+            raise ValueError
+    except ValueError:
+        return JsonResponse({"error": "Send the settings as a JSON object."}, status=400)
+    try:
+        conversation = services.conversation_settings_update(
+            user=request.user,
+            conversation_id=conversation_id,
+            system_prompt=str(body.get("system_prompt", "")),
+            params={field: body.get(field) for field in services.CHAT_PARAM_FIELDS},
+        )
+    except InvalidParameter as exc:
+        return JsonResponse({"error": str(exc), "field": exc.field}, status=400)
+    return JsonResponse({"system_prompt": conversation.system_prompt, "params": conversation.params})
+
+
+@login_required
+def conversation_export(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _own_conversation(request, conversation_id)
+    chat_messages = list(selectors.conversation_messages(conversation=conversation))
+    return _download(
+        request.GET.get("format", "json"),
+        f"sanjai-conversation-{conversation.pk}",
+        lambda: exports.conversation_to_dict(conversation, chat_messages),
+        lambda: exports.conversation_to_markdown(conversation, chat_messages),
+    )
+
+
+@login_required
+def export_all(request: HttpRequest) -> HttpResponse:
+    conversations = list(
+        selectors.conversation_list(user=request.user).prefetch_related("messages").order_by("created")
+    )
+
+    def as_json() -> dict[str, Any]:
+        return {
+            "format": "sanjai.export",
+            "version": exports.VERSION,
+            "user": request.user.get_username(),
+            "conversations": [exports.conversation_to_dict(c, list(c.messages.all())) for c in conversations],
+        }
+
+    def as_markdown() -> str:
+        return "\n\n---\n\n".join(
+            exports.conversation_to_markdown(c, list(c.messages.all())) for c in conversations
+        )
+
+    return _download(request.GET.get("format", "json"), "sanjai-export", as_json, as_markdown)
+
+
+def _download(
+    kind: str, stem: str, as_json: Callable[[], dict[str, Any]], as_markdown: Callable[[], str]
+) -> HttpResponse:
+    if kind == "json":
+        response = HttpResponse(
+            json.dumps(as_json(), indent=2, ensure_ascii=False), content_type="application/json"
+        )
+        extension = "json"
+    elif kind == "md":
+        response = HttpResponse(as_markdown(), content_type="text/markdown; charset=utf-8")
+        extension = "md"
+    else:
+        return HttpResponse("format must be json or md", status=400, content_type="text/plain")
+    response["Content-Disposition"] = f'attachment; filename="{stem}.{extension}"'
+    return response
+
+
+@login_required
+@require_POST
+def conversation_import(request: HttpRequest) -> HttpResponse:
+    upload = request.FILES.get("file")
+    try:
+        if upload is None:
+            raise exports.InvalidImport("Choose an exported .json file to import.")
+        if upload.size > IMPORT_MAX_BYTES:
+            raise exports.InvalidImport(f"The file is larger than {IMPORT_MAX_BYTES // 1_000_000} MB.")
+        try:
+            data = json.loads(upload.read())
+        except ValueError:
+            raise exports.InvalidImport("The file is not valid JSON.") from None
+        conversation = services.conversation_import(user=request.user, data=data)
+    except exports.InvalidImport as exc:
+        messages.error(request, f"Import failed: {exc}")
+        return redirect("home")
+    messages.success(request, "Conversation imported.")
+    return redirect("conversation", conversation_id=conversation.pk)
+
+
+IMPORT_MAX_BYTES = 20_000_000
+
+
+@login_required
+@require_POST
+def account_delete(request: HttpRequest) -> HttpResponse:
+    if not request.user.check_password(request.POST.get("password", "")):
+        messages.error(request, "Your account was not deleted: the password did not match.")
+        return redirect("profile")
+    services.account_delete(user=request.user)
+    logout(request)
+    messages.success(request, "Your account and all its conversations were deleted.")
+    return redirect("login")
 
 
 def signup(request: HttpRequest) -> HttpResponse:
@@ -63,11 +230,13 @@ def signup(request: HttpRequest) -> HttpResponse:
 def profile(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         profile_form = ProfileForm(request.POST)
-        if profile_form.is_valid():
+        params_form = DefaultParamsForm(request.POST)
+        if profile_form.is_valid() and params_form.is_valid():
             services.profile_update(user=request.user, **profile_form.cleaned_data)
+            services.profile_defaults_update(user=request.user, params=params_form.cleaned_data)
             messages.success(request, "Profile saved.")
             return redirect("profile")
-        return _render_profile(request, profile_form=profile_form, status=400)
+        return _render_profile(request, profile_form=profile_form, params_form=params_form, status=400)
     return _render_profile(request)
 
 
@@ -99,6 +268,7 @@ def _render_profile(
     request: HttpRequest,
     *,
     profile_form: ProfileForm | None = None,
+    params_form: DefaultParamsForm | None = None,
     key_form: ApiKeyForm | None = None,
     new_key: str | None = None,
     new_key_record: ApiKey | None = None,
@@ -112,8 +282,14 @@ def _render_profile(
                 "default_system_prompt": current.default_system_prompt,
             }
         )
+    if params_form is None:
+        defaults = services.params_for_new_conversations(user=request.user)
+        params_form = DefaultParamsForm(
+            initial={field: getattr(defaults, field) for field in services.CHAT_PARAM_FIELDS}
+        )
     context = {
         "profile_form": profile_form,
+        "params_form": params_form,
         "key_form": key_form or ApiKeyForm(),
         "api_keys": selectors.api_key_list(user=request.user),
         "new_key": new_key,

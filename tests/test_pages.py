@@ -233,7 +233,6 @@ def test_owner_sees_conversation_messages_escaped(owner_client: Client, owner: U
     assert "What is &lt;script&gt;alert(1)&lt;/script&gt;?" in body
     assert "<script>alert(1)</script>" not in body
     assert "No generation worker is running." in body
-    assert "Failed" in body
 
 
 def test_other_user_gets_404_for_conversation(other_client: Client, owner: User) -> None:
@@ -250,7 +249,8 @@ def test_other_user_gets_404_for_conversation(other_client: Client, owner: User)
 
 def test_profile_update_is_saved_and_used_for_new_conversations(owner_client: Client, owner: User) -> None:
     response = owner_client.post(
-        reverse("profile"), {"display_name": "Alice A.", "default_system_prompt": "Answer in French."}
+        reverse("profile"),
+        {"display_name": "Alice A.", "default_system_prompt": "Answer in French.", **DEFAULTS},
     )
 
     assert response.status_code == 302
@@ -258,11 +258,27 @@ def test_profile_update_is_saved_and_used_for_new_conversations(owner_client: Cl
     assert (profile.display_name, profile.default_system_prompt) == ("Alice A.", "Answer in French.")
     assert "Answer in French." in owner_client.get(reverse("profile")).content.decode()
     owner_client.post(reverse("conversation_new"))
-    assert Conversation.objects.get(owner=owner).system_prompt == "Answer in French."
+    conversation = Conversation.objects.get(owner=owner)
+    assert conversation.system_prompt == "Answer in French."
+    params = services.params_for(conversation=conversation)
+    assert (params.max_new_tokens, params.temperature) == (300, 0.2)
+
+
+def test_profile_defaults_out_of_range_are_refused(owner_client: Client, owner: User) -> None:
+    response = owner_client.post(
+        reverse("profile"), {"display_name": "", "default_system_prompt": "", **DEFAULTS, "top_p": 1.5}
+    )
+    assert response.status_code == 400
+    assert response.context["params_form"].errors["top_p"]
+
+
+DEFAULTS = {"max_new_tokens": 300, "temperature": 0.2, "top_p": 0.8, "repetition_penalty": 1.1}
 
 
 def test_profile_rejects_overlong_display_name(owner_client: Client, owner: User) -> None:
-    response = owner_client.post(reverse("profile"), {"display_name": "x" * 101, "default_system_prompt": ""})
+    response = owner_client.post(
+        reverse("profile"), {"display_name": "x" * 101, "default_system_prompt": "", **DEFAULTS}
+    )
 
     assert response.status_code == 400
     assert response.context["profile_form"].errors["display_name"]

@@ -1,0 +1,147 @@
+"""The chat page's server side: rename, delete, settings, export/import, account deletion."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from chat import services
+from chat.models import Conversation, Message
+from inference.params import GenerationParams
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def browser(owner: Any) -> Client:
+    client = Client()
+    client.force_login(owner)
+    return client
+
+
+@pytest.fixture
+def conversation(owner: Any) -> Conversation:
+    conversation = services.conversation_create(user=owner, title="Capitals", system_prompt="Be brief.")
+    posted = services.message_post(
+        user=owner, content="Capital of *France*?", params=GenerationParams(), conversation_id=conversation.pk
+    )
+    Message.objects.filter(pk=posted.reply.pk).update(status="done", content="**Paris**", completion_tokens=3)
+    return conversation
+
+
+def test_the_page_has_the_sidebar_messages_and_settings_ranges(browser: Client, conversation: Any) -> None:
+    body = browser.get(f"/c/{conversation.pk}/").content.decode()
+    assert 'data-ws-path="/ws/conversations/' in body
+    assert "Capital of *France*?" in body and "**Paris**" in body  # rendered as Markdown by the page
+    assert "(0, 1]" in body and "[0, 2]" in body and "(1\u20131024)" in body  # ranges shown
+    assert 'aria-live="polite"' in body
+
+
+def test_pages_forbid_inline_script_and_remote_content(browser: Client, conversation: Any) -> None:
+    policy = browser.get(f"/c/{conversation.pk}/")["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "img-src 'self' data:" in policy
+
+
+def test_search_finds_titles_and_content(browser: Client, conversation: Any, owner: Any) -> None:
+    services.conversation_create(user=owner, title="Unrelated")
+    body = browser.get("/?q=paris").content.decode()
+    assert "Capitals" in body and "Unrelated" not in body
+
+
+def test_rename_and_delete(browser: Client, conversation: Any, other_user: Any) -> None:
+    response = browser.post(f"/c/{conversation.pk}/rename/", {"title": "  European capitals "})
+    assert response.json() == {"title": "European capitals"}
+    assert browser.post(f"/c/{conversation.pk}/rename/", {"title": " "}).status_code == 400
+    theirs = services.conversation_create(user=other_user, title="Theirs")
+    assert browser.post(f"/c/{theirs.pk}/rename/", {"title": "x"}).status_code == 404
+    assert browser.post(f"/c/{theirs.pk}/delete/").status_code == 404
+    assert browser.post(f"/c/{conversation.pk}/delete/").status_code == 302
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+    assert Conversation.objects.filter(pk=theirs.pk).exists()
+
+
+def test_settings_are_validated_and_used_for_the_next_reply(browser: Client, conversation: Any) -> None:
+    url = f"/c/{conversation.pk}/settings/"
+    good = {
+        "system_prompt": "Answer in French.",
+        "max_new_tokens": 50,
+        "temperature": 0,
+        "top_p": 1,
+        "repetition_penalty": 1.0,
+    }
+    response = browser.post(url, json.dumps(good), content_type="application/json")
+    assert response.status_code == 200
+    bad = browser.post(url, json.dumps({**good, "temperature": 3}), content_type="application/json")
+    assert bad.status_code == 400 and bad.json() == {
+        "error": "temperature: must be in [0, 2], got 3",
+        "field": "temperature",
+    }
+    conversation.refresh_from_db()
+    assert conversation.system_prompt == "Answer in French."
+    posted = services.chat_message_post(
+        user=conversation.owner, conversation_id=conversation.pk, content="Hi"
+    )
+    assert posted.reply.params["max_new_tokens"] == 50 and posted.reply.params["temperature"] == 0
+
+
+def test_export_as_json_and_markdown_and_import_it_back(
+    browser: Client, conversation: Any, owner: Any
+) -> None:
+    exported = browser.get(f"/c/{conversation.pk}/export/?format=json")
+    assert exported["Content-Disposition"].startswith("attachment;")
+    data = json.loads(exported.content)
+    assert data["format"] == "sanjai.conversation" and data["system_prompt"] == "Be brief."
+    assert [(m["role"], m["content"]) for m in data["messages"]] == [
+        ("user", "Capital of *France*?"),
+        ("assistant", "**Paris**"),
+    ]
+    markdown = browser.get(f"/c/{conversation.pk}/export/?format=md").content.decode()
+    assert markdown.startswith("# Capitals") and "## SanjAI" in markdown and "**Paris**" in markdown
+    assert browser.get(f"/c/{conversation.pk}/export/?format=pdf").status_code == 400
+
+    upload = SimpleUploadedFile("c.json", exported.content, content_type="application/json")
+    response = browser.post("/import/", {"file": upload})
+    copy = Conversation.objects.exclude(pk=conversation.pk).get(owner=owner)
+    assert response["Location"] == f"/c/{copy.pk}/"
+    assert [(m.role, m.content) for m in copy.messages.all()] == [
+        ("user", "Capital of *France*?"),
+        ("assistant", "**Paris**"),
+    ]
+
+
+def test_a_bad_import_says_why_and_creates_nothing(browser: Client, owner: Any) -> None:
+    for content, reason in [
+        (b"not json", "not valid JSON"),
+        (b'{"format": "other"}', "Not a SanjAI conversation export"),
+        (
+            json.dumps(
+                {"format": "sanjai.conversation", "version": 1, "messages": [{"role": "root"}]}
+            ).encode(),
+            "messages[0] needs a role",
+        ),
+    ]:
+        response = browser.post("/import/", {"file": SimpleUploadedFile("x.json", content)}, follow=True)
+        assert reason in response.content.decode()
+    assert not Conversation.objects.filter(owner=owner).exists()
+
+
+def test_export_everything_is_only_mine(browser: Client, conversation: Any, other_user: Any) -> None:
+    services.conversation_create(user=other_user, title="Secret plans")
+    data = json.loads(browser.get("/profile/export/?format=json").content)
+    assert [c["title"] for c in data["conversations"]] == ["Capitals"]
+    assert "Secret plans" not in browser.get("/profile/export/?format=md").content.decode()
+
+
+def test_deleting_the_account_needs_the_password_and_removes_everything(
+    browser: Client, conversation: Any, owner: Any, django_user_model: Any
+) -> None:
+    browser.post("/profile/delete/", {"password": "wrong"})
+    assert django_user_model.objects.filter(pk=owner.pk).exists()
+    browser.post("/profile/delete/", {"password": "correct horse battery"})
+    assert not django_user_model.objects.filter(pk=owner.pk).exists()
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+    assert browser.get("/").status_code == 302  # logged out
