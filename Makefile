@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run worker test lint format bench user apikey clean
+.PHONY: install run worker test chromium lint format bench user apikey clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,13 +22,22 @@ run: install  ## web + worker + embedded Redis at http://127.0.0.1:$(PORT or 800
 	$(PY) -m sanjai_site.launcher
 
 worker: install  ## one more generation worker; point REDIS_URL and DATABASE_URL at the shared ones
-	$(PY) -m celery -A sanjai_site worker --pool threads --concurrency 1 --queues generation \
+	$(PY) -m celery -A sanjai_site worker --pool threads --queues generation \
 		--without-gossip --without-mingle --loglevel INFO --hostname generation@%h
 
-# pytest exits 5 when a selection holds no test: that is not a failure.
-test: install
+# pytest exits 5 when a selection holds no test: that is not a failure. The
+# browser tests run in a second pytest process: Playwright's sync API keeps an
+# event loop on the main thread, which the other tests' async code cannot share.
+test: install chromium
 	$(PY) -m ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest --ignore=tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+chromium:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
 lint: install
 	$(PY) -m ruff check .
@@ -37,6 +46,9 @@ lint: install
 format: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+bench: install  ## the engine against raw generate() and the hardware limit (a few minutes); BENCH_ARGS="--skip-stack"
+	$(PY) -m bench.engine_bench $(BENCH_ARGS)
 
 user: install  ## create an admin user
 	$(PY) manage.py migrate --noinput -v 0

