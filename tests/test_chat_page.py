@@ -145,3 +145,11 @@ def test_deleting_the_account_needs_the_password_and_removes_everything(
     assert not django_user_model.objects.filter(pk=owner.pk).exists()
     assert not Conversation.objects.filter(pk=conversation.pk).exists()
     assert browser.get("/").status_code == 302  # logged out
+
+
+def test_the_profile_page_offers_export_import_and_account_deletion(browser: Client) -> None:
+    body = browser.get("/profile/").content.decode()
+    assert "<title>Profile · SanjAI</title>" in body
+    for url in ("/profile/export/?format=json", "/profile/export/?format=md", "/import/", "/profile/delete/"):
+        assert url in body
+    assert body.count("<h2>Your data</h2>") == 1
