@@ -360,6 +360,26 @@ def reply_fail(*, reply_id: int, code: str, error: str) -> None:
             send_event(reply.conversation_id, reply_event(reply))
 
 
+def reply_fail_abandoned(*, older_than: timedelta) -> int:
+    """Fail replies left STREAMING by a worker that died; returns how many.
+
+    A streaming reply older than the generation time limit has no live worker:
+    generation stops at that limit. Without this, such a reply would stay
+    "streaming" forever and the chat page would refuse new messages.
+    """
+    cutoff = timezone.now() - older_than
+    abandoned = list(
+        Message.objects.filter(status=Message.Status.STREAMING, created__lt=cutoff).values_list("pk", flat=True)
+    )
+    for reply_id in abandoned:
+        reply_fail(
+            reply_id=reply_id,
+            code="worker_lost",
+            error="The worker stopped while writing this reply. Use Regenerate to try again.",
+        )
+    return len(abandoned)
+
+
 # --- Generation (worker side) --------------------------------------------------
 
 
@@ -433,6 +453,13 @@ def reply_generate(*, reply_id: int, backend: Backend) -> None:
         params=GenerationParams.from_dict(reply.params),
         time_limit_s=settings.GENERATION_TIME_LIMIT_S,
         should_stop=_CancelWatch(reply_id),
+        # For the batching engine: a per-user cap on running replies, KV cache
+        # reuse across the conversation's turns, and the queue position.
+        owner=f"user:{reply.conversation.owner_id}",
+        cache_key=f"conversation:{conversation_id}",
+        on_queued=lambda position: send_event(
+            conversation_id, {"type": "message.queued", "message_id": reply_id, "position": position}
+        ),
     )
     try:
         completion = backend.generate(request, on_text=progress)

@@ -16,9 +16,16 @@ app.autodiscover_tasks(["inference"])
 def _load_model(sender: Any = None, **kwargs: Any) -> None:
     # Imported here so that the web process, which also loads this app to
     # queue jobs, never pulls in the model stack.
+    from datetime import timedelta
+
+    from django.conf import settings
+
+    from chat.services import reply_fail_abandoned
     from inference.worker import start
 
     start(hostname=getattr(sender, "hostname", None))
+    # A reply some dead worker left half-written would block its conversation.
+    reply_fail_abandoned(older_than=timedelta(seconds=settings.GENERATION_TIME_LIMIT_S + 60))
 
 
 @signals.worker_shutdown.connect

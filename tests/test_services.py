@@ -234,3 +234,23 @@ def test_rename_delete_and_search_are_per_user(owner: Any, other_user: Any) -> N
     services.conversation_delete(user=owner, conversation_id=mine.pk)
     assert not Message.objects.filter(conversation_id=mine.pk).exists()
     assert Conversation.objects.filter(pk=theirs.pk).exists()
+
+
+def test_replies_abandoned_by_a_dead_worker_are_failed(owner: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    stuck = post(owner, "old question").reply
+    Message.objects.filter(pk=stuck.pk).update(status="streaming", created=timezone.now() - timedelta(hours=1))
+    fresh = services.message_post(
+        user=owner, content="new", params=GREEDY, conversation_id=services.conversation_create(user=owner).pk
+    ).reply
+    Message.objects.filter(pk=fresh.pk).update(status="streaming")
+    assert services.reply_fail_abandoned(older_than=timedelta(minutes=5)) == 1
+    stuck.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stuck.status == Message.Status.FAILED and stuck.error_code == "worker_lost"
+    assert fresh.status == Message.Status.STREAMING  # may still be generating
+    # The conversation takes new messages again.
+    services.chat_message_post(user=owner, conversation_id=stuck.conversation_id, content="again")
