@@ -369,7 +369,9 @@ def reply_fail_abandoned(*, older_than: timedelta) -> int:
     """
     cutoff = timezone.now() - older_than
     abandoned = list(
-        Message.objects.filter(status=Message.Status.STREAMING, created__lt=cutoff).values_list("pk", flat=True)
+        Message.objects.filter(status=Message.Status.STREAMING, created__lt=cutoff).values_list(
+            "pk", flat=True
+        )
     )
     for reply_id in abandoned:
         reply_fail(
@@ -503,11 +505,14 @@ def _reply_finish(reply: Message, completion: Completion, first_token_at: float 
     else:
         outcome = {"status": Message.Status.DONE}
     with transaction.atomic():
-        if not Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
-            **fields, **outcome
+        finished = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING)
+        # Not streaming any more: cancelled meanwhile, so keep the partial text
+        # and the status; or deleted with its conversation, so drop it.
+        if not finished.update(**fields, **outcome) and not Message.objects.filter(pk=reply.pk).update(
+            **fields
         ):
-            # Cancelled while generating: keep the partial text and the status.
-            Message.objects.filter(pk=reply.pk).update(**fields)
+            logger.info("reply %s was deleted while generating; dropping it", reply.pk)
+            return
         reply.refresh_from_db()
         Conversation.objects.filter(pk=reply.conversation_id).update(updated=now)
         send_event(reply.conversation_id, reply_event(reply))

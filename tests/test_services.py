@@ -242,7 +242,9 @@ def test_replies_abandoned_by_a_dead_worker_are_failed(owner: Any) -> None:
     from django.utils import timezone
 
     stuck = post(owner, "old question").reply
-    Message.objects.filter(pk=stuck.pk).update(status="streaming", created=timezone.now() - timedelta(hours=1))
+    Message.objects.filter(pk=stuck.pk).update(
+        status="streaming", created=timezone.now() - timedelta(hours=1)
+    )
     fresh = services.message_post(
         user=owner, content="new", params=GREEDY, conversation_id=services.conversation_create(user=owner).pk
     ).reply
@@ -254,3 +256,30 @@ def test_replies_abandoned_by_a_dead_worker_are_failed(owner: Any) -> None:
     assert fresh.status == Message.Status.STREAMING  # may still be generating
     # The conversation takes new messages again.
     services.chat_message_post(user=owner, conversation_id=stuck.conversation_id, content="again")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_the_conversation_mid_reply_stops_the_job_quietly(owner: Any, tiny_backend: Any) -> None:
+    from django.db import connection
+
+    reply = post(owner, params=GenerationParams(max_new_tokens=200, temperature=0)).reply
+    backend = PausingBackend(tiny_backend)
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            services.reply_generate(reply_id=reply.pk, backend=backend)
+        except BaseException as exc:  # the test fails on any error in the job
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert backend.streaming.wait(30)
+    services.conversation_delete(user=owner, conversation_id=reply.conversation_id)
+    time.sleep(0.3)
+    backend.release.set()
+    worker.join(30)
+    assert failures == []
+    assert not Message.objects.filter(pk=reply.pk).exists()
