@@ -2,9 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 
 from chat.api import api as chat_api
+from chat.openai_api import api as openai_api
+from chat.rest_api import api as rest_api
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("v1/", openai_api.urls),  # OpenAI-compatible: /v1/models, /v1/chat/completions
+    path("api/v1/", rest_api.urls),  # REST API; schema at /api/v1/openapi.json, docs at /api/v1/docs
     # Pages first: a ninja API mounted at "" also claims "/".
     path("", include("chat.urls")),
     path("", chat_api.urls),  # POST /chat, POST /reset

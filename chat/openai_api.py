@@ -1,0 +1,585 @@
+"""The OpenAI-compatible API: `GET /v1/models` and `POST /v1/chat/completions`.
+
+Programs written for OpenAI's API (its official SDKs, LangChain, curl
+scripts) work against SanjAI by pointing their base URL at `/v1` and using a
+SanjAI API key. Each completion is stored as a conversation of the key's owner
+and runs through the same Celery worker as the chat page; the web process
+never generates. Streaming answers are server-sent events read from the
+conversation's channel-layer group by an async generator; a client that
+disconnects cancels its reply.
+
+What SanjAI does not do (several choices, tools, log probabilities, JSON
+mode, frequency and presence penalties) is refused with a 400 that names the
+field, never silently ignored. A field sent as null counts as absent, so
+clients that echo back full message objects (`"tool_calls": null`) work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from ninja import Body, NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from chat import selectors, services
+from chat.auth import api_key_auth
+from chat.events import FINISHED_EVENT_TYPES, Subscription, subscribe
+from chat.models import Conversation, Message
+from inference.params import GenerationParams, InvalidParameter, parse_params
+from inference.types import Turn
+
+logger = logging.getLogger(__name__)
+
+api = NinjaAPI(
+    title="SanjAI OpenAI-compatible API",
+    version="1",
+    urls_namespace="openai",
+    auth=api_key_auth,  # programs only: no browser session, so no CSRF to think about
+    docs_url=None,  # OpenAI's own API reference documents this surface
+    openapi_url=None,
+)
+
+# While a streamed reply waits in the queue, an SSE comment every so often
+# keeps proxies from closing a connection that looks idle.
+KEEPALIVE_S = 15.0
+# After a cancel, how long to wait for the worker to stop before deleting an
+# unstored exchange (it stops within a decode step or two).
+STOP_WAIT_S = 5.0
+
+
+# --- Errors --------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An OpenAI-style error: `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+@api.exception_handler(ApiError)
+def _api_error(request: HttpRequest, exc: ApiError) -> JsonResponse:
+    return JsonResponse(exc.body, status=exc.status)
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request: HttpRequest, exc: Exception) -> JsonResponse:
+    error = ApiError(
+        401,
+        "Missing or invalid API key: send 'Authorization: Bearer <api key>' "
+        "(keys are made on the profile page or with `make apikey`).",
+        code="invalid_api_key",
+    )
+    return _api_error(request, error)
+
+
+NOT_A_JSON_OBJECT = "The request body must be a JSON object."
+
+
+@api.exception_handler(ValidationError)
+def _not_an_object(request: HttpRequest, exc: ValidationError) -> JsonResponse:
+    return _api_error(request, _invalid(NOT_A_JSON_OBJECT))
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
+    message = NOT_A_JSON_OBJECT if exc.status_code == 400 else str(exc)
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return _api_error(request, ApiError(exc.status_code, message, kind=kind))
+
+
+# --- Parsing a request ---------------------------------------------------------
+
+TOP_LEVEL_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        "repetition_penalty",  # a SanjAI extension, as in /chat
+        "n",
+        "store",
+        "user",  # an end-user id for the caller's own records; nothing here uses it
+        "logprobs",
+        "response_format",
+    }
+)
+MESSAGE_FIELDS = frozenset({"role", "content", "name"})
+SYSTEM_ROLES = frozenset({"system", "developer"})  # "developer" is OpenAI's newer name for it
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    model: str
+    system_prompt: str
+    turns: tuple[Turn, ...]  # alternating user/assistant, ending with the user's
+    params: GenerationParams
+    stream: bool
+    include_usage: bool
+    store: bool
+
+
+def _absent(value: Any) -> bool:
+    return value is None or value == [] or value == {}
+
+
+def _refuse_unknown(data: Mapping[str, Any], allowed: frozenset[str], where: str = "") -> None:
+    for key, value in data.items():
+        if key not in allowed and not _absent(value):
+            raise _invalid(
+                f"Unrecognized request argument supplied: {where}{key}. SanjAI does not support it.",
+                param=f"{where}{key}",
+                code="unsupported_parameter",
+            )
+
+
+def _boolean(payload: Mapping[str, Any], field: str, default: bool) -> bool:
+    value = payload.get(field)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _invalid(f"{field}: must be true or false, got {value!r}.", param=field)
+    return value
+
+
+def _refuse_unsupported_values(payload: Mapping[str, Any]) -> None:
+    n = payload.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise _invalid(f"n: only n=1 is supported (one choice per request), got {n!r}.", param="n")
+    for field in ("frequency_penalty", "presence_penalty"):
+        value = payload.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _invalid(f"{field}: must be a number, got {value!r}.", param=field)
+        if value != 0:
+            raise _invalid(
+                f"{field}: SanjAI does not support it; send 0 or leave it out, and use "
+                "repetition_penalty (1 to 2) to discourage repetition.",
+                param=field,
+                code="unsupported_parameter",
+            )
+    if _boolean(payload, "logprobs", False):
+        raise _invalid("logprobs: log probabilities are not supported.", param="logprobs")
+    response_format = payload.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise _invalid(
+            'response_format: only {"type": "text"} is supported.',
+            param="response_format",
+            code="unsupported_parameter",
+        )
+    user = payload.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _invalid(f"user: must be a string, got {user!r}.", param="user")
+
+
+def _content(value: Any, param: str) -> str:
+    if isinstance(value, list):  # content parts: text only
+        texts = []
+        for index, part in enumerate(value):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
+                raise _invalid(
+                    f"{param}[{index}]: only text content parts are supported "
+                    '({"type": "text", "text": "..."}).',
+                    param=f"{param}[{index}]",
+                )
+            texts.append(part["text"])
+        value = "".join(texts)
+    if not isinstance(value, str) or not value.strip():
+        raise _invalid(f"{param}: must be a non-empty string.", param=param)
+    if len(value) > settings.CHAT_MAX_MESSAGE_CHARS:
+        raise _invalid(
+            f"{param}: must be at most {settings.CHAT_MAX_MESSAGE_CHARS} characters, got {len(value)}.",
+            param=param,
+        )
+    return value
+
+
+def _messages(value: Any) -> tuple[str, tuple[Turn, ...]]:
+    """The system prompt and the dialogue; consecutive turns of one role are joined."""
+    if not isinstance(value, list) or not value:
+        raise _invalid("messages: must be a non-empty list of {role, content} objects.", param="messages")
+    system: list[str] = []
+    turns: list[Turn] = []
+    for index, message in enumerate(value):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise _invalid(f"{where}: must be an object with role and content.", param=where)
+        _refuse_unknown(message, MESSAGE_FIELDS, where=f"{where}.")
+        role = message.get("role")
+        content = _content(message.get("content"), f"{where}.content")
+        if role in SYSTEM_ROLES:
+            if turns:
+                raise _invalid(
+                    f"{where}: system messages must come before the conversation's first user message.",
+                    param=where,
+                )
+            system.append(content)
+        elif role in ("user", "assistant"):
+            if not turns and role == "assistant":
+                raise _invalid(f"{where}: the first non-system message must be from the user.", param=where)
+            if turns and turns[-1].role == role:
+                turns[-1] = Turn(role, f"{turns[-1].content}\n\n{content}")
+            else:
+                turns.append(Turn(role, content))
+        else:
+            raise _invalid(
+                f"{where}.role: must be system, developer, user or assistant (no tools here), got {role!r}.",
+                param=f"{where}.role",
+            )
+    if not turns or turns[-1].role != "user":
+        raise _invalid("messages: the last message must be from the user.", param="messages")
+    return "\n\n".join(system), tuple(turns)
+
+
+def _max_tokens(payload: Mapping[str, Any]) -> tuple[str, Any]:
+    """The field that sets the reply length, and its value; the two names are synonyms."""
+    new, old = payload.get("max_completion_tokens"), payload.get("max_tokens")
+    if new is not None and old is not None and new != old:
+        raise _invalid(
+            "max_tokens and max_completion_tokens disagree; send one of them.", param="max_completion_tokens"
+        )
+    return ("max_completion_tokens", new) if new is not None else ("max_tokens", old)
+
+
+def parse_completion(payload: Mapping[str, Any]) -> CompletionRequest:
+    """Validate a chat.completions request; ApiError(400) names the first bad field."""
+    _refuse_unknown(payload, TOP_LEVEL_FIELDS)
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise _invalid("model: must name the served model (see GET /v1/models).", param="model")
+    system_prompt, turns = _messages(payload.get("messages"))
+    _refuse_unsupported_values(payload)
+    stream = _boolean(payload, "stream", False)
+    options = payload.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not stream:
+            raise _invalid("stream_options: only allowed when stream is true.", param="stream_options")
+        if not isinstance(options, dict):
+            raise _invalid("stream_options: must be an object.", param="stream_options")
+        _refuse_unknown(options, frozenset({"include_usage"}), where="stream_options.")
+        include_usage = _boolean(options, "include_usage", False)
+    length_field, length = _max_tokens(payload)
+    try:
+        params = parse_params(
+            {
+                "max_new_tokens": length,
+                "temperature": payload.get("temperature"),
+                "top_p": payload.get("top_p"),
+                "repetition_penalty": payload.get("repetition_penalty"),
+                "stop": payload.get("stop"),
+                "seed": payload.get("seed"),
+            },
+            max_new_tokens_cap=settings.GENERATION_MAX_NEW_TOKENS,
+            defaults=services.default_params(),
+        )
+    except InvalidParameter as exc:
+        field = length_field if exc.field == "max_new_tokens" else exc.field
+        detail = str(exc).split(": ", 1)[1]
+        raise _invalid(f"{field}: {detail}.", param=field) from None
+    return CompletionRequest(
+        model=model,
+        system_prompt=system_prompt,
+        turns=turns,
+        params=params,
+        stream=stream,
+        include_usage=include_usage,
+        store=_boolean(payload, "store", True),
+    )
+
+
+# --- Models --------------------------------------------------------------------
+
+
+def _served_models() -> list[selectors.ServedModel]:
+    return selectors.model_list(redis_url=settings.REDIS_URL, model_path=settings.MODEL_PATH)
+
+
+def _model_object(model: selectors.ServedModel) -> dict[str, Any]:
+    return {"id": model.name, "object": "model", "created": int(model.since), "owned_by": "sanjai"}
+
+
+@api.get("/models")
+def models(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"object": "list", "data": [_model_object(model) for model in _served_models()]})
+
+
+def _model_not_found(name: str, served: list[selectors.ServedModel]) -> ApiError:
+    names = ", ".join(model.name for model in served)
+    return ApiError(
+        404,
+        f"The model {name!r} does not exist here. This server serves: {names} (see GET /v1/models).",
+        param="model",
+        code="model_not_found",
+    )
+
+
+@api.get("/models/{model_id}")
+def model_detail(request: HttpRequest, model_id: str) -> JsonResponse:
+    served = _served_models()
+    for model in served:
+        if model.name == model_id:
+            return JsonResponse(_model_object(model))
+    raise _model_not_found(model_id, served)
+
+
+# --- Completions ---------------------------------------------------------------
+
+FAILURES = {
+    # a failed reply's error code -> (status, type, OpenAI-style code)
+    "context_overflow": (400, "invalid_request_error", "context_length_exceeded"),
+    "worker_unavailable": (503, "server_error", "worker_unavailable"),
+    "timeout": (504, "server_error", "generation_timeout"),
+}
+
+
+def _failure(reply: Message) -> ApiError:
+    status, kind, code = FAILURES.get(reply.error_code, (500, "server_error", reply.error_code or None))
+    return ApiError(status, reply.error or "Generation failed.", kind=kind, code=code)
+
+
+class Exchange:
+    """One completion request from queueing to clean-up, shared by both answer styles."""
+
+    def __init__(self, *, user: AbstractBaseUser, request: CompletionRequest, reply: Message) -> None:
+        self.user = user
+        self.request = request
+        self.reply_id = reply.pk
+        self.conversation_id = reply.conversation_id
+        self.id = f"chatcmpl-{secrets.token_hex(12)}"
+        self.created = int(time.time())
+        self.finished = False  # the finish event arrived
+
+    async def stored_reply(self) -> Message:
+        try:
+            return await sync_to_async(selectors.message_get)(user=self.user, message_id=self.reply_id)
+        except Message.DoesNotExist:
+            raise ApiError(
+                409,
+                "The conversation was deleted while its reply was being generated.",
+                kind="server_error",
+                code="conversation_deleted",
+            ) from None
+
+    async def close(self, events: Subscription, *, delivered: bool) -> None:
+        """Cancel a reply nobody will receive; delete the exchange if the client asked not to store it."""
+        if not delivered:
+            with suppress(Message.DoesNotExist):
+                await sync_to_async(services.reply_cancel)(user=self.user, message_id=self.reply_id)
+        if self.request.store:
+            return
+        if not self.finished:
+            # Let the worker stop and save before the rows go, so it finds them.
+            await events.wait_for_finish(self.reply_id, STOP_WAIT_S)
+        with suppress(Conversation.DoesNotExist):
+            await sync_to_async(services.conversation_delete)(
+                user=self.user, conversation_id=self.conversation_id
+            )
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-SanjAI-Conversation-Id": str(self.conversation_id),
+            "X-SanjAI-Message-Id": str(self.reply_id),
+        }
+
+    def usage(self, reply: Message) -> dict[str, int]:
+        prompt, completion = reply.prompt_tokens or 0, reply.completion_tokens or 0
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def completion(self, reply: Message) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.request.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply.content, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": reply.finish_reason,
+                }
+            ],
+            "usage": self.usage(reply),
+        }
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.request.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            **extra,
+        }
+        if self.request.include_usage and "usage" not in body:
+            body["usage"] = None  # as OpenAI does: only the last chunk carries it
+        return body
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@api.post("/chat/completions")
+async def chat_completions(request: HttpRequest, payload: dict[str, Any] = Body(...)) -> HttpResponseBase:
+    parsed = parse_completion(payload)
+    served = await sync_to_async(_served_models)()
+    if parsed.model not in {model.name for model in served}:
+        raise _model_not_found(parsed.model, served)
+    user = request.auth
+    try:
+        posted = await sync_to_async(services.completion_post)(
+            user=user, system_prompt=parsed.system_prompt, turns=parsed.turns, params=parsed.params
+        )
+    except services.TooManyReplies as exc:
+        raise ApiError(429, str(exc), kind="rate_limit_error", code="too_many_concurrent_replies") from None
+    exchange = Exchange(user=user, request=parsed, reply=posted.reply)
+
+    # Subscribe before queueing so that no event slips past; the subscription
+    # then belongs to whichever answer style runs.
+    listening = AsyncExitStack()
+    events = await listening.enter_async_context(subscribe(exchange.conversation_id))
+    try:
+        await sync_to_async(services.reply_enqueue)(reply=posted.reply)
+    except (services.WorkerUnavailable, redis.RedisError, OSError) as exc:
+        if not isinstance(exc, services.WorkerUnavailable):
+            logger.warning("channel layer unreachable: %s", exc)
+            exc = services.WorkerUnavailable(f"The message broker at {settings.REDIS_URL} is unreachable.")
+            await sync_to_async(services.reply_fail)(
+                reply_id=exchange.reply_id, code="worker_unavailable", error=str(exc)
+            )
+        async with listening:
+            exchange.finished = True  # failed before any worker saw it
+            await exchange.close(events, delivered=True)
+        raise ApiError(503, str(exc), kind="server_error", code="worker_unavailable") from None
+
+    if parsed.stream:
+        response = StreamingHttpResponse(
+            _stream(exchange, events, listening), content_type="text/event-stream; charset=utf-8"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # nginx: pass chunks through as they come
+    else:
+        async with listening:
+            response = JsonResponse(exchange.completion(await _wait(exchange, events)))
+    for name, value in exchange.headers().items():
+        response[name] = value
+    return response
+
+
+async def _wait(exchange: Exchange, events: Subscription) -> Message:
+    """The finished reply for a non-streaming answer; cancels it if the client goes away."""
+    delivered = False
+    try:
+        event = await events.wait_for_finish(exchange.reply_id, settings.CHAT_REPLY_TIMEOUT_S)
+        exchange.finished = event is not None
+        reply = await exchange.stored_reply()
+        if not reply.is_finished:
+            raise ApiError(
+                504,
+                f"No reply within {settings.CHAT_REPLY_TIMEOUT_S:g} s: the queue is long. "
+                "The request was cancelled; try again later.",
+                kind="server_error",
+                code="timeout",
+            )
+        if reply.status == Message.Status.FAILED:
+            raise _failure(reply)
+        delivered = True
+        return reply
+    finally:
+        # Also on asyncio.CancelledError: the client disconnected.
+        await asyncio.shield(exchange.close(events, delivered=delivered or exchange.finished))
+
+
+async def _stream(exchange: Exchange, events: Subscription, listening: AsyncExitStack) -> AsyncIterator[str]:
+    """Server-sent chat.completion.chunk events, ending with `data: [DONE]`.
+
+    Django cancels this generator when the client disconnects (daphne reports
+    it); the `finally` then cancels the reply so the worker stops.
+    """
+    async with listening:
+        try:
+            yield _sse(exchange.chunk({"role": "assistant", "content": ""}))
+            sent = 0  # characters of the reply sent so far
+            deadline = time.monotonic() + settings.CHAT_REPLY_TIMEOUT_S
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    event = await events.receive(min(KEEPALIVE_S, left))
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if event.get("message_id") != exchange.reply_id:
+                    continue
+                if event["type"] == "message.delta":
+                    # Offsets make a repeated or overlapping delta harmless.
+                    text = event["text"][max(sent - event["offset"], 0) :]
+                    if text:
+                        sent = max(sent, event["offset"]) + len(text)
+                        yield _sse(exchange.chunk({"content": text}))
+                elif event["type"] in FINISHED_EVENT_TYPES:
+                    exchange.finished = True
+                    break
+            if not exchange.finished:
+                raise ApiError(
+                    504,
+                    f"No reply within {settings.CHAT_REPLY_TIMEOUT_S:g} s; the request was cancelled.",
+                    kind="server_error",
+                    code="timeout",
+                )
+            reply = await exchange.stored_reply()  # the stored row is the truth
+            if reply.status == Message.Status.FAILED:
+                raise _failure(reply)
+            if len(reply.content) > sent:  # text the last delta did not carry
+                yield _sse(exchange.chunk({"content": reply.content[sent:]}))
+            yield _sse(exchange.chunk({}, finish_reason=reply.finish_reason))
+            if exchange.request.include_usage:
+                usage_chunk = exchange.chunk({}, usage=exchange.usage(reply))
+                usage_chunk["choices"] = []
+                yield _sse(usage_chunk)
+            yield "data: [DONE]\n\n"
+        except ApiError as exc:
+            # Headers are gone already: report it in the stream, as OpenAI does.
+            yield _sse(exc.body)
+        finally:
+            await exchange.close(events, delivered=exchange.finished)

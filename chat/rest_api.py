@@ -1,0 +1,354 @@
+"""The REST API for the app's own data, under /api/v1/.
+
+Conversations (list, search, create, rename, delete), their messages (list,
+post), and replies (poll, cancel). Posting a message answers 202 at once with
+the ids; the reply arrives over the conversation's websocket, or by polling
+`GET /api/v1/messages/{id}` until its status is done, failed or cancelled.
+
+The OpenAPI schema is served at /api/v1/openapi.json and browsable at
+/api/v1/docs. Programs authenticate with `Authorization: Bearer <api key>`;
+the browser's session works too, with the CSRF token in `X-CSRFToken` for
+writes. Anyone else's ids answer 404, exactly like ids that do not exist.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.http import HttpRequest, JsonResponse
+from ninja import Field, NinjaAPI, Path, Query, Schema, Status
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from chat import selectors, services
+from chat.auth import api_key_auth, session_auth
+from chat.models import Conversation, Message
+from inference.params import MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_STRINGS, InvalidParameter, parse_params
+
+api = NinjaAPI(
+    title="SanjAI REST API",
+    version="1",
+    description=(
+        "Conversations and messages of the signed-in user. Authenticate with "
+        "`Authorization: Bearer <api key>` (keys are made on the profile page), or with the "
+        "browser session plus the `X-CSRFToken` header for writes. A posted message answers "
+        "202 at once; poll `GET /api/v1/messages/{id}` (or listen on the websocket) for the reply."
+    ),
+    urls_namespace="rest_api",
+    auth=[api_key_auth, session_auth],
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+MAX_ID = 2**63 - 1  # the database's largest id; bigger numbers are refused, not overflowed
+MAX_OFFSET = 1_000_000_000
+PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+TITLE_CHARS = 200
+
+ConversationId = Annotated[int, Path(..., ge=1, le=MAX_ID, description="A conversation of yours")]
+MessageId = Annotated[int, Path(..., ge=1, le=MAX_ID, description="A message of yours")]
+
+
+# --- Schemas -------------------------------------------------------------------
+
+
+class ErrorOut(Schema):
+    detail: str
+
+
+class PageQuery(Schema):
+    limit: int = Field(PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="Items per page")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Items to skip")
+
+
+class ConversationQuery(PageQuery):
+    q: str | None = Field(
+        None, max_length=200, description="Only conversations whose title or messages contain this"
+    )
+
+
+class ConversationOut(Schema):
+    id: int
+    title: str
+    system_prompt: str
+    created: datetime
+    updated: datetime
+
+
+class ConversationIn(Schema):
+    title: str = Field("", max_length=TITLE_CHARS)
+    system_prompt: str | None = Field(
+        None,
+        max_length=settings.CHAT_MAX_MESSAGE_CHARS,
+        description="Left out: the default system prompt from your profile",
+    )
+
+
+class ConversationPatch(Schema):
+    title: str | None = Field(None, max_length=TITLE_CHARS)
+    system_prompt: str | None = Field(None, max_length=settings.CHAT_MAX_MESSAGE_CHARS)
+
+
+class Usage(Schema):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class MessageOut(Schema):
+    id: int
+    conversation_id: int
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(description="For a reply being generated: the text saved so far")
+    status: Literal["pending", "streaming", "done", "failed", "cancelled"]
+    finish_reason: str = Field(description="stop, length, cancelled or timeout; empty until finished")
+    error_code: str
+    error: str = Field(description="Why a failed reply failed, readable")
+    usage: Usage | None = Field(description="Token counts of a finished reply")
+    created: datetime
+    finished_at: datetime | None
+
+    @staticmethod
+    def resolve_usage(message: Message) -> dict[str, int] | None:
+        if message.prompt_tokens is None and message.completion_tokens is None:
+            return None
+        return {
+            "prompt_tokens": message.prompt_tokens or 0,
+            "completion_tokens": message.completion_tokens or 0,
+        }
+
+
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+
+
+class MessageIn(Schema):
+    content: str = Field(
+        ..., min_length=1, max_length=settings.CHAT_MAX_MESSAGE_CHARS, pattern=r"\S", description="Not blank"
+    )
+    max_new_tokens: int | None = Field(None, ge=1, le=settings.GENERATION_MAX_NEW_TOKENS)
+    temperature: float | None = Field(None, ge=0, le=2, description="0 is greedy")
+    top_p: float | None = Field(None, gt=0, le=1)
+    repetition_penalty: float | None = Field(None, ge=1, le=2)
+    stop: list[StopString] | None = Field(None, max_length=MAX_STOP_STRINGS)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+
+
+class PostedOut(Schema):
+    conversation_id: int
+    user_message: MessageOut
+    reply: MessageOut = Field(description="Pending: poll GET /api/v1/messages/{reply.id}")
+
+
+class ConversationPage(Schema):
+    count: int
+    limit: int
+    offset: int
+    items: list[ConversationOut]
+
+
+class MessagePage(Schema):
+    count: int
+    limit: int
+    offset: int
+    items: list[MessageOut]
+
+
+# Every operation may answer these; each adds its own.
+ERRORS: dict[int, type[Schema]] = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut}
+WITH_404 = {**ERRORS, 404: ErrorOut}
+
+
+# --- Errors --------------------------------------------------------------------
+
+
+def _error(status: int, detail: str) -> JsonResponse:
+    return JsonResponse({"detail": detail}, status=status)
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request: HttpRequest, exc: Exception) -> JsonResponse:
+    return _error(401, "Authentication required: log in, or send 'Authorization: Bearer <api key>'.")
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
+    detail = str(exc)
+    if exc.status_code == 403 and "CSRF" in detail:
+        detail = "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken header."
+    elif exc.status_code == 400 and detail == "Cannot parse request body":  # ninja's wording
+        detail = "The request body must be a JSON object."
+    return _error(exc.status_code, detail)
+
+
+@api.exception_handler(ValidationError)
+def _invalid(request: HttpRequest, exc: ValidationError) -> JsonResponse:
+    problems = []
+    for error in exc.errors:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "payload"))
+        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", "invalid"))
+    return _error(400, "Invalid request. " + "; ".join(problems))
+
+
+def _not_found(kind: str, id_: int) -> HttpError:
+    return HttpError(404, f"{kind} {id_} not found.")
+
+
+def _page(items: QuerySet[Any], page: PageQuery) -> dict[str, Any]:
+    return {
+        "count": items.count(),
+        "limit": page.limit,
+        "offset": page.offset,
+        "items": list(items[page.offset : page.offset + page.limit]),
+    }
+
+
+# --- Conversations -------------------------------------------------------------
+
+
+@api.get("/conversations", response={200: ConversationPage, **ERRORS}, tags=["conversations"])
+def conversation_list(request: HttpRequest, query: Query[ConversationQuery]) -> dict[str, Any]:
+    """Your conversations, most recently active first."""
+    if query.q:
+        conversations = selectors.conversation_search(user=request.auth, query=query.q)
+    else:
+        conversations = selectors.conversation_list(user=request.auth)
+    return _page(conversations, query)
+
+
+@api.post("/conversations", response={201: ConversationOut, **ERRORS}, tags=["conversations"])
+def conversation_create(request: HttpRequest, payload: ConversationIn) -> Status[Conversation]:
+    """Start a conversation; it becomes the one `POST /chat` continues."""
+    conversation = services.conversation_create(
+        user=request.auth, title=" ".join(payload.title.split()), system_prompt=payload.system_prompt
+    )
+    return Status(201, conversation)
+
+
+@api.get(
+    "/conversations/{conversation_id}", response={200: ConversationOut, **WITH_404}, tags=["conversations"]
+)
+def conversation_detail(request: HttpRequest, conversation_id: ConversationId) -> Conversation:
+    try:
+        return selectors.conversation_get(user=request.auth, conversation_id=conversation_id)
+    except Conversation.DoesNotExist:
+        raise _not_found("Conversation", conversation_id) from None
+
+
+@api.patch(
+    "/conversations/{conversation_id}", response={200: ConversationOut, **WITH_404}, tags=["conversations"]
+)
+def conversation_update(
+    request: HttpRequest, conversation_id: ConversationId, payload: ConversationPatch
+) -> Conversation:
+    """Rename a conversation or change its system prompt (used from its next reply on)."""
+    try:
+        return services.conversation_update(
+            user=request.auth,
+            conversation_id=conversation_id,
+            title=payload.title,
+            system_prompt=payload.system_prompt,
+        )
+    except Conversation.DoesNotExist:
+        raise _not_found("Conversation", conversation_id) from None
+
+
+@api.delete("/conversations/{conversation_id}", response={204: None, **WITH_404}, tags=["conversations"])
+def conversation_delete(request: HttpRequest, conversation_id: ConversationId) -> Status[None]:
+    """Delete a conversation and all its messages."""
+    try:
+        services.conversation_delete(user=request.auth, conversation_id=conversation_id)
+    except Conversation.DoesNotExist:
+        raise _not_found("Conversation", conversation_id) from None
+    return Status(204, None)
+
+
+# --- Messages ------------------------------------------------------------------
+
+
+@api.get(
+    "/conversations/{conversation_id}/messages",
+    response={200: MessagePage, **WITH_404},
+    tags=["messages"],
+)
+def message_list(
+    request: HttpRequest, conversation_id: ConversationId, page: Query[PageQuery]
+) -> dict[str, Any]:
+    """A conversation's messages, oldest first."""
+    try:
+        conversation = selectors.conversation_get(user=request.auth, conversation_id=conversation_id)
+    except Conversation.DoesNotExist:
+        raise _not_found("Conversation", conversation_id) from None
+    return _page(selectors.conversation_messages(conversation=conversation), page)
+
+
+@api.post(
+    "/conversations/{conversation_id}/messages",
+    response={202: PostedOut, **WITH_404, 409: ErrorOut, 429: ErrorOut, 503: ErrorOut},
+    tags=["messages"],
+)
+def message_post(
+    request: HttpRequest, conversation_id: ConversationId, payload: MessageIn
+) -> Status[dict[str, Any]]:
+    """Post a message and queue the reply; answers at once.
+
+    409 while the conversation's previous reply is still running, 429 when you
+    have API_MAX_CONCURRENT_REPLIES replies running, 503 when no worker is up
+    (your message is saved, the reply marked failed).
+    """
+    try:
+        conversation = selectors.conversation_get(user=request.auth, conversation_id=conversation_id)
+        params = parse_params(
+            payload.dict(exclude={"content"}),
+            max_new_tokens_cap=settings.GENERATION_MAX_NEW_TOKENS,
+            # Unset fields: the conversation's settings, then the profile's, then the site's.
+            defaults=services.params_for(conversation=conversation),
+        )
+        posted = services.message_submit(
+            user=request.auth, conversation_id=conversation_id, content=payload.content, params=params
+        )
+    except InvalidParameter as exc:
+        raise HttpError(400, str(exc)) from None
+    except Conversation.DoesNotExist:
+        raise _not_found("Conversation", conversation_id) from None
+    except services.ConversationBusy as exc:
+        raise HttpError(409, str(exc)) from None
+    except services.TooManyReplies as exc:
+        raise HttpError(429, str(exc)) from None
+    try:
+        services.reply_enqueue(reply=posted.reply)
+    except services.WorkerUnavailable as exc:
+        raise HttpError(503, f"{exc} Your message was saved.") from None
+    posted.reply.refresh_from_db()
+    return Status(
+        202,
+        {
+            "conversation_id": conversation_id,
+            "user_message": posted.user_message,
+            "reply": posted.reply,
+        },
+    )
+
+
+@api.get("/messages/{message_id}", response={200: MessageOut, **WITH_404}, tags=["messages"])
+def message_detail(request: HttpRequest, message_id: MessageId) -> Message:
+    """One message; poll a reply here until its status is done, failed or cancelled."""
+    try:
+        return selectors.message_get(user=request.auth, message_id=message_id)
+    except Message.DoesNotExist:
+        raise _not_found("Message", message_id) from None
+
+
+@api.post("/messages/{message_id}/cancel", response={200: MessageOut, **WITH_404}, tags=["messages"])
+def message_cancel(request: HttpRequest, message_id: MessageId) -> Message:
+    """Stop a reply. A queued one stops at once; a running one keeps the text so far.
+
+    Cancelling a finished reply changes nothing; a user message answers 400.
+    """
+    try:
+        return services.reply_cancel(user=request.auth, message_id=message_id)
+    except Message.DoesNotExist:
+        raise _not_found("Message", message_id) from None
+    except services.NotCancellable as exc:
+        raise HttpError(400, str(exc)) from None

