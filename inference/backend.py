@@ -29,6 +29,18 @@ TURN_BOUNDARY_TOKENS = (
 )
 
 
+def stop_token_ids_for(loaded: LoadedModel) -> list[int]:
+    """The model's end-of-sequence ids and whichever turn-boundary tokens its vocabulary has."""
+    tokenizer = loaded.tokenizer
+    stop_ids = set(_as_list(loaded.model.generation_config.eos_token_id))
+    stop_ids.add(tokenizer.eos_token_id)
+    special = set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {}))
+    for token in TURN_BOUNDARY_TOKENS:
+        if token in special:
+            stop_ids.add(tokenizer.convert_tokens_to_ids(token))
+    return sorted(i for i in stop_ids if i is not None)
+
+
 class _CallbackStreamer(TextStreamer):
     """Hands decoded text to a callback instead of printing it."""
 
@@ -59,14 +71,7 @@ class TransformersBackend:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.model_name = loaded.name
-        tokenizer = loaded.tokenizer
-        stop_ids = set(_as_list(loaded.model.generation_config.eos_token_id))
-        stop_ids.add(tokenizer.eos_token_id)
-        special = set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {}))
-        for token in TURN_BOUNDARY_TOKENS:
-            if token in special:
-                stop_ids.add(tokenizer.convert_tokens_to_ids(token))
-        self.stop_token_ids = sorted(i for i in stop_ids if i is not None)
+        self.stop_token_ids = stop_token_ids_for(loaded)
         self.stop_strings = list(FALLBACK_STOP_STRINGS) if loaded.uses_fallback_template else []
 
     def generate(

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 
 from inference.presence import Heartbeat, WorkerInfo
-from inference.types import Backend
+from inference.types import Backend, Completion, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +34,41 @@ def backend() -> Backend:
 
 def load_backend() -> Backend:
     from inference.backend import TransformersBackend
+    from inference.engine import EngineUnsupported, engine_from_settings
     from inference.loading import load_model
 
+    if settings.ENGINE_THREADS:
+        import torch
+
+        torch.set_num_threads(settings.ENGINE_THREADS)
     loaded = load_model(
         settings.MODEL_PATH,
         device=settings.DEVICE,
         cache_dir=settings.MODEL_CACHE_DIR,
         context_tokens=settings.MODEL_CONTEXT_TOKENS,
     )
-    return TransformersBackend(loaded)
+    if settings.ENGINE_ENABLED:
+        try:
+            return engine_from_settings(loaded, settings)
+        except EngineUnsupported as exc:
+            logger.warning("%s; generating one reply at a time instead", exc)
+    return _OneAtATime(TransformersBackend(loaded))
+
+
+class _OneAtATime:
+    """The worker runs several job threads; model.generate() serves them in turn."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._lock = threading.Lock()
+        self.model_name = backend.model_name
+        self.loaded = getattr(backend, "loaded", None)
+
+    def generate(
+        self, request: GenerationRequest, on_text: Callable[[str], None] | None = None
+    ) -> Completion:
+        with self._lock:
+            return self._backend.generate(request, on_text)
 
 
 def start(*, hostname: str | None) -> None:

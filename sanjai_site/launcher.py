@@ -59,8 +59,7 @@ def main() -> int:
                     "worker",
                     "--pool",
                     "threads",
-                    "--concurrency",
-                    env.get("WORKER_CONCURRENCY", "1"),
+                    # Job threads: settings.CELERY_WORKER_CONCURRENCY (WORKER_CONCURRENCY).
                     "--queues",
                     "generation",
                     "--without-gossip",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from sanjai_site.env import envbool, envfloat, envint, envlist, envstr
+from sanjai_site.env import ConfigError, envbool, envfloat, envint, envlist, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(envstr("SANJAI_DATA_DIR", str(BASE_DIR / "var")))
@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "corsheaders",
     "chat",
     "inference",
 ]
@@ -55,11 +56,13 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "corsheaders.middleware.CorsMiddleware",  # before CommonMiddleware, as its docs ask
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "sanjai_site.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "sanjai_site.urls"
@@ -168,6 +171,40 @@ CHAT_MAX_MESSAGE_CHARS = envint("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
 CHAT_REPLY_TIMEOUT_S = envfloat("CHAT_REPLY_TIMEOUT_S", GENERATION_TIME_LIMIT_S + 30)
 # A worker counts as alive while its heartbeat is younger than this.
 WORKER_HEARTBEAT_TTL_S = envint("WORKER_HEARTBEAT_TTL_S", 15, minimum=2)
+
+# --- The generation engine (inference/engine.py) -------------------------------
+# One model copy per worker serves up to ENGINE_MAX_BATCH replies at once;
+# more wait in the engine's queue (their page hears the position). Off: one
+# reply at a time through model.generate().
+ENGINE_ENABLED = envbool("ENGINE_ENABLED", True)
+ENGINE_MAX_BATCH = envint("ENGINE_MAX_BATCH", 8, minimum=1)
+# Replies one owner may have generating at once, so nobody takes every slot (0 = no cap).
+ENGINE_MAX_PER_OWNER = envint("ENGINE_MAX_PER_OWNER", max(1, ENGINE_MAX_BATCH // 2), minimum=0)
+# KV cache kept for recent conversations, so a follow-up turn prefills only what is new.
+ENGINE_PREFIX_CACHE_MB = envint("ENGINE_PREFIX_CACHE_MB", 512, minimum=0)
+# torch intra-op threads (0 = torch's default, one per core).
+ENGINE_THREADS = envint("ENGINE_THREADS", 0, minimum=0)
+# "int8": dynamic int8 quantization of the Linear layers (CPU only); "" or "none": off.
+QUANTIZE = envstr("QUANTIZE", "").strip().lower()
+if QUANTIZE not in {"", "none", "int8"}:
+    raise ConfigError(f"QUANTIZE={QUANTIZE!r}: expected none or int8")
+# Job threads per worker: a batch's worth running plus as many waiting in the
+# engine's queue, where they can be told their position.
+CELERY_WORKER_POOL = "threads"
+CELERY_WORKER_CONCURRENCY = envint("WORKER_CONCURRENCY", 2 * ENGINE_MAX_BATCH, minimum=1)
+
+# --- The OpenAI-compatible API (/v1/) and the REST API (/api/v1/) --------------
+# Replies one user may have queued or generating at once through these APIs
+# (0 = no limit); one more answers 429.
+API_MAX_CONCURRENT_REPLIES = envint("API_MAX_CONCURRENT_REPLIES", 4, minimum=0)
+
+# CORS, for those two prefixes only. Browsers on other origins may call them
+# only from the listed origins ("https://app.example.com,http://localhost:3000");
+# credentials (the session cookie) are allowed for those origins and no others.
+# A page on another origin that uses the session must also be in CSRF_TRUSTED_ORIGINS.
+CORS_ALLOWED_ORIGINS = envlist("CORS_ALLOWED_ORIGINS", [])
+CORS_URLS_REGEX = r"^/(v1|api/v1)/.*$"
+CORS_ALLOW_CREDENTIALS = True
 
 LOGGING = {
     "version": 1,

@@ -95,8 +95,6 @@ def running_stack(
                 "worker",
                 "--pool",
                 "threads",
-                "--concurrency",
-                "1",
                 "--queues",
                 "generation",
                 "--without-gossip",

