@@ -83,7 +83,7 @@ def main() -> int:
         print(
             f"\nSanjAI is starting at http://{host}:{port}/ (the worker loads the model first).\n"
             "  Create a user:      make user           (or sign up in the browser)\n"
-            "  Create an API key:  make apikey USER=<name>\n"
+            "  Create an API key:  make apikey NAME=<username>\n"
             "  Stop:               Ctrl-C\n",
             flush=True,
         )
