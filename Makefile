@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run worker test chromium lint format bench user apikey clean
+.PHONY: install run worker test test-postgres chromium lint format bench user apikey clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,19 @@ test: install chromium
 	$(PY) -m ruff check .
 	$(PY) -m pytest --ignore=tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(PY) -m pytest tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(MAKE) --no-print-directory test-postgres
+
+# The database-heavy part of the suite again on PostgreSQL, in a private
+# cluster on 127.0.0.1 that lives only for this run.
+PG_PORT ?= 54329
+POSTGRES_TESTS := tests/test_services.py tests/test_api.py tests/test_consumers.py tests/test_stack.py \
+	tests/test_chat_page.py tests/test_rest_api.py
+test-postgres: install
+	@dir=$$(mktemp -d /tmp/sanjai-pg-XXXXXX); \
+	trap "scripts/postgres.sh stop $$dir; rm -rf $$dir" EXIT; \
+	scripts/postgres.sh start $$dir $(PG_PORT) && \
+	DATABASE_URL=postgres://postgres@127.0.0.1:$(PG_PORT)/sanjai \
+		$(PY) -m pytest $(POSTGRES_TESTS) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # Debian's Chromium for the browser tests (Playwright drives it; no browser download).
 chromium:

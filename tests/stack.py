@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -73,7 +75,8 @@ def running_stack(
     process_env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "sanjai_site.settings",
-        "DATABASE_URL": f"sqlite:///{database}",
+        # A URL, or the path of an SQLite file.
+        "DATABASE_URL": database if "://" in database else f"sqlite:///{database}",
         "REDIS_URL": redis_url,
         "SECRET_KEY": secret_key,
         "DEVICE": "cpu",
@@ -147,13 +150,24 @@ def stack_on_test_database(*, name: str, env: dict[str, str]) -> Iterator[Stack]
         ValkeyServer() as redis_server,
         running_stack(
             name=name,
-            database=connection.settings_dict["NAME"],
+            database=_database_url(connection.settings_dict),
             redis_url=f"{redis_server.connection_url}/0",
             secret_key=settings.SECRET_KEY,
             env=env,
         ) as stack,
     ):
         yield stack
+
+
+def _database_url(db: dict[str, Any]) -> str:
+    """The URL the stack's processes use to reach the test database."""
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    user = quote(db["USER"] or "")
+    password = f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else ""
+    host = db["HOST"] or "localhost"
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"postgres://{user}{password}@{host}{port}/{db['NAME']}"
 
 
 # How the browser tests and the page benchmark start Debian's Chromium: no

