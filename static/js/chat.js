@@ -432,6 +432,11 @@
     settingsStatus.textContent = response.ok ? "Saved." : answer.error;
   });
 
+  // Replies rendered by the server arrive as plain text: show them as
+  // Markdown at once, before the socket's snapshot replaces them.
+  for (const content of list.querySelectorAll(".bubble.assistant .content")) {
+    content.innerHTML = renderMarkdown(content.textContent);
+  }
   connect();
 
   // ---- Sidebar (also on the empty home page) -----------------------------------------
