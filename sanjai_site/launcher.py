@@ -26,6 +26,21 @@ def start_embedded_redis(data_dir: Path):
     return server
 
 
+def worker_command(hostname: str) -> list[str]:
+    """A generation worker; its job threads come from settings (WORKER_CONCURRENCY)."""
+    return [
+        PYTHON, "-m", "celery", "-A", "sanjai_site", "worker",
+        "--pool", "threads", "--queues", "generation",
+        "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+        "--hostname", hostname,
+    ]  # fmt: skip
+
+
+def web_command(host: str, port: str) -> list[str]:
+    """The ASGI server for pages, APIs and websockets."""
+    return [PYTHON, "-m", "daphne", "-b", host, "-p", port, "sanjai_site.asgi:application"]
+
+
 def run(command: list[str], env: dict[str, str]) -> None:
     subprocess.run(command, cwd=ROOT, env=env, check=True)
 
@@ -48,38 +63,8 @@ def main() -> int:
     try:
         run([PYTHON, "manage.py", "migrate", "--noinput"], env)
         run([PYTHON, "manage.py", "collectstatic", "--noinput", "-v", "0"], env)
-        children.append(
-            subprocess.Popen(
-                [
-                    PYTHON,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "sanjai_site",
-                    "worker",
-                    "--pool",
-                    "threads",
-                    # Job threads: settings.CELERY_WORKER_CONCURRENCY (WORKER_CONCURRENCY).
-                    "--queues",
-                    "generation",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--loglevel",
-                    "INFO",
-                    "--hostname",
-                    "generation@%h",
-                ],
-                cwd=ROOT,
-                env=env,
-            )
-        )
-        children.append(
-            subprocess.Popen(
-                [PYTHON, "-m", "daphne", "-b", host, "-p", port, "sanjai_site.asgi:application"],
-                cwd=ROOT,
-                env=env,
-            )
-        )
+        children.append(subprocess.Popen(worker_command("generation@%h"), cwd=ROOT, env=env))
+        children.append(subprocess.Popen(web_command(host, port), cwd=ROOT, env=env))
         print(
             f"\nSanjAI is starting at http://{host}:{port}/ (the worker loads the model first).\n"
             "  Create a user:      make user           (or sign up in the browser)\n"

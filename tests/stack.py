@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from inference import presence
+from sanjai_site.launcher import web_command, worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -83,37 +83,19 @@ def running_stack(
         "HF_HUB_OFFLINE": "1",
         **env,
     }
-    python = sys.executable
     with (
         open(ARTIFACTS / f"{name}-worker.log", "wb") as worker_log,
         open(ARTIFACTS / f"{name}-web.log", "wb") as web_log,
     ):
         worker = subprocess.Popen(
-            [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "sanjai_site",
-                "worker",
-                "--pool",
-                "threads",
-                "--queues",
-                "generation",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"{name}@%h",
-            ],
+            worker_command(f"{name}@%h"),
             cwd=ROOT,
             env=process_env,
             stdout=worker_log,
             stderr=subprocess.STDOUT,
         )
         web = subprocess.Popen(
-            [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "sanjai_site.asgi:application"],
+            web_command("127.0.0.1", str(port)),
             cwd=ROOT,
             env=process_env,
             stdout=web_log,
