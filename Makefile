@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run worker test test-postgres chromium lint format bench user apikey clean
+.PHONY: install run worker test test-postgres chromium typecheck lint format bench user apikey clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,7 @@ worker: install  ## one more generation worker; point REDIS_URL and DATABASE_URL
 # event loop on the main thread, which the other tests' async code cannot share.
 test: install chromium
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest --ignore=tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(PY) -m pytest tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(MAKE) --no-print-directory test-postgres
@@ -51,6 +52,9 @@ chromium:
 	@command -v chromium >/dev/null || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+typecheck: install  ## mypy with django-stubs over chat/, inference/ and sanjai_site/ (see pyproject.toml)
+	$(PY) -m mypy
 
 lint: install
 	$(PY) -m ruff check .

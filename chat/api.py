@@ -18,7 +18,7 @@ from ninja import Body, NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import selectors, services
-from chat.auth import api_key_auth, session_auth
+from chat.auth import api_key_auth, auth_user, session_auth
 from chat.events import subscribe
 from chat.models import Conversation, Message
 from inference.params import InvalidParameter, parse_params
@@ -96,7 +96,7 @@ def _parse_chat(payload: dict[str, Any]) -> tuple[str, int | None, Any]:
 @api.post("/chat")
 async def chat(request: HttpRequest, payload: dict[str, Any] = Body(...)) -> JsonResponse:
     content, conversation_id, params = _parse_chat(payload)
-    user = request.auth
+    user = auth_user(request)
     try:
         posted = await sync_to_async(services.message_post)(
             user=user, content=content, params=params, conversation_id=conversation_id
@@ -144,5 +144,5 @@ async def chat(request: HttpRequest, payload: dict[str, Any] = Body(...)) -> Jso
 
 @api.post("/reset")
 def reset(request: HttpRequest) -> JsonResponse:
-    conversation = services.conversation_create(user=request.auth)
+    conversation = services.conversation_create(user=auth_user(request))
     return JsonResponse({"success": True, "conversation_id": conversation.pk})

@@ -64,7 +64,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         action = content.get("action") if isinstance(content, dict) else None
-        handler = ACTIONS.get(action)
+        handler = ACTIONS.get(action) if isinstance(action, str) else None
         if handler is None:
             await self.send_json({"type": "error", "error": f"Unknown action {action!r}."})
             return

@@ -29,13 +29,13 @@ from typing import Any
 import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from ninja import Body, NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import selectors, services
-from chat.auth import api_key_auth
+from chat.auth import api_key_auth, auth_user
 from chat.events import FINISHED_EVENT_TYPES, Subscription, subscribe
 from chat.models import Conversation, Message
 from inference.params import GenerationParams, InvalidParameter, parse_params
@@ -381,7 +381,7 @@ def _failure(reply: Message) -> ApiError:
 class Exchange:
     """One completion request from queueing to clean-up, shared by both answer styles."""
 
-    def __init__(self, *, user: AbstractBaseUser, request: CompletionRequest, reply: Message) -> None:
+    def __init__(self, *, user: User, request: CompletionRequest, reply: Message) -> None:
         self.user = user
         self.request = request
         self.reply_id = reply.pk
@@ -467,7 +467,7 @@ async def chat_completions(request: HttpRequest, payload: dict[str, Any] = Body(
     served = await sync_to_async(_served_models)()
     if parsed.model not in {model.name for model in served}:
         raise _model_not_found(parsed.model, served)
-    user = request.auth
+    user = auth_user(request)
     try:
         posted = await sync_to_async(services.completion_post)(
             user=user, system_prompt=parsed.system_prompt, turns=parsed.turns, params=parsed.params
@@ -494,6 +494,7 @@ async def chat_completions(request: HttpRequest, payload: dict[str, Any] = Body(
             await exchange.close(events, delivered=True)
         raise ApiError(503, str(exc), kind="server_error", code="worker_unavailable") from None
 
+    response: HttpResponseBase
     if parsed.stream:
         response = StreamingHttpResponse(
             _stream(exchange, events, listening), content_type="text/event-stream; charset=utf-8"

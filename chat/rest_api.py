@@ -23,7 +23,7 @@ from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import selectors, services
-from chat.auth import api_key_auth, session_auth
+from chat.auth import api_key_auth, auth_user, session_auth
 from chat.models import Conversation, Message
 from inference.params import MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_STRINGS, InvalidParameter, parse_params
 
@@ -211,9 +211,9 @@ def _page(items: QuerySet[Any], page: PageQuery) -> dict[str, Any]:
 def conversation_list(request: HttpRequest, query: Query[ConversationQuery]) -> dict[str, Any]:
     """Your conversations, most recently active first."""
     if query.q:
-        conversations = selectors.conversation_search(user=request.auth, query=query.q)
+        conversations = selectors.conversation_search(user=auth_user(request), query=query.q)
     else:
-        conversations = selectors.conversation_list(user=request.auth)
+        conversations = selectors.conversation_list(user=auth_user(request))
     return _page(conversations, query)
 
 
@@ -221,7 +221,7 @@ def conversation_list(request: HttpRequest, query: Query[ConversationQuery]) -> 
 def conversation_create(request: HttpRequest, payload: ConversationIn) -> Status[Conversation]:
     """Start a conversation; it becomes the one `POST /chat` continues."""
     conversation = services.conversation_create(
-        user=request.auth, title=" ".join(payload.title.split()), system_prompt=payload.system_prompt
+        user=auth_user(request), title=" ".join(payload.title.split()), system_prompt=payload.system_prompt
     )
     return Status(201, conversation)
 
@@ -231,7 +231,7 @@ def conversation_create(request: HttpRequest, payload: ConversationIn) -> Status
 )
 def conversation_detail(request: HttpRequest, conversation_id: ConversationId) -> Conversation:
     try:
-        return selectors.conversation_get(user=request.auth, conversation_id=conversation_id)
+        return selectors.conversation_get(user=auth_user(request), conversation_id=conversation_id)
     except Conversation.DoesNotExist:
         raise _not_found("Conversation", conversation_id) from None
 
@@ -245,7 +245,7 @@ def conversation_update(
     """Rename a conversation or change its system prompt (used from its next reply on)."""
     try:
         return services.conversation_update(
-            user=request.auth,
+            user=auth_user(request),
             conversation_id=conversation_id,
             title=payload.title,
             system_prompt=payload.system_prompt,
@@ -258,7 +258,7 @@ def conversation_update(
 def conversation_delete(request: HttpRequest, conversation_id: ConversationId) -> Status[None]:
     """Delete a conversation and all its messages."""
     try:
-        services.conversation_delete(user=request.auth, conversation_id=conversation_id)
+        services.conversation_delete(user=auth_user(request), conversation_id=conversation_id)
     except Conversation.DoesNotExist:
         raise _not_found("Conversation", conversation_id) from None
     return Status(204, None)
@@ -277,7 +277,7 @@ def message_list(
 ) -> dict[str, Any]:
     """A conversation's messages, oldest first."""
     try:
-        conversation = selectors.conversation_get(user=request.auth, conversation_id=conversation_id)
+        conversation = selectors.conversation_get(user=auth_user(request), conversation_id=conversation_id)
     except Conversation.DoesNotExist:
         raise _not_found("Conversation", conversation_id) from None
     return _page(selectors.conversation_messages(conversation=conversation), page)
@@ -298,7 +298,7 @@ def message_post(
     (your message is saved, the reply marked failed).
     """
     try:
-        conversation = selectors.conversation_get(user=request.auth, conversation_id=conversation_id)
+        conversation = selectors.conversation_get(user=auth_user(request), conversation_id=conversation_id)
         params = parse_params(
             payload.dict(exclude={"content"}),
             max_new_tokens_cap=settings.GENERATION_MAX_NEW_TOKENS,
@@ -306,7 +306,7 @@ def message_post(
             defaults=services.params_for(conversation=conversation),
         )
         posted = services.message_submit(
-            user=request.auth, conversation_id=conversation_id, content=payload.content, params=params
+            user=auth_user(request), conversation_id=conversation_id, content=payload.content, params=params
         )
     except InvalidParameter as exc:
         raise HttpError(400, str(exc)) from None
@@ -335,7 +335,7 @@ def message_post(
 def message_detail(request: HttpRequest, message_id: MessageId) -> Message:
     """One message; poll a reply here until its status is done, failed or cancelled."""
     try:
-        return selectors.message_get(user=request.auth, message_id=message_id)
+        return selectors.message_get(user=auth_user(request), message_id=message_id)
     except Message.DoesNotExist:
         raise _not_found("Message", message_id) from None
 
@@ -347,7 +347,7 @@ def message_cancel(request: HttpRequest, message_id: MessageId) -> Message:
     Cancelling a finished reply changes nothing; a user message answers 400.
     """
     try:
-        return services.reply_cancel(user=request.auth, message_id=message_id)
+        return services.reply_cancel(user=auth_user(request), message_id=message_id)
     except Message.DoesNotExist:
         raise _not_found("Message", message_id) from None
     except services.NotCancellable as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
 
 from chat.models import ApiKey, Conversation, Message
@@ -16,22 +16,22 @@ from inference import presence
 from inference.types import Turn
 
 
-def conversation_list(*, user: AbstractBaseUser) -> QuerySet[Conversation]:
+def conversation_list(*, user: User) -> QuerySet[Conversation]:
     return Conversation.objects.filter(owner=user).order_by("-updated")
 
 
-def conversation_search(*, user: AbstractBaseUser, query: str) -> QuerySet[Conversation]:
+def conversation_search(*, user: User, query: str) -> QuerySet[Conversation]:
     """The user's conversations whose title or any message contains `query`."""
     matches = Q(title__icontains=query) | Q(messages__content__icontains=query)
     return conversation_list(user=user).filter(matches).distinct()
 
 
-def conversation_get(*, user: AbstractBaseUser, conversation_id: int) -> Conversation:
+def conversation_get(*, user: User, conversation_id: int) -> Conversation:
     """The user's conversation; Conversation.DoesNotExist for anyone else's."""
     return Conversation.objects.get(pk=conversation_id, owner=user)
 
 
-def message_get(*, user: AbstractBaseUser, message_id: int) -> Message:
+def message_get(*, user: User, message_id: int) -> Message:
     return Message.objects.select_related("conversation").get(pk=message_id, conversation__owner=user)
 
 
@@ -95,16 +95,14 @@ def _usable_reply(message: Message) -> bool:
     )
 
 
-def api_key_list(*, user: AbstractBaseUser) -> QuerySet[ApiKey]:
+def api_key_list(*, user: User) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(user=user).order_by("-created", "-id")
 
 
 # --- The OpenAI-compatible and REST APIs -----------------------------------------
 
 
-def reply_unfinished_count(
-    *, user: AbstractBaseUser, since: datetime, conversation: Conversation | None = None
-) -> int:
+def reply_unfinished_count(*, user: User, since: datetime, conversation: Conversation | None = None) -> int:
     """The user's replies created after `since` that are queued or being generated."""
     replies = Message.objects.filter(
         conversation__owner=user,

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
@@ -38,14 +38,12 @@ class WorkerUnavailable(Exception):
 # --- Conversations -------------------------------------------------------------
 
 
-def profile_get_or_create(*, user: AbstractBaseUser) -> Profile:
+def profile_get_or_create(*, user: User) -> Profile:
     profile, _ = Profile.objects.get_or_create(user=user)
     return profile
 
 
-def conversation_create(
-    *, user: AbstractBaseUser, title: str = "", system_prompt: str | None = None
-) -> Conversation:
+def conversation_create(*, user: User, title: str = "", system_prompt: str | None = None) -> Conversation:
     profile = profile_get_or_create(user=user)
     conversation = Conversation.objects.create(
         owner=user,
@@ -57,7 +55,7 @@ def conversation_create(
     return conversation
 
 
-def conversation_current(*, user: AbstractBaseUser) -> Conversation:
+def conversation_current(*, user: User) -> Conversation:
     """The conversation a client continues when it names none; created if needed."""
     profile = profile_get_or_create(user=user)
     if profile.current_conversation is not None:
@@ -67,7 +65,7 @@ def conversation_current(*, user: AbstractBaseUser) -> Conversation:
 
 def conversation_update(
     *,
-    user: AbstractBaseUser,
+    user: User,
     conversation_id: int,
     title: str | None = None,
     system_prompt: str | None = None,
@@ -86,7 +84,7 @@ def conversation_update(
     return conversation
 
 
-def conversation_delete(*, user: AbstractBaseUser, conversation_id: int) -> None:
+def conversation_delete(*, user: User, conversation_id: int) -> None:
     """Delete a conversation and its messages; DoesNotExist for others'.
 
     A job still queued for it finds nothing to claim and does nothing.
@@ -95,7 +93,7 @@ def conversation_delete(*, user: AbstractBaseUser, conversation_id: int) -> None
 
 
 @transaction.atomic
-def conversation_import(*, user: AbstractBaseUser, data: Any) -> Conversation:
+def conversation_import(*, user: User, data: Any) -> Conversation:
     """Create a conversation from an exported JSON file (InvalidImport if it is not one)."""
     imported = exports.parse_import(data)
     conversation = conversation_create(
@@ -114,7 +112,7 @@ def conversation_import(*, user: AbstractBaseUser, data: Any) -> Conversation:
 
 
 @transaction.atomic
-def account_delete(*, user: AbstractBaseUser) -> None:
+def account_delete(*, user: User) -> None:
     """Delete the user with every conversation, message, key and profile (cascades)."""
     user.delete()
 
@@ -128,7 +126,7 @@ class PostedMessage:
 @transaction.atomic
 def message_post(
     *,
-    user: AbstractBaseUser,
+    user: User,
     content: str,
     params: GenerationParams,
     conversation_id: int | None = None,
@@ -194,7 +192,7 @@ class NotCancellable(Exception):
     pass
 
 
-def reply_cancel(*, user: AbstractBaseUser, message_id: int) -> Message:
+def reply_cancel(*, user: User, message_id: int) -> Message:
     """Stop a reply. Raises Message.DoesNotExist for anyone else's message.
 
     A queued reply is cancelled at once (its job will find nothing to claim);
@@ -243,7 +241,7 @@ def _stored_params(stored: dict[str, Any], defaults: GenerationParams) -> Genera
         return defaults  # stored before a cap was lowered: fall back rather than fail
 
 
-def params_for_new_conversations(*, user: AbstractBaseUser) -> GenerationParams:
+def params_for_new_conversations(*, user: User) -> GenerationParams:
     return _stored_params(profile_get_or_create(user=user).default_params, default_params())
 
 
@@ -262,7 +260,7 @@ def _validated(raw: dict[str, Any], defaults: GenerationParams) -> dict[str, Any
 
 
 def conversation_settings_update(
-    *, user: AbstractBaseUser, conversation_id: int, system_prompt: str, params: dict[str, Any]
+    *, user: User, conversation_id: int, system_prompt: str, params: dict[str, Any]
 ) -> Conversation:
     """Save a conversation's system prompt and generation parameters.
 
@@ -276,7 +274,7 @@ def conversation_settings_update(
     return conversation
 
 
-def profile_defaults_update(*, user: AbstractBaseUser, params: dict[str, Any]) -> Profile:
+def profile_defaults_update(*, user: User, params: dict[str, Any]) -> Profile:
     """Save the generation defaults for the user's new conversations (InvalidParameter if bad)."""
     profile = profile_get_or_create(user=user)
     profile.default_params = _validated(params, default_params())
@@ -289,7 +287,7 @@ def _ensure_idle(conversation: Conversation) -> None:
         raise ReplyInProgress("A reply is still being written: wait for it or stop it first.")
 
 
-def chat_message_post(*, user: AbstractBaseUser, conversation_id: int, content: str) -> PostedMessage:
+def chat_message_post(*, user: User, conversation_id: int, content: str) -> PostedMessage:
     """The chat page's send: refuses while a reply is running, uses the conversation's settings."""
     content = content.strip()
     if not content:
@@ -308,7 +306,7 @@ def chat_message_post(*, user: AbstractBaseUser, conversation_id: int, content: 
 
 
 @transaction.atomic
-def reply_regenerate(*, user: AbstractBaseUser, conversation_id: int) -> Message:
+def reply_regenerate(*, user: User, conversation_id: int) -> Message:
     """Replace the last reply with a new pending one for the same question."""
     conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
     _ensure_idle(conversation)
@@ -319,7 +317,7 @@ def reply_regenerate(*, user: AbstractBaseUser, conversation_id: int) -> Message
 
 
 @transaction.atomic
-def message_edit_last(*, user: AbstractBaseUser, conversation_id: int, content: str) -> Message:
+def message_edit_last(*, user: User, conversation_id: int, content: str) -> Message:
     """Change the last user message and ask again; returns the new pending reply."""
     content = content.strip()
     if not content:
@@ -544,7 +542,7 @@ def _hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def api_key_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiKey, str]:
+def api_key_create(*, user: User, name: str) -> tuple[ApiKey, str]:
     """Create a key; the returned secret is shown once and never stored."""
     prefix = secrets.token_hex(4)
     key = f"{API_KEY_PREFIX}{prefix}-{secrets.token_urlsafe(32)}"
@@ -554,7 +552,7 @@ def api_key_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiKey, str]:
     return api_key, key
 
 
-def api_key_revoke(*, user: AbstractBaseUser, key_id: int) -> None:
+def api_key_revoke(*, user: User, key_id: int) -> None:
     """Revoke one of the user's keys; DoesNotExist for anyone else's."""
     api_key = ApiKey.objects.get(pk=key_id, user=user)
     if api_key.revoked_at is None:
@@ -562,7 +560,7 @@ def api_key_revoke(*, user: AbstractBaseUser, key_id: int) -> None:
         api_key.save(update_fields=["revoked_at"])
 
 
-def api_key_authenticate(*, key: str) -> AbstractBaseUser | None:
+def api_key_authenticate(*, key: str) -> User | None:
     """The active user a presented key belongs to, or None."""
     if not key.startswith(API_KEY_PREFIX):
         return None
@@ -581,7 +579,7 @@ def api_key_authenticate(*, key: str) -> AbstractBaseUser | None:
 # --- Profiles --------------------------------------------------------------------
 
 
-def profile_update(*, user: AbstractBaseUser, display_name: str, default_system_prompt: str) -> Profile:
+def profile_update(*, user: User, display_name: str, default_system_prompt: str) -> Profile:
     """Save the user's profile; the system prompt applies to conversations created later."""
     profile = profile_get_or_create(user=user)
     profile.display_name = display_name.strip()
@@ -596,7 +594,7 @@ def default_params() -> GenerationParams:
 
 
 @transaction.atomic
-def user_create(*, username: str, password: str) -> AbstractBaseUser:
+def user_create(*, username: str, password: str) -> User:
     """Sign a person up. The caller validates the password (UserCreationForm does)."""
     from django.contrib.auth import get_user_model
 
@@ -623,7 +621,7 @@ def _unfinished_since() -> datetime:
     return timezone.now() - timedelta(seconds=window)
 
 
-def reply_limit_check(*, user: AbstractBaseUser) -> None:
+def reply_limit_check(*, user: User) -> None:
     """Raise TooManyReplies when the user has API_MAX_CONCURRENT_REPLIES replies running.
 
     Call inside a transaction: the profile row lock makes two requests of one
@@ -644,7 +642,7 @@ def reply_limit_check(*, user: AbstractBaseUser) -> None:
 
 @transaction.atomic
 def message_submit(
-    *, user: AbstractBaseUser, conversation_id: int, content: str, params: GenerationParams
+    *, user: User, conversation_id: int, content: str, params: GenerationParams
 ) -> PostedMessage:
     """The REST API's post: a message to one of the user's conversations, within the limits.
 
@@ -660,7 +658,7 @@ def message_submit(
 
 @transaction.atomic
 def completion_post(
-    *, user: AbstractBaseUser, system_prompt: str, turns: Sequence[Turn], params: GenerationParams
+    *, user: User, system_prompt: str, turns: Sequence[Turn], params: GenerationParams
 ) -> PostedMessage:
     """Store an OpenAI-style request as a new conversation of `user`, with a pending reply.
 

@@ -11,12 +11,14 @@ from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from chat import exports, selectors, services
+from chat.auth import AuthenticatedHttpRequest
 from chat.forms import ApiKeyForm, DefaultParamsForm, ProfileForm
 from chat.models import ApiKey, Conversation
 from inference.params import (
@@ -27,7 +29,7 @@ from inference.params import (
 )
 
 
-def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | None) -> HttpResponse:
     query = request.GET.get("q", "").strip()
     sidebar = (
         selectors.conversation_search(user=request.user, query=query)
@@ -54,7 +56,7 @@ PARAM_RANGES = {
 }
 
 
-def _own_conversation(request: HttpRequest, conversation_id: int) -> Conversation:
+def _own_conversation(request: AuthenticatedHttpRequest, conversation_id: int) -> Conversation:
     try:
         return selectors.conversation_get(user=request.user, conversation_id=conversation_id)
     except Conversation.DoesNotExist:
@@ -63,25 +65,25 @@ def _own_conversation(request: HttpRequest, conversation_id: int) -> Conversatio
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     return _chat_page(request, None)
 
 
 @login_required
 @require_POST
-def conversation_new(request: HttpRequest) -> HttpResponse:
+def conversation_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     conversation = services.conversation_create(user=request.user)
     return redirect("conversation", conversation_id=conversation.pk)
 
 
 @login_required
-def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_detail(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     return _chat_page(request, _own_conversation(request, conversation_id))
 
 
 @login_required
 @require_POST
-def conversation_rename(request: HttpRequest, conversation_id: int) -> JsonResponse:
+def conversation_rename(request: AuthenticatedHttpRequest, conversation_id: int) -> JsonResponse:
     title = request.POST.get("title", "").strip()
     if not title:
         return JsonResponse({"error": "The title cannot be empty."}, status=400)
@@ -94,7 +96,7 @@ def conversation_rename(request: HttpRequest, conversation_id: int) -> JsonRespo
 
 @login_required
 @require_POST
-def conversation_delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_delete(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     _own_conversation(request, conversation_id)
     services.conversation_delete(user=request.user, conversation_id=conversation_id)
     messages.success(request, "Conversation deleted.")
@@ -103,7 +105,7 @@ def conversation_delete(request: HttpRequest, conversation_id: int) -> HttpRespo
 
 @login_required
 @require_POST
-def conversation_settings(request: HttpRequest, conversation_id: int) -> JsonResponse:
+def conversation_settings(request: AuthenticatedHttpRequest, conversation_id: int) -> JsonResponse:
     _own_conversation(request, conversation_id)
     try:
         body = json.loads(request.body or b"{}")
@@ -124,7 +126,7 @@ def conversation_settings(request: HttpRequest, conversation_id: int) -> JsonRes
 
 
 @login_required
-def conversation_export(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_export(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     conversation = _own_conversation(request, conversation_id)
     chat_messages = list(selectors.conversation_messages(conversation=conversation))
     return _download(
@@ -136,7 +138,7 @@ def conversation_export(request: HttpRequest, conversation_id: int) -> HttpRespo
 
 
 @login_required
-def export_all(request: HttpRequest) -> HttpResponse:
+def export_all(request: AuthenticatedHttpRequest) -> HttpResponse:
     conversations = list(
         selectors.conversation_list(user=request.user).prefetch_related("messages").order_by("created")
     )
@@ -176,12 +178,12 @@ def _download(
 
 @login_required
 @require_POST
-def conversation_import(request: HttpRequest) -> HttpResponse:
+def conversation_import(request: AuthenticatedHttpRequest) -> HttpResponse:
     upload = request.FILES.get("file")
     try:
         if upload is None:
             raise exports.InvalidImport("Choose an exported .json file to import.")
-        if upload.size > IMPORT_MAX_BYTES:
+        if upload.size is not None and upload.size > IMPORT_MAX_BYTES:
             raise exports.InvalidImport(f"The file is larger than {IMPORT_MAX_BYTES // 1_000_000} MB.")
         try:
             data = json.loads(upload.read())
@@ -200,7 +202,7 @@ IMPORT_MAX_BYTES = 20_000_000
 
 @login_required
 @require_POST
-def account_delete(request: HttpRequest) -> HttpResponse:
+def account_delete(request: AuthenticatedHttpRequest) -> HttpResponse:
     if not request.user.check_password(request.POST.get("password", "")):
         messages.error(request, "Your account was not deleted: the password did not match.")
         return redirect("profile")
@@ -213,7 +215,7 @@ def account_delete(request: HttpRequest) -> HttpResponse:
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("home")
-    form = UserCreationForm(request.POST or None)
+    form: UserCreationForm[User] = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = services.user_create(
             username=form.cleaned_data["username"], password=form.cleaned_data["password1"]
@@ -227,7 +229,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def profile(request: HttpRequest) -> HttpResponse:
+def profile(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.method == "POST":
         profile_form = ProfileForm(request.POST)
         params_form = DefaultParamsForm(request.POST)
@@ -243,7 +245,7 @@ def profile(request: HttpRequest) -> HttpResponse:
 @never_cache  # the response carries a secret: no browser or proxy may keep it
 @login_required
 @require_POST
-def api_key_new(request: HttpRequest) -> HttpResponse:
+def api_key_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     key_form = ApiKeyForm(request.POST)
     if not key_form.is_valid():
         return _render_profile(request, key_form=key_form, status=400)
@@ -255,7 +257,7 @@ def api_key_new(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+def api_key_revoke(request: AuthenticatedHttpRequest, key_id: int) -> HttpResponse:
     try:
         services.api_key_revoke(user=request.user, key_id=key_id)
     except ApiKey.DoesNotExist:
@@ -265,7 +267,7 @@ def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
 
 
 def _render_profile(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     *,
     profile_form: ProfileForm | None = None,
     params_form: DefaultParamsForm | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
@@ -62,7 +62,8 @@ class _StopWhen(StoppingCriteria):
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
         self.fired = self.fired or self.predicate()
-        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
+        fired = torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
+        return cast(torch.BoolTensor, fired)  # torch.full types every result as a plain Tensor
 
 
 class TransformersBackend:
@@ -109,8 +110,10 @@ class TransformersBackend:
             torch.manual_seed(params.seed)  # one request at a time: the global generator is ours
         if on_text is not None:
             options["streamer"] = _CallbackStreamer(loaded.tokenizer, on_text)
+        # generate() comes from GenerationMixin, which causal-LM classes mix in but
+        # PreTrainedModel (the declared type) does not: nn.Module.__getattr__ answers instead.
         with torch.inference_mode():
-            output = loaded.model.generate(
+            output = loaded.model.generate(  # type: ignore[operator]
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **options
             )
         new_tokens = output[0, input_ids.shape[1] :].tolist()

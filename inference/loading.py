@@ -141,8 +141,9 @@ def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
     # The GGUF loader has already dequantized every tensor to plain fp32; only
     # its quantizer markers (on the model and in config.json) make
     # save_pretrained refuse, and would make the saved folder load as GGUF again.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
 
 
 def load_model(
@@ -162,7 +163,10 @@ def load_model(
     target = pick_device(device)
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype_for(target)).to(target)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype_for(target))
+    # transformers declares PreTrainedModel.to with @wraps(nn.Module.to), which
+    # typeshed turns into an unbound signature that wants the model as its first argument.
+    model = model.to(target)  # type: ignore[arg-type]
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
