@@ -182,7 +182,7 @@ ENGINE_MAX_BATCH = envint("ENGINE_MAX_BATCH", 8, minimum=1)
 ENGINE_MAX_PER_OWNER = envint("ENGINE_MAX_PER_OWNER", max(1, ENGINE_MAX_BATCH // 2), minimum=0)
 # KV cache kept for recent conversations, so a follow-up turn prefills only what is new.
 ENGINE_PREFIX_CACHE_MB = envint("ENGINE_PREFIX_CACHE_MB", 512, minimum=0)
-# torch intra-op threads (0 = torch's default, one per core).
+# torch intra-op threads of the engine thread (0 = every core but one, at least one).
 ENGINE_THREADS = envint("ENGINE_THREADS", 0, minimum=0)
 # "int8": dynamic int8 quantization of the Linear layers (CPU only); "" or "none": off.
 QUANTIZE = envstr("QUANTIZE", "").strip().lower()

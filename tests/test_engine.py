@@ -43,6 +43,9 @@ def make_engine(tiny_loaded: LoadedModel) -> Iterator[Callable[..., Engine]]:
     engines: list[Engine] = []
 
     def make(**options: Any) -> Engine:
+        # Text for every token, unless a test asks otherwise: several tests
+        # pace themselves on the pieces a reply streams.
+        options.setdefault("stream_interval_s", 0.0)
         engine = Engine(tiny_loaded, **options)
         # Never stop at a turn boundary: every reply runs to max_new_tokens, so
         # the batch really holds requests of the lengths each test chooses.
@@ -135,6 +138,42 @@ def test_greedy_output_equals_plain_generate_while_others_join_and_leave(
         assert results[index].text == reference_text(tiny_loaded, PROMPTS[index], length), index
         assert results[index].completion_tokens == length
     assert engine.stats.max_batch_seen >= 3  # they really ran together
+
+
+def test_requests_arriving_together_are_prefilled_together_and_answer_as_alone(
+    make_engine: Callable[..., Engine], tiny_loaded: LoadedModel
+) -> None:
+    engine = make_engine(max_batch=4)
+    lengths = [9, 17, 5, 12]
+    results: dict[int, Completion] = {}
+
+    def run(index: int) -> None:
+        request = GenerationRequest(turns=PROMPTS[index], params=greedy(lengths[index]))
+        results[index] = engine.generate(request)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(4)]
+    wake = engine._wake
+    wake.notify = lambda n=1: None  # type: ignore[method-assign]  # the engine sleeps until all four wait
+    for thread in threads:
+        thread.start()
+    while len(engine._waiting) < 4:
+        time.sleep(0.001)
+    del wake.notify
+    with wake:
+        wake.notify()
+    for thread in threads:
+        thread.join()
+    assert engine.stats.max_prefill_rows == 4
+    for index, length in enumerate(lengths):
+        assert results[index].text == reference_text(tiny_loaded, PROMPTS[index], length), index
+
+
+def test_streamed_text_is_coalesced_and_adds_up_to_the_reply(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(stream_interval_s=60.0)
+    pieces: list[str] = []
+    completion = engine.generate(GenerationRequest(turns=HELLO, params=greedy(40)), on_text=pieces.append)
+    assert len(pieces) == 2  # the first piece at once (time to first token), the rest at the end
+    assert "".join(pieces).strip() == completion.text
 
 
 def test_a_cancelled_request_keeps_its_text_and_frees_its_slot(make_engine: Callable[..., Engine]) -> None:
