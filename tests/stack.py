@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +33,20 @@ class Stack:
     redis_url: str
     worker: subprocess.Popen[bytes]
     web: subprocess.Popen[bytes]
+    start_web: Callable[[], subprocess.Popen[bytes]]
 
     def pause_worker(self) -> None:
         self.worker.send_signal(signal.SIGSTOP)
 
     def resume_worker(self) -> None:
         self.worker.send_signal(signal.SIGCONT)
+
+    def restart_web(self) -> None:
+        """Stop the web server and start it again on the same port, as a deploy would."""
+        self.web.terminate()
+        self.web.wait(timeout=20)
+        self.web = self.start_web()
+        _wait("web server", lambda: _web_ready(self.base_url), 60, [self.web])
 
 
 def free_port() -> int:
@@ -94,23 +102,32 @@ def running_stack(
             stdout=worker_log,
             stderr=subprocess.STDOUT,
         )
-        web = subprocess.Popen(
-            web_command("127.0.0.1", str(port)),
-            cwd=ROOT,
-            env=process_env,
-            stdout=web_log,
-            stderr=subprocess.STDOUT,
+
+        def start_web() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                web_command("127.0.0.1", str(port)),
+                cwd=ROOT,
+                env=process_env,
+                stdout=web_log,
+                stderr=subprocess.STDOUT,
+            )
+
+        stack = Stack(
+            base_url=f"http://127.0.0.1:{port}",
+            redis_url=redis_url,
+            worker=worker,
+            web=start_web(),
+            start_web=start_web,
         )
-        stack = Stack(base_url=f"http://127.0.0.1:{port}", redis_url=redis_url, worker=worker, web=web)
         try:
-            _wait("web server", lambda: _web_ready(stack.base_url), 60, [web])
+            _wait("web server", lambda: _web_ready(stack.base_url), 60, [stack.web])
             _wait("worker", lambda: bool(presence.live_workers(redis_url)), 300, [worker])
             yield stack
         finally:
-            for process in (web, worker):
+            for process in (stack.web, worker):
                 process.send_signal(signal.SIGCONT)
                 process.terminate()
-            for process in (web, worker):
+            for process in (stack.web, worker):
                 try:
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:

@@ -8,6 +8,7 @@ an event loop of its own on the main thread.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from chat import services
 from chat.models import Conversation, Message
+from inference.presence import live_workers
 from tests.stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Stack, stack_on_test_database
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
@@ -288,5 +290,30 @@ def test_a_down_worker_is_explained_and_the_message_kept(
         expect(last_reply(page)).to_have_attribute("data-status", "failed")
     finally:
         stack.resume_worker()
+        # Back in service once its next heartbeat lands (tests after this one need it).
+        deadline = time.monotonic() + 30
+        while not live_workers(stack.redis_url) and time.monotonic() < deadline:
+            time.sleep(0.2)
     expect(page.locator(".bubble.user .content")).to_have_text("Is anyone there?")
     assert Message.objects.get(conversation=conversation, role="user").content == "Is anyone there?"
+
+
+def test_a_lost_connection_is_shown_and_the_page_recovers(
+    page: Page, stack: Stack, django_user_model: Any
+) -> None:
+    owner = make_user(django_user_model, "restarter")
+    conversation = services.conversation_create(user=owner)
+    log_in(page, "restarter")
+    page.goto(f"/c/{conversation.pk}/")
+    send(page, "Before the restart")
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    stack.web.terminate()  # the server goes away, as in a deploy or a crash
+    stack.web.wait(timeout=20)
+    expect(page.locator("#banner")).to_contain_text("Connection lost")
+    expect(page.locator("#send")).to_be_disabled()
+    page.fill("#input", "typed while offline")
+    stack.web = stack.start_web()
+    expect(page.locator("#banner")).to_be_hidden()  # reconnected by itself
+    expect(page.locator("#send")).to_be_enabled()
+    expect(page.locator(".bubble.user .content")).to_have_text(["Before the restart"])  # snapshot again
+    expect(page.locator("#input")).to_have_value("typed while offline")  # nothing typed is lost
