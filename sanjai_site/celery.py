@@ -20,9 +20,12 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
 
     from django.conf import settings
 
+    from chat.events import publish_from_own_loop
     from chat.services import reply_fail_abandoned
     from inference.worker import start
 
+    # Job threads have no event loop: publish their streamed text through one kept loop.
+    publish_from_own_loop()
     start(hostname=getattr(sender, "hostname", None))
     # A reply some dead worker left half-written would block its conversation.
     reply_fail_abandoned(older_than=timedelta(seconds=settings.GENERATION_TIME_LIMIT_S + 60))
