@@ -518,17 +518,11 @@ def _reply_finish(reply: Message, completion: Completion, first_token_at: float 
 
 def reply_event(reply: Message) -> dict[str, Any]:
     """The event that announces a finished reply, built from its stored row."""
+    payload = selectors.message_payload(reply)
     return {
         "type": FINISHED_EVENTS[Message.Status(reply.status)],
         "message_id": reply.pk,
-        "content": reply.content,
-        "finish_reason": reply.finish_reason,
-        "usage": {
-            "prompt_tokens": reply.prompt_tokens or 0,
-            "completion_tokens": reply.completion_tokens or 0,
-        },
-        "code": reply.error_code,
-        "error": reply.error,
+        **{field: payload[field] for field in ("content", "finish_reason", "usage", "code", "error")},
     }
 
 
