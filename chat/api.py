@@ -18,7 +18,7 @@ from ninja import Body, NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import selectors, services
-from chat.auth import api_key_auth, auth_user, session_auth
+from chat.auth import api_key_auth, auth_user, http_error_message, session_auth
 from chat.events import subscribe
 from chat.models import Conversation, Message
 from inference.params import InvalidParameter, parse_params
@@ -52,12 +52,7 @@ NOT_A_JSON_OBJECT = 'The request body must be a JSON object, for example {"messa
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
-    message = str(exc)
-    if exc.status_code == 403 and "CSRF" in message:
-        message = "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken header."
-    elif exc.status_code == 400 and message == "Cannot parse request body":  # ninja's wording
-        message = NOT_A_JSON_OBJECT
-    return _error(exc.status_code, message)
+    return _error(exc.status_code, http_error_message(exc, not_a_json_object=NOT_A_JSON_OBJECT))
 
 
 @api.exception_handler(ValidationError)

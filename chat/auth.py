@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.http import HttpRequest
+from ninja.errors import HttpError
 from ninja.security import APIKeyCookie, HttpBearer
 
 from chat import services
@@ -53,3 +54,16 @@ class SessionAuth(APIKeyCookie):
 
 api_key_auth = ApiKeyAuth()
 session_auth = SessionAuth()
+
+
+CSRF_FAILED = "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken header."
+
+
+def http_error_message(exc: HttpError, *, not_a_json_object: str) -> str:
+    """django-ninja's own error wording, made to say what the caller should do."""
+    message = str(exc)
+    if exc.status_code == 403 and "CSRF" in message:
+        return CSRF_FAILED
+    if exc.status_code == 400 and message == "Cannot parse request body":
+        return not_a_json_object
+    return message

@@ -23,7 +23,7 @@ from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import selectors, services
-from chat.auth import api_key_auth, auth_user, session_auth
+from chat.auth import api_key_auth, auth_user, http_error_message, session_auth
 from chat.models import Conversation, Message
 from inference.params import MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_STRINGS, InvalidParameter, parse_params
 
@@ -174,12 +174,8 @@ def _unauthenticated(request: HttpRequest, exc: Exception) -> JsonResponse:
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
-    detail = str(exc)
-    if exc.status_code == 403 and "CSRF" in detail:
-        detail = "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken header."
-    elif exc.status_code == 400 and detail == "Cannot parse request body":  # ninja's wording
-        detail = "The request body must be a JSON object."
-    return _error(exc.status_code, detail)
+    message = http_error_message(exc, not_a_json_object="The request body must be a JSON object.")
+    return _error(exc.status_code, message)
 
 
 @api.exception_handler(ValidationError)

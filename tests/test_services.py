@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -182,26 +184,42 @@ class PausingBackend:
         return self.backend.generate(request, on_text=hook)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_cancelling_a_streaming_reply_keeps_the_partial_text(owner: Any, tiny_backend: Any) -> None:
+@contextmanager
+def paused_mid_reply(reply: Message, tiny_backend: Any) -> Iterator[list[BaseException]]:
+    """Run the job in a thread as a worker would, paused after its first text.
+
+    The block runs while the reply is streaming; on leaving it, the job goes on
+    (after its next status check falls due) and is joined. Yields the errors the job raised.
+    """
     from django.db import connection
 
-    reply = post(owner, params=GenerationParams(max_new_tokens=200, temperature=0)).reply
     backend = PausingBackend(tiny_backend)
+    failures: list[BaseException] = []
 
     def work() -> None:
         try:
             services.reply_generate(reply_id=reply.pk, backend=backend)
+        except BaseException as exc:  # reported to the test instead of lost in the thread
+            failures.append(exc)
         finally:
             connection.close()
 
     worker = threading.Thread(target=work)
     worker.start()
     assert backend.streaming.wait(30)
-    services.reply_cancel(user=owner, message_id=reply.pk)
-    time.sleep(0.3)  # let the worker's next status check fall due
-    backend.release.set()
-    worker.join(30)
+    try:
+        yield failures
+    finally:
+        time.sleep(0.3)  # let the worker's next status check fall due
+        backend.release.set()
+        worker.join(30)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_streaming_reply_keeps_the_partial_text(owner: Any, tiny_backend: Any) -> None:
+    reply = post(owner, params=GenerationParams(max_new_tokens=200, temperature=0)).reply
+    with paused_mid_reply(reply, tiny_backend):
+        services.reply_cancel(user=owner, message_id=reply.pk)
     reply.refresh_from_db()
     assert reply.status == Message.Status.CANCELLED
     assert reply.finish_reason == "cancelled"
@@ -260,26 +278,8 @@ def test_replies_abandoned_by_a_dead_worker_are_failed(owner: Any) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_deleting_the_conversation_mid_reply_stops_the_job_quietly(owner: Any, tiny_backend: Any) -> None:
-    from django.db import connection
-
     reply = post(owner, params=GenerationParams(max_new_tokens=200, temperature=0)).reply
-    backend = PausingBackend(tiny_backend)
-    failures: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            services.reply_generate(reply_id=reply.pk, backend=backend)
-        except BaseException as exc:  # the test fails on any error in the job
-            failures.append(exc)
-        finally:
-            connection.close()
-
-    worker = threading.Thread(target=work)
-    worker.start()
-    assert backend.streaming.wait(30)
-    services.conversation_delete(user=owner, conversation_id=reply.conversation_id)
-    time.sleep(0.3)
-    backend.release.set()
-    worker.join(30)
+    with paused_mid_reply(reply, tiny_backend) as failures:
+        services.conversation_delete(user=owner, conversation_id=reply.conversation_id)
     assert failures == []
     assert not Message.objects.filter(pk=reply.pk).exists()
