@@ -6,7 +6,7 @@ run, because absolute numbers on a shared machine drift from minute to minute.
 Noisy measurements are interleaved (baseline, engine, baseline, ...) and the
 median of the rounds is reported. See README "Benchmark" for how to read it.
 
-    .venv/bin/python -m bench.engine_bench [--tokens 64] [--rounds 3] [--skip-stack] [--skip-int8]
+    .venv/bin/python -m bench.engine_bench [--tokens 64] [--rounds 3] [--skip-stack]
 """
 
 from __future__ import annotations
@@ -220,6 +220,21 @@ def conversation_ttft(engine: Engine, turns_count: int, cache: bool) -> list[flo
     return ttfts
 
 
+def greedy_agreement(engine: Engine, reference: Engine, tokens: int) -> float:
+    """Percent of greedy tokens `engine` gives equal to `reference`, each reply
+    compared up to its first difference (after which the two continue from
+    different text), over the story and the fact questions."""
+    params = GenerationParams(max_new_tokens=tokens, temperature=0, repetition_penalty=1.0)
+    equal = total = 0
+    for turns in [STORY, *(turns for turns, _ in FACTS)]:
+        request = GenerationRequest(turns=turns, params=params)
+        ids = [engine.loaded.tokenizer.encode(each.generate(request).text) for each in (engine, reference)]
+        same = next((i for i, (a, b) in enumerate(zip(*ids, strict=False)) if a != b), min(map(len, ids)))
+        equal += same
+        total += max(map(len, ids))
+    return 100 * equal / max(total, 1)
+
+
 def answers_facts(engine: Engine) -> bool:
     params = GenerationParams(max_new_tokens=24, temperature=0)
     ok = True
@@ -333,7 +348,6 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--turns", type=int, default=20, help="turns of the growing conversation")
     parser.add_argument("--skip-stack", action="store_true")
-    parser.add_argument("--skip-int8", action="store_true")
     args = parser.parse_args()
     tokens = args.tokens
 
@@ -350,16 +364,33 @@ def main() -> int:
     record("memory copy bandwidth (read+write)", copy_bw / 1e9, "GB/s", kind="")
     record("decode bound, batch 1 (read bandwidth / fp32 weight bytes)", bound)
 
-    engine = Engine(loaded, max_batch=8, max_per_owner=0)
-    print(
-        f"  engine: {engine.threads} torch thread(s); raw generate(): best of 1 and {torch.get_num_threads()}"
+    engine = Engine(loaded, max_batch=8, max_per_owner=0)  # the default: fp16 weights on x86-64
+    plain = Engine(loaded, max_batch=8, max_per_owner=0, weights="fp32")
+    streamed = sum(projection.weight_bytes() for projection in engine.decoder.projections())
+    record(
+        f"decode bound, batch 1, {engine.weights} engine (read bandwidth / its weight bytes)",
+        read_bw / streamed,
     )
-    engine.stop_token_ids = []  # every request runs to --tokens: equal work in every row
-    engine_run(engine, 1, 8)  # warm-up
-    raw_rates, batch1 = [], []
-    for _ in range(args.rounds):  # interleaved: drift on a shared machine hits both alike
+    print(
+        f"  engine: {engine.weights} weights, {engine.threads} torch thread(s); "
+        f"raw generate(): best of 1 and {torch.get_num_threads()} threads"
+    )
+    agree = greedy_agreement(engine, plain, tokens)
+    record(f"{engine.weights} engine: greedy tokens equal to the fp32 engine's", agree, "%", kind="")
+    record(
+        f"{engine.weights} engine answers the benchmark's facts (1 = yes)",
+        float(answers_facts(engine)),
+        "",
+        kind="",
+    )
+    for each in (engine, plain):
+        each.stop_token_ids = []  # every request runs to --tokens: equal work in every row
+        engine_run(each, 1, 8)  # warm-up
+    raw_rates, batch1, plain1 = [], [], []
+    for _ in range(args.rounds):  # interleaved: drift on a shared machine hits all alike
         raw_rates.append(raw_generate_decode_rate(loaded, tokens))
         batch1.append(summarise(engine_run(engine, 1, tokens)))
+        plain1.append(summarise(engine_run(plain, 1, tokens)))
     raw = record("raw generate() batch 1, decode", statistics.median(raw_rates), note="(baseline)")
     results = {1: tuple(statistics.median(r[i] for r in batch1) for i in range(4))}
     for concurrent in (2, 4, 8):
@@ -370,27 +401,18 @@ def main() -> int:
         record(f"engine x{concurrent}: per request, decode", per_request)
         record(f"engine x{concurrent}: time to first token", ttft, "s", kind="s")
     engine_e2e_1 = record("engine x1: end to end (tokens / request time)", results[1][3])
+    plain_x1 = record("fp32 engine x1: per request, decode", statistics.median(r[1] for r in plain1))
+    runs = [summarise(engine_run(plain, 8, tokens)) for _ in range(max(1, args.rounds - 1))]
+    record("fp32 engine x8: aggregate", statistics.median(r[0] for r in runs))
+    plain.close()
 
     warm = conversation_ttft(engine, args.turns, cache=True)
     cold = conversation_ttft(engine, args.turns, cache=False)
     record("conversation turn 1: time to first token", warm[0], "s", kind="s")
     record(f"conversation turn {args.turns}: time to first token (prefix reuse)", warm[-1], "s", kind="s")
     record(f"conversation turn {args.turns}: time to first token (cold)", cold[-1], "s", kind="s")
-    print("  fp32 engine answers the facts:", answers_facts(Engine(loaded)))
     engine.close()
-
-    if not args.skip_int8:
-        quantized_model = load_model("", device="cpu", cache_dir=settings.MODEL_CACHE_DIR)
-        quantized = Engine(quantized_model, max_batch=8, max_per_owner=0, quantize="int8")
-        facts = answers_facts(quantized)
-        record("int8 engine answers the benchmark's facts (1 = yes)", float(facts), "", kind="")
-        quantized.stop_token_ids = []
-        engine_run(quantized, 1, 8)
-        for concurrent in (1, 8):
-            runs = [summarise(engine_run(quantized, concurrent, tokens)) for _ in range(args.rounds)]
-            record(f"int8 engine x{concurrent}: aggregate", statistics.median(r[0] for r in runs))
-        quantized.close()
-        del quantized, quantized_model
+    del engine, plain
 
     stack_e2e_1 = None
     if not args.skip_stack:
@@ -415,6 +437,7 @@ def main() -> int:
     for name, ratio, target, at_least in checks:
         met = ratio >= target if at_least else ratio <= target
         print(f"  [{'met' if met else 'MISSED'}] {name}: {ratio:.2f}x")
+    print(f"  (the same engine with fp32 weights, x1 decode: {plain_x1 / raw:.2f}x raw generate() batch 1)")
     return 0
 
 

@@ -37,14 +37,20 @@ from typing import Any
 import torch
 
 from inference.backend import stop_token_ids_for
-from inference.fastpath import FastDecoder, KVBuffer, quantize_int8, supports
+from inference.fastpath import FastDecoder, KVBuffer, supports
 from inference.loading import LoadedModel
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
 from inference.types import Completion, FinishReason, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
-QUANTIZE_CHOICES = ("", "none", "int8")
+# How the engine stores the projection weights: "fp16" (fp32 arithmetic on
+# weights rounded to fp16: half the bytes per token, see Projection.store_half),
+# "fp32" (the model's weights as loaded), or "auto": fp16 where the CPU has
+# fbgemm's kernel and the model is fp32, else as loaded (a GPU model is
+# already bf16/fp16).
+WEIGHT_CHOICES = ("auto", "fp16", "fp32")
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 INITIAL_CAPACITY = 256  # tokens per KV row; doubled on demand up to the context window
 # A grown KV buffer is kept while replies keep coming (regrowing it for every
 # turn of a long conversation cost ~90 ms of time to first token) and given
@@ -131,15 +137,15 @@ class Engine:
         max_batch: int = 8,
         max_per_owner: int = 0,
         prefix_cache_mb: int = 256,
-        quantize: str = "",
+        weights: str = "auto",
         poll_interval_s: float = 0.05,
         stream_interval_s: float = 0.05,
         threads: int = 0,
     ) -> None:
         if not supports(loaded.model):
             raise EngineUnsupported(f"{type(loaded.model).__name__} is not supported by the engine")
-        if quantize not in QUANTIZE_CHOICES:
-            raise ValueError(f"QUANTIZE={quantize!r}: expected one of none, int8")
+        if weights not in WEIGHT_CHOICES:
+            raise ValueError(f"weights={weights!r}: expected one of {', '.join(WEIGHT_CHOICES)}")
         self.loaded = loaded
         self.model_name = loaded.name
         self.max_batch = max_batch
@@ -154,13 +160,15 @@ class Engine:
         self.stop_token_ids = stop_token_ids_for(loaded)
         self.stop_strings = list(FALLBACK_STOP_STRINGS) if loaded.uses_fallback_template else []
         self.decoder = FastDecoder(loaded.model)
-        self.quantized = quantize == "int8" and loaded.device.type == "cpu"
-        if quantize == "int8" and not self.quantized:
-            logger.warning("QUANTIZE=int8 is a CPU option; running %s unquantized", loaded.device)
-        if self.quantized:
-            self.decoder = quantize_int8(self.decoder)
+        half = weights != "fp32" and self.decoder.can_store_half()
+        if weights == "fp16" and not half:
+            logger.warning("fp16 weights need an fp32 model on an x86-64 CPU; keeping the weights as loaded")
+        if half:
+            self.decoder.store_half_weights()
         elif max_batch > 1:
             self.decoder.pack_for_batches(max_batch)
+        # What the weights are stored as, for the log and the benchmark.
+        self.weights = "fp16" if half else DTYPE_NAMES.get(self.decoder.dtype, str(self.decoder.dtype))
         self.device = loaded.device
         self.stats = EngineStats()
 
@@ -180,7 +188,7 @@ class Engine:
             max_batch,
             self.max_per_owner,
             prefix_cache_mb,
-            "int8" if self.quantized else str(self.decoder.dtype).removeprefix("torch."),
+            self.weights,
             self.threads,
         )
 
@@ -561,6 +569,6 @@ def engine_from_settings(loaded: LoadedModel, settings: Any) -> Engine:
         max_batch=settings.ENGINE_MAX_BATCH,
         max_per_owner=settings.ENGINE_MAX_PER_OWNER,
         prefix_cache_mb=settings.ENGINE_PREFIX_CACHE_MB,
-        quantize=settings.QUANTIZE,
+        weights=settings.ENGINE_WEIGHTS,
         threads=settings.ENGINE_THREADS,
     )

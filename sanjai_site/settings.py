@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from sanjai_site.env import ConfigError, envbool, envfloat, envint, envlist, envstr
+from sanjai_site.env import ConfigError, envbool, envchoice, envfloat, envint, envlist, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(envstr("SANJAI_DATA_DIR", str(BASE_DIR / "var")))
@@ -184,10 +184,11 @@ ENGINE_MAX_PER_OWNER = envint("ENGINE_MAX_PER_OWNER", max(1, ENGINE_MAX_BATCH //
 ENGINE_PREFIX_CACHE_MB = envint("ENGINE_PREFIX_CACHE_MB", 512, minimum=0)
 # torch intra-op threads of the engine thread (0 = every core but one, at least one).
 ENGINE_THREADS = envint("ENGINE_THREADS", 0, minimum=0)
-# "int8": dynamic int8 quantization of the Linear layers (CPU only); "" or "none": off.
-QUANTIZE = envstr("QUANTIZE", "").strip().lower()
-if QUANTIZE not in {"", "none", "int8"}:
-    raise ConfigError(f"QUANTIZE={QUANTIZE!r}: expected none or int8")
+# How the engine stores weights: "auto" (fp16 on x86-64 CPUs for an fp32 model,
+# else as loaded), "fp16" or "fp32". See inference/engine.py.
+ENGINE_WEIGHTS = envchoice("ENGINE_WEIGHTS", "auto", ("auto", "fp16", "fp32"))
+if envstr("QUANTIZE", ""):
+    raise ConfigError("QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16 or fp32) instead")
 # Job threads per worker: a batch's worth running plus as many waiting in the
 # engine's queue, where they can be told their position.
 CELERY_WORKER_POOL = "threads"

@@ -38,6 +38,32 @@ def tiny_loaded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return load_model(str(tiny_model_dir), device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(scope="module")
+def tiny_rounded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The tiny model with the weights the engine stores in fp16 rounded to fp16
+    (and kept in fp32): what the engine computes with `weights="fp16"`."""
+    loaded = load_model(str(tiny_model_dir), device="cpu", cache_dir=tmp_path_factory.mktemp("cache"))
+    with torch.no_grad():
+        for module in loaded.model.model.layers.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(module.weight.half().float())
+        # The output layer is tied to the embedding, which the engine keeps in fp32.
+        lm_head = loaded.model.lm_head
+        lm_head.weight = torch.nn.Parameter(lm_head.weight.detach().half().float(), requires_grad=False)
+    return loaded
+
+
+@pytest.fixture(params=["fp32", "fp16"])
+def weights(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def same_math(weights: str, tiny_loaded: LoadedModel, tiny_rounded: LoadedModel) -> LoadedModel:
+    """The model whose plain generate() an engine with `weights` must match token for token."""
+    return tiny_rounded if weights == "fp16" else tiny_loaded
+
+
 @pytest.fixture
 def make_engine(tiny_loaded: LoadedModel) -> Iterator[Callable[..., Engine]]:
     engines: list[Engine] = []
@@ -90,21 +116,22 @@ def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
 
 
 def test_greedy_output_alone_equals_plain_generate(
-    make_engine: Callable[..., Engine], tiny_loaded: LoadedModel
+    make_engine: Callable[..., Engine], weights: str, same_math: LoadedModel
 ) -> None:
-    engine = make_engine()
+    engine = make_engine(weights=weights)
+    assert engine.weights == weights
     pieces: list[str] = []
     completion = engine.generate(GenerationRequest(turns=HELLO, params=greedy(40)), on_text=pieces.append)
-    assert completion.text == reference_text(tiny_loaded, HELLO, 40)
+    assert completion.text == reference_text(same_math, HELLO, 40)
     assert completion.completion_tokens == 40
     assert completion.finish_reason == "length"
     assert "".join(pieces).strip() == completion.text
 
 
 def test_greedy_output_equals_plain_generate_while_others_join_and_leave(
-    make_engine: Callable[..., Engine], tiny_loaded: LoadedModel
+    make_engine: Callable[..., Engine], weights: str, same_math: LoadedModel
 ) -> None:
-    engine = make_engine(max_batch=4)
+    engine = make_engine(max_batch=4, weights=weights)
     lengths = [150, 6, 30, 12]
     threads: list[threading.Thread] = []
     results: dict[int, Completion] = {}
@@ -135,15 +162,15 @@ def test_greedy_output_equals_plain_generate_while_others_join_and_leave(
     while any(t.is_alive() for t in threads) or len(threads) < 4:
         time.sleep(0.01)
     for index, length in enumerate(lengths):
-        assert results[index].text == reference_text(tiny_loaded, PROMPTS[index], length), index
+        assert results[index].text == reference_text(same_math, PROMPTS[index], length), index
         assert results[index].completion_tokens == length
     assert engine.stats.max_batch_seen >= 3  # they really ran together
 
 
 def test_requests_arriving_together_are_prefilled_together_and_answer_as_alone(
-    make_engine: Callable[..., Engine], tiny_loaded: LoadedModel
+    make_engine: Callable[..., Engine], weights: str, same_math: LoadedModel
 ) -> None:
-    engine = make_engine(max_batch=4)
+    engine = make_engine(max_batch=4, weights=weights)
     lengths = [9, 17, 5, 12]
     results: dict[int, Completion] = {}
 
@@ -165,7 +192,7 @@ def test_requests_arriving_together_are_prefilled_together_and_answer_as_alone(
         thread.join()
     assert engine.stats.max_prefill_rows == 4
     for index, length in enumerate(lengths):
-        assert results[index].text == reference_text(tiny_loaded, PROMPTS[index], length), index
+        assert results[index].text == reference_text(same_math, PROMPTS[index], length), index
 
 
 def test_streamed_text_is_coalesced_and_adds_up_to_the_reply(make_engine: Callable[..., Engine]) -> None:
@@ -263,9 +290,9 @@ def test_one_owner_cannot_take_every_slot(make_engine: Callable[..., Engine]) ->
 
 
 def test_a_follow_up_turn_reuses_the_cached_prefix_and_answers_as_a_cold_run(
-    make_engine: Callable[..., Engine], tiny_loaded: LoadedModel
+    make_engine: Callable[..., Engine], weights: str, same_math: LoadedModel
 ) -> None:
-    engine = make_engine()
+    engine = make_engine(weights=weights)
     first = engine.generate(GenerationRequest(turns=HELLO, params=greedy(20), cache_key="conversation:1"))
     assert engine.cached_conversations() == ["conversation:1"]
     follow_up = [*HELLO, Turn("assistant", first.text), Turn("user", "And of Italy?")]
@@ -273,11 +300,11 @@ def test_a_follow_up_turn_reuses_the_cached_prefix_and_answers_as_a_cold_run(
     warm = engine.generate(GenerationRequest(turns=follow_up, params=greedy(20), cache_key="conversation:1"))
     new_tokens = engine.stats.prefilled_tokens - prefilled
     assert engine.stats.reused_tokens >= len(
-        build_prompt(tiny_loaded.tokenizer, HELLO, context_tokens=256, max_new_tokens=20).input_ids
+        build_prompt(same_math.tokenizer, HELLO, context_tokens=256, max_new_tokens=20).input_ids
     )
     assert new_tokens < warm.prompt_tokens / 2  # most of the prompt came from the cache
-    cold = make_engine().generate(GenerationRequest(turns=follow_up, params=greedy(20)))
-    assert warm.text == cold.text == reference_text(tiny_loaded, follow_up, 20)
+    cold = make_engine(weights=weights).generate(GenerationRequest(turns=follow_up, params=greedy(20)))
+    assert warm.text == cold.text == reference_text(same_math, follow_up, 20)
 
 
 def test_the_prefix_cache_is_bounded_by_memory(make_engine: Callable[..., Engine]) -> None:
@@ -313,7 +340,7 @@ def test_stop_strings_end_the_reply_and_are_never_streamed(make_engine: Callable
 
 
 def test_turn_boundaries_and_the_time_limit_stop_generation(tiny_loaded: LoadedModel) -> None:
-    engine = Engine(tiny_loaded)
+    engine = Engine(tiny_loaded, weights="fp32")
     try:
         reference_ids = reference(tiny_loaded, HELLO, 20)
         engine.stop_token_ids = [reference_ids[2]]
