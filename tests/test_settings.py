@@ -1,0 +1,50 @@
+"""Settings from the environment: a bad value stops the start with a message naming it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sanjai_site.env import ConfigError, envchoice
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_choice_is_read_case_blind_and_an_unknown_one_names_what_is_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    choices = ("auto", "fp16", "fp32")
+    monkeypatch.delenv("ENGINE_WEIGHTS", raising=False)
+    assert envchoice("ENGINE_WEIGHTS", "auto", choices) == "auto"
+    monkeypatch.setenv("ENGINE_WEIGHTS", " FP32 ")
+    assert envchoice("ENGINE_WEIGHTS", "auto", choices) == "fp32"
+    monkeypatch.setenv("ENGINE_WEIGHTS", "int4")
+    with pytest.raises(ConfigError, match=r"ENGINE_WEIGHTS='int4': expected one of auto, fp16, fp32"):
+        envchoice("ENGINE_WEIGHTS", "auto", choices)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("ENGINE_WEIGHTS", "int8", "ENGINE_WEIGHTS='int8': expected one of auto, fp16, fp32"),
+        ("QUANTIZE", "int8", "QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16 or fp32) instead"),
+    ],
+)
+def test_the_site_refuses_to_start_with_a_bad_engine_setting(
+    name: str, value: str, message: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "SANJAI_DATA_DIR": str(tmp_path), name: value}
+    result = subprocess.run(
+        [sys.executable, "-c", "import sanjai_site.settings"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
