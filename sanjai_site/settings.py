@@ -184,6 +184,8 @@ ENGINE_MAX_PER_OWNER = envint("ENGINE_MAX_PER_OWNER", max(1, ENGINE_MAX_BATCH //
 ENGINE_PREFIX_CACHE_MB = envint("ENGINE_PREFIX_CACHE_MB", 512, minimum=0)
 # torch intra-op threads of the engine thread (0 = every core but one, at least one).
 ENGINE_THREADS = envint("ENGINE_THREADS", 0, minimum=0)
+# torch threads while prefilling prompts (0 = every core).
+ENGINE_PREFILL_THREADS = envint("ENGINE_PREFILL_THREADS", 0, minimum=0)
 # How the engine stores weights: "auto" (fp16 on x86-64 CPUs for an fp32 model,
 # else as loaded), "fp16" or "fp32". See inference/engine.py.
 ENGINE_WEIGHTS = envchoice("ENGINE_WEIGHTS", "auto", ("auto", "fp16", "fp32"))

@@ -195,6 +195,24 @@ def test_requests_arriving_together_are_prefilled_together_and_answer_as_alone(
         assert results[index].text == reference_text(same_math, PROMPTS[index], length), index
 
 
+def test_prefills_take_their_own_thread_count_and_decode_steps_theirs(
+    make_engine: Callable[..., Engine],
+) -> None:
+    engine = make_engine(threads=1, prefill_threads=2)
+    calls: list[tuple[int, int]] = []  # (tokens per row, torch threads) of each forward pass
+    forward = engine.decoder.forward
+
+    def spy(tokens: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append((tokens.shape[1], torch.get_num_threads()))
+        return forward(tokens, *args, **kwargs)
+
+    engine.decoder.forward = spy  # type: ignore[method-assign]
+    engine.generate(GenerationRequest(turns=HELLO, params=greedy(4)))
+    prefill, *steps = calls
+    assert prefill[0] > 1 and prefill[1] == 2
+    assert steps == [(1, 1)] * 3
+
+
 def test_streamed_text_is_coalesced_and_adds_up_to_the_reply(make_engine: Callable[..., Engine]) -> None:
     engine = make_engine(stream_interval_s=60.0)
     pieces: list[str] = []
