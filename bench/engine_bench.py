@@ -421,13 +421,13 @@ def main() -> int:
     runs = [summarise(engine_run(plain, 8, tokens)) for _ in range(max(1, args.rounds - 1))]
     record("fp32 engine x8: aggregate", statistics.median(r[0] for r in runs))
     plain.close()
+    del plain
 
     warm = conversation_ttft(engine, args.turns, cache=True)
     cold = conversation_ttft(engine, args.turns, cache=False)
     record("conversation turn 1: time to first token", warm[0], "s", kind="s")
     record(f"conversation turn {args.turns}: time to first token (prefix reuse)", warm[-1], "s", kind="s")
     record(f"conversation turn {args.turns}: time to first token (cold)", cold[-1], "s", kind="s")
-    del plain
 
     stack_e2e_1 = None
     if not args.skip_stack:
