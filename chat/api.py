@@ -1,29 +1,26 @@
 """`POST /chat` and `POST /reset`, kept compatible with the prototypes' clients.
 
 Answers are `{"success": true, ...}`; every error is `{"success": false,
-"error": "..."}` with a fitting status. The view stores the message, queues
-the job and waits for the worker: it never generates in the web process.
+"error": "..."}` with a fitting status (and Retry-After on 429 and 503). The
+view parses, submits through the one submit path and waits for the worker
+(`chat.delivery`): it never generates in the web process.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import redis
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from ninja import Body, NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from chat import selectors, services
+from chat import delivery, selectors
 from chat.auth import api_key_auth, auth_user, http_error_message, session_auth
-from chat.events import subscribe
-from chat.models import Conversation, Message
-from inference.params import InvalidParameter, parse_params
-
-logger = logging.getLogger(__name__)
+from chat.models import Message
+from chat.params import PARAM_FIELDS
+from chat.services import conversations
+from chat.services.replies import Submission
 
 api = NinjaAPI(
     title="SanjAI chat (prototype-compatible)",
@@ -33,13 +30,15 @@ api = NinjaAPI(
     openapi_url=None,
 )
 
-# A failed reply's error code -> the status /chat answers with.
-FAILURE_STATUS = {"context_overflow": 400, "worker_unavailable": 503, "timeout": 504}
-PARAM_FIELDS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty")
+# The prototypes' fields, plus the ones every other surface takes.
+FIELDS = ("message", "conversation_id", *PARAM_FIELDS)
 
 
-def _error(status: int, message: str, **extra: Any) -> JsonResponse:
-    return JsonResponse({"success": False, "error": message, **extra}, status=status)
+def _error(status: int, message: str, *, retry_after_s: int | None = None, **extra: Any) -> JsonResponse:
+    response = JsonResponse({"success": False, "error": message, **extra}, status=status)
+    if retry_after_s is not None:
+        response["Retry-After"] = str(retry_after_s)
+    return response
 
 
 @api.exception_handler(AuthenticationError)
@@ -60,59 +59,43 @@ def _invalid(request: HttpRequest, exc: ValidationError) -> JsonResponse:
     return _error(400, NOT_A_JSON_OBJECT)
 
 
-def _parse_chat(payload: dict[str, Any]) -> tuple[str, int | None, Any]:
+@api.exception_handler(delivery.Problem)
+def _problem(request: HttpRequest, exc: delivery.Problem) -> JsonResponse:
+    ids = {"conversation_id": exc.conversation_id, "message_id": exc.message_id}
+    return _error(
+        exc.status,
+        exc.message,
+        retry_after_s=exc.retry_after_s,
+        **{key: value for key, value in ids.items() if value is not None},
+    )
+
+
+def _parse_chat(payload: dict[str, Any]) -> Submission:
     message = payload.get("message")
-    if not isinstance(message, str) or not message.strip():
+    if not isinstance(message, str):
         raise HttpError(400, "message: must be a non-empty string.")
-    if len(message) > settings.CHAT_MAX_MESSAGE_CHARS:
-        raise HttpError(
-            400, f"message: must be at most {settings.CHAT_MAX_MESSAGE_CHARS} characters, got {len(message)}."
-        )
     conversation_id = payload.get("conversation_id")
     if conversation_id is not None and (
         isinstance(conversation_id, bool) or not isinstance(conversation_id, int) or conversation_id < 1
     ):
         raise HttpError(400, "conversation_id: must be a positive whole number or null.")
-    unknown = sorted(set(payload) - {"message", "conversation_id", *PARAM_FIELDS})
+    unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
-        allowed = ", ".join(["message", "conversation_id", *PARAM_FIELDS])
-        raise HttpError(400, f"Unknown field(s): {', '.join(unknown)}. Allowed: {allowed}.")
-    try:
-        params = parse_params(
-            {field: payload.get(field) for field in PARAM_FIELDS},
-            max_new_tokens_cap=settings.GENERATION_MAX_NEW_TOKENS,
-            defaults=services.default_params(),
-        )
-    except InvalidParameter as exc:
-        raise HttpError(400, str(exc)) from None
-    return message, conversation_id, params
+        raise HttpError(400, f"Unknown field(s): {', '.join(unknown)}. Allowed: {', '.join(FIELDS)}.")
+    return Submission(content=message, conversation_id=conversation_id, params=payload)
 
 
 @api.post("/chat")
 async def chat(request: HttpRequest, payload: dict[str, Any] = Body(...)) -> JsonResponse:
-    content, conversation_id, params = _parse_chat(payload)
+    submission = _parse_chat(payload)
     user = auth_user(request)
+    posted = await delivery.submit(user=user, submission=submission)
+    ids = {"conversation_id": posted.reply.conversation_id, "message_id": posted.reply.pk}
     try:
-        posted = await sync_to_async(services.message_post)(
-            user=user, content=content, params=params, conversation_id=conversation_id
-        )
-    except Conversation.DoesNotExist:
-        raise HttpError(404, f"Conversation {conversation_id} not found.") from None
-    reply = posted.reply
-    ids = {"conversation_id": reply.conversation_id, "message_id": reply.pk}
-    try:
-        async with subscribe(reply.conversation_id) as events:
-            await sync_to_async(services.reply_enqueue)(reply=reply)
-            await events.wait_for_finish(reply.pk, settings.CHAT_REPLY_TIMEOUT_S)
-    except services.WorkerUnavailable as exc:
-        return _error(503, f"{exc} Your message was saved.", **ids)
-    except (redis.RedisError, OSError) as exc:
-        logger.warning("channel layer unreachable: %s", exc)
-        error = f"The message broker at {settings.REDIS_URL} is unreachable."
-        await sync_to_async(services.reply_fail)(reply_id=reply.pk, code="worker_unavailable", error=error)
-        return _error(503, f"{error} Your message was saved.", **ids)
-    # The stored row is the truth; the event only says when to look.
-    reply = await sync_to_async(selectors.message_get)(user=user, message_id=reply.pk)
+        async with delivery.ReplyWatch(user, posted.reply) as watch:
+            reply = await watch.wait(settings.CHAT_REPLY_TIMEOUT_S)
+    except Message.DoesNotExist:
+        return _error(409, "The conversation was deleted while its reply was being generated.", **ids)
     if not reply.is_finished:
         return _error(
             504,
@@ -121,7 +104,7 @@ async def chat(request: HttpRequest, payload: dict[str, Any] = Body(...)) -> Jso
             **ids,
         )
     if reply.status == Message.Status.FAILED:
-        return _error(FAILURE_STATUS.get(reply.error_code, 500), reply.error, **ids)
+        raise delivery.failure(reply)
     return JsonResponse(
         {
             "success": True,
@@ -129,15 +112,12 @@ async def chat(request: HttpRequest, payload: dict[str, Any] = Body(...)) -> Jso
             "user_message": posted.user_message.content,
             "reply": reply.content,
             "finish_reason": reply.finish_reason,
-            "usage": {
-                "prompt_tokens": reply.prompt_tokens or 0,
-                "completion_tokens": reply.completion_tokens or 0,
-            },
+            "usage": selectors.message_usage(reply),
         }
     )
 
 
 @api.post("/reset")
 def reset(request: HttpRequest) -> JsonResponse:
-    conversation = services.conversation_create(user=auth_user(request))
+    conversation = conversations.conversation_create(user=auth_user(request))
     return JsonResponse({"success": True, "conversation_id": conversation.pk})

@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from ninja.errors import HttpError
 from ninja.security import APIKeyCookie, HttpBearer
 
-from chat import services
+from chat.services.accounts import api_key_authenticate
 
 
 class AuthenticatedHttpRequest(HttpRequest):
@@ -34,7 +34,7 @@ class ApiKeyAuth(HttpBearer):
     """`Authorization: Bearer <key>` with a key from the profile page."""
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:
-        return services.api_key_authenticate(key=token)
+        return api_key_authenticate(key=token)
 
 
 class SessionAuth(APIKeyCookie):

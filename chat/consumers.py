@@ -1,7 +1,8 @@
 """The chat page's websocket: one per open conversation.
 
 Thin: it authenticates, checks ownership, relays the conversation's events and
-turns the page's actions into service calls. Nothing is kept only here: a
+turns the page's actions into service calls (sending, regenerating and
+editing all go through the one submit path). Nothing is kept only here: a
 page that reconnects gets a fresh snapshot from the database.
 """
 
@@ -13,10 +14,11 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from chat import selectors, services
+from chat import delivery, selectors
 from chat.events import conversation_group
 from chat.models import Conversation, Message
-from inference.params import InvalidParameter
+from chat.params import chat_params
+from chat.services.replies import NotCancellable, Submission, params_for, reply_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +26,14 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 
-# Refusals a person can act on, reported to the page as {"type": "error"}.
-USER_ERRORS = (
-    ValueError,
-    InvalidParameter,
-    services.ReplyInProgress,
-    services.NothingToRegenerate,
-    services.NotCancellable,
-    Message.DoesNotExist,
-)
+
+class ActionError(Exception):
+    """A refusal a person can act on, reported to the page as {"type": "error"}."""
+
+    def __init__(self, message: str, code: str = "invalid_request", retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after_s = retry_after_s
 
 
 class ConversationConsumer(AsyncJsonWebsocketConsumer):
@@ -70,21 +71,21 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             return
         try:
             await database_sync_to_async(handler)(self, content)
-        except USER_ERRORS as exc:
-            await self.send_json({"type": "error", "action": action, "error": str(exc)})
-        except services.WorkerUnavailable:
-            pass  # the failed reply was published to the group with its reason
+        except ActionError as exc:
+            error: dict[str, Any] = {"type": "error", "action": action, "code": exc.code, "error": str(exc)}
+            if exc.retry_after_s is not None:
+                error["retry_after"] = exc.retry_after_s
+            await self.send_json(error)
 
     def _snapshot(self) -> dict[str, Any]:
         conversation = selectors.conversation_get(user=self.user, conversation_id=self.conversation_id)
-        params = services.params_for(conversation=conversation)
         return {
             "type": "snapshot",
             "conversation": {
                 "id": conversation.pk,
                 "title": conversation.title,
                 "system_prompt": conversation.system_prompt,
-                "params": {field: getattr(params, field) for field in services.CHAT_PARAM_FIELDS},
+                "params": chat_params(params_for(conversation=conversation)),
             },
             "messages": [
                 selectors.message_payload(m)
@@ -94,31 +95,57 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     # Actions, run in a worker thread by receive_json.
 
+    def _submit(self, submission: Submission) -> None:
+        try:
+            delivery.submit_sync(user=self.user, submission=submission)
+        except delivery.Problem as problem:
+            if problem.status == 503:
+                return  # the failed reply reached the page as an event, with its reason
+            raise ActionError(problem.message, problem.code, problem.retry_after_s) from None
+
     def _send(self, content: dict[str, Any]) -> None:
-        text = content.get("content")
-        if not isinstance(text, str):
-            raise ValueError("The message is empty.")
-        posted = services.chat_message_post(
-            user=self.user, conversation_id=self.conversation_id, content=text
+        self._submit(
+            Submission(content=_text(content), conversation_id=self.conversation_id, params=_params(content))
         )
-        services.reply_enqueue(reply=posted.reply)
+
+    def _regenerate(self, content: dict[str, Any]) -> None:
+        self._submit(
+            Submission(action="regenerate", conversation_id=self.conversation_id, params=_params(content))
+        )
+
+    def _edit(self, content: dict[str, Any]) -> None:
+        self._submit(
+            Submission(
+                action="edit",
+                content=_text(content),
+                conversation_id=self.conversation_id,
+                params=_params(content),
+            )
+        )
 
     def _cancel(self, content: dict[str, Any]) -> None:
         message_id = content.get("message_id")
         if not isinstance(message_id, int):
-            raise ValueError("message_id must be a number.")
-        services.reply_cancel(user=self.user, message_id=message_id)
+            raise ActionError("message_id must be a number.")
+        try:
+            reply_cancel(user=self.user, message_id=message_id)
+        except (NotCancellable, Message.DoesNotExist) as exc:
+            raise ActionError(str(exc) or "No such message.") from None
 
-    def _regenerate(self, content: dict[str, Any]) -> None:
-        reply = services.reply_regenerate(user=self.user, conversation_id=self.conversation_id)
-        services.reply_enqueue(reply=reply)
 
-    def _edit(self, content: dict[str, Any]) -> None:
-        text = content.get("content")
-        if not isinstance(text, str):
-            raise ValueError("The message is empty.")
-        reply = services.message_edit_last(user=self.user, conversation_id=self.conversation_id, content=text)
-        services.reply_enqueue(reply=reply)
+def _text(content: dict[str, Any]) -> str:
+    text = content.get("content")
+    if not isinstance(text, str):
+        raise ActionError("message: must be a non-empty string.")
+    return text
+
+
+def _params(content: dict[str, Any]) -> dict[str, Any]:
+    """Parameters for this one reply (left out: the conversation's settings)."""
+    params = content.get("params", {})
+    if not isinstance(params, dict):
+        raise ActionError("params: must be an object.")
+    return params
 
 
 ACTIONS = {

@@ -48,6 +48,9 @@ class Message(models.Model):
     finish_reason = models.CharField(max_length=16, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True)
+    # The worker process that claimed the reply (its heartbeat id): a streaming
+    # reply whose worker has no live heartbeat is failed by the sweeper.
+    worker = models.CharField(max_length=200, blank=True)
     first_token_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     error_code = models.CharField(max_length=32, blank=True)
@@ -55,7 +58,11 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["created", "id"]
-        indexes = [models.Index(fields=["conversation", "created"], name="message_conversation_time")]
+        indexes = [
+            models.Index(fields=["conversation", "created"], name="message_conversation_time"),
+            # The sweeper's and the limits' look-ups of unfinished replies.
+            models.Index(fields=["status", "created"], name="message_status_time"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"
@@ -74,6 +81,10 @@ class Profile(models.Model):
     current_conversation = models.ForeignKey(
         Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The requests-per-minute limit, as a token bucket: replies the user may
+    # still start now (null: a full bucket), as of `rate_checked_at`.
+    rate_allowance = models.FloatField(null=True, blank=True)
+    rate_checked_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.display_name or str(self.user)

@@ -22,11 +22,10 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -34,11 +33,11 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHt
 from ninja import Body, NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from chat import selectors, services
+from chat import delivery, selectors
 from chat.auth import api_key_auth, auth_user
-from chat.events import FINISHED_EVENT_TYPES, Subscription, subscribe
 from chat.models import Conversation, Message
-from inference.params import GenerationParams, InvalidParameter, parse_params
+from chat.services.conversations import conversation_delete
+from chat.services.replies import NewConversation, PostedMessage, Submission, reply_cancel
 from inference.types import Turn
 
 logger = logging.getLogger(__name__)
@@ -77,6 +76,7 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after_s: int | None = None
         self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -86,7 +86,10 @@ def _invalid(message: str, param: str | None = None, code: str | None = None) ->
 
 @api.exception_handler(ApiError)
 def _api_error(request: HttpRequest, exc: ApiError) -> JsonResponse:
-    return JsonResponse(exc.body, status=exc.status)
+    response = JsonResponse(exc.body, status=exc.status)
+    if exc.retry_after_s is not None:
+        response["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 @api.exception_handler(AuthenticationError)
@@ -148,10 +151,20 @@ class CompletionRequest:
     model: str
     system_prompt: str
     turns: tuple[Turn, ...]  # alternating user/assistant, ending with the user's
-    params: GenerationParams
+    params: dict[str, Any]  # as sent, under SanjAI's names; the submit path validates them
+    length_field: str  # which of OpenAI's two names set max_new_tokens, for errors
+    sources: tuple[str, ...]  # where each turn came from ("messages[2].content"), for errors
     stream: bool
     include_usage: bool
     store: bool
+
+    def submission(self) -> Submission:
+        *history, question = self.turns
+        return Submission(
+            content=question.content,
+            params=self.params,
+            new_conversation=NewConversation(system_prompt=self.system_prompt, history=tuple(history)),
+        )
 
 
 def _absent(value: Any) -> bool:
@@ -226,20 +239,19 @@ def _content(value: Any, param: str) -> str:
         value = "".join(texts)
     if not isinstance(value, str) or not value.strip():
         raise _invalid(f"{param}: must be a non-empty string.", param=param)
-    if len(value) > settings.CHAT_MAX_MESSAGE_CHARS:
-        raise _invalid(
-            f"{param}: must be at most {settings.CHAT_MAX_MESSAGE_CHARS} characters, got {len(value)}.",
-            param=param,
-        )
-    return value
+    return value  # its length is checked by the submit path, as on every surface
 
 
-def _messages(value: Any) -> tuple[str, tuple[Turn, ...]]:
-    """The system prompt and the dialogue; consecutive turns of one role are joined."""
+def _messages(value: Any) -> tuple[str, tuple[Turn, ...], tuple[str, ...]]:
+    """The system prompt, the dialogue, and where each turn came from.
+
+    Consecutive turns of one role are joined; a joined turn is named after its last message.
+    """
     if not isinstance(value, list) or not value:
         raise _invalid("messages: must be a non-empty list of {role, content} objects.", param="messages")
     system: list[str] = []
     turns: list[Turn] = []
+    sources: list[str] = []
     for index, message in enumerate(value):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
@@ -259,8 +271,10 @@ def _messages(value: Any) -> tuple[str, tuple[Turn, ...]]:
                 raise _invalid(f"{where}: the first non-system message must be from the user.", param=where)
             if turns and turns[-1].role == role:
                 turns[-1] = Turn(role, f"{turns[-1].content}\n\n{content}")
+                sources[-1] = f"{where}.content"
             else:
                 turns.append(Turn(role, content))
+                sources.append(f"{where}.content")
         else:
             raise _invalid(
                 f"{where}.role: must be system, developer, user or assistant (no tools here), got {role!r}.",
@@ -268,7 +282,7 @@ def _messages(value: Any) -> tuple[str, tuple[Turn, ...]]:
             )
     if not turns or turns[-1].role != "user":
         raise _invalid("messages: the last message must be from the user.", param="messages")
-    return "\n\n".join(system), tuple(turns)
+    return "\n\n".join(system), tuple(turns), tuple(sources)
 
 
 def _max_tokens(payload: Mapping[str, Any]) -> tuple[str, Any]:
@@ -287,7 +301,7 @@ def parse_completion(payload: Mapping[str, Any]) -> CompletionRequest:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise _invalid("model: must name the served model (see GET /v1/models).", param="model")
-    system_prompt, turns = _messages(payload.get("messages"))
+    system_prompt, turns, sources = _messages(payload.get("messages"))
     _refuse_unsupported_values(payload)
     stream = _boolean(payload, "stream", False)
     options = payload.get("stream_options")
@@ -300,28 +314,17 @@ def parse_completion(payload: Mapping[str, Any]) -> CompletionRequest:
         _refuse_unknown(options, frozenset({"include_usage"}), where="stream_options.")
         include_usage = _boolean(options, "include_usage", False)
     length_field, length = _max_tokens(payload)
-    try:
-        params = parse_params(
-            {
-                "max_new_tokens": length,
-                "temperature": payload.get("temperature"),
-                "top_p": payload.get("top_p"),
-                "repetition_penalty": payload.get("repetition_penalty"),
-                "stop": payload.get("stop"),
-                "seed": payload.get("seed"),
-            },
-            max_new_tokens_cap=settings.GENERATION_MAX_NEW_TOKENS,
-            defaults=services.default_params(),
-        )
-    except InvalidParameter as exc:
-        field = length_field if exc.field == "max_new_tokens" else exc.field
-        detail = str(exc).split(": ", 1)[1]
-        raise _invalid(f"{field}: {detail}.", param=field) from None
     return CompletionRequest(
         model=model,
         system_prompt=system_prompt,
         turns=turns,
-        params=params,
+        params={
+            "max_new_tokens": length,
+            **{field: payload.get(field) for field in ("temperature", "top_p", "repetition_penalty")},
+            **{field: payload.get(field) for field in ("stop", "seed")},
+        },
+        length_field=length_field,
+        sources=sources,
         stream=stream,
         include_usage=include_usage,
         store=_boolean(payload, "store", True),
@@ -365,56 +368,80 @@ def model_detail(request: HttpRequest, model_id: str) -> JsonResponse:
 
 # --- Completions ---------------------------------------------------------------
 
-FAILURES = {
-    # a failed reply's error code -> (status, type, OpenAI-style code)
-    "context_overflow": (400, "invalid_request_error", "context_length_exceeded"),
-    "worker_unavailable": (503, "server_error", "worker_unavailable"),
-    "timeout": (504, "server_error", "generation_timeout"),
-}
+# The OpenAI error type of each status the submit path or a failed reply answers with.
+KINDS = {400: "invalid_request_error", 404: "invalid_request_error", 409: "invalid_request_error"}
+KINDS |= {429: "rate_limit_error"}
 
 
-def _failure(reply: Message) -> ApiError:
-    status, kind, code = FAILURES.get(reply.error_code, (500, "server_error", reply.error_code or None))
-    return ApiError(status, reply.error or "Generation failed.", kind=kind, code=code)
+def _api_problem(problem: delivery.Problem, request: CompletionRequest) -> ApiError:
+    message, param = problem.message, None
+    if problem.field is not None:
+        param = _openai_param(problem.field, request)
+        message = f"{param}: {message.split(': ', 1)[-1]}"
+    code = {"invalid_request": None, "generation_timeout": "generation_timeout"}.get(
+        problem.code, problem.code
+    )
+    error = ApiError(
+        problem.status, message, kind=KINDS.get(problem.status, "server_error"), param=param, code=code
+    )
+    error.retry_after_s = problem.retry_after_s
+    return error
+
+
+def _openai_param(field: str, request: CompletionRequest) -> str:
+    """The request field that the submit path's `field` came from, in OpenAI's terms."""
+    if field == "max_new_tokens":
+        return request.length_field
+    if field == "message":
+        return request.sources[-1]
+    if field.startswith("history["):
+        return request.sources[int(field[len("history[") : -1])]
+    if field == "system_prompt":
+        return "messages"
+    return field
 
 
 class Exchange:
-    """One completion request from queueing to clean-up, shared by both answer styles."""
+    """One completion request from submitting to clean-up, shared by both answer styles."""
 
-    def __init__(self, *, user: User, request: CompletionRequest, reply: Message) -> None:
+    def __init__(self, *, user: User, request: CompletionRequest, posted: PostedMessage) -> None:
         self.user = user
         self.request = request
-        self.reply_id = reply.pk
-        self.conversation_id = reply.conversation_id
+        self.watch = delivery.ReplyWatch(user, posted.reply)
+        self.reply_id = posted.reply.pk
+        self.conversation_id = posted.reply.conversation_id
         self.id = f"chatcmpl-{secrets.token_hex(12)}"
         self.created = int(time.time())
-        self.finished = False  # the finish event arrived
+        self.delivered = False  # the finished reply reached the client
 
-    async def stored_reply(self) -> Message:
-        try:
-            return await sync_to_async(selectors.message_get)(user=self.user, message_id=self.reply_id)
-        except Message.DoesNotExist:
+    async def finished_reply(self) -> Message:
+        """The stored row once the reply has ended; ApiError for a failure or a timeout."""
+        if not self.watch.finished:
             raise ApiError(
-                409,
-                "The conversation was deleted while its reply was being generated.",
+                504,
+                f"No reply within {settings.CHAT_REPLY_TIMEOUT_S:g} s: the queue is long. "
+                "The request was cancelled; try again later.",
                 kind="server_error",
-                code="conversation_deleted",
-            ) from None
+                code="timeout",
+            )
+        reply = self.watch.reply
+        if reply.status == Message.Status.FAILED:
+            raise _api_problem(delivery.failure(reply), self.request)
+        return reply
 
-    async def close(self, events: Subscription, *, delivered: bool) -> None:
+    async def close(self) -> None:
         """Cancel a reply nobody will receive; delete the exchange if the client asked not to store it."""
-        if not delivered:
+        if not self.delivered and not self.watch.finished:
             with suppress(Message.DoesNotExist):
-                await sync_to_async(services.reply_cancel)(user=self.user, message_id=self.reply_id)
+                await sync_to_async(reply_cancel)(user=self.user, message_id=self.reply_id)
         if self.request.store:
             return
-        if not self.finished:
+        if not self.watch.finished:
             # Let the worker stop and save before the rows go, so it finds them.
-            await events.wait_for_finish(self.reply_id, STOP_WAIT_S)
+            with suppress(Message.DoesNotExist):
+                await self.watch.wait(STOP_WAIT_S)
         with suppress(Conversation.DoesNotExist):
-            await sync_to_async(services.conversation_delete)(
-                user=self.user, conversation_id=self.conversation_id
-            )
+            await sync_to_async(conversation_delete)(user=self.user, conversation_id=self.conversation_id)
 
     def headers(self) -> dict[str, str]:
         return {
@@ -423,8 +450,8 @@ class Exchange:
         }
 
     def usage(self, reply: Message) -> dict[str, int]:
-        prompt, completion = reply.prompt_tokens or 0, reply.completion_tokens or 0
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        usage = selectors.message_usage(reply)
+        return {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
 
     def completion(self, reply: Message) -> dict[str, Any]:
         return {
@@ -469,118 +496,83 @@ async def chat_completions(request: HttpRequest, payload: dict[str, Any] = Body(
         raise _model_not_found(parsed.model, served)
     user = auth_user(request)
     try:
-        posted = await sync_to_async(services.completion_post)(
-            user=user, system_prompt=parsed.system_prompt, turns=parsed.turns, params=parsed.params
-        )
-    except services.TooManyReplies as exc:
-        raise ApiError(429, str(exc), kind="rate_limit_error", code="too_many_concurrent_replies") from None
-    exchange = Exchange(user=user, request=parsed, reply=posted.reply)
-
-    # Subscribe before queueing so that no event slips past; the subscription
-    # then belongs to whichever answer style runs.
-    listening = AsyncExitStack()
-    events = await listening.enter_async_context(subscribe(exchange.conversation_id))
-    try:
-        await sync_to_async(services.reply_enqueue)(reply=posted.reply)
-    except (services.WorkerUnavailable, redis.RedisError, OSError) as exc:
-        if not isinstance(exc, services.WorkerUnavailable):
-            logger.warning("channel layer unreachable: %s", exc)
-            exc = services.WorkerUnavailable(f"The message broker at {settings.REDIS_URL} is unreachable.")
-            await sync_to_async(services.reply_fail)(
-                reply_id=exchange.reply_id, code="worker_unavailable", error=str(exc)
-            )
-        async with listening:
-            exchange.finished = True  # failed before any worker saw it
-            await exchange.close(events, delivered=True)
-        raise ApiError(503, str(exc), kind="server_error", code="worker_unavailable") from None
-
+        posted = await delivery.submit(user=user, submission=parsed.submission())
+    except delivery.Problem as problem:
+        if not parsed.store and problem.conversation_id is not None:
+            with suppress(Conversation.DoesNotExist):
+                await sync_to_async(conversation_delete)(user=user, conversation_id=problem.conversation_id)
+        raise _api_problem(problem, parsed) from None
+    exchange = Exchange(user=user, request=parsed, posted=posted)
     response: HttpResponseBase
     if parsed.stream:
-        response = StreamingHttpResponse(
-            _stream(exchange, events, listening), content_type="text/event-stream; charset=utf-8"
-        )
+        response = StreamingHttpResponse(_stream(exchange), content_type="text/event-stream; charset=utf-8")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: pass chunks through as they come
     else:
-        async with listening:
-            response = JsonResponse(exchange.completion(await _wait(exchange, events)))
+        response = JsonResponse(exchange.completion(await _wait(exchange)))
     for name, value in exchange.headers().items():
         response[name] = value
     return response
 
 
-async def _wait(exchange: Exchange, events: Subscription) -> Message:
+async def _wait(exchange: Exchange) -> Message:
     """The finished reply for a non-streaming answer; cancels it if the client goes away."""
-    delivered = False
     try:
-        event = await events.wait_for_finish(exchange.reply_id, settings.CHAT_REPLY_TIMEOUT_S)
-        exchange.finished = event is not None
-        reply = await exchange.stored_reply()
-        if not reply.is_finished:
-            raise ApiError(
-                504,
-                f"No reply within {settings.CHAT_REPLY_TIMEOUT_S:g} s: the queue is long. "
-                "The request was cancelled; try again later.",
-                kind="server_error",
-                code="timeout",
-            )
-        if reply.status == Message.Status.FAILED:
-            raise _failure(reply)
-        delivered = True
-        return reply
+        async with exchange.watch as watch:
+            try:
+                await watch.wait(settings.CHAT_REPLY_TIMEOUT_S)
+            except Message.DoesNotExist:
+                raise _deleted() from None
+            reply = await exchange.finished_reply()
+            exchange.delivered = True
+            return reply
     finally:
         # Also on asyncio.CancelledError: the client disconnected.
-        await asyncio.shield(exchange.close(events, delivered=delivered or exchange.finished))
+        await asyncio.shield(exchange.close())
 
 
-async def _stream(exchange: Exchange, events: Subscription, listening: AsyncExitStack) -> AsyncIterator[str]:
-    """Server-sent chat.completion.chunk events, ending with `data: [DONE]`.
+def _deleted() -> ApiError:
+    return ApiError(
+        409,
+        "The conversation was deleted while its reply was being generated.",
+        kind="server_error",
+        code="conversation_deleted",
+    )
+
+
+async def _stream(exchange: Exchange) -> AsyncIterator[str]:
+    """Server-sent chat.completion.chunk events, ending with `data: [DONE]` or an error event.
 
     Django cancels this generator when the client disconnects (daphne reports
     it); the `finally` then cancels the reply so the worker stops.
     """
-    async with listening:
-        try:
+    try:
+        async with exchange.watch as watch:
             yield _sse(exchange.chunk({"role": "assistant", "content": ""}))
-            sent = 0  # characters of the reply sent so far
-            deadline = time.monotonic() + settings.CHAT_REPLY_TIMEOUT_S
-            while (left := deadline - time.monotonic()) > 0:
-                try:
-                    event = await events.receive(min(KEEPALIVE_S, left))
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                if event.get("message_id") != exchange.reply_id:
-                    continue
-                if event["type"] == "message.delta":
-                    # Offsets make a repeated or overlapping delta harmless.
-                    text = event["text"][max(sent - event["offset"], 0) :]
-                    if text:
-                        sent = max(sent, event["offset"]) + len(text)
-                        yield _sse(exchange.chunk({"content": text}))
-                elif event["type"] in FINISHED_EVENT_TYPES:
-                    exchange.finished = True
-                    break
-            if not exchange.finished:
-                raise ApiError(
-                    504,
-                    f"No reply within {settings.CHAT_REPLY_TIMEOUT_S:g} s; the request was cancelled.",
-                    kind="server_error",
-                    code="timeout",
-                )
-            reply = await exchange.stored_reply()  # the stored row is the truth
-            if reply.status == Message.Status.FAILED:
-                raise _failure(reply)
-            if len(reply.content) > sent:  # text the last delta did not carry
-                yield _sse(exchange.chunk({"content": reply.content[sent:]}))
+            quiet_since = time.monotonic()
+            try:
+                async for piece in watch.text(settings.CHAT_REPLY_TIMEOUT_S):
+                    if piece:
+                        quiet_since = time.monotonic()
+                        yield _sse(exchange.chunk({"content": piece}))
+                    elif time.monotonic() - quiet_since >= KEEPALIVE_S:
+                        quiet_since = time.monotonic()
+                        yield ": keep-alive\n\n"
+                reply = await exchange.finished_reply()
+            except Message.DoesNotExist:
+                raise _deleted() from None
             yield _sse(exchange.chunk({}, finish_reason=reply.finish_reason))
             if exchange.request.include_usage:
                 usage_chunk = exchange.chunk({}, usage=exchange.usage(reply))
                 usage_chunk["choices"] = []
                 yield _sse(usage_chunk)
+            exchange.delivered = True
             yield "data: [DONE]\n\n"
-        except ApiError as exc:
-            # Headers are gone already: report it in the stream, as OpenAI does.
-            yield _sse(exc.body)
-        finally:
-            await exchange.close(events, delivered=exchange.finished)
+    except ApiError as exc:
+        # Headers are gone already: report it in the stream, as OpenAI does.
+        yield _sse(exc.body)
+    except Exception:
+        logger.exception("stream of reply %s failed", exchange.reply_id)
+        yield _sse(ApiError(500, "The server failed while streaming this reply.", kind="server_error").body)
+    finally:
+        await asyncio.shield(exchange.close())

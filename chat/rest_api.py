@@ -22,10 +22,12 @@ from django.http import HttpRequest, JsonResponse
 from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from chat import selectors, services
+from chat import delivery, selectors
 from chat.auth import api_key_auth, auth_user, http_error_message, session_auth
 from chat.models import Conversation, Message
-from inference.params import MAX_SEED, MAX_STOP_LENGTH, MAX_STOP_STRINGS, InvalidParameter, parse_params
+from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
+from chat.services import conversations, limits
+from chat.services.replies import NotCancellable, Submission, reply_cancel
 
 api = NinjaAPI(
     title="SanjAI REST API",
@@ -114,25 +116,15 @@ class MessageOut(Schema):
     def resolve_usage(message: Message) -> dict[str, int] | None:
         if message.prompt_tokens is None and message.completion_tokens is None:
             return None
-        return {
-            "prompt_tokens": message.prompt_tokens or 0,
-            "completion_tokens": message.completion_tokens or 0,
-        }
+        return selectors.message_usage(message)
 
 
-StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+class MessageIn(ParamsIn):
+    """A message; generation parameters left out resolve as on every surface."""
 
-
-class MessageIn(Schema):
     content: str = Field(
         ..., min_length=1, max_length=settings.CHAT_MAX_MESSAGE_CHARS, pattern=r"\S", description="Not blank"
     )
-    max_new_tokens: int | None = Field(None, ge=1, le=settings.GENERATION_MAX_NEW_TOKENS)
-    temperature: float | None = Field(None, ge=0, le=2, description="0 is greedy")
-    top_p: float | None = Field(None, gt=0, le=1)
-    repetition_penalty: float | None = Field(None, ge=1, le=2)
-    stop: list[StopString] | None = Field(None, max_length=MAX_STOP_STRINGS)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
 
 
 class PostedOut(Schema):
@@ -178,12 +170,42 @@ def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
     return _error(exc.status_code, message)
 
 
+@api.exception_handler(delivery.Problem)
+def _problem(request: HttpRequest, exc: delivery.Problem) -> JsonResponse:
+    response = _error(exc.status, exc.message)
+    if exc.retry_after_s is not None:
+        response["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
+@api.exception_handler(limits.InvalidInput)
+def _invalid_input(request: HttpRequest, exc: limits.InvalidInput) -> JsonResponse:
+    return _error(400, str(exc))
+
+
+def _field_problem(field: str, value: Any) -> str | None:
+    """The wording every surface uses for a bad message or parameter."""
+    if field in PARAM_FIELDS:
+        return str(invalid_param(field, value))
+    if field == "content":
+        try:
+            limits.check_message("content", value if isinstance(value, str) else "")
+        except limits.InvalidInput as exc:
+            return str(exc)
+    return None
+
+
 @api.exception_handler(ValidationError)
 def _invalid(request: HttpRequest, exc: ValidationError) -> JsonResponse:
     problems = []
     for error in exc.errors:
-        where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "payload"))
-        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", "invalid"))
+        where = [str(part) for part in error.get("loc", ()) if part not in ("body", "payload")]
+        shared = _field_problem(where[0], error.get("input")) if len(where) == 1 else None
+        if shared is not None:
+            problems.append(shared)
+        else:
+            msg = error.get("msg", "invalid")
+            problems.append(f"{'.'.join(where)}: {msg}" if where else msg)
     return _error(400, "Invalid request. " + "; ".join(problems))
 
 
@@ -216,7 +238,7 @@ def conversation_list(request: HttpRequest, query: Query[ConversationQuery]) -> 
 @api.post("/conversations", response={201: ConversationOut, **ERRORS}, tags=["conversations"])
 def conversation_create(request: HttpRequest, payload: ConversationIn) -> Status[Conversation]:
     """Start a conversation; it becomes the one `POST /chat` continues."""
-    conversation = services.conversation_create(
+    conversation = conversations.conversation_create(
         user=auth_user(request), title=" ".join(payload.title.split()), system_prompt=payload.system_prompt
     )
     return Status(201, conversation)
@@ -240,7 +262,7 @@ def conversation_update(
 ) -> Conversation:
     """Rename a conversation or change its system prompt (used from its next reply on)."""
     try:
-        return services.conversation_update(
+        return conversations.conversation_update(
             user=auth_user(request),
             conversation_id=conversation_id,
             title=payload.title,
@@ -254,7 +276,7 @@ def conversation_update(
 def conversation_delete(request: HttpRequest, conversation_id: ConversationId) -> Status[None]:
     """Delete a conversation and all its messages."""
     try:
-        services.conversation_delete(user=auth_user(request), conversation_id=conversation_id)
+        conversations.conversation_delete(user=auth_user(request), conversation_id=conversation_id)
     except Conversation.DoesNotExist:
         raise _not_found("Conversation", conversation_id) from None
     return Status(204, None)
@@ -289,33 +311,17 @@ def message_post(
 ) -> Status[dict[str, Any]]:
     """Post a message and queue the reply; answers at once.
 
-    409 while the conversation's previous reply is still running, 429 when you
-    have API_MAX_CONCURRENT_REPLIES replies running, 503 when no worker is up
-    (your message is saved, the reply marked failed).
+    409 while the conversation's previous reply is still running; 429 (with
+    Retry-After) over your limit of replies running at once or started per
+    minute; 503 when no worker is up (your message is saved, the reply marked
+    failed).
     """
-    try:
-        conversation = selectors.conversation_get(user=auth_user(request), conversation_id=conversation_id)
-        params = parse_params(
-            payload.dict(exclude={"content"}),
-            max_new_tokens_cap=settings.GENERATION_MAX_NEW_TOKENS,
-            # Unset fields: the conversation's settings, then the profile's, then the site's.
-            defaults=services.params_for(conversation=conversation),
-        )
-        posted = services.message_submit(
-            user=auth_user(request), conversation_id=conversation_id, content=payload.content, params=params
-        )
-    except InvalidParameter as exc:
-        raise HttpError(400, str(exc)) from None
-    except Conversation.DoesNotExist:
-        raise _not_found("Conversation", conversation_id) from None
-    except services.ConversationBusy as exc:
-        raise HttpError(409, str(exc)) from None
-    except services.TooManyReplies as exc:
-        raise HttpError(429, str(exc)) from None
-    try:
-        services.reply_enqueue(reply=posted.reply)
-    except services.WorkerUnavailable as exc:
-        raise HttpError(503, f"{exc} Your message was saved.") from None
+    submission = Submission(
+        content=payload.content,
+        conversation_id=conversation_id,
+        params=payload.dict(exclude={"content"}),
+    )
+    posted = delivery.submit_sync(user=auth_user(request), submission=submission)
     posted.reply.refresh_from_db()
     return Status(
         202,
@@ -343,8 +349,8 @@ def message_cancel(request: HttpRequest, message_id: MessageId) -> Message:
     Cancelling a finished reply changes nothing; a user message answers 400.
     """
     try:
-        return services.reply_cancel(user=auth_user(request), message_id=message_id)
+        return reply_cancel(user=auth_user(request), message_id=message_id)
     except Message.DoesNotExist:
         raise _not_found("Message", message_id) from None
-    except services.NotCancellable as exc:
+    except NotCancellable as exc:
         raise HttpError(400, str(exc)) from None

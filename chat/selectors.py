@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,14 @@ def reply_in_progress(*, conversation: Conversation) -> bool:
     ).exists()
 
 
+def message_usage(message: Message) -> dict[str, int]:
+    """A reply's token counts, as every surface reports them (0 until known)."""
+    return {
+        "prompt_tokens": message.prompt_tokens or 0,
+        "completion_tokens": message.completion_tokens or 0,
+    }
+
+
 def message_payload(message: Message) -> dict[str, Any]:
     """A message as the chat page and the websocket see it."""
     return {
@@ -55,10 +62,7 @@ def message_payload(message: Message) -> dict[str, Any]:
         "finish_reason": message.finish_reason,
         "error": message.error,
         "code": message.error_code,
-        "usage": {
-            "prompt_tokens": message.prompt_tokens or 0,
-            "completion_tokens": message.completion_tokens or 0,
-        },
+        "usage": message_usage(message),
         "created": message.created.isoformat(),
     }
 
@@ -99,20 +103,16 @@ def api_key_list(*, user: User) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(user=user).order_by("-created", "-id")
 
 
-# --- The OpenAI-compatible and REST APIs -----------------------------------------
-
-
-def reply_unfinished_count(*, user: User, since: datetime, conversation: Conversation | None = None) -> int:
-    """The user's replies created after `since` that are queued or being generated."""
-    replies = Message.objects.filter(
+def reply_unfinished_count(*, user: User) -> int:
+    """The user's replies queued or being generated, on every surface."""
+    return Message.objects.filter(
         conversation__owner=user,
         role=Message.Role.ASSISTANT,
         status__in=[Message.Status.PENDING, Message.Status.STREAMING],
-        created__gte=since,
-    )
-    if conversation is not None:
-        replies = replies.filter(conversation=conversation)
-    return replies.count()
+    ).count()
+
+
+# --- Models ------------------------------------------------------------------------
 
 
 # The name the worker gives the packaged model (inference.loading.DEFAULT_MODEL_NAME,

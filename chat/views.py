@@ -17,16 +17,15 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from chat import exports, selectors, services
+from chat import exports, selectors
 from chat.auth import AuthenticatedHttpRequest
 from chat.forms import ApiKeyForm, DefaultParamsForm, ProfileForm
 from chat.models import ApiKey, Conversation
-from inference.params import (
-    REPETITION_PENALTY_RANGE,
-    TEMPERATURE_RANGE,
-    TOP_P_RANGE,
-    InvalidParameter,
-)
+from chat.params import CHAT_PARAM_FIELDS, FORM_FIELDS
+from chat.services import accounts, conversations, profiles
+from chat.services.limits import InvalidInput
+from chat.services.replies import params_for
+from inference.params import InvalidParameter
 
 
 def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | None) -> HttpResponse:
@@ -41,19 +40,11 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
         "conversations": sidebar,
         "query": query,
         "chat_messages": selectors.conversation_messages(conversation=conversation) if conversation else [],
-        "params": services.params_for(conversation=conversation) if conversation else None,
-        "ranges": PARAM_RANGES,
-        "max_new_tokens_cap": settings.GENERATION_MAX_NEW_TOKENS,
+        "params": params_for(conversation=conversation) if conversation else None,
+        "fields": FORM_FIELDS,  # the settings panel's ranges, from the one parameter schema
+        "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
     }
     return render(request, "chat/chat.html", context)
-
-
-# What the settings panel shows next to each field.
-PARAM_RANGES = {
-    "temperature": TEMPERATURE_RANGE,
-    "top_p": TOP_P_RANGE,
-    "repetition_penalty": REPETITION_PENALTY_RANGE,
-}
 
 
 def _own_conversation(request: AuthenticatedHttpRequest, conversation_id: int) -> Conversation:
@@ -72,7 +63,7 @@ def home(request: AuthenticatedHttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def conversation_new(request: AuthenticatedHttpRequest) -> HttpResponse:
-    conversation = services.conversation_create(user=request.user)
+    conversation = conversations.conversation_create(user=request.user)
     return redirect("conversation", conversation_id=conversation.pk)
 
 
@@ -88,7 +79,7 @@ def conversation_rename(request: AuthenticatedHttpRequest, conversation_id: int)
     if not title:
         return JsonResponse({"error": "The title cannot be empty."}, status=400)
     _own_conversation(request, conversation_id)
-    conversation = services.conversation_update(
+    conversation = conversations.conversation_update(
         user=request.user, conversation_id=conversation_id, title=title
     )
     return JsonResponse({"title": conversation.title})
@@ -98,7 +89,7 @@ def conversation_rename(request: AuthenticatedHttpRequest, conversation_id: int)
 @require_POST
 def conversation_delete(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     _own_conversation(request, conversation_id)
-    services.conversation_delete(user=request.user, conversation_id=conversation_id)
+    conversations.conversation_delete(user=request.user, conversation_id=conversation_id)
     messages.success(request, "Conversation deleted.")
     return redirect("home")
 
@@ -114,13 +105,13 @@ def conversation_settings(request: AuthenticatedHttpRequest, conversation_id: in
     except ValueError:
         return JsonResponse({"error": "Send the settings as a JSON object."}, status=400)
     try:
-        conversation = services.conversation_settings_update(
+        conversation = conversations.conversation_settings_update(
             user=request.user,
             conversation_id=conversation_id,
             system_prompt=str(body.get("system_prompt", "")),
-            params={field: body.get(field) for field in services.CHAT_PARAM_FIELDS},
+            params={field: body.get(field) for field in CHAT_PARAM_FIELDS},
         )
-    except InvalidParameter as exc:
+    except (InvalidParameter, InvalidInput) as exc:
         return JsonResponse({"error": str(exc), "field": exc.field}, status=400)
     return JsonResponse({"system_prompt": conversation.system_prompt, "params": conversation.params})
 
@@ -189,7 +180,7 @@ def conversation_import(request: AuthenticatedHttpRequest) -> HttpResponse:
             data = json.loads(upload.read())
         except ValueError:
             raise exports.InvalidImport("The file is not valid JSON.") from None
-        conversation = services.conversation_import(user=request.user, data=data)
+        conversation = conversations.conversation_import(user=request.user, data=data)
     except exports.InvalidImport as exc:
         messages.error(request, f"Import failed: {exc}")
         return redirect("home")
@@ -206,7 +197,7 @@ def account_delete(request: AuthenticatedHttpRequest) -> HttpResponse:
     if not request.user.check_password(request.POST.get("password", "")):
         messages.error(request, "Your account was not deleted: the password did not match.")
         return redirect("profile")
-    services.account_delete(user=request.user)
+    accounts.account_delete(user=request.user)
     logout(request)
     messages.success(request, "Your account and all its conversations were deleted.")
     return redirect("login")
@@ -217,7 +208,7 @@ def signup(request: HttpRequest) -> HttpResponse:
         return redirect("home")
     form: UserCreationForm[User] = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = services.user_create(
+        user = accounts.user_create(
             username=form.cleaned_data["username"], password=form.cleaned_data["password1"]
         )
         # The account was just created with a password, so the model backend
@@ -234,8 +225,8 @@ def profile(request: AuthenticatedHttpRequest) -> HttpResponse:
         profile_form = ProfileForm(request.POST)
         params_form = DefaultParamsForm(request.POST)
         if profile_form.is_valid() and params_form.is_valid():
-            services.profile_update(user=request.user, **profile_form.cleaned_data)
-            services.profile_defaults_update(user=request.user, params=params_form.cleaned_data)
+            profiles.profile_update(user=request.user, **profile_form.cleaned_data)
+            profiles.profile_defaults_update(user=request.user, params=params_form.cleaned_data)
             messages.success(request, "Profile saved.")
             return redirect("profile")
         return _render_profile(request, profile_form=profile_form, params_form=params_form, status=400)
@@ -251,7 +242,7 @@ def api_key_new(request: AuthenticatedHttpRequest) -> HttpResponse:
         return _render_profile(request, key_form=key_form, status=400)
     # Rendered rather than redirected: a redirect would have to park the
     # secret in the session store to show it on the next page.
-    api_key, secret = services.api_key_create(user=request.user, name=key_form.cleaned_data["name"])
+    api_key, secret = accounts.api_key_create(user=request.user, name=key_form.cleaned_data["name"])
     return _render_profile(request, new_key=secret, new_key_record=api_key)
 
 
@@ -259,7 +250,7 @@ def api_key_new(request: AuthenticatedHttpRequest) -> HttpResponse:
 @require_POST
 def api_key_revoke(request: AuthenticatedHttpRequest, key_id: int) -> HttpResponse:
     try:
-        services.api_key_revoke(user=request.user, key_id=key_id)
+        accounts.api_key_revoke(user=request.user, key_id=key_id)
     except ApiKey.DoesNotExist:
         raise Http404("No such API key.") from None
     messages.success(request, "API key revoked.")
@@ -277,7 +268,7 @@ def _render_profile(
     status: int = 200,
 ) -> HttpResponse:
     if profile_form is None:
-        current = services.profile_get_or_create(user=request.user)
+        current = profiles.profile_get_or_create(user=request.user)
         profile_form = ProfileForm(
             initial={
                 "display_name": current.display_name,
@@ -285,9 +276,9 @@ def _render_profile(
             }
         )
     if params_form is None:
-        defaults = services.params_for_new_conversations(user=request.user)
+        defaults = profiles.params_for_new_conversations(user=request.user)
         params_form = DefaultParamsForm(
-            initial={field: getattr(defaults, field) for field in services.CHAT_PARAM_FIELDS}
+            initial={field: getattr(defaults, field) for field in CHAT_PARAM_FIELDS}
         )
     context = {
         "profile_form": profile_form,

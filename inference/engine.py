@@ -119,6 +119,21 @@ class _Job:
         return self.generated[-1]
 
 
+@dataclass(frozen=True)
+class EngineConfig:
+    """How an engine is set up; the defaults are the deployment's and Engine's own.
+
+    The worker builds one from its settings: nothing here reads Django settings.
+    """
+
+    max_batch: int = 8  # rows decoded together
+    max_per_owner: int = 4  # rows one owner may hold at once (0 = no cap)
+    prefix_cache_mb: int = 512  # KV cache kept for finished conversations
+    weights: str = "auto"  # one of WEIGHT_CHOICES
+    threads: int = 0  # torch threads for decode steps (0 = every core but one)
+    prefill_threads: int = 0  # torch threads while prefilling (0 = every core)
+
+
 @dataclass
 class EngineStats:
     """Counters for tests and the benchmark."""
@@ -137,14 +152,14 @@ class Engine:
         self,
         loaded: LoadedModel,
         *,
-        max_batch: int = 8,
-        max_per_owner: int = 0,
-        prefix_cache_mb: int = 256,
-        weights: str = "auto",
+        max_batch: int = EngineConfig.max_batch,
+        max_per_owner: int = EngineConfig.max_per_owner,
+        prefix_cache_mb: int = EngineConfig.prefix_cache_mb,
+        weights: str = EngineConfig.weights,
         poll_interval_s: float = 0.05,
         stream_interval_s: float = 0.05,
-        threads: int = 0,
-        prefill_threads: int = 0,
+        threads: int = EngineConfig.threads,
+        prefill_threads: int = EngineConfig.prefill_threads,
     ) -> None:
         if not supports(loaded.model):
             raise EngineUnsupported(f"{type(loaded.model).__name__} is not supported by the engine")
@@ -577,13 +592,13 @@ def _held_back(text: str, stop_strings: list[str]) -> int:
     return held
 
 
-def engine_from_settings(loaded: LoadedModel, settings: Any) -> Engine:
+def engine_from_config(loaded: LoadedModel, config: EngineConfig) -> Engine:
     return Engine(
         loaded,
-        max_batch=settings.ENGINE_MAX_BATCH,
-        max_per_owner=settings.ENGINE_MAX_PER_OWNER,
-        prefix_cache_mb=settings.ENGINE_PREFIX_CACHE_MB,
-        weights=settings.ENGINE_WEIGHTS,
-        threads=settings.ENGINE_THREADS,
-        prefill_threads=settings.ENGINE_PREFILL_THREADS,
+        max_batch=config.max_batch,
+        max_per_owner=config.max_per_owner,
+        prefix_cache_mb=config.prefix_cache_mb,
+        weights=config.weights,
+        threads=config.threads,
+        prefill_threads=config.prefill_threads,
     )

@@ -17,8 +17,9 @@ one-at-a-time backend for anything else.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,9 @@ class Projection(nn.Module):
         self.bias: nn.Parameter | None = None
         self.packed: torch.Tensor | None = None
         self.packed_rows = 0
-        self.half: torch.Tensor | None = None
+        # fbgemm's prepacked fp16 weight and bias (an opaque handle, see store_half).
+        # Not `half`: that would shadow nn.Module.half().
+        self.packed_fp16: torch.ScriptObject | None = None
         if any(m.bias is not None for m in modules):
             parts = [
                 m.bias.detach() if m.bias is not None else weight_t.new_zeros(m.out_features) for m in modules
@@ -101,7 +104,7 @@ class Projection(nn.Module):
         still the fastest at 2-8 rows and in prefill.
         """
         weight = self.weight_t.detach().t().contiguous()
-        self.half = torch.ops.quantized.linear_prepack_fp16(weight, self.bias)
+        self.packed_fp16 = torch.ops.quantized.linear_prepack_fp16(weight, self.bias)
         self.packed, self.packed_rows = None, 0
         if self.private:
             self.weight_t = nn.Parameter(weight.new_empty(0), requires_grad=False)
@@ -111,12 +114,12 @@ class Projection(nn.Module):
         return (
             self.in_features
             * self.out_features
-            * (2 if self.half is not None else self.weight_t.element_size())
+            * (2 if self.packed_fp16 is not None else self.weight_t.element_size())
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if self.half is not None:
-            return torch.ops.quantized.linear_dynamic_fp16(x, self.half)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed_fp16 is not None:
+            return torch.ops.quantized.linear_dynamic_fp16(x, self.packed_fp16)
         if self.packed is not None and 1 < x.numel() // x.shape[-1] <= self.packed_rows:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         out = torch.matmul(x, self.weight_t)
@@ -131,10 +134,11 @@ class _Layer(nn.Module):
         self.o = Projection([attn.o_proj])
         self.gate_up = Projection([mlp.gate_proj, mlp.up_proj])
         self.down = Projection([mlp.down_proj])
-        self.norm1 = layer.input_layernorm.weight.detach()
-        self.norm2 = layer.post_attention_layernorm.weight.detach()
-        self.q_norm = getattr(attn, "q_norm", None)  # Qwen3 normalises q and k per head
-        self.k_norm = getattr(attn, "k_norm", None)
+        self.norm1: torch.Tensor = layer.input_layernorm.weight.detach()
+        self.norm2: torch.Tensor = layer.post_attention_layernorm.weight.detach()
+        # Qwen3 normalises q and k per head.
+        self.q_norm: nn.Module | None = getattr(attn, "q_norm", None)
+        self.k_norm: nn.Module | None = getattr(attn, "k_norm", None)
 
 
 @dataclass
@@ -205,10 +209,14 @@ class FastDecoder(nn.Module):
             self._cos, self._sin = cos[0].contiguous(), sin[0].contiguous()
         return self._cos[positions].unsqueeze(2), self._sin[positions].unsqueeze(2)
 
+    def decoder_layers(self) -> Iterable[_Layer]:
+        """self.layers, typed: a ModuleList of _Layer (nn.ModuleList only says Module)."""
+        return cast("Iterable[_Layer]", self.layers)
+
     def projections(self) -> list[Projection]:
-        return [p for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [
-            self.lm_head
-        ]
+        return [
+            p for layer in self.decoder_layers() for p in (layer.qkv, layer.o, layer.gate_up, layer.down)
+        ] + [self.lm_head]
 
     def pack_for_batches(self, rows: int) -> None:
         """oneDNN-packed weight copies for decode steps of 2..rows rows (see Projection)."""
@@ -240,7 +248,7 @@ class FastDecoder(nn.Module):
         element = torch.empty((), dtype=self.dtype).element_size()
         return 2 * len(self.layers) * self.kv_heads * self.head_dim * element
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         tokens: torch.Tensor,  # [rows, steps]
         positions: torch.Tensor,  # [rows, steps]: where each token sits in its sequence
@@ -267,11 +275,11 @@ class FastDecoder(nn.Module):
         slots = slots.reshape(-1)
         rows_end = row_start + rows
         qk_heads = heads + kv_heads
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self.decoder_layers()):
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.norm1, self.eps)
             qkv = layer.qkv(x)
             qk = qkv[..., : q_size + kv_size].view(rows, steps, qk_heads, head_dim)
-            if layer.q_norm is not None:
+            if layer.q_norm is not None and layer.k_norm is not None:
                 qk = torch.cat(
                     (layer.q_norm(qk[:, :, :heads]), layer.k_norm(qk[:, :, heads:])),
                     dim=2,

@@ -19,14 +19,18 @@ KEY_PREFIX = "sanjai:worker:"
 
 @dataclass(frozen=True)
 class WorkerInfo:
-    name: str
+    id: str  # unique per worker process start; replies record who claimed them
+    name: str  # the Celery hostname, e.g. generation@laptop
     model: str
     device: str
     since: float
 
 
 def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    # A short connect timeout: a refused or unreachable server is an outage
+    # to report at once. A longer read timeout: a server slowed by a saturated
+    # machine still answers these small commands, and must not read as down.
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
 
 
 def live_workers(redis_url: str) -> list[WorkerInfo]:
@@ -38,6 +42,10 @@ def live_workers(redis_url: str) -> list[WorkerInfo]:
     finally:
         client.close()
     return [WorkerInfo(**json.loads(raw)) for raw in values if raw]
+
+
+def live_worker_ids(redis_url: str) -> set[str]:
+    return {worker.id for worker in live_workers(redis_url)}
 
 
 class Heartbeat:
@@ -52,7 +60,7 @@ class Heartbeat:
 
     @property
     def key(self) -> str:
-        return KEY_PREFIX + self._info.name
+        return KEY_PREFIX + self._info.id
 
     def start(self) -> None:
         self._beat(_client(self._url))  # be visible before the first job can arrive

@@ -1,55 +1,87 @@
-"""The model a Celery worker holds, loaded once when the worker starts.
+"""The model a generation worker holds, loaded once when the worker starts.
 
-Generation workers load the model as they start (the app's `worker_init`
-hook), before they take any job, and announce themselves with a heartbeat so
-the web can tell when none is up.
+The worker's wiring (`sanjai_site/celery.py`) reads the settings and passes
+them in as a `WorkerConfig`: nothing here reads Django settings. Once the
+model is loaded the worker announces itself with a heartbeat, so the web can
+tell when none is up and the sweeper can tell whose replies lost their worker.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
-
-from django.conf import settings
+from dataclasses import dataclass
+from pathlib import Path
 
 from inference.presence import Heartbeat, WorkerInfo
 from inference.types import Backend, Completion, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model_path: str  # a model folder or a .gguf file; empty: the packaged default
+    device: str  # auto | cuda | mps | cpu
+    cache_dir: Path
+    context_tokens: int = 0  # 0: the model's own context window
+    engine_enabled: bool = True
+    engine_max_batch: int = 8
+    engine_max_per_owner: int = 4
+    engine_prefix_cache_mb: int = 512
+    engine_weights: str = "auto"
+    engine_threads: int = 0
+    engine_prefill_threads: int = 0
+
+
 _backend: Backend | None = None
 _heartbeat: Heartbeat | None = None
+_worker_id = ""
 
 
 def backend() -> Backend:
-    """The worker's loaded backend; loads it on first use outside a worker (shell, tests)."""
-    global _backend
+    """The backend this worker loaded in `start()`."""
     if _backend is None:
-        _backend = load_backend()
+        raise RuntimeError("no model loaded: inference.worker.start() runs when a worker starts")
     return _backend
 
 
-def load_backend() -> Backend:
+def worker_id() -> str:
+    """This worker process's identity, as its heartbeat announces it ("" before `start()`)."""
+    return _worker_id
+
+
+def load_backend(config: WorkerConfig) -> Backend:
     from inference.backend import TransformersBackend
-    from inference.engine import EngineUnsupported, engine_from_settings
+    from inference.engine import EngineConfig, EngineUnsupported, engine_from_config
     from inference.loading import load_model
 
-    if settings.ENGINE_THREADS:
+    if config.engine_threads:
         import torch
 
-        torch.set_num_threads(settings.ENGINE_THREADS)
+        torch.set_num_threads(config.engine_threads)
     loaded = load_model(
-        settings.MODEL_PATH,
-        device=settings.DEVICE,
-        cache_dir=settings.MODEL_CACHE_DIR,
-        context_tokens=settings.MODEL_CONTEXT_TOKENS,
+        config.model_path,
+        device=config.device,
+        cache_dir=config.cache_dir,
+        context_tokens=config.context_tokens,
     )
-    if settings.ENGINE_ENABLED:
+    if config.engine_enabled:
+        engine_config = EngineConfig(
+            max_batch=config.engine_max_batch,
+            max_per_owner=config.engine_max_per_owner,
+            prefix_cache_mb=config.engine_prefix_cache_mb,
+            weights=config.engine_weights,
+            threads=config.engine_threads,
+            prefill_threads=config.engine_prefill_threads,
+        )
         try:
-            return engine_from_settings(loaded, settings)
+            return engine_from_config(loaded, engine_config)
         except EngineUnsupported as exc:
             logger.warning("%s; generating one reply at a time instead", exc)
     return _OneAtATime(TransformersBackend(loaded))
@@ -71,21 +103,25 @@ class _OneAtATime:
             return self._backend.generate(request, on_text)
 
 
-def start(*, hostname: str | None) -> None:
+def start(config: WorkerConfig, *, hostname: str | None, redis_url: str, heartbeat_ttl_s: int) -> None:
     """Load the model and announce the worker; called once as the worker starts."""
-    global _backend, _heartbeat
-    _backend = load_backend()
+    global _backend, _heartbeat, _worker_id
+    _backend = load_backend(config)
     name = hostname or socket.gethostname()
+    # Unique per process start: a worker restarted under the same name must
+    # not vouch for replies its previous run left half-written.
+    _worker_id = f"{name}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
     loaded = getattr(_backend, "loaded", None)
     info = WorkerInfo(
+        id=_worker_id,
         name=name,
         model=_backend.model_name,
         device=str(getattr(loaded, "device", "unknown")),
         since=time.time(),
     )
-    _heartbeat = Heartbeat(settings.REDIS_URL, info, ttl_s=settings.WORKER_HEARTBEAT_TTL_S)
+    _heartbeat = Heartbeat(redis_url, info, ttl_s=heartbeat_ttl_s)
     _heartbeat.start()
-    logger.info("worker %s ready with %s", name, _backend.model_name)
+    logger.info("worker %s ready with %s", _worker_id, _backend.model_name)
 
 
 def stop() -> None:

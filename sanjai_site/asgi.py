@@ -13,6 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from chat.services.sweeper import start_sweeper  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -22,3 +23,7 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Only the web server imports this module. Its sweeper ends replies nobody is
+# working on, even while no worker is running to do it.
+start_sweeper()

@@ -196,12 +196,28 @@ if envstr("QUANTIZE", ""):
 CELERY_WORKER_POOL = "threads"
 CELERY_WORKER_CONCURRENCY = envint("WORKER_CONCURRENCY", 2 * ENGINE_MAX_BATCH, minimum=1)
 
-# --- The OpenAI-compatible API (/v1/) and the REST API (/api/v1/) --------------
-# Replies one user may have queued or generating at once through these APIs
-# (0 = no limit); one more answers 429.
-API_MAX_CONCURRENT_REPLIES = envint("API_MAX_CONCURRENT_REPLIES", 4, minimum=0)
+# --- Replies: the limits every surface shares, and the bounds on stuck replies --
+# Replies one user may have queued or generating at once, on every surface (the
+# page, /chat, /v1, /api/v1); one more is refused (429). 0 = no limit.
+# API_MAX_CONCURRENT_REPLIES is the old name, from when only the APIs had it.
+MAX_CONCURRENT_REPLIES = envint(
+    "MAX_CONCURRENT_REPLIES", envint("API_MAX_CONCURRENT_REPLIES", 4, minimum=0), minimum=0
+)
+# Replies one user may start per minute (a token bucket: bursts of this many,
+# refilled evenly over the minute). 0 = no limit.
+MAX_REPLIES_PER_MINUTE = envint("MAX_REPLIES_PER_MINUTE", 30, minimum=0)
+# How often the sweeper (in the web process and in every worker) looks for
+# replies nobody is working on. See chat/services/sweeper.py for the bounds.
+REPLY_SWEEP_INTERVAL_S = envfloat("REPLY_SWEEP_INTERVAL_S", 5.0)
+# A pending reply whose job has not reached the queue after this long (the web
+# process died between commit and publish) is queued again by the sweeper.
+REPLY_ENQUEUE_GRACE_S = envfloat("REPLY_ENQUEUE_GRACE_S", 10.0)
+# A queued reply no worker has started after this long is failed: its job was
+# lost (a broker that restarted without its data) or no worker came back.
+REPLY_QUEUE_LIMIT_S = envfloat("REPLY_QUEUE_LIMIT_S", CHAT_REPLY_TIMEOUT_S + GENERATION_TIME_LIMIT_S)
 
-# CORS, for those two prefixes only. Browsers on other origins may call them
+# --- CORS for the OpenAI-compatible API (/v1/) and the REST API (/api/v1/) -----
+# For those two prefixes only. Browsers on other origins may call them
 # only from the listed origins ("https://app.example.com,http://localhost:3000");
 # credentials (the session cookie) are allowed for those origins and no others.
 # A page on another origin that uses the session must also be in CSRF_TRUSTED_ORIGINS.

@@ -56,9 +56,63 @@ def other_user(django_user_model: Any) -> Any:
 
 @pytest.fixture
 def owner_key(owner: Any) -> str:
-    from chat.services import api_key_create
+    from chat.services.accounts import api_key_create
 
     return api_key_create(user=owner, name="tests")[1]
+
+
+# --- Submitting ------------------------------------------------------------------
+
+
+@pytest.fixture
+def queued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Stands in for the broker in in-process tests: records the reply ids the submit path queues.
+
+    The real publish (Celery over Redis to a worker) runs in the stack tests.
+    """
+    from django.utils import timezone
+
+    from chat.models import Message
+    from chat.services import replies
+
+    ids: list[int] = []
+
+    def publish(*, reply: Any) -> None:
+        ids.append(reply.pk)
+        Message.objects.filter(pk=reply.pk).update(queued_at=timezone.now())
+
+    monkeypatch.setattr(replies, "reply_enqueue", publish)
+    return ids
+
+
+def submit(user: Any, content: str = "What is the capital of France?", **fields: Any) -> Any:
+    """The one submit path, as a surface calls it: `conversation_id`, `action` and parameters."""
+    from chat.services.replies import Submission, reply_submit
+
+    submission = Submission(
+        content=content,
+        action=fields.pop("action", "send"),
+        conversation_id=fields.pop("conversation_id", None),
+        params=fields,
+    )
+    return reply_submit(user=user, submission=submission)
+
+
+def exchange(conversation: Any, question: str, answer: str) -> tuple[Any, Any]:
+    """A finished question and reply, stored as earlier turns are (test setup)."""
+    from chat.models import Message
+
+    return (
+        Message.objects.create(conversation=conversation, role="user", content=question),
+        Message.objects.create(conversation=conversation, role="assistant", content=answer),
+    )
+
+
+def finish(reply: Any, content: str = "An answer.") -> None:
+    """Mark a reply done, as a worker would, so its conversation takes the next message."""
+    from chat.models import Message
+
+    Message.objects.filter(pk=reply.pk).update(status=Message.Status.DONE, content=content)
 
 
 # --- Events ----------------------------------------------------------------------

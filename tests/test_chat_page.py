@@ -9,9 +9,9 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from chat import services
 from chat.models import Conversation, Message
-from inference.params import GenerationParams
+from chat.services import conversations
+from tests.conftest import exchange, submit
 
 pytestmark = pytest.mark.django_db
 
@@ -25,11 +25,9 @@ def browser(owner: Any) -> Client:
 
 @pytest.fixture
 def conversation(owner: Any) -> Conversation:
-    conversation = services.conversation_create(user=owner, title="Capitals", system_prompt="Be brief.")
-    posted = services.message_post(
-        user=owner, content="Capital of *France*?", params=GenerationParams(), conversation_id=conversation.pk
-    )
-    Message.objects.filter(pk=posted.reply.pk).update(status="done", content="**Paris**", completion_tokens=3)
+    conversation = conversations.conversation_create(user=owner, title="Capitals", system_prompt="Be brief.")
+    _, reply = exchange(conversation, "Capital of *France*?", "**Paris**")
+    Message.objects.filter(pk=reply.pk).update(completion_tokens=3)
     return conversation
 
 
@@ -37,7 +35,9 @@ def test_the_page_has_the_sidebar_messages_and_settings_ranges(browser: Client, 
     body = browser.get(f"/c/{conversation.pk}/").content.decode()
     assert 'data-ws-path="/ws/conversations/' in body
     assert "Capital of *France*?" in body and "**Paris**" in body  # rendered as Markdown by the page
-    assert "(0, 1]" in body and "[0, 2]" in body and "(1\u20131024)" in body  # ranges shown
+    # The ranges shown come from the one parameter schema.
+    assert "(0, 1]" in body and "[0, 2]" in body and "from 1 to 1024" in body
+    assert 'name="temperature" min="0.0" max="2.0"' in body
     assert 'aria-live="polite"' in body
 
 
@@ -47,7 +47,7 @@ def test_pages_forbid_inline_script_and_remote_content(browser: Client, conversa
 
 
 def test_search_finds_titles_and_content(browser: Client, conversation: Any, owner: Any) -> None:
-    services.conversation_create(user=owner, title="Unrelated")
+    conversations.conversation_create(user=owner, title="Unrelated")
     body = browser.get("/?q=paris").content.decode()
     assert "Capitals" in body and "Unrelated" not in body
 
@@ -56,7 +56,7 @@ def test_rename_and_delete(browser: Client, conversation: Any, other_user: Any) 
     response = browser.post(f"/c/{conversation.pk}/rename/", {"title": "  European capitals "})
     assert response.json() == {"title": "European capitals"}
     assert browser.post(f"/c/{conversation.pk}/rename/", {"title": " "}).status_code == 400
-    theirs = services.conversation_create(user=other_user, title="Theirs")
+    theirs = conversations.conversation_create(user=other_user, title="Theirs")
     assert browser.post(f"/c/{theirs.pk}/rename/", {"title": "x"}).status_code == 404
     assert browser.post(f"/c/{theirs.pk}/delete/").status_code == 404
     assert browser.post(f"/c/{conversation.pk}/delete/").status_code == 302
@@ -64,7 +64,9 @@ def test_rename_and_delete(browser: Client, conversation: Any, other_user: Any) 
     assert Conversation.objects.filter(pk=theirs.pk).exists()
 
 
-def test_settings_are_validated_and_used_for_the_next_reply(browser: Client, conversation: Any) -> None:
+def test_settings_are_validated_and_used_for_the_next_reply(
+    browser: Client, conversation: Any, queued: list[int]
+) -> None:
     url = f"/c/{conversation.pk}/settings/"
     good = {
         "system_prompt": "Answer in French.",
@@ -77,14 +79,12 @@ def test_settings_are_validated_and_used_for_the_next_reply(browser: Client, con
     assert response.status_code == 200
     bad = browser.post(url, json.dumps({**good, "temperature": 3}), content_type="application/json")
     assert bad.status_code == 400 and bad.json() == {
-        "error": "temperature: must be in [0, 2], got 3",
+        "error": "temperature: must be a number in [0, 2] (0 is greedy), got 3",
         "field": "temperature",
     }
     conversation.refresh_from_db()
     assert conversation.system_prompt == "Answer in French."
-    posted = services.chat_message_post(
-        user=conversation.owner, conversation_id=conversation.pk, content="Hi"
-    )
+    posted = submit(conversation.owner, "Hi", conversation_id=conversation.pk)
     assert posted.reply.params["max_new_tokens"] == 50 and posted.reply.params["temperature"] == 0
 
 
@@ -130,7 +130,7 @@ def test_a_bad_import_says_why_and_creates_nothing(browser: Client, owner: Any) 
 
 
 def test_export_everything_is_only_mine(browser: Client, conversation: Any, other_user: Any) -> None:
-    services.conversation_create(user=other_user, title="Secret plans")
+    conversations.conversation_create(user=other_user, title="Secret plans")
     data = json.loads(browser.get("/profile/export/?format=json").content)
     assert [c["title"] for c in data["conversations"]] == ["Capitals"]
     assert "Secret plans" not in browser.get("/profile/export/?format=md").content.decode()

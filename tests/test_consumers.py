@@ -15,11 +15,12 @@ from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
 
-from chat import services
 from chat.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
+from chat.generation import reply_generate
 from chat.models import Message
 from chat.routing import websocket_urlpatterns
-from inference.params import GenerationParams
+from chat.services import conversations
+from tests.conftest import exchange, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,7 +51,7 @@ def no_broker(settings: Any, dead_redis_url: str) -> None:
 
 
 def test_anonymous_sockets_are_refused(owner: Any) -> None:
-    conversation = services.conversation_create(user=owner)
+    conversation = conversations.conversation_create(user=owner)
 
     async def scenario() -> Any:
         ws = communicator(conversation.pk, ORIGIN)
@@ -60,7 +61,7 @@ def test_anonymous_sockets_are_refused(owner: Any) -> None:
 
 
 def test_another_users_conversation_is_refused(owner: Any, other_user: Any) -> None:
-    conversation = services.conversation_create(user=owner)
+    conversation = conversations.conversation_create(user=owner)
     cookie = session_cookie(other_user)
 
     async def scenario() -> Any:
@@ -70,7 +71,7 @@ def test_another_users_conversation_is_refused(owner: Any, other_user: Any) -> N
 
 
 def test_a_foreign_origin_is_refused(owner: Any) -> None:
-    conversation = services.conversation_create(user=owner)
+    conversation = conversations.conversation_create(user=owner)
     cookie = session_cookie(owner)
 
     async def scenario() -> Any:
@@ -80,11 +81,9 @@ def test_a_foreign_origin_is_refused(owner: Any) -> None:
     assert connected is False
 
 
-def test_the_owner_gets_a_snapshot_with_the_text_so_far(owner: Any) -> None:
-    conversation = services.conversation_create(user=owner, system_prompt="Be brief.")
-    posted = services.message_post(
-        user=owner, content="Hi", params=GenerationParams(), conversation_id=conversation.pk
-    )
+def test_the_owner_gets_a_snapshot_with_the_text_so_far(owner: Any, queued: list[int]) -> None:
+    conversation = conversations.conversation_create(user=owner, system_prompt="Be brief.")
+    posted = submit(owner, "Hi", conversation_id=conversation.pk)
     Message.objects.filter(pk=posted.reply.pk).update(status="streaming", content="Hel")
     cookie = session_cookie(owner)
 
@@ -106,7 +105,7 @@ def test_the_owner_gets_a_snapshot_with_the_text_so_far(owner: Any) -> None:
 
 
 def test_sending_stores_first_and_reports_a_down_worker(owner: Any, no_broker: None) -> None:
-    conversation = services.conversation_create(user=owner)
+    conversation = conversations.conversation_create(user=owner)
     cookie = session_cookie(owner)
 
     async def scenario() -> list[dict[str, Any]]:
@@ -121,21 +120,23 @@ def test_sending_stores_first_and_reports_a_down_worker(owner: Any, no_broker: N
         return events
 
     events = run(scenario)
-    assert events[0] == {"type": "error", "action": "send", "error": "The message is empty."}
+    assert events[0] == {
+        "type": "error",
+        "action": "send",
+        "code": "invalid_request",
+        "error": "message: must be a non-empty string.",
+    }
     assert [e["type"] for e in events[1:]] == ["message.created", "message.created", "message.failed"]
     assert "unreachable" in events[3]["error"]
     user_message = Message.objects.get(conversation=conversation, role="user")
     assert user_message.content == "Hello there"  # kept although no worker took it
 
 
-def test_events_of_a_generated_reply_reach_the_page_in_order(owner: Any, tiny_backend: Any) -> None:
-    conversation = services.conversation_create(user=owner)
-    reply = services.message_post(
-        user=owner,
-        content="Hi",
-        params=GenerationParams(max_new_tokens=40, temperature=0),
-        conversation_id=conversation.pk,
-    ).reply
+def test_events_of_a_generated_reply_reach_the_page_in_order(
+    owner: Any, tiny_backend: Any, queued: list[int]
+) -> None:
+    conversation = conversations.conversation_create(user=owner)
+    reply = submit(owner, "Hi", conversation_id=conversation.pk, max_new_tokens=40, temperature=0).reply
     cookie = session_cookie(owner)
 
     async def scenario() -> list[dict[str, Any]]:
@@ -143,7 +144,9 @@ def test_events_of_a_generated_reply_reach_the_page_in_order(owner: Any, tiny_ba
         await ws.connect()
         await ws.receive_json_from(timeout=5)
         # The job body, as the worker runs it.
-        await database_sync_to_async(services.reply_generate)(reply_id=reply.pk, backend=tiny_backend)
+        await database_sync_to_async(reply_generate)(
+            reply_id=reply.pk, backend=tiny_backend, worker="test-worker"
+        )
         events = []
         while not events or events[-1]["type"] != "message.done":
             events.append(await ws.receive_json_from(timeout=5))
@@ -158,15 +161,11 @@ def test_events_of_a_generated_reply_reach_the_page_in_order(owner: Any, tiny_ba
     assert "".join(e["text"] for e in events[1:-1]).strip() == reply.content == events[-1]["content"]
 
 
-def test_cancel_from_the_page_stops_a_queued_reply(owner: Any, other_user: Any) -> None:
-    conversation = services.conversation_create(user=owner)
-    reply = services.message_post(
-        user=owner, content="Hi", params=GenerationParams(), conversation_id=conversation.pk
-    ).reply
-    theirs = services.conversation_create(user=other_user)
-    their_reply = services.message_post(
-        user=other_user, content="Mine", params=GenerationParams(), conversation_id=theirs.pk
-    ).reply
+def test_cancel_from_the_page_stops_a_queued_reply(owner: Any, other_user: Any, queued: list[int]) -> None:
+    conversation = conversations.conversation_create(user=owner)
+    reply = submit(owner, "Hi", conversation_id=conversation.pk).reply
+    theirs = conversations.conversation_create(user=other_user)
+    their_reply = submit(other_user, "Mine", conversation_id=theirs.pk).reply
     cookie = session_cookie(owner)
 
     async def scenario() -> list[dict[str, Any]]:
@@ -188,11 +187,8 @@ def test_cancel_from_the_page_stops_a_queued_reply(owner: Any, other_user: Any) 
 
 
 def test_regenerate_and_edit_replace_the_last_reply(owner: Any, no_broker: None) -> None:
-    conversation = services.conversation_create(user=owner)
-    posted = services.message_post(
-        user=owner, content="First try", params=GenerationParams(), conversation_id=conversation.pk
-    )
-    Message.objects.filter(pk=posted.reply.pk).update(status="done", content="Old answer")
+    conversation = conversations.conversation_create(user=owner)
+    _, old_reply = exchange(conversation, "First try", "Old answer")
     cookie = session_cookie(owner)
 
     async def scenario() -> list[dict[str, Any]]:
@@ -216,15 +212,26 @@ def test_regenerate_and_edit_replace_the_last_reply(owner: Any, no_broker: None)
         "message.created",
         "message.failed",  # edit
     ]
-    assert events[0]["message_id"] == posted.reply.pk
+    assert events[0]["message_id"] == old_reply.pk
     messages = list(conversation.messages.all())
     assert [(m.role, m.content) for m in messages] == [("user", "Second try"), ("assistant", "")]
 
 
-def test_a_second_message_waits_for_the_running_reply(owner: Any) -> None:
-    conversation = services.conversation_create(user=owner)
-    services.message_post(
-        user=owner, content="Hi", params=GenerationParams(), conversation_id=conversation.pk
-    )
-    with pytest.raises(services.ReplyInProgress):
-        services.chat_message_post(user=owner, conversation_id=conversation.pk, content="Again")
+def test_a_second_message_waits_for_the_running_reply(owner: Any, queued: list[int]) -> None:
+    conversation = conversations.conversation_create(user=owner)
+    submit(owner, "Hi", conversation_id=conversation.pk)
+    cookie = session_cookie(owner)
+
+    async def scenario() -> dict[str, Any]:
+        ws = communicator(conversation.pk, ORIGIN, cookie)
+        await ws.connect()
+        await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"action": "send", "content": "Again"})
+        refused = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return refused
+
+    refused = run(scenario)
+    assert refused["type"] == "error" and refused["code"] == "conversation_busy"
+    assert "still answering" in refused["error"]
+    assert conversation.messages.filter(role="user").count() == 1

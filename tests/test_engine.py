@@ -374,10 +374,10 @@ def test_turn_boundaries_and_the_time_limit_stop_generation(tiny_loaded: LoadedM
 
 @pytest.mark.django_db
 def test_a_reply_waiting_for_a_slot_publishes_its_queue_position(
-    owner: Any, make_engine: Callable[..., Engine], django_capture_on_commit_callbacks: Any
+    owner: Any, make_engine: Callable[..., Engine], django_capture_on_commit_callbacks: Any, queued: list[int]
 ) -> None:
-    from chat import services
-    from tests.conftest import captured_events
+    from chat.generation import reply_generate
+    from tests.conftest import captured_events, submit
 
     engine = make_engine(max_batch=1)
     running = threading.Event()
@@ -387,13 +387,13 @@ def test_a_reply_waiting_for_a_slot_publishes_its_queue_position(
         )
     )
     running.wait(10)
-    posted = services.message_post(user=owner, content="Hello?", params=greedy(5))
+    posted = submit(owner, "Hello?", max_new_tokens=5, temperature=0)
     reply = posted.reply
     with (
         captured_events(reply.conversation_id) as events,
         django_capture_on_commit_callbacks(execute=True),
     ):
-        services.reply_generate(reply_id=reply.pk, backend=engine)
+        reply_generate(reply_id=reply.pk, backend=engine, worker="test-worker")
     blocker.join()
     assert {"type": "message.queued", "message_id": reply.pk, "position": 1} in events
     kinds = [event["type"] for event in events]

@@ -18,9 +18,10 @@ import httpx
 import pytest
 from django.test import Client
 
-from chat import services
 from chat.models import Conversation, Message
+from chat.services import conversations, profiles
 from inference import presence
+from tests.conftest import exchange
 from tests.stack import Stack, stack_on_test_database
 
 URL = "/v1/chat/completions"
@@ -88,7 +89,7 @@ def test_models_lists_what_live_workers_serve(
     settings.REDIS_URL = redis_url
     settings.MODEL_PATH = "/models/configured-but-not-running"
     beats = [
-        presence.Heartbeat(redis_url, presence.WorkerInfo(name, model, "cpu", since), ttl_s=30)
+        presence.Heartbeat(redis_url, presence.WorkerInfo(f"{name}/1/x", name, model, "cpu", since), ttl_s=30)
         for name, model, since in [
             ("w1", "model-b", 2000.5),
             ("w2", "model-a", 1000.0),
@@ -172,13 +173,13 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {}}}
         (ask(presence_penalty=-1), "presence_penalty", "does not support it"),
         (ask(logprobs=True), "logprobs", "not supported"),
         (ask(response_format={"type": "json_object"}), "response_format", 'only {"type": "text"}'),
-        (ask(temperature=3), "temperature", "temperature: must be in [0, 2]"),
+        (ask(temperature=3), "temperature", "temperature: must be a number in [0, 2]"),
         (ask(top_p="high"), "top_p", "top_p: must be a number"),
-        (ask(max_tokens=0), "max_tokens", "max_tokens: must be from 1 to 1024"),
+        (ask(max_tokens=0), "max_tokens", "max_tokens: must be a whole number from 1 to 1024"),
         (
             ask(max_completion_tokens=100_000),
             "max_completion_tokens",
-            "max_completion_tokens: must be from 1",
+            "max_completion_tokens: must be a whole number from 1",
         ),
         (ask(max_tokens=5, max_completion_tokens=6), "max_completion_tokens", "disagree"),
         (ask(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
@@ -213,12 +214,11 @@ def test_an_unknown_model_is_404(client: Client, owner_key: str, configured: Any
 def test_too_many_running_replies_is_429(
     client: Client, owner: Any, owner_key: str, configured: Any, settings: Any
 ) -> None:
-    settings.API_MAX_CONCURRENT_REPLIES = 2
+    settings.MAX_CONCURRENT_REPLIES = 2
     for _ in range(2):
-        conversation = services.conversation_create(user=owner)
-        services.message_post(
-            user=owner, content="busy", params=services.default_params(), conversation_id=conversation.pk
-        )
+        conversation = conversations.conversation_create(user=owner)
+        exchange(conversation, "busy", "")
+    Message.objects.filter(role="assistant").update(status=Message.Status.PENDING)
     status, body = post(client, ask(stream=True), **bearer(owner_key))
     assert status == 429
     message = assert_error(body, kind="rate_limit_error", code="too_many_concurrent_replies")
@@ -267,7 +267,7 @@ def test_no_worker_is_503_and_the_exchange_is_stored_as_a_conversation(
         ("assistant", "", "failed"),
     ]
     # An API exchange is not the conversation POST /chat continues.
-    assert services.profile_get_or_create(user=owner).current_conversation is None
+    assert profiles.profile_get_or_create(user=owner).current_conversation is None
 
 
 @pytest.mark.django_db

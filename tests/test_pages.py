@@ -18,8 +18,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from chat import services
 from chat.models import ApiKey, Conversation, Message, Profile
+from chat.services import accounts, conversations
+from chat.services.replies import params_for
 
 pytestmark = pytest.mark.django_db
 
@@ -59,7 +60,7 @@ def superuser_client() -> Client:
 
 
 def _conversation(user: User, title: str, *contents: str, failed_error: str = "") -> Conversation:
-    conversation = services.conversation_create(user=user, title=title)
+    conversation = conversations.conversation_create(user=user, title=title)
     for content in contents:
         Message.objects.create(conversation=conversation, role=Message.Role.USER, content=content)
     if failed_error:
@@ -95,7 +96,7 @@ def test_anonymous_is_sent_to_login(client: Client, owner: User, name: str) -> N
 
 
 def test_anonymous_cannot_post_actions(client: Client, owner: User) -> None:
-    api_key, _ = services.api_key_create(user=owner, name="k")
+    api_key, _ = accounts.api_key_create(user=owner, name="k")
 
     client.post(reverse("conversation_new"))
     client.post(reverse("api_key_new"), {"name": "sneaky"})
@@ -260,7 +261,7 @@ def test_profile_update_is_saved_and_used_for_new_conversations(owner_client: Cl
     owner_client.post(reverse("conversation_new"))
     conversation = Conversation.objects.get(owner=owner)
     assert conversation.system_prompt == "Answer in French."
-    params = services.params_for(conversation=conversation)
+    params = params_for(conversation=conversation)
     assert (params.max_new_tokens, params.temperature) == (300, 0.2)
 
 
@@ -297,7 +298,7 @@ def test_api_key_is_shown_once_and_stored_only_as_hash(owner_client: Client, own
     assert stored.name == "laptop"
     assert stored.hashed_secret == hashlib.sha256(key.encode()).hexdigest()
     assert key not in (stored.name, stored.prefix, stored.hashed_secret)
-    assert services.api_key_authenticate(key=key) == owner
+    assert accounts.api_key_authenticate(key=key) == owner
 
     again = owner_client.get(reverse("profile")).content.decode()
     assert key not in again
@@ -318,7 +319,7 @@ def test_revoking_a_key_stops_it_working(owner_client: Client, owner: User) -> N
     assert response["Location"] == reverse("profile")
     api_key.refresh_from_db()
     assert api_key.revoked_at is not None
-    assert services.api_key_authenticate(key=key) is None
+    assert accounts.api_key_authenticate(key=key) is None
     assert "revoked" in owner_client.get(reverse("profile")).content.decode()
 
 
@@ -331,11 +332,11 @@ def test_revoking_someone_elses_key_is_404(owner_client: Client, other_client: C
     assert response.status_code == 404
     api_key.refresh_from_db()
     assert api_key.revoked_at is None
-    assert services.api_key_authenticate(key=key) == owner
+    assert accounts.api_key_authenticate(key=key) == owner
 
 
 def test_profile_lists_only_own_keys(owner_client: Client, other_user: User) -> None:
-    services.api_key_create(user=other_user, name="bobs-build-server")
+    accounts.api_key_create(user=other_user, name="bobs-build-server")
 
     response = owner_client.get(reverse("profile"))
 
@@ -352,7 +353,7 @@ def test_create_api_key_command_prints_a_working_key(owner: User) -> None:
     call_command("create_api_key", owner.username, "--name", "ci", stdout=out, stderr=err)
 
     key = out.getvalue().strip()
-    assert services.api_key_authenticate(key=key) == owner
+    assert accounts.api_key_authenticate(key=key) == owner
     assert ApiKey.objects.get(user=owner).name == "ci"
     assert key not in err.getvalue()
 
@@ -410,7 +411,7 @@ def test_admin_conversation_review_is_read_only(superuser_client: Client, owner:
 
 
 def test_admin_api_key_page_never_shows_the_hash(superuser_client: Client, owner: User) -> None:
-    api_key, _ = services.api_key_create(user=owner, name="laptop")
+    api_key, _ = accounts.api_key_create(user=owner, name="laptop")
 
     page = superuser_client.get(reverse("admin:chat_apikey_change", args=[api_key.pk]))
 

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from chat import services
 from chat.models import Conversation, Message
+from chat.services import conversations, profiles
+from tests.conftest import submit
 
 pytestmark = pytest.mark.django_db
 
@@ -48,16 +49,8 @@ def rest(client: Client, owner_key: str) -> Rest:
     return Rest(client, owner_key)
 
 
-@pytest.fixture
-def queued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Stands in for the broker: records the reply ids that would be queued."""
-    ids: list[int] = []
-    monkeypatch.setattr(services, "reply_enqueue", lambda *, reply: ids.append(reply.pk))
-    return ids
-
-
 def test_conversations_can_be_created_read_renamed_and_deleted(rest: Rest, owner: Any) -> None:
-    services.profile_update(user=owner, display_name="", default_system_prompt="Be kind.")
+    profiles.profile_update(user=owner, display_name="", default_system_prompt="Be kind.")
     status, created = rest.call("post", "/conversations", {"title": "  Trip   plans "})
     assert status == 201
     assert created["title"] == "Trip plans" and created["system_prompt"] == "Be kind."
@@ -78,8 +71,8 @@ def test_conversations_can_be_created_read_renamed_and_deleted(rest: Rest, owner
 def test_conversation_lists_are_paginated_newest_first_and_searchable(
     rest: Rest, owner: Any, other_user: Any, django_assert_max_num_queries: Any
 ) -> None:
-    made = [services.conversation_create(user=owner, title=f"Chat {n}").pk for n in range(25)]
-    services.conversation_create(user=other_user, title="Chat secret")
+    made = [conversations.conversation_create(user=owner, title=f"Chat {n}").pk for n in range(25)]
+    conversations.conversation_create(user=other_user, title="Chat secret")
     with django_assert_max_num_queries(4):  # the key, its last use, the count, the page
         status, page = rest.call("get", "/conversations?limit=10&offset=20")
     assert status == 200
@@ -145,7 +138,7 @@ def test_parameters_left_out_come_from_the_conversations_settings(
     rest: Rest, owner: Any, queued: list[int]
 ) -> None:
     cid = rest.call("post", "/conversations", {})[1]["id"]
-    services.conversation_settings_update(
+    conversations.conversation_settings_update(
         user=owner, conversation_id=cid, system_prompt="", params={"temperature": 0.2, "max_new_tokens": 50}
     )
     reply_id = rest.call("post", f"/conversations/{cid}/messages", {"content": "hi", "max_new_tokens": 7})[1][
@@ -156,7 +149,7 @@ def test_parameters_left_out_come_from_the_conversations_settings(
 
 
 def test_too_many_running_replies_is_429(rest: Rest, owner: Any, queued: list[int], settings: Any) -> None:
-    settings.API_MAX_CONCURRENT_REPLIES = 1
+    settings.MAX_CONCURRENT_REPLIES = 1
     first, second = (rest.call("post", "/conversations", {})[1]["id"] for _ in range(2))
     assert rest.call("post", f"/conversations/{first}/messages", {"content": "one"})[0] == 202
     status, body = rest.call("post", f"/conversations/{second}/messages", {"content": "two"})
@@ -211,10 +204,8 @@ def test_ids_out_of_range_are_400_not_500(rest: Rest, path: str) -> None:
 def test_another_users_ids_are_404_and_stay_untouched(
     rest: Rest, owner: Any, other_user: Any, queued: list[int]
 ) -> None:
-    theirs = services.conversation_create(user=other_user, title="Private")
-    posted = services.message_post(
-        user=other_user, content="secret", params=services.default_params(), conversation_id=theirs.pk
-    )
+    theirs = conversations.conversation_create(user=other_user, title="Private")
+    posted = submit(other_user, "secret", conversation_id=theirs.pk)
     reply = posted.reply.pk
     for method, path, body in [
         ("get", f"/conversations/{theirs.pk}", None),
@@ -233,7 +224,7 @@ def test_another_users_ids_are_404_and_stay_untouched(
     assert theirs.title == "Private" and theirs.messages.count() == 2
     assert Message.objects.get(pk=reply).status == Message.Status.PENDING
     assert rest.call("get", "/conversations")[1]["count"] == 0
-    assert queued == []
+    assert queued == [reply]  # only their own message's
 
 
 def test_anonymous_callers_get_401(client: Client) -> None:

@@ -26,7 +26,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from chat import services
+from chat.services import conversations
+from tests.conftest import exchange
 from tests.stack import Stack, stack_on_test_database
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
@@ -75,14 +76,9 @@ def fuzz(
 def test_the_rest_api_survives_schema_fuzzing(stack: Stack, owner: Any, owner_key: str) -> None:
     started = time.monotonic()
     schema = schemathesis.openapi.from_url(f"{stack.base_url}/api/v1/openapi.json")
-    conversation = services.conversation_create(user=owner, title="Fuzzed")
-    posted = services.message_post(
-        user=owner, content="Hello", params=services.default_params(), conversation_id=conversation.pk
-    )
-    services.reply_fail(
-        reply_id=posted.reply.pk, code="test", error="not generated"
-    )  # frees the conversation
-    real_ids = {"conversation_id": conversation.pk, "message_id": posted.reply.pk}
+    conversation = conversations.conversation_create(user=owner, title="Fuzzed")
+    _, reply = exchange(conversation, "Hello", "Hi.")
+    real_ids = {"conversation_id": conversation.pk, "message_id": reply.pk}
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {owner_key}"
 

@@ -10,15 +10,18 @@ from typing import Any
 
 import pytest
 
-from chat import selectors, services
+from chat import selectors
+from chat.generation import reply_generate
 from chat.models import ApiKey, Conversation, Message
-from inference.params import GenerationParams
+from chat.services import accounts, conversations
+from chat.services.replies import NotCancellable, PostedMessage, reply_cancel, reply_fail
+from chat.services.sweeper import fail_lost_replies
 from inference.types import Turn
-from tests.conftest import captured_events
+from tests.conftest import captured_events, finish, submit
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("queued")]
 
-GREEDY = GenerationParams(max_new_tokens=12, temperature=0)
+GREEDY = {"max_new_tokens": 12, "temperature": 0}
 
 
 @pytest.fixture
@@ -30,14 +33,14 @@ def run_job(tiny_backend: Any, django_capture_on_commit_callbacks: Any):
             captured_events(reply.conversation_id) as events,
             django_capture_on_commit_callbacks(execute=True),
         ):
-            services.reply_generate(reply_id=reply.pk, backend=tiny_backend)
+            reply_generate(reply_id=reply.pk, backend=tiny_backend, worker="test-worker")
         return events
 
     return run
 
 
-def post(user: Any, content: str = "What is the capital of France?", **kwargs: Any) -> services.PostedMessage:
-    return services.message_post(user=user, content=content, params=kwargs.pop("params", GREEDY), **kwargs)
+def post(user: Any, content: str = "What is the capital of France?", **fields: Any) -> PostedMessage:
+    return submit(user, content, **(GREEDY | fields))
 
 
 def test_posting_stores_the_message_and_a_pending_reply_first(owner: Any) -> None:
@@ -49,13 +52,14 @@ def test_posting_stores_the_message_and_a_pending_reply_first(owner: Any) -> Non
         ("user", "done"),
         ("assistant", "pending"),
     ]
-    assert posted.reply.params == GREEDY.as_dict()
+    assert posted.reply.params["max_new_tokens"] == 12 and posted.reply.params["temperature"] == 0
     # Without an id, the next message continues the same conversation.
+    finish(posted.reply)
     assert post(owner, "And of Italy?").reply.conversation_id == conversation.pk
 
 
 def test_another_users_conversation_does_not_exist_for_you(owner: Any, other_user: Any) -> None:
-    conversation = services.conversation_create(user=owner)
+    conversation = conversations.conversation_create(user=owner)
     with pytest.raises(Conversation.DoesNotExist):
         post(other_user, conversation_id=conversation.pk)
     with pytest.raises(Conversation.DoesNotExist):
@@ -65,7 +69,7 @@ def test_another_users_conversation_does_not_exist_for_you(owner: Any, other_use
 
 def test_reset_starts_a_new_current_conversation(owner: Any) -> None:
     first = post(owner).reply.conversation_id
-    fresh = services.conversation_create(user=owner)
+    fresh = conversations.conversation_create(user=owner)
     assert fresh.pk != first
     assert post(owner, "hello again").reply.conversation_id == fresh.pk
 
@@ -73,7 +77,7 @@ def test_reset_starts_a_new_current_conversation(owner: Any) -> None:
 def test_generating_a_reply_stores_text_tokens_timing_and_streams_events(
     owner: Any, tiny_backend: Any, run_job: Any
 ) -> None:
-    reply = post(owner, params=GenerationParams(max_new_tokens=30, temperature=0)).reply
+    reply = post(owner, max_new_tokens=30).reply
     events = run_job(reply)
     reply.refresh_from_db()
     assert reply.status == Message.Status.DONE
@@ -92,7 +96,7 @@ def test_generating_a_reply_stores_text_tokens_timing_and_streams_events(
 
 def test_running_the_same_job_twice_yields_one_reply(owner: Any, tiny_backend: Any, run_job: Any) -> None:
     reply = post(owner).reply
-    services.reply_generate(reply_id=reply.pk, backend=tiny_backend)
+    reply_generate(reply_id=reply.pk, backend=tiny_backend, worker="test-worker")
     reply.refresh_from_db()
     first = (reply.content, reply.finished_at)
     events = run_job(reply)
@@ -105,14 +109,14 @@ def test_running_the_same_job_twice_yields_one_reply(owner: Any, tiny_backend: A
 def test_a_job_whose_conversation_was_deleted_does_nothing(owner: Any, tiny_backend: Any) -> None:
     reply = post(owner).reply
     reply.conversation.delete()
-    services.reply_generate(reply_id=reply.pk, backend=tiny_backend)  # no error
+    reply_generate(reply_id=reply.pk, backend=tiny_backend, worker="test-worker")  # no error
     assert not Message.objects.filter(pk=reply.pk).exists()
 
 
 def test_a_prompt_too_long_for_the_model_fails_with_a_readable_reason(
     owner: Any, tiny_backend: Any, run_job: Any
 ) -> None:
-    conversation = services.conversation_create(user=owner, system_prompt="be verbose " * 200)
+    conversation = conversations.conversation_create(user=owner, system_prompt="be verbose " * 200)
     reply = post(owner, conversation_id=conversation.pk).reply
     events = run_job(reply)
     reply.refresh_from_db()
@@ -125,11 +129,11 @@ def test_a_prompt_too_long_for_the_model_fails_with_a_readable_reason(
 
 
 def test_history_skips_failed_replies_and_their_questions(owner: Any) -> None:
-    conversation = services.conversation_create(user=owner, system_prompt="Be brief.")
+    conversation = conversations.conversation_create(user=owner, system_prompt="Be brief.")
     first = post(owner, "first question", conversation_id=conversation.pk).reply
-    Message.objects.filter(pk=first.pk).update(status="done", content="first answer")
+    finish(first, "first answer")
     failed = post(owner, "question that failed", conversation_id=conversation.pk).reply
-    services.reply_fail(reply_id=failed.pk, code="internal", error="boom")
+    reply_fail(reply_id=failed.pk, code="internal", error="boom")
     newest = post(owner, "newest question", conversation_id=conversation.pk).reply
     assert selectors.reply_turns(reply=newest) == [
         Turn("system", "Be brief."),
@@ -140,29 +144,29 @@ def test_history_skips_failed_replies_and_their_questions(owner: Any) -> None:
 
 
 def test_api_keys_are_stored_hashed_shown_once_and_revocable(owner: Any, other_user: Any) -> None:
-    api_key, secret = services.api_key_create(user=owner, name="laptop")
+    api_key, secret = accounts.api_key_create(user=owner, name="laptop")
     assert secret.startswith("sanjai-")
     assert secret not in {api_key.hashed_secret, api_key.prefix} and len(api_key.hashed_secret) == 64
-    assert services.api_key_authenticate(key=secret) == owner
-    assert services.api_key_authenticate(key=secret + "x") is None
-    assert services.api_key_authenticate(key="sanjai-nothing") is None
+    assert accounts.api_key_authenticate(key=secret) == owner
+    assert accounts.api_key_authenticate(key=secret + "x") is None
+    assert accounts.api_key_authenticate(key="sanjai-nothing") is None
     with pytest.raises(ApiKey.DoesNotExist):
-        services.api_key_revoke(user=other_user, key_id=api_key.pk)
-    services.api_key_revoke(user=owner, key_id=api_key.pk)
-    assert services.api_key_authenticate(key=secret) is None
+        accounts.api_key_revoke(user=other_user, key_id=api_key.pk)
+    accounts.api_key_revoke(user=owner, key_id=api_key.pk)
+    assert accounts.api_key_authenticate(key=secret) is None
 
 
 def test_cancelling_a_queued_reply_stops_it_before_it_runs(owner: Any, other_user: Any, run_job: Any) -> None:
     reply = post(owner).reply
     with pytest.raises(Message.DoesNotExist):
-        services.reply_cancel(user=other_user, message_id=reply.pk)
-    cancelled = services.reply_cancel(user=owner, message_id=reply.pk)
+        reply_cancel(user=other_user, message_id=reply.pk)
+    cancelled = reply_cancel(user=owner, message_id=reply.pk)
     assert cancelled.status == Message.Status.CANCELLED
     assert run_job(reply) == []  # the job finds nothing to claim
     reply.refresh_from_db()
     assert reply.status == Message.Status.CANCELLED and reply.content == ""
-    with pytest.raises(services.NotCancellable):
-        services.reply_cancel(user=owner, message_id=reply.pk - 1)  # the user's own message
+    with pytest.raises(NotCancellable):
+        reply_cancel(user=owner, message_id=reply.pk - 1)  # the user's own message
 
 
 class PausingBackend:
@@ -198,7 +202,7 @@ def paused_mid_reply(reply: Message, tiny_backend: Any) -> Iterator[list[BaseExc
 
     def work() -> None:
         try:
-            services.reply_generate(reply_id=reply.pk, backend=backend)
+            reply_generate(reply_id=reply.pk, backend=backend, worker="test-worker")
         except BaseException as exc:  # reported to the test instead of lost in the thread
             failures.append(exc)
         finally:
@@ -217,9 +221,9 @@ def paused_mid_reply(reply: Message, tiny_backend: Any) -> Iterator[list[BaseExc
 
 @pytest.mark.django_db(transaction=True)
 def test_cancelling_a_streaming_reply_keeps_the_partial_text(owner: Any, tiny_backend: Any) -> None:
-    reply = post(owner, params=GenerationParams(max_new_tokens=200, temperature=0)).reply
+    reply = post(owner, max_new_tokens=200).reply
     with paused_mid_reply(reply, tiny_backend):
-        services.reply_cancel(user=owner, message_id=reply.pk)
+        reply_cancel(user=owner, message_id=reply.pk)
     reply.refresh_from_db()
     assert reply.status == Message.Status.CANCELLED
     assert reply.finish_reason == "cancelled"
@@ -227,7 +231,7 @@ def test_cancelling_a_streaming_reply_keeps_the_partial_text(owner: Any, tiny_ba
 
 
 def test_deltas_carry_offsets_that_rebuild_the_text(owner: Any, run_job: Any) -> None:
-    reply = post(owner, params=GenerationParams(max_new_tokens=40, temperature=0)).reply
+    reply = post(owner, max_new_tokens=40).reply
     events = run_job(reply)
     text = ""
     for event in (e for e in events if e["type"] == "message.delta"):
@@ -238,48 +242,66 @@ def test_deltas_carry_offsets_that_rebuild_the_text(owner: Any, run_job: Any) ->
 
 
 def test_rename_delete_and_search_are_per_user(owner: Any, other_user: Any) -> None:
-    mine = services.conversation_create(user=owner, title="Trip plans")
+    mine = conversations.conversation_create(user=owner, title="Trip plans")
     post(owner, "Which train goes to Lyon?", conversation_id=mine.pk)
-    theirs = services.conversation_create(user=other_user, title="Lyon secrets")
+    theirs = conversations.conversation_create(user=other_user, title="Lyon secrets")
     assert list(selectors.conversation_search(user=owner, query="lyon")) == [mine]  # content match
     assert list(selectors.conversation_search(user=owner, query="trip")) == [mine]  # title match
     with pytest.raises(Conversation.DoesNotExist):
-        services.conversation_update(user=owner, conversation_id=theirs.pk, title="mine now")
+        conversations.conversation_update(user=owner, conversation_id=theirs.pk, title="mine now")
     with pytest.raises(Conversation.DoesNotExist):
-        services.conversation_delete(user=owner, conversation_id=theirs.pk)
-    renamed = services.conversation_update(user=owner, conversation_id=mine.pk, title="  Lyon   by train ")
+        conversations.conversation_delete(user=owner, conversation_id=theirs.pk)
+    renamed = conversations.conversation_update(
+        user=owner, conversation_id=mine.pk, title="  Lyon   by train "
+    )
     assert renamed.title == "Lyon by train"
-    services.conversation_delete(user=owner, conversation_id=mine.pk)
+    conversations.conversation_delete(user=owner, conversation_id=mine.pk)
     assert not Message.objects.filter(conversation_id=mine.pk).exists()
     assert Conversation.objects.filter(pk=theirs.pk).exists()
 
 
-def test_replies_abandoned_by_a_dead_worker_are_failed(owner: Any) -> None:
-    from datetime import timedelta
+def test_replies_held_by_a_dead_worker_are_failed_and_free_their_conversation(
+    owner: Any, settings: Any, redis_url: str
+) -> None:
+    from inference import presence
 
-    from django.utils import timezone
-
-    stuck = post(owner, "old question").reply
-    Message.objects.filter(pk=stuck.pk).update(
-        status="streaming", created=timezone.now() - timedelta(hours=1)
-    )
-    fresh = services.message_post(
-        user=owner, content="new", params=GREEDY, conversation_id=services.conversation_create(user=owner).pk
-    ).reply
-    Message.objects.filter(pk=fresh.pk).update(status="streaming")
-    assert services.reply_fail_abandoned(older_than=timedelta(minutes=5)) == 1
-    stuck.refresh_from_db()
-    fresh.refresh_from_db()
-    assert stuck.status == Message.Status.FAILED and stuck.error_code == "worker_lost"
-    assert fresh.status == Message.Status.STREAMING  # may still be generating
+    settings.REDIS_URL = redis_url
+    alive = presence.WorkerInfo(id="alive/1/a", name="alive", model="tiny", device="cpu", since=time.time())
+    heartbeat = presence.Heartbeat(redis_url, alive, ttl_s=30)
+    heartbeat.start()
+    try:
+        orphan = post(owner, "question of a dead worker").reply
+        Message.objects.filter(pk=orphan.pk).update(status="streaming", worker="dead/9/z", content="Half")
+        held = post(owner, "new", conversation_id=conversations.conversation_create(user=owner).pk).reply
+        Message.objects.filter(pk=held.pk).update(status="streaming", worker=alive.id)
+        assert fail_lost_replies() == 1
+    finally:
+        heartbeat.stop()
+    orphan.refresh_from_db()
+    held.refresh_from_db()
+    assert orphan.status == Message.Status.FAILED and orphan.error_code == "worker_lost"
+    assert orphan.content == "Half"  # the text written before the worker died stays
+    assert held.status == Message.Status.STREAMING  # its worker is alive: it may still be generating
     # The conversation takes new messages again.
-    services.chat_message_post(user=owner, conversation_id=stuck.conversation_id, content="again")
+    post(owner, "again", conversation_id=orphan.conversation_id)
+
+
+def test_sending_to_a_conversation_whose_reply_lost_its_worker_ends_that_reply_at_once(
+    owner: Any, settings: Any, redis_url: str
+) -> None:
+    settings.REDIS_URL = redis_url  # reachable, and no worker's heartbeat in it
+    orphan = post(owner, "question of a dead worker").reply
+    Message.objects.filter(pk=orphan.pk).update(status="streaming", worker="dead/9/z")
+    again = post(owner, "again", conversation_id=orphan.conversation_id)
+    orphan.refresh_from_db()
+    assert orphan.status == Message.Status.FAILED and orphan.error_code == "worker_lost"
+    assert again.reply.status == Message.Status.PENDING
 
 
 @pytest.mark.django_db(transaction=True)
 def test_deleting_the_conversation_mid_reply_stops_the_job_quietly(owner: Any, tiny_backend: Any) -> None:
-    reply = post(owner, params=GenerationParams(max_new_tokens=200, temperature=0)).reply
+    reply = post(owner, max_new_tokens=200).reply
     with paused_mid_reply(reply, tiny_backend) as failures:
-        services.conversation_delete(user=owner, conversation_id=reply.conversation_id)
+        conversations.conversation_delete(user=owner, conversation_id=reply.conversation_id)
     assert failures == []
     assert not Message.objects.filter(pk=reply.pk).exists()

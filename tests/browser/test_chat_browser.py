@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from chat import services
 from chat.models import Conversation, Message
+from chat.services import conversations
 from inference.presence import live_workers
 from tests.stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Stack, stack_on_test_database
 
@@ -142,7 +142,7 @@ def test_sign_up_chat_watch_it_stream_and_find_it_after_reload(page: Page) -> No
 
 def test_empty_input_is_refused_in_the_page(page: Page, django_user_model: Any) -> None:
     owner = make_user(django_user_model, "quiet")
-    conversation = services.conversation_create(user=owner)
+    conversation = conversations.conversation_create(user=owner)
     log_in(page, "quiet")
     page.goto(f"/c/{conversation.pk}/")
     expect(page.locator("#send")).to_be_enabled()
@@ -154,7 +154,7 @@ def test_empty_input_is_refused_in_the_page(page: Page, django_user_model: Any) 
 
 def test_stop_keeps_the_partial_reply_then_regenerate(page: Page, django_user_model: Any) -> None:
     owner = make_user(django_user_model, "stopper")
-    conversation = services.conversation_create(user=owner)
+    conversation = conversations.conversation_create(user=owner)
     log_in(page, "stopper")
     page.goto(f"/c/{conversation.pk}/")
     page.click("#settings-toggle")
@@ -186,8 +186,8 @@ def test_stop_keeps_the_partial_reply_then_regenerate(page: Page, django_user_mo
 
 def test_edit_the_last_message_and_resend(page: Page, django_user_model: Any) -> None:
     owner = make_user(django_user_model, "editor")
-    conversation = services.conversation_create(user=owner)
-    services.conversation_settings_update(
+    conversation = conversations.conversation_create(user=owner)
+    conversations.conversation_settings_update(
         user=owner, conversation_id=conversation.pk, system_prompt="", params={"max_new_tokens": 10}
     )
     log_in(page, "editor")
@@ -204,8 +204,8 @@ def test_edit_the_last_message_and_resend(page: Page, django_user_model: Any) ->
 
 def test_rename_and_delete_from_the_sidebar(page: Page, django_user_model: Any) -> None:
     owner = make_user(django_user_model, "tidy")
-    keep = services.conversation_create(user=owner, title="Keep me")
-    doomed = services.conversation_create(user=owner, title="Old name")
+    keep = conversations.conversation_create(user=owner, title="Keep me")
+    doomed = conversations.conversation_create(user=owner, title="Old name")
     log_in(page, "tidy")
     page.goto(f"/c/{doomed.pk}/")
     page.once("dialog", lambda dialog: dialog.accept("New name"))
@@ -225,7 +225,7 @@ def test_rename_and_delete_from_the_sidebar(page: Page, django_user_model: Any) 
 def test_another_user_cannot_open_my_conversation(page: Page, django_user_model: Any) -> None:
     owner = make_user(django_user_model, "owner1")
     make_user(django_user_model, "snoop")
-    conversation = services.conversation_create(user=owner, title="Private")
+    conversation = conversations.conversation_create(user=owner, title="Private")
     log_in(page, "snoop")
     response = page.goto(f"/c/{conversation.pk}/")
     assert response is not None and response.status == 404
@@ -236,7 +236,7 @@ def test_model_markdown_renders_but_never_runs_script_or_loads_remote_content(
     page: Page, django_user_model: Any
 ) -> None:
     owner = make_user(django_user_model, "reader")
-    conversation = services.conversation_create(user=owner, title="Markdown")
+    conversation = conversations.conversation_create(user=owner, title="Markdown")
     # Rows written directly: services would publish events from this thread,
     # where Playwright's event loop runs.
     Message.objects.create(
@@ -277,7 +277,7 @@ def test_a_down_worker_is_explained_and_the_message_kept(
     from inference.presence import KEY_PREFIX
 
     owner = make_user(django_user_model, "patient")
-    conversation = services.conversation_create(user=owner)
+    conversation = conversations.conversation_create(user=owner)
     log_in(page, "patient")
     page.goto(f"/c/{conversation.pk}/")
     expect(page.locator("#send")).to_be_enabled()
@@ -302,7 +302,7 @@ def test_a_lost_connection_is_shown_and_the_page_recovers(
     page: Page, stack: Stack, django_user_model: Any
 ) -> None:
     owner = make_user(django_user_model, "restarter")
-    conversation = services.conversation_create(user=owner)
+    conversation = conversations.conversation_create(user=owner)
     log_in(page, "restarter")
     page.goto(f"/c/{conversation.pk}/")
     send(page, "Before the restart")

@@ -5,7 +5,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chat import services
+from chat.services.accounts import api_key_create
 
 
 class Command(BaseCommand):
@@ -25,7 +25,7 @@ class Command(BaseCommand):
             ) from None
         if not user.is_active:
             raise CommandError(f"User {username!r} is inactive; the API would refuse their keys.")
-        api_key, key = services.api_key_create(user=user, name=name)
+        api_key, key = api_key_create(user=user, name=name)
         # The key alone on stdout, so `KEY=$(manage.py create_api_key alice)` works.
         self.stdout.write(key)
         self.stderr.write(

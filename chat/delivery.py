@@ -1,0 +1,239 @@
+"""The one way out for the HTTP surfaces: submit, wait, re-read, and say what went wrong.
+
+`POST /chat`, `/v1/chat/completions` and `/api/v1` each parse their own
+input and format their own answer; between the two they share this module:
+
+- `submit` calls the one submit path (`reply_submit`) and turns its refusals
+  into a `Problem` (status, code, message, Retry-After);
+- `ReplyWatch` follows a stored reply to its end: streamed text for SSE, or
+  the finished row. Events only say when to look; the stored row is the
+  truth, so a missed event, a quiet channel or a channel layer that hiccups
+  delays an answer by at most `POLL_S` and is never mistaken for a dead broker;
+- `failure` maps a failed reply's error code to a status (`FAILURES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import redis
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+
+from chat import selectors
+from chat.events import FINISHED_EVENT_TYPES, Subscription, subscribe
+from chat.models import Conversation, Message
+from chat.services import limits
+from chat.services.replies import (
+    NothingToRegenerate,
+    PostedMessage,
+    Submission,
+    WorkerUnavailable,
+    reply_submit,
+)
+from inference.params import InvalidParameter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)  # not frozen: raising sets attributes on an exception
+class Problem(Exception):
+    """A refusal or a failed reply, as every HTTP surface reports it in its own format."""
+
+    status: int
+    code: str
+    message: str
+    retry_after_s: int | None = None
+    field: str | None = None  # the input field at fault, for 400s
+    # The stored rows, when the problem came after the message was kept.
+    conversation_id: int | None = None
+    message_id: int | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# A failed reply's error code -> (status, code the APIs report).
+FAILURES: dict[str, tuple[int, str]] = {
+    "context_overflow": (400, "context_length_exceeded"),
+    "worker_unavailable": (503, "worker_unavailable"),
+    "worker_lost": (503, "worker_lost"),
+    "queue_timeout": (503, "queue_timeout"),
+    "timeout": (504, "generation_timeout"),
+}
+
+
+def failure(reply: Message) -> Problem:
+    status, code = FAILURES.get(reply.error_code, (500, reply.error_code or "generation_failed"))
+    return Problem(
+        status,
+        code,
+        reply.error or "Generation failed.",
+        retry_after_s=RETRY_AFTER_UNAVAILABLE_S if status == 503 else None,
+        conversation_id=reply.conversation_id,
+        message_id=reply.pk,
+    )
+
+
+# How long a client should wait before trying again when no worker is up.
+RETRY_AFTER_UNAVAILABLE_S = 10
+
+
+def problem(exc: Exception, submission: Submission) -> Problem | None:
+    """The Problem a refusal or outage from `reply_submit` is, or None for anything else."""
+    if isinstance(exc, WorkerUnavailable):
+        return Problem(
+            503,
+            "worker_unavailable",
+            f"{exc} Your message was saved.",
+            retry_after_s=RETRY_AFTER_UNAVAILABLE_S,
+            conversation_id=exc.reply.conversation_id,
+            message_id=exc.reply.pk,
+        )
+    if isinstance(exc, InvalidParameter | limits.InvalidInput):
+        return Problem(400, "invalid_request", str(exc), field=exc.field)
+    if isinstance(exc, NothingToRegenerate):
+        return Problem(400, "invalid_request", str(exc))
+    if isinstance(exc, Conversation.DoesNotExist):
+        return Problem(404, "not_found", f"Conversation {submission.conversation_id} not found.")
+    if isinstance(exc, limits.ConversationBusy):
+        return Problem(409, exc.code, str(exc), retry_after_s=exc.retry_after_s)
+    if isinstance(exc, limits.TooManyReplies | limits.RateLimited):
+        return Problem(429, exc.code, str(exc), retry_after_s=exc.retry_after_s)
+    return None
+
+
+def submit_sync(*, user: User, submission: Submission) -> PostedMessage:
+    """`reply_submit`, with every refusal and outage raised as a Problem."""
+    try:
+        return reply_submit(user=user, submission=submission)
+    except Exception as exc:
+        found = problem(exc, submission)
+        if found is None:
+            raise
+        raise found from None
+
+
+async def submit(*, user: User, submission: Submission) -> PostedMessage:
+    """`submit_sync` for an async view."""
+    return await sync_to_async(submit_sync)(user=user, submission=submission)
+
+
+# How long a waiter trusts a quiet channel before it re-reads the reply's row.
+POLL_S = 1.0
+# Channel-layer trouble other than quiet: re-read the row this often instead.
+POLL_WITHOUT_EVENTS_S = 0.5
+
+
+class ReplyWatch:
+    """Follows one stored reply until it ends, from events and its row.
+
+    Use as `async with ReplyWatch(user, reply) as watch:` right after the
+    reply was submitted; events that came before the subscription are made
+    up for by re-reading the row.
+    """
+
+    def __init__(self, user: User, reply: Message) -> None:
+        self.user = user
+        self.reply_id = reply.pk
+        self.conversation_id = reply.conversation_id
+        self.reply = reply  # the latest row read
+        self._events: Subscription | None = None
+        self._subscription: Any = None
+
+    async def __aenter__(self) -> ReplyWatch:
+        self._subscription = subscribe(self.conversation_id)
+        try:
+            self._events = await self._subscription.__aenter__()
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("channel layer unavailable, following reply %s by polling: %s", self.reply_id, exc)
+            self._subscription = None
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        subscription, self._subscription, self._events = self._subscription, None, None
+        if subscription is not None:
+            try:
+                await subscription.__aexit__(kind, exc, tb)
+            except (redis.RedisError, OSError) as error:
+                logger.warning("channel layer unavailable while unsubscribing: %s", error)
+
+    @property
+    def finished(self) -> bool:
+        return self.reply.is_finished
+
+    async def reread(self) -> Message:
+        """The reply's stored row; Message.DoesNotExist if its conversation was deleted."""
+        self.reply = await sync_to_async(selectors.message_get)(user=self.user, message_id=self.reply_id)
+        return self.reply
+
+    async def _next_event(self, timeout_s: float) -> dict[str, Any] | None:
+        """This reply's next event, or None after `timeout_s` of quiet (or channel trouble)."""
+        if self._events is None:
+            await asyncio.sleep(min(timeout_s, POLL_WITHOUT_EVENTS_S))
+            return None
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = await self._events.receive(left)
+            except TimeoutError:  # quiet, or a slow server: both mean "look at the row"
+                return None
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("channel layer trouble, following reply %s by polling: %s", self.reply_id, exc)
+                self._events = None
+                return None
+            if event.get("message_id") == self.reply_id:
+                return event
+        return None
+
+    async def wait(self, timeout_s: float) -> Message:
+        """The reply's row once it has ended, or as it stands after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        await self.reread()
+        while not self.finished and (left := deadline - time.monotonic()) > 0:
+            event = await self._next_event(min(POLL_S, left))
+            if event is None or event["type"] in FINISHED_EVENT_TYPES:
+                await self.reread()
+        return self.reply
+
+    async def text(self, timeout_s: float) -> AsyncIterator[str]:
+        """The reply's text in order as it is produced, until it ends or `timeout_s` passes.
+
+        Yields "" after each quiet `POLL_S`, so a caller can keep its
+        connection alive. The last pieces come from the finished row, so the
+        pieces always add up to the stored text.
+        """
+        deadline = time.monotonic() + timeout_s
+        sent = 0
+        await self.reread()
+        while not self.finished and (left := deadline - time.monotonic()) > 0:
+            event = await self._next_event(min(POLL_S, left))
+            if event is not None and event["type"] == "message.delta":
+                offset, piece = event["offset"], event["text"]
+                if offset > sent:  # missed deltas: the row's saved text may hold them
+                    await self.reread()
+                    if len(self.reply.content) < offset:
+                        continue  # the finished row will bring it all
+                    piece = self.reply.content[sent:offset] + piece
+                    offset = sent
+                piece = piece[sent - offset :]
+                if piece:
+                    sent += len(piece)
+                    yield piece
+                continue
+            await self.reread()
+            if not self.finished and len(self.reply.content) > sent:
+                piece, sent = self.reply.content[sent:], len(self.reply.content)
+                yield piece
+            else:
+                yield ""
+        if self.finished and len(self.reply.content) > sent:
+            yield self.reply.content[sent:]

@@ -1,0 +1,152 @@
+"""The reply lifecycle, worker side: claim a pending reply, generate it, save it.
+
+Safe to run twice: only the run that claims the reply works. The claim is a
+conditional update PENDING -> STREAMING that records this worker's id, so
+the sweeper can tell whether a streaming reply still has a live worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from chat import selectors
+from chat.events import DeltaCoalescer, send_event
+from chat.models import Conversation, Message
+from chat.services.replies import reply_event, reply_fail
+from inference.params import GenerationParams
+from inference.types import Backend, Completion, GenerationError, GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+
+class _CancelWatch:
+    """Polls the reply's status between decode steps, at most every `interval_s`."""
+
+    def __init__(self, reply_id: int, interval_s: float = 0.25) -> None:
+        self._reply_id = reply_id
+        self._interval_s = interval_s
+        self._next = 0.0
+        self._cancelled = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now >= self._next:
+            self._next = now + self._interval_s
+            self._cancelled = not Message.objects.filter(
+                pk=self._reply_id, status=Message.Status.STREAMING
+            ).exists()
+        return self._cancelled
+
+
+class _Progress:
+    """Receives streamed text: publishes deltas and saves the text so far now and then.
+
+    The saved partial text is what a page that reconnects mid-reply shows
+    before the next deltas arrive, and what a reply keeps if its worker dies.
+    """
+
+    SAVE_INTERVAL_S = 1.0
+
+    def __init__(self, reply_id: int, publish: DeltaCoalescer) -> None:
+        self.reply_id = reply_id
+        self.publish = publish
+        self.first_token_at: float | None = None
+        self._parts: list[str] = []
+        self._saved_at = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.time()
+        self._parts.append(text)
+        self.publish(text)
+        if time.monotonic() - self._saved_at >= self.SAVE_INTERVAL_S:
+            self._saved_at = time.monotonic()
+            Message.objects.filter(pk=self.reply_id, status=Message.Status.STREAMING).update(
+                content="".join(self._parts)
+            )
+
+
+def reply_generate(
+    *, reply_id: int, backend: Backend, worker: str, time_limit_s: float | None = None
+) -> None:
+    """Generate and store one reply, as `worker` (its heartbeat id).
+
+    A second delivery of the same job, or a job whose reply was cancelled,
+    failed or deleted meanwhile, finds no row to claim and returns quietly.
+    """
+    claimed = Message.objects.filter(
+        pk=reply_id, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
+    ).update(status=Message.Status.STREAMING, worker=worker)
+    if claimed != 1:
+        logger.info("reply %s already claimed, finished or deleted; skipping", reply_id)
+        return
+    reply = Message.objects.select_related("conversation").get(pk=reply_id)
+    conversation_id = reply.conversation_id
+    send_event(conversation_id, {"type": "message.started", "message_id": reply_id})
+
+    progress = _Progress(reply_id, DeltaCoalescer(conversation_id, reply_id))
+    request = GenerationRequest(
+        turns=selectors.reply_turns(reply=reply),
+        params=GenerationParams.from_dict(reply.params),
+        time_limit_s=time_limit_s,
+        should_stop=_CancelWatch(reply_id),
+        # For the batching engine: a per-user cap on running replies, KV cache
+        # reuse across the conversation's turns, and the queue position.
+        owner=f"user:{reply.conversation.owner_id}",
+        cache_key=f"conversation:{conversation_id}",
+        on_queued=lambda position: send_event(
+            conversation_id, {"type": "message.queued", "message_id": reply_id, "position": position}
+        ),
+    )
+    try:
+        completion = backend.generate(request, on_text=progress)
+    except GenerationError as exc:
+        reply_fail(reply_id=reply_id, code=exc.code, error=str(exc))
+        return
+    except Exception:
+        logger.exception("generation failed for reply %s", reply_id)
+        reply_fail(
+            reply_id=reply_id, code="internal", error="The worker hit an internal error while generating."
+        )
+        raise
+    progress.publish.flush()
+    _reply_finish(reply, completion, progress.first_token_at, time_limit_s)
+
+
+def _reply_finish(
+    reply: Message, completion: Completion, first_token_at: float | None, time_limit_s: float | None
+) -> None:
+    now = timezone.now()
+    fields = {
+        "content": completion.text,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "finish_reason": completion.finish_reason,
+        "finished_at": now,
+        "first_token_at": datetime.fromtimestamp(first_token_at, tz=UTC) if first_token_at else None,
+    }
+    if completion.finish_reason == "timeout":
+        outcome = {
+            "status": Message.Status.FAILED,
+            "error_code": "timeout",
+            "error": f"Generation stopped at the {time_limit_s or 0:g} s time limit.",
+        }
+    else:
+        outcome = {"status": Message.Status.DONE}
+    with transaction.atomic():
+        finished = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING)
+        # Not streaming any more: cancelled (or failed by the sweeper) meanwhile,
+        # so keep the status with the full text; or deleted with its conversation.
+        if not finished.update(**fields, **outcome) and not Message.objects.filter(pk=reply.pk).update(
+            **fields
+        ):
+            logger.info("reply %s was deleted while generating; dropping it", reply.pk)
+            return
+        reply.refresh_from_db()
+        Conversation.objects.filter(pk=reply.conversation_id).update(updated=now)
+        send_event(reply.conversation_id, reply_event(reply))

@@ -1,0 +1,151 @@
+"""The one schema for the generation parameters a request may set, and how unset ones resolve.
+
+Every surface (the page's settings and actions, `POST /chat`, `/v1`, `/api/v1`)
+validates parameters with `ParamsIn` and words a refusal with `invalid_param`,
+so one bad value gets the same answer everywhere: the field, what is allowed,
+and what was sent. The ranges come from `inference.params`, which the worker
+shares; the settings panel and the profile form show the same ranges
+(`FORM_FIELDS`).
+
+Resolution order for a field a request leaves out: the conversation's
+settings, then the owner's profile defaults, then the site's defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from django.conf import settings
+from ninja import Field, Schema
+from pydantic import ConfigDict, StrictFloat, StrictInt, StrictStr
+from pydantic import ValidationError as PydanticValidationError
+
+from inference.params import (
+    MAX_SEED,
+    MAX_STOP_LENGTH,
+    MAX_STOP_STRINGS,
+    REPETITION_PENALTY_RANGE,
+    TEMPERATURE_RANGE,
+    TOP_P_RANGE,
+    GenerationParams,
+    InvalidParameter,
+)
+
+# The parameters a person sets on the chat page and the profile page; programs
+# may also send `stop` and `seed`.
+CHAT_PARAM_FIELDS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty")
+PARAM_FIELDS = (*CHAT_PARAM_FIELDS, "stop", "seed")
+
+Number = StrictFloat | StrictInt  # JSON numbers; never a string or a boolean
+StopString = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+
+
+def _cap() -> int:
+    return settings.GENERATION_MAX_NEW_TOKENS
+
+
+class ParamsIn(Schema):
+    """Generation parameters; each one left out (or null) resolves as the module says."""
+
+    model_config = ConfigDict(extra="ignore")  # surfaces decide which other fields they take
+
+    max_new_tokens: StrictInt | None = Field(
+        None, ge=1, le=_cap(), description="Reply length limit, in tokens"
+    )
+    temperature: Number | None = Field(
+        None, ge=TEMPERATURE_RANGE.low, le=TEMPERATURE_RANGE.high, description="0 is greedy"
+    )
+    top_p: Number | None = Field(None, gt=TOP_P_RANGE.low, le=TOP_P_RANGE.high)
+    repetition_penalty: Number | None = Field(
+        None, ge=REPETITION_PENALTY_RANGE.low, le=REPETITION_PENALTY_RANGE.high
+    )
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = Field(
+        None, description=f"A string or up to {MAX_STOP_STRINGS}; the reply ends before the first"
+    )
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED, description="Makes sampling repeatable")
+
+
+def allowed(field: str) -> str:
+    """What a field allows, in the words every refusal uses."""
+    return {
+        "max_new_tokens": f"a whole number from 1 to {_cap()}",
+        "temperature": f"a number in {TEMPERATURE_RANGE.describe()} (0 is greedy)",
+        "top_p": f"a number in {TOP_P_RANGE.describe()}",
+        "repetition_penalty": f"a number in {REPETITION_PENALTY_RANGE.describe()}",
+        "stop": (
+            f"a string or a list of at most {MAX_STOP_STRINGS} strings, "
+            f"each 1 to {MAX_STOP_LENGTH} characters"
+        ),
+        "seed": f"a whole number from 0 to {MAX_SEED}",
+    }[field]
+
+
+def invalid_param(field: str, value: Any) -> InvalidParameter:
+    return InvalidParameter(field, f"must be {allowed(field)}, got {value!r}")
+
+
+def params_in(raw: Mapping[str, Any]) -> ParamsIn:
+    """Validate the parameters a request sent; InvalidParameter names the first bad one."""
+    given = {field: raw.get(field) for field in PARAM_FIELDS if raw.get(field) is not None}
+    try:
+        return ParamsIn.model_validate(given)
+    except PydanticValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0])
+        raise invalid_param(field, given.get(field)) from None
+    except (ValueError, TypeError):  # a value pydantic cannot even compare (e.g. NaN) is still just bad
+        field = next(iter(given))
+        raise invalid_param(field, given[field]) from None
+
+
+def site_defaults() -> GenerationParams:
+    return GenerationParams(max_new_tokens=settings.GENERATION_DEFAULT_MAX_NEW_TOKENS)
+
+
+def over(given: ParamsIn, defaults: GenerationParams) -> GenerationParams:
+    """`given`'s fields, with the ones it leaves out taken from `defaults`."""
+    fields = given.model_dump(exclude_none=True)
+    if isinstance(fields.get("stop"), str):
+        fields["stop"] = [fields["stop"]]
+    merged = {**defaults.as_dict(), **fields}
+    if merged["max_new_tokens"] > _cap():  # a default or stored value above a lowered cap
+        merged["max_new_tokens"] = _cap()
+    return GenerationParams.from_dict(merged)
+
+
+def stored_over(stored: Mapping[str, Any], defaults: GenerationParams) -> GenerationParams:
+    """Parameters saved earlier (a conversation's, a profile's) over `defaults`.
+
+    A value saved before a limit was lowered is skipped rather than fatal.
+    """
+    fields = {}
+    for field in CHAT_PARAM_FIELDS:
+        try:
+            fields[field] = getattr(params_in({field: stored.get(field)}), field)
+        except InvalidParameter:
+            continue
+    return over(ParamsIn(**fields), defaults)
+
+
+def chat_params(params: GenerationParams) -> dict[str, Any]:
+    """The fields a person sets on the page, as stored and shown."""
+    return {field: getattr(params, field) for field in CHAT_PARAM_FIELDS}
+
+
+# What the settings panel and the profile form show next to each field.
+FORM_FIELDS = {
+    "max_new_tokens": {"min": 1, "max": _cap(), "step": 1, "help": allowed("max_new_tokens")},
+    "temperature": {
+        "min": TEMPERATURE_RANGE.low,
+        "max": TEMPERATURE_RANGE.high,
+        "step": 0.05,
+        "help": allowed("temperature"),
+    },
+    "top_p": {"min": 0.01, "max": TOP_P_RANGE.high, "step": 0.01, "help": allowed("top_p")},
+    "repetition_penalty": {
+        "min": REPETITION_PENALTY_RANGE.low,
+        "max": REPETITION_PENALTY_RANGE.high,
+        "step": 0.01,
+        "help": allowed("repetition_penalty"),
+    },
+}

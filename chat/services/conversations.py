@@ -1,0 +1,99 @@
+"""Conversations: create, rename, change settings, delete, import."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import transaction
+
+from chat import exports, selectors
+from chat import params as chat_params
+from chat.models import Conversation, Message
+from chat.services.limits import InvalidInput, check_length
+from chat.services.profiles import params_for_new_conversations, profile_get_or_create
+from inference.params import InvalidParameter
+
+
+def conversation_create(*, user: User, title: str = "", system_prompt: str | None = None) -> Conversation:
+    """A new conversation; it becomes the one `POST /chat` continues."""
+    profile = profile_get_or_create(user=user)
+    prompt = profile.default_system_prompt if system_prompt is None else system_prompt.strip()
+    conversation = Conversation.objects.create(
+        owner=user, title=title, system_prompt=check_length("system_prompt", prompt)
+    )
+    profile.current_conversation = conversation
+    profile.save(update_fields=["current_conversation"])
+    return conversation
+
+
+def conversation_update(
+    *,
+    user: User,
+    conversation_id: int,
+    title: str | None = None,
+    system_prompt: str | None = None,
+) -> Conversation:
+    """Rename a conversation or change its system prompt; DoesNotExist for others'."""
+    conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+    fields = []
+    if title is not None:
+        conversation.title = " ".join(title.split())[:200]
+        fields.append("title")
+    if system_prompt is not None:
+        conversation.system_prompt = check_length("system_prompt", system_prompt.strip())
+        fields.append("system_prompt")
+    if fields:
+        conversation.save(update_fields=[*fields, "updated"])
+    return conversation
+
+
+def conversation_settings_update(
+    *, user: User, conversation_id: int, system_prompt: str, params: dict[str, Any]
+) -> Conversation:
+    """Save a conversation's system prompt and generation parameters (the page's settings panel).
+
+    Raises InvalidParameter or InvalidInput naming the field, DoesNotExist for others'.
+    """
+    conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+    given = chat_params.params_in({field: params.get(field) for field in chat_params.CHAT_PARAM_FIELDS})
+    resolved = chat_params.over(given, params_for_new_conversations(user=user))
+    conversation.params = chat_params.chat_params(resolved)
+    conversation.system_prompt = check_length("system_prompt", system_prompt.strip())
+    conversation.save(update_fields=["params", "system_prompt", "updated"])
+    return conversation
+
+
+def conversation_delete(*, user: User, conversation_id: int) -> None:
+    """Delete a conversation and its messages; DoesNotExist for others'.
+
+    A job still queued for it finds nothing to claim and does nothing.
+    """
+    selectors.conversation_get(user=user, conversation_id=conversation_id).delete()
+
+
+@transaction.atomic
+def conversation_import(*, user: User, data: Any) -> Conversation:
+    """Create a conversation from an exported JSON file (InvalidImport if it is not one)."""
+    imported = exports.parse_import(data)
+    try:
+        check_length("system_prompt", imported.system_prompt or "")
+        for index, message in enumerate(imported.messages):
+            if message.role == "user":  # replies are bounded by the model's own limits
+                check_length(f"messages[{index}].content", message.content)
+        given = chat_params.params_in(
+            {field: imported.params.get(field) for field in chat_params.CHAT_PARAM_FIELDS}
+        )
+    except (InvalidInput, InvalidParameter) as exc:
+        raise exports.InvalidImport(str(exc)) from None
+    conversation = conversation_create(
+        user=user, title=imported.title or "Imported conversation", system_prompt=imported.system_prompt
+    )
+    if imported.params:
+        conversation.params = chat_params.chat_params(chat_params.over(given, chat_params.site_defaults()))
+        conversation.save(update_fields=["params"])
+    Message.objects.bulk_create(
+        Message(conversation=conversation, role=m.role, content=m.content, status=Message.Status.DONE)
+        for m in imported.messages
+    )
+    return conversation

@@ -1,0 +1,42 @@
+"""A user's profile: display name, default system prompt, default generation parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+
+from chat import params as chat_params
+from chat.models import Profile
+from chat.services.limits import check_length
+from inference.params import GenerationParams
+
+
+def profile_get_or_create(*, user: User) -> Profile:
+    profile, _ = Profile.objects.get_or_create(user=user)
+    return profile
+
+
+def profile_update(*, user: User, display_name: str, default_system_prompt: str) -> Profile:
+    """Save the user's profile; the system prompt applies to conversations created later."""
+    profile = profile_get_or_create(user=user)
+    profile.display_name = display_name.strip()
+    profile.default_system_prompt = check_length("default_system_prompt", default_system_prompt.strip())
+    profile.save(update_fields=["display_name", "default_system_prompt"])
+    return profile
+
+
+def profile_defaults_update(*, user: User, params: dict[str, Any]) -> Profile:
+    """Save the generation defaults for the user's new conversations (InvalidParameter if bad)."""
+    profile = profile_get_or_create(user=user)
+    given = chat_params.params_in({field: params.get(field) for field in chat_params.CHAT_PARAM_FIELDS})
+    profile.default_params = chat_params.chat_params(chat_params.over(given, chat_params.site_defaults()))
+    profile.save(update_fields=["default_params"])
+    return profile
+
+
+def params_for_new_conversations(*, user: User) -> GenerationParams:
+    """The owner's profile defaults over the site's."""
+    return chat_params.stored_over(
+        profile_get_or_create(user=user).default_params, chat_params.site_defaults()
+    )

@@ -1,0 +1,308 @@
+"""The reply lifecycle, web side: the one way a reply starts, and the ways it ends early.
+
+`reply_submit` is the only way in for every surface (the page's send,
+regenerate and edit; `POST /chat`; `/v1/chat/completions`; the REST API's
+post). It checks the input and the rules (`chat.services.limits`), resolves
+the parameters (`chat.params`), stores the user's message and a pending
+reply in one transaction, and queues the job once that has committed. The
+worker's side is `chat.generation`; replies nobody is working on any more are
+ended by `chat.services.sweeper`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import redis
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
+
+from chat import params as chat_params
+from chat import selectors
+from chat.events import send_event
+from chat.models import Conversation, Message, Profile
+from chat.services import limits
+from chat.services.profiles import params_for_new_conversations
+from inference import presence
+from inference.params import GenerationParams
+from inference.types import Turn
+
+logger = logging.getLogger(__name__)
+
+TITLE_LENGTH = 60
+
+
+def conversation_title(text: str) -> str:
+    """A conversation's title when nobody named it: the start of its first message."""
+    return " ".join(text.split())[:TITLE_LENGTH]
+
+
+class WorkerUnavailable(Exception):
+    """No worker can take the job now. The user's message is kept; the reply is failed."""
+
+    def __init__(self, message: str, *, reply: Message) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class NotCancellable(Exception):
+    pass
+
+
+class NothingToRegenerate(Exception):
+    pass
+
+
+Action = Literal["send", "regenerate", "edit"]
+
+
+@dataclass(frozen=True)
+class NewConversation:
+    """The OpenAI API's exchange: a new conversation with a system prompt and earlier turns."""
+
+    system_prompt: str = ""
+    history: tuple[Turn, ...] = ()  # alternating user and assistant turns before the question
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a surface asks for, parsed from its own format; `reply_submit` applies the rules."""
+
+    action: Action = "send"
+    content: str = ""  # the new message (send) or the changed last message (edit)
+    conversation_id: int | None = None  # None: the user's current conversation (POST /chat)
+    params: Mapping[str, Any] = field(default_factory=dict)  # as sent; left out = resolved
+    new_conversation: NewConversation | None = None  # instead of conversation_id
+
+
+@dataclass(frozen=True)
+class PostedMessage:
+    user_message: Message  # the question the reply answers
+    reply: Message  # the assistant placeholder, pending (failed if no worker could take it)
+
+
+def params_for(*, conversation: Conversation) -> GenerationParams:
+    """Conversation settings over the owner's profile defaults over the site defaults."""
+    return chat_params.stored_over(conversation.params, params_for_new_conversations(user=conversation.owner))
+
+
+def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
+    """Store a question and its pending reply within the rules, then queue the job.
+
+    Raises, with nothing stored: InvalidInput or InvalidParameter (bad input,
+    naming the field), Conversation.DoesNotExist (not the user's),
+    NothingToRegenerate, ConversationBusy, TooManyReplies, RateLimited.
+    Raises WorkerUnavailable after storing, with the reply marked failed.
+    """
+    content = submission.content
+    if submission.action != "regenerate":
+        content = limits.check_message("message", content)
+    given = chat_params.params_in(submission.params)
+    if (new := submission.new_conversation) is not None:
+        limits.check_length("system_prompt", new.system_prompt)
+        for index, turn in enumerate(new.history):
+            limits.check_length(f"history[{index}]", turn.content)
+
+    with transaction.atomic():
+        profile = limits.lock_profile(user=user)
+        if new is not None:
+            conversation = None
+        else:
+            conversation = _conversation(user, profile, submission.conversation_id)
+            _check_idle(conversation)
+        limits.check_concurrency(user=user)
+        limits.take_rate_token(profile=profile, now=timezone.now())
+        if conversation is None:
+            conversation = _new_conversation(user, new or NewConversation(), content)
+        question, earlier = _question(conversation, submission.action, content)
+        reply = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.PENDING,
+            params=chat_params.over(given, params_for(conversation=conversation)).as_dict(),
+        )
+        if not conversation.title:
+            conversation.title = conversation_title(question.content)
+        conversation.save(update_fields=["title", "updated"])
+        for message in (*earlier, reply):
+            send_event(conversation.pk, created_event(message))
+    reply_enqueue(reply=reply)
+    return PostedMessage(user_message=question, reply=reply)
+
+
+def _conversation(user: User, profile: Profile, conversation_id: int | None) -> Conversation:
+    """The conversation to continue; it becomes the one `POST /chat` continues next."""
+    if conversation_id is None:
+        if profile.current_conversation_id is not None:
+            return selectors.conversation_get(user=user, conversation_id=profile.current_conversation_id)
+        conversation = Conversation.objects.create(owner=user, system_prompt=profile.default_system_prompt)
+    else:
+        conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+    if profile.current_conversation_id != conversation.pk:
+        profile.current_conversation = conversation
+        profile.save(update_fields=["current_conversation"])
+    return conversation
+
+
+def _check_idle(conversation: Conversation) -> None:
+    try:
+        limits.check_idle(conversation=conversation)
+    except limits.ConversationBusy:
+        # A reply whose worker died blocks only until the sweeper ends it; do
+        # that now rather than make the user wait for the next sweep.
+        from chat.services.sweeper import fail_lost_replies
+
+        if not fail_lost_replies(conversation_id=conversation.pk):
+            raise
+        limits.check_idle(conversation=conversation)
+
+
+def _new_conversation(user: User, new: NewConversation, content: str) -> Conversation:
+    """The OpenAI API's exchange; it does not become the conversation `POST /chat` continues."""
+    first = new.history[0].content if new.history else content
+    conversation = Conversation.objects.create(
+        owner=user, title=conversation_title(first), system_prompt=new.system_prompt.strip()
+    )
+    Message.objects.bulk_create(
+        Message(conversation=conversation, role=turn.role, content=turn.content, status=Message.Status.DONE)
+        for turn in new.history
+    )
+    return conversation
+
+
+def _question(conversation: Conversation, action: Action, content: str) -> tuple[Message, list[Message]]:
+    """The user message the new reply answers, and the new messages to announce."""
+    if action == "send":
+        question = Message.objects.create(
+            conversation=conversation, role=Message.Role.USER, content=content, status=Message.Status.DONE
+        )
+        return question, [question]
+    found = conversation.messages.filter(role=Message.Role.USER).order_by("-id").first()
+    if action == "regenerate":
+        last = conversation.messages.order_by("-id").first()
+        if found is None or last is None or last.role != Message.Role.ASSISTANT:
+            raise NothingToRegenerate("There is no reply to regenerate yet.")
+    elif found is None:
+        raise NothingToRegenerate("There is no message to edit yet.")
+    else:
+        Message.objects.filter(pk=found.pk).update(content=content)
+        found.content = content
+        send_event(conversation.pk, {"type": "message.edited", "message_id": found.pk, "content": content})
+    stale = list(conversation.messages.filter(id__gt=found.pk).values_list("id", flat=True))
+    for message_id in stale:
+        send_event(conversation.pk, {"type": "message.deleted", "message_id": message_id})
+    conversation.messages.filter(id__in=stale).delete()
+    return found, []
+
+
+def created_event(message: Message) -> dict[str, Any]:
+    return {
+        "type": "message.created",
+        "message_id": message.pk,
+        "role": message.role,
+        "message": selectors.message_payload(message),
+    }
+
+
+def broker_name() -> str:
+    """The broker's address for messages people read: no password."""
+    parts = urlsplit(settings.REDIS_URL)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+
+def reply_enqueue(*, reply: Message) -> None:
+    """Queue generation of a committed pending reply; WorkerUnavailable if nobody can run it.
+
+    Publishes at once rather than on commit: the caller needs to know now
+    whether the job reached the broker, to answer 503 instead of waiting. A
+    reply whose publish never happened (the process died first) is queued
+    again by the sweeper.
+    """
+    from chat.tasks import generate_reply  # the task module imports Celery, not torch
+
+    try:
+        if not presence.live_workers(settings.REDIS_URL):
+            raise WorkerUnavailable(
+                "No generation worker is running. Start one with `make worker`.", reply=reply
+            )
+        generate_reply.apply_async(args=[reply.pk], retry=False)
+    except (redis.RedisError, BrokerError, OSError) as exc:
+        logger.warning("broker unreachable while queueing reply %s: %s", reply.pk, exc)
+        error = WorkerUnavailable(f"The message broker at {broker_name()} is unreachable.", reply=reply)
+        reply_fail(reply_id=reply.pk, code="worker_unavailable", error=str(error))
+        raise error from exc
+    except WorkerUnavailable as exc:
+        reply_fail(reply_id=reply.pk, code="worker_unavailable", error=str(exc))
+        raise
+    Message.objects.filter(pk=reply.pk, queued_at__isnull=True).update(queued_at=timezone.now())
+
+
+def reply_cancel(*, user: User, message_id: int) -> Message:
+    """Stop a reply. Raises Message.DoesNotExist for anyone else's message.
+
+    A queued reply is cancelled at once (its job will find nothing to claim);
+    a streaming one is stopped by its worker within a decode step or two, and
+    keeps the text generated so far. Cancelling a finished reply changes nothing.
+    """
+    reply = selectors.message_get(user=user, message_id=message_id)
+    if reply.role != Message.Role.ASSISTANT:
+        raise NotCancellable("Only a reply can be cancelled.")
+    with transaction.atomic():
+        queued = Message.objects.filter(pk=reply.pk, status=Message.Status.PENDING).update(
+            status=Message.Status.CANCELLED, finish_reason="cancelled", finished_at=timezone.now()
+        )
+        if queued:
+            reply.refresh_from_db()
+            send_event(reply.conversation_id, reply_event(reply))
+        else:
+            # The worker sees this between decode steps and publishes the end itself.
+            Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
+                status=Message.Status.CANCELLED
+            )
+    reply.refresh_from_db()
+    return reply
+
+
+def reply_fail(*, reply_id: int, code: str, error: str, worker: str | None = None) -> bool:
+    """Mark an unfinished reply failed with a readable reason; False if it had already ended.
+
+    With `worker`, only while that worker still holds it. The text generated
+    so far stays.
+    """
+    unfinished = Message.objects.filter(
+        pk=reply_id, status__in=[Message.Status.PENDING, Message.Status.STREAMING]
+    )
+    if worker is not None:
+        unfinished = unfinished.filter(worker=worker)
+    with transaction.atomic():
+        updated = unfinished.update(
+            status=Message.Status.FAILED, error_code=code, error=error, finished_at=timezone.now()
+        )
+        if updated:
+            reply = Message.objects.get(pk=reply_id)
+            send_event(reply.conversation_id, reply_event(reply))
+    return bool(updated)
+
+
+FINISHED_EVENTS = {
+    Message.Status.DONE: "message.done",
+    Message.Status.FAILED: "message.failed",
+    Message.Status.CANCELLED: "message.cancelled",
+}
+
+
+def reply_event(reply: Message) -> dict[str, Any]:
+    """The event that announces a finished reply, built from its stored row."""
+    payload = selectors.message_payload(reply)
+    return {
+        "type": FINISHED_EVENTS[Message.Status(reply.status)],
+        "message_id": reply.pk,
+        **{field: payload[field] for field in ("content", "finish_reason", "usage", "code", "error")},
+    }

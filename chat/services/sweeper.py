@@ -1,0 +1,142 @@
+"""Ends replies nobody is working on any more, within stated bounds.
+
+A fault can leave a reply pending or streaming with nobody working on it; a
+conversation with such a reply refuses new messages. The sweeper owns those
+states. It runs every REPLY_SWEEP_INTERVAL_S (I) in the web process and in
+every worker (several sweepers are harmless: each change is a conditional
+update), and once as a worker starts.
+
+- Pending, its job never published (the web process died between commit and
+  publish): `queued_at` still unset after REPLY_ENQUEUE_GRACE_S (G). Queued
+  again, or failed if no worker or broker can take it, within G + I.
+- Pending, published but never started (a job lost with a broker's data, or
+  no worker came back): `queued_at` older than REPLY_QUEUE_LIMIT_S (Q).
+  Failed (`queue_timeout`) within Q + I.
+- Streaming, its worker died: the worker id the claim recorded on the row has
+  no live heartbeat. Failed (`worker_lost`), with the text so far kept,
+  within WORKER_HEARTBEAT_TTL_S + I of the worker's death.
+
+Sending to a conversation whose reply lost its worker ends that reply at once
+(`reply_submit`), without waiting for the next sweep. While Redis is down the
+sweeper cannot tell live workers from dead ones and leaves streaming replies
+alone: a busy or unreachable broker is not evidence that a worker died.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import suppress
+from datetime import timedelta
+
+import redis
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from chat.models import Message
+from chat.services.replies import WorkerUnavailable, reply_enqueue, reply_fail
+from inference import presence
+
+logger = logging.getLogger(__name__)
+
+WORKER_LOST = "The worker stopped while writing this reply. Use Regenerate to try again."
+# Replies claimed before claims recorded their worker: no worker can still hold one past this.
+UNNAMED_WORKER_LIMIT = timedelta(hours=1)
+
+
+def fail_lost_replies(*, conversation_id: int | None = None) -> int:
+    """Fail streaming replies whose worker has no live heartbeat; returns how many."""
+    streaming = Message.objects.filter(status=Message.Status.STREAMING)
+    if conversation_id is not None:
+        streaming = streaming.filter(conversation_id=conversation_id)
+    held = list(streaming.values_list("pk", "worker", "created"))
+    if not held:
+        return 0
+    try:
+        live = presence.live_worker_ids(settings.REDIS_URL)
+    except redis.RedisError as exc:
+        logger.info("sweeper: cannot read worker heartbeats (%s); leaving streaming replies alone", exc)
+        return 0
+    unnamed_cutoff = timezone.now() - UNNAMED_WORKER_LIMIT
+    failed = 0
+    for reply_id, worker, created in held:
+        if (worker and worker not in live) or (not worker and created < unnamed_cutoff):
+            failed += reply_fail(reply_id=reply_id, code="worker_lost", error=WORKER_LOST, worker=worker)
+    return failed
+
+
+def requeue_unpublished() -> int:
+    """Queue again pending replies whose job never reached the broker; returns how many were tried."""
+    cutoff = timezone.now() - timedelta(seconds=settings.REPLY_ENQUEUE_GRACE_S)
+    stale = list(
+        Message.objects.filter(
+            status=Message.Status.PENDING, queued_at__isnull=True, created__lt=cutoff
+        ).select_related("conversation")
+    )
+    for reply in stale:
+        # A job that was published after all is claimed only once; one that
+        # cannot be published is failed by reply_enqueue with the reason.
+        with suppress(WorkerUnavailable):
+            reply_enqueue(reply=reply)
+    return len(stale)
+
+
+def fail_unstarted() -> int:
+    """Fail queued replies no worker started within REPLY_QUEUE_LIMIT_S; returns how many."""
+    limit = settings.REPLY_QUEUE_LIMIT_S
+    cutoff = timezone.now() - timedelta(seconds=limit)
+    stale = Message.objects.filter(status=Message.Status.PENDING, queued_at__lt=cutoff)
+    failed = 0
+    for reply_id in list(stale.values_list("pk", flat=True)):
+        failed += reply_fail(
+            reply_id=reply_id,
+            code="queue_timeout",
+            error=f"No worker started this reply within {limit:g} s. Use Regenerate to try again.",
+        )
+    return failed
+
+
+def sweep() -> None:
+    """One pass over every rule; errors are logged, never raised (the next pass tries again)."""
+    for rule in (fail_lost_replies, requeue_unpublished, fail_unstarted):
+        try:
+            if count := rule():
+                logger.warning("sweeper: %s handled %d replies", rule.__name__, count)
+        except Exception:
+            logger.exception("sweeper: %s failed", rule.__name__)
+
+
+class Sweeper:
+    """Runs `sweep` every `interval_s` in a daemon thread of this process."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sanjai-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            close_old_connections()
+            sweep()
+        connection.close()
+
+
+_sweeper: Sweeper | None = None
+_lock = threading.Lock()
+
+
+def start_sweeper() -> None:
+    """Start this process's sweeper, once; the web process and every worker call it."""
+    global _sweeper
+    with _lock:
+        if _sweeper is None and settings.REPLY_SWEEP_INTERVAL_S > 0:
+            _sweeper = Sweeper(settings.REPLY_SWEEP_INTERVAL_S)
+            _sweeper.start()
