@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from ninja import Body, NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import delivery, selectors
-from chat.auth import api_key_auth, auth_user, http_error_message, session_auth
+from chat.auth import api_key_auth, auth_user, body_too_large_message, http_error_message, session_auth
 from chat.models import Message
 from chat.params import PARAM_FIELDS
 from chat.services import conversations
@@ -57,6 +58,11 @@ def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
 @api.exception_handler(ValidationError)
 def _invalid(request: HttpRequest, exc: ValidationError) -> JsonResponse:
     return _error(400, NOT_A_JSON_OBJECT)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_large(request: HttpRequest, exc: RequestDataTooBig) -> JsonResponse:
+    return _error(413, body_too_large_message())
 
 
 @api.exception_handler(delivery.Problem)

@@ -59,6 +59,14 @@ session_auth = SessionAuth()
 CSRF_FAILED = "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken header."
 
 
+def body_too_large_message() -> str:
+    """What the JSON APIs say, in their own envelopes, about a body over the upload limit."""
+    return (
+        f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes, "
+        "the most this server accepts."
+    )
+
+
 def http_error_message(exc: HttpError, *, not_a_json_object: str) -> str:
     """django-ninja's own error wording, made to say what the caller should do."""
     message = str(exc)

@@ -29,12 +29,13 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from ninja import Body, NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import delivery, selectors
-from chat.auth import api_key_auth, auth_user
+from chat.auth import api_key_auth, auth_user, body_too_large_message
 from chat.models import Conversation, Message
 from chat.services.conversations import conversation_delete
 from chat.services.replies import NewConversation, PostedMessage, Submission, reply_cancel
@@ -101,6 +102,11 @@ def _unauthenticated(request: HttpRequest, exc: Exception) -> JsonResponse:
         code="invalid_api_key",
     )
     return _api_error(request, error)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_large(request: HttpRequest, exc: RequestDataTooBig) -> JsonResponse:
+    return _api_error(request, ApiError(413, body_too_large_message(), code="request_too_large"))
 
 
 NOT_A_JSON_OBJECT = "The request body must be a JSON object."

@@ -13,17 +13,19 @@ writes. Anyone else's ids answer 404, exactly like ids that do not exist.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
 from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import delivery, selectors
-from chat.auth import api_key_auth, auth_user, http_error_message, session_auth
+from chat.auth import api_key_auth, auth_user, body_too_large_message, http_error_message, session_auth
 from chat.models import Conversation, Message
 from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
 from chat.services import conversations, limits
@@ -170,6 +172,11 @@ def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
     return _error(exc.status_code, message)
 
 
+@api.exception_handler(RequestDataTooBig)
+def _too_large(request: HttpRequest, exc: RequestDataTooBig) -> JsonResponse:
+    return _error(413, body_too_large_message())
+
+
 @api.exception_handler(delivery.Problem)
 def _problem(request: HttpRequest, exc: delivery.Problem) -> JsonResponse:
     response = _error(exc.status, exc.message)
@@ -197,16 +204,26 @@ def _field_problem(field: str, value: Any) -> str | None:
 
 @api.exception_handler(ValidationError)
 def _invalid(request: HttpRequest, exc: ValidationError) -> JsonResponse:
+    sent = _json_body(request)
     problems = []
     for error in exc.errors:
         where = [str(part) for part in error.get("loc", ()) if part not in ("body", "payload")]
-        shared = _field_problem(where[0], error.get("input")) if len(where) == 1 else None
+        shared = _field_problem(where[0], sent.get(where[0])) if where else None
         if shared is not None:
             problems.append(shared)
         else:
             msg = error.get("msg", "invalid")
             problems.append(f"{'.'.join(where)}: {msg}" if where else msg)
-    return _error(400, "Invalid request. " + "; ".join(problems))
+    return _error(400, "Invalid request. " + "; ".join(dict.fromkeys(problems)))
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    """The JSON object sent, for quoting a bad value back; {} if it is not one."""
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _not_found(kind: str, id_: int) -> HttpError:
