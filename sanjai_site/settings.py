@@ -139,10 +139,32 @@ WHITENOISE_USE_FINDERS = True
 # the processes it starts; point it at a real Redis for anything bigger.
 REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
 
+# Timeouts, chosen so that a slow machine never reads as a dead broker:
+# - A receive blocks in BZPOPMIN for channels_redis' 5 s. A read timeout equal to
+#   that (redis-py's asyncio default here) fires whenever the empty answer comes
+#   a moment late, as it does while a long prefill holds every core, and crashed
+#   the page's socket. REDIS_READ_TIMEOUT_S is far above it.
+# - A refused or unreachable server fails at connect, within REDIS_CONNECT_TIMEOUT_S:
+#   that is the outage answered with 503.
+REDIS_CONNECT_TIMEOUT_S = envfloat("REDIS_CONNECT_TIMEOUT_S", 5.0)
+REDIS_READ_TIMEOUT_S = envfloat("REDIS_READ_TIMEOUT_S", 30.0)
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 60},
+        "CONFIG": {
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S,
+                    "socket_timeout": REDIS_READ_TIMEOUT_S,
+                    "socket_keepalive": True,
+                    "health_check_interval": 30,  # ping a pooled connection idle this long before use
+                }
+            ],
+            "capacity": 1000,
+            "expiry": 60,
+        },
     },
 }
 
