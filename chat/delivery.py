@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -126,9 +127,7 @@ async def submit(*, user: User, submission: Submission) -> PostedMessage:
 
 
 # How long a waiter trusts a quiet channel before it re-reads the reply's row.
-POLL_S = 1.0
-# Channel-layer trouble other than quiet: re-read the row this often instead.
-POLL_WITHOUT_EVENTS_S = 0.5
+POLL_S = 2.0
 
 
 class ReplyWatch:
@@ -137,6 +136,13 @@ class ReplyWatch:
     Use as `async with ReplyWatch(user, reply) as watch:` right after the
     reply was submitted; events that came before the subscription are made
     up for by re-reading the row.
+
+    One task receives the conversation's events for the whole watch and
+    hands this reply's to the waiter through a queue: the waiter's timeouts
+    cancel only the queue read, never a receive from the channel layer (a
+    receive cancelled mid-flight can lose a message). The task stops by
+    itself after the reply's last event; it is cancelled only when the
+    watch ends early.
     """
 
     def __init__(self, user: User, reply: Message) -> None:
@@ -144,27 +150,47 @@ class ReplyWatch:
         self.reply_id = reply.pk
         self.conversation_id = reply.conversation_id
         self.reply = reply  # the latest row read
-        self._events: Subscription | None = None
         self._subscription: Any = None
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._receiver: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ReplyWatch:
-        self._subscription = subscribe(self.conversation_id)
+        subscription = subscribe(self.conversation_id)
         try:
-            self._events = await self._subscription.__aenter__()
+            events = await subscription.__aenter__()
         except (redis.RedisError, OSError) as exc:
             logger.warning("channel layer unavailable, following reply %s by polling: %s", self.reply_id, exc)
-            self._subscription = None
+            return self
+        self._subscription = subscription
+        self._receiver = asyncio.create_task(self._receive(events))
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        subscription, self._subscription, self._events = self._subscription, None, None
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None and not receiver.done():
+            receiver.cancel()
+            with suppress(asyncio.CancelledError):
+                await receiver
+        subscription, self._subscription = self._subscription, None
         if subscription is not None:
             try:
                 await subscription.__aexit__(kind, exc, tb)
             except (redis.RedisError, OSError) as error:
                 logger.warning("channel layer unavailable while unsubscribing: %s", error)
+
+    async def _receive(self, events: Subscription) -> None:
+        try:
+            while True:
+                event = await events.next()
+                if event.get("message_id") != self.reply_id:
+                    continue
+                self._events.put_nowait(event)
+                if event["type"] in FINISHED_EVENT_TYPES:
+                    return
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("channel layer trouble, following reply %s by polling: %s", self.reply_id, exc)
 
     @property
     def finished(self) -> bool:
@@ -176,23 +202,11 @@ class ReplyWatch:
         return self.reply
 
     async def _next_event(self, timeout_s: float) -> dict[str, Any] | None:
-        """This reply's next event, or None after `timeout_s` of quiet (or channel trouble)."""
-        if self._events is None:
-            await asyncio.sleep(min(timeout_s, POLL_WITHOUT_EVENTS_S))
+        """This reply's next event, or None after `timeout_s` of quiet."""
+        try:
+            return await asyncio.wait_for(self._events.get(), timeout_s)
+        except TimeoutError:  # quiet, a slow machine, or no events to be had: look at the row
             return None
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                event = await self._events.receive(left)
-            except TimeoutError:  # quiet, or a slow server: both mean "look at the row"
-                return None
-            except (redis.RedisError, OSError) as exc:
-                logger.warning("channel layer trouble, following reply %s by polling: %s", self.reply_id, exc)
-                self._events = None
-                return None
-            if event.get("message_id") == self.reply_id:
-                return event
-        return None
 
     async def wait(self, timeout_s: float) -> Message:
         """The reply's row once it has ended, or as it stands after `timeout_s`."""

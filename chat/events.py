@@ -8,15 +8,19 @@ cannot read yet. Tests capture events by listening on the group.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+
+logger = logging.getLogger(__name__)
 
 # How often streamed text is published: one publish per token would cost more
 # in Redis round trips than the tokens themselves.
@@ -80,10 +84,17 @@ def send_event(conversation_id: int, event: dict[str, Any]) -> None:
         if layer is None:
             return
         group, message = conversation_group(conversation_id), {"type": "chat.event", "event": event}
-        if _publish_loop is not None:
-            _publish_loop.run(layer.group_send(group, message))
-        else:
-            async_to_sync(layer.group_send)(group, message)
+        try:
+            if _publish_loop is not None:
+                _publish_loop.run(layer.group_send(group, message))
+            else:
+                async_to_sync(layer.group_send)(group, message)
+        except (redis.RedisError, OSError) as exc:
+            # Events only say when to look; the rows are the truth, and every
+            # listener re-reads them. A broker outage must not fail the write.
+            logger.warning(
+                "event %s for conversation %s not published: %s", event["type"], conversation_id, exc
+            )
 
     transaction.on_commit(publish)
 
@@ -127,22 +138,15 @@ class Subscription:
         self._layer = layer
         self._channel = channel
 
-    async def receive(self, timeout_s: float) -> dict[str, Any]:
-        """The next event; asyncio.TimeoutError if none arrives in time."""
-        message = await asyncio.wait_for(self._layer.receive(self._channel), timeout_s)
-        return message["event"]
+    async def next(self) -> dict[str, Any]:
+        """The next event, however long it takes.
 
-    async def wait_for_finish(self, message_id: int, timeout_s: float) -> dict[str, Any] | None:
-        """The event that finishes `message_id`, or None if it does not come in time."""
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                event = await self.receive(left)
-            except TimeoutError:
-                return None
-            if event.get("message_id") == message_id and event["type"] in FINISHED_EVENT_TYPES:
-                return event
-        return None
+        Do not cancel this on a short timer: with the Redis layer a cancel can
+        lose a message just popped, and a process's private channels share
+        one Redis key, so the loss can be another listener's (see ReplyWatch).
+        """
+        message = await self._layer.receive(self._channel)
+        return message["event"]
 
 
 FINISHED_EVENT_TYPES = frozenset({"message.done", "message.failed", "message.cancelled"})

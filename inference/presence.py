@@ -30,7 +30,7 @@ def _client(url: str) -> redis.Redis:
     # A short connect timeout: a refused or unreachable server is an outage
     # to report at once. A longer read timeout: a server slowed by a saturated
     # machine still answers these small commands, and must not read as down.
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
 
 
 def live_workers(redis_url: str) -> list[WorkerInfo]:

@@ -11,6 +11,9 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sanjai_site.env import ConfigError, envbool, envchoice, envfloat, envint, envlist, envstr
 
@@ -158,8 +161,14 @@ CHANNEL_LAYERS = {
                     "address": REDIS_URL,
                     "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S,
                     "socket_timeout": REDIS_READ_TIMEOUT_S,
-                    "socket_keepalive": True,
                     "health_check_interval": 30,  # ping a pooled connection idle this long before use
+                    # The first command on a pooled connection after Redis restarted fails;
+                    # try a connection error again at once. A timeout is not retried.
+                    "retry": AsyncRetry(
+                        ExponentialWithJitterBackoff(base=0.05, cap=0.5),
+                        retries=2,
+                        supported_errors=(RedisConnectionError,),
+                    ),
                 }
             ],
             "capacity": 1000,
@@ -170,6 +179,21 @@ CHANNEL_LAYERS = {
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # kombu passes no timeouts by default: a publish to a hung broker blocked for
+    # minutes. The worker's own BRPOP waits 1 s, so a quiet queue never trips these.
+    "socket_timeout": 10,
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S,
+    "socket_keepalive": True,  # kombu passes None, which turns redis-py's default off
+    # A publish to a broker that is down fails at once (measured: 6 s with the
+    # defaults) and the reply is failed with 503; the sweeper owns the rest.
+    "max_retries": 0,
+    # A job a killed worker had reserved comes back after this, and is then a
+    # no-op: the sweeper will have failed its reply (REPLY_QUEUE_LIMIT_S, or the
+    # worker's lost heartbeat). Kept explicit: it must exceed the longest queue
+    # wait plus a reply's time limit, or a running job would be delivered twice.
+    "visibility_timeout": 3600,
+}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True  # results travel through the database and events

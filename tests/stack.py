@@ -34,6 +34,7 @@ class Stack:
     worker: subprocess.Popen[bytes]
     web: subprocess.Popen[bytes]
     start_web: Callable[[], subprocess.Popen[bytes]]
+    start_worker: Callable[[], subprocess.Popen[bytes]]
 
     def pause_worker(self) -> None:
         self.worker.send_signal(signal.SIGSTOP)
@@ -47,6 +48,26 @@ class Stack:
         self.web.wait(timeout=20)
         self.web = self.start_web()
         _wait("web server", lambda: _web_ready(self.base_url), 60, [self.web])
+
+    def restart_worker(self, timeout_s: float = 300) -> None:
+        """Start a fresh worker (stopping the old one if it still runs); returns once its heartbeat is up."""
+        before = presence.live_worker_ids(self.redis_url)
+        if self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGCONT)
+            self.worker.terminate()
+            try:
+                self.worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+        self.worker = self.start_worker()
+        # A new heartbeat id: one a killed worker left behind stays visible until it expires.
+        _wait(
+            "worker",
+            lambda: bool(presence.live_worker_ids(self.redis_url) - before),
+            timeout_s,
+            [self.worker],
+        )
 
 
 def free_port() -> int:
@@ -95,13 +116,15 @@ def running_stack(
         open(ARTIFACTS / f"{name}-worker.log", "wb") as worker_log,
         open(ARTIFACTS / f"{name}-web.log", "wb") as web_log,
     ):
-        worker = subprocess.Popen(
-            worker_command(f"{name}@%h"),
-            cwd=ROOT,
-            env=process_env,
-            stdout=worker_log,
-            stderr=subprocess.STDOUT,
-        )
+
+        def start_worker() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                worker_command(f"{name}@%h"),
+                cwd=ROOT,
+                env=process_env,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+            )
 
         def start_web() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
@@ -115,19 +138,20 @@ def running_stack(
         stack = Stack(
             base_url=f"http://127.0.0.1:{port}",
             redis_url=redis_url,
-            worker=worker,
+            worker=start_worker(),
             web=start_web(),
             start_web=start_web,
+            start_worker=start_worker,
         )
         try:
             _wait("web server", lambda: _web_ready(stack.base_url), 60, [stack.web])
-            _wait("worker", lambda: bool(presence.live_workers(redis_url)), 300, [worker])
+            _wait("worker", lambda: bool(presence.live_workers(redis_url)), 300, [stack.worker])
             yield stack
         finally:
-            for process in (stack.web, worker):
+            for process in (stack.web, stack.worker):
                 process.send_signal(signal.SIGCONT)
                 process.terminate()
-            for process in (stack.web, worker):
+            for process in (stack.web, stack.worker):
                 try:
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
@@ -149,7 +173,7 @@ def stack_on_test_database(*, name: str, env: dict[str, str]) -> Iterator[Stack]
         ValkeyServer() as redis_server,
         running_stack(
             name=name,
-            database=_database_url(connection.settings_dict),
+            database=database_url(connection.settings_dict),
             redis_url=f"{redis_server.connection_url}/0",
             secret_key=settings.SECRET_KEY,
             env=env,
@@ -158,7 +182,7 @@ def stack_on_test_database(*, name: str, env: dict[str, str]) -> Iterator[Stack]
         yield stack
 
 
-def _database_url(db: dict[str, Any]) -> str:
+def database_url(db: dict[str, Any]) -> str:
     """The URL the stack's processes use to reach the test database."""
     if db["ENGINE"] == "django.db.backends.sqlite3":
         return f"sqlite:///{db['NAME']}"

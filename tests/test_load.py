@@ -27,9 +27,9 @@ CAP = 4  # MAX_CONCURRENT_REPLIES' default
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from tests.tiny_model import build_tiny_model
+    from tests.tiny_model import build_endless_model
 
-    model = build_tiny_model(tmp_path_factory.mktemp("load") / "tiny-long", context_tokens=4096)
+    model = build_endless_model(tmp_path_factory.mktemp("load") / "tiny-endless")
     env = {"MODEL_PATH": str(model), "GENERATION_MAX_NEW_TOKENS": "4000", "CHAT_REPLY_TIMEOUT_S": "120"}
     with stack_on_test_database(name="load", env=env) as running:
         yield running
@@ -39,8 +39,8 @@ def test_a_flood_from_one_user_does_not_hold_up_another(stack: Stack, owner: Any
     flooder, key = owner, api_key_create(user=owner, name="flood")[1]
     patient_key = api_key_create(user=other_user, name="patient")[1]
     targets = [conversation_create(user=flooder).pk for _ in range(FLOOD)]
-    # Greedy "Hello" runs for hundreds of tokens on the tiny model: replies long enough to queue behind.
-    long = {"message": "Hello", "temperature": 0, "max_new_tokens": 600}
+    # Replies that run to max_new_tokens: long enough for a backlog to queue behind them.
+    long = {"message": "Hello", "temperature": 0, "max_new_tokens": 300}
 
     def chat(api_key: str, body: dict[str, Any]) -> httpx.Response:
         return httpx.post(

@@ -75,3 +75,27 @@ def build_tiny_model(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def build_endless_model(folder: Path, *, layers: int = 16) -> Path:
+    """The tiny model made deeper (slower per token), with a long context, and unable to stop.
+
+    The plain tiny model answers greedy "Hello" with ~300 tokens in a tenth of a
+    second: too quick to catch mid-reply. This one never picks a special token
+    (their embedding rows, which are also its output rows, are zero, so their
+    logits are 0 while the largest of the others is positive), so every reply
+    runs to its max_new_tokens: about 4000 tokens in 9 s on 2 cores.
+    """
+    import torch
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    build_tiny_model(folder, context_tokens=4096)
+    config = MistralConfig.from_pretrained(folder)
+    config.num_hidden_layers = layers
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[tokenizer.all_special_ids] = 0
+    model.save_pretrained(folder)
+    return folder

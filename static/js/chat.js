@@ -23,6 +23,9 @@
   let retryDelay = 500;
   let closedForGood = false;
   let renderQueued = new Set();
+  // Text sent but not yet stored: put back in the box if the server refuses it
+  // (too long, too many replies at once), so nothing the user wrote is lost.
+  let unsent = null;
 
   // ---- Markdown, sanitized -------------------------------------------------
   // Model output and user text are untrusted: Markdown becomes HTML only
@@ -267,6 +270,7 @@
     "message.created"(event) {
       const message = upsert(event.message);
       withScroll(() => render(message));
+      if (message.role === "user") unsent = null;
       if (message.role === "user" && title.textContent === "New conversation") {
         title.textContent = message.content.split(/\s+/).join(" ").slice(0, 60);
         const link = document.querySelector(`.conversation-item[data-id="${chat.dataset.conversationId}"] .conversation-link`);
@@ -319,6 +323,8 @@
       render(message);
     },
     error(event) {
+      if (event.action === "send" && unsent !== null && !input.value) input.value = unsent;
+      unsent = null;
       showBanner(event.error, "info");
     },
   };
@@ -387,6 +393,7 @@
     }
     if (activeReply()) return;
     if (send({ action: "send", content: text })) {
+      unsent = text;
       input.value = "";
       hideBanner();
     }
