@@ -8,6 +8,7 @@ view parses, submits through the one submit path and waits for the worker
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.conf import settings
@@ -17,11 +18,20 @@ from ninja import Body, NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import delivery, selectors
-from chat.auth import api_key_auth, auth_user, body_too_large_message, http_error_message, session_auth
+from chat.auth import (
+    UNEXPECTED,
+    api_key_auth,
+    auth_user,
+    body_too_large_message,
+    http_error_message,
+    session_auth,
+)
 from chat.models import Message
 from chat.params import PARAM_FIELDS
 from chat.services import conversations
 from chat.services.replies import Submission
+
+logger = logging.getLogger(__name__)
 
 api = NinjaAPI(
     title="SanjAI chat (prototype-compatible)",
@@ -58,6 +68,12 @@ def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
 @api.exception_handler(ValidationError)
 def _invalid(request: HttpRequest, exc: ValidationError) -> JsonResponse:
     return _error(400, NOT_A_JSON_OBJECT)
+
+
+@api.exception_handler(Exception)
+def _unexpected(request: HttpRequest, exc: Exception) -> JsonResponse:
+    logger.exception("unexpected error answering %s", request.path)
+    return _error(500, UNEXPECTED)
 
 
 @api.exception_handler(RequestDataTooBig)

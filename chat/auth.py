@@ -59,6 +59,9 @@ session_auth = SessionAuth()
 CSRF_FAILED = "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken header."
 
 
+UNEXPECTED = "The server hit an unexpected error; it has been logged. Your message, if any, was saved."
+
+
 def body_too_large_message() -> str:
     """What the JSON APIs say, in their own envelopes, about a body over the upload limit."""
     return (

@@ -35,7 +35,7 @@ from ninja import Body, NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import delivery, selectors
-from chat.auth import api_key_auth, auth_user, body_too_large_message
+from chat.auth import UNEXPECTED, api_key_auth, auth_user, body_too_large_message
 from chat.models import Conversation, Message
 from chat.services.conversations import conversation_delete
 from chat.services.replies import NewConversation, PostedMessage, Submission, reply_cancel
@@ -102,6 +102,12 @@ def _unauthenticated(request: HttpRequest, exc: Exception) -> JsonResponse:
         code="invalid_api_key",
     )
     return _api_error(request, error)
+
+
+@api.exception_handler(Exception)
+def _unexpected(request: HttpRequest, exc: Exception) -> JsonResponse:
+    logger.exception("unexpected error answering %s", request.path)
+    return _api_error(request, ApiError(500, UNEXPECTED, kind="server_error"))
 
 
 @api.exception_handler(RequestDataTooBig)

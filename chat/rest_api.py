@@ -14,6 +14,7 @@ writes. Anyone else's ids answer 404, exactly like ids that do not exist.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -25,11 +26,20 @@ from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import delivery, selectors
-from chat.auth import api_key_auth, auth_user, body_too_large_message, http_error_message, session_auth
+from chat.auth import (
+    UNEXPECTED,
+    api_key_auth,
+    auth_user,
+    body_too_large_message,
+    http_error_message,
+    session_auth,
+)
 from chat.models import Conversation, Message
 from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
 from chat.services import conversations, limits
 from chat.services.replies import NotCancellable, Submission, reply_cancel
+
+logger = logging.getLogger(__name__)
 
 api = NinjaAPI(
     title="SanjAI REST API",
@@ -170,6 +180,12 @@ def _unauthenticated(request: HttpRequest, exc: Exception) -> JsonResponse:
 def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
     message = http_error_message(exc, not_a_json_object="The request body must be a JSON object.")
     return _error(exc.status_code, message)
+
+
+@api.exception_handler(Exception)
+def _unexpected(request: HttpRequest, exc: Exception) -> JsonResponse:
+    logger.exception("unexpected error answering %s", request.path)
+    return _error(500, UNEXPECTED)
 
 
 @api.exception_handler(RequestDataTooBig)

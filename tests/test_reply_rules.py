@@ -270,3 +270,17 @@ def test_an_invalid_parameter_is_400_naming_the_field_and_range(
     assert outcome.status == 400
     assert "temperature: must be a number in [0, 2]" in outcome.error and "got 5" in outcome.error
     assert user_messages(owner) == 0
+
+
+@pytest.mark.parametrize("surface", ["chat", "v1", "rest"])
+def test_an_unexpected_failure_is_still_json_on_the_http_surfaces(
+    surfaces: Surfaces, owner: Any, surface: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chat import delivery
+
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(delivery, "reply_submit", broken)
+    outcome = surfaces.send(surface, conversations.conversation_create(user=owner), "Hello")
+    assert outcome.status == 500 and "unexpected error" in outcome.error
