@@ -8,30 +8,25 @@ view parses, submits through the one submit path and waits for the worker
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from ninja import Body, NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import delivery, selectors
 from chat.auth import (
-    UNEXPECTED,
     api_key_auth,
     auth_user,
-    body_too_large_message,
     http_error_message,
+    install_error_handlers,
     session_auth,
 )
 from chat.models import Message
 from chat.params import PARAM_FIELDS
 from chat.services import conversations
 from chat.services.replies import Submission
-
-logger = logging.getLogger(__name__)
 
 api = NinjaAPI(
     title="SanjAI chat (prototype-compatible)",
@@ -70,15 +65,7 @@ def _invalid(request: HttpRequest, exc: ValidationError) -> JsonResponse:
     return _error(400, NOT_A_JSON_OBJECT)
 
 
-@api.exception_handler(Exception)
-def _unexpected(request: HttpRequest, exc: Exception) -> JsonResponse:
-    logger.exception("unexpected error answering %s", request.path)
-    return _error(500, UNEXPECTED)
-
-
-@api.exception_handler(RequestDataTooBig)
-def _too_large(request: HttpRequest, exc: RequestDataTooBig) -> JsonResponse:
-    return _error(413, body_too_large_message())
+install_error_handlers(api, lambda status, message, code: _error(status, message))
 
 
 @api.exception_handler(delivery.Problem)

@@ -1,12 +1,20 @@
-"""Who is asking: the typed request of a logged-in page; the JSON APIs' key and session auth."""
+"""Who is asking, and how the JSON APIs answer what went wrong.
+
+The typed request of a logged-in page; the JSON APIs' key and session auth;
+and the error handlers every JSON API installs with its own envelope.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.http import HttpRequest
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse
+from ninja import NinjaAPI
 from ninja.errors import HttpError
 from ninja.security import APIKeyCookie, HttpBearer
 
@@ -59,15 +67,28 @@ session_auth = SessionAuth()
 CSRF_FAILED = "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken header."
 
 
+logger = logging.getLogger(__name__)
+
 UNEXPECTED = "The server hit an unexpected error; it has been logged. Your message, if any, was saved."
 
+# An API's own error envelope: (status, message, code) -> its JSON response.
+ErrorFormat = Callable[[int, str, str], JsonResponse]
 
-def body_too_large_message() -> str:
-    """What the JSON APIs say, in their own envelopes, about a body over the upload limit."""
-    return (
-        f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes, "
-        "the most this server accepts."
-    )
+
+def install_error_handlers(api: NinjaAPI, error: ErrorFormat) -> None:
+    """Answers every JSON API gives in its own envelope: nothing escapes as Django's HTML page."""
+
+    def unexpected(request: HttpRequest, exc: Any) -> JsonResponse:
+        logger.exception("unexpected error answering %s", request.path)
+        return error(500, UNEXPECTED, "internal_error")
+
+    def too_large(request: HttpRequest, exc: Any) -> JsonResponse:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        message = f"The request body is larger than {limit} bytes, the most this server accepts."
+        return error(413, message, "request_too_large")
+
+    api.add_exception_handler(Exception, unexpected)
+    api.add_exception_handler(RequestDataTooBig, too_large)
 
 
 def http_error_message(exc: HttpError, *, not_a_json_object: str) -> str:

@@ -29,13 +29,12 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from ninja import Body, NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import delivery, selectors
-from chat.auth import UNEXPECTED, api_key_auth, auth_user, body_too_large_message
+from chat.auth import api_key_auth, auth_user, install_error_handlers
 from chat.models import Conversation, Message
 from chat.services.conversations import conversation_delete
 from chat.services.replies import NewConversation, PostedMessage, Submission, reply_cancel
@@ -86,7 +85,7 @@ def _invalid(message: str, param: str | None = None, code: str | None = None) ->
 
 
 @api.exception_handler(ApiError)
-def _api_error(request: HttpRequest, exc: ApiError) -> JsonResponse:
+def _api_error(request: HttpRequest | None, exc: ApiError) -> JsonResponse:
     response = JsonResponse(exc.body, status=exc.status)
     if exc.retry_after_s is not None:
         response["Retry-After"] = str(exc.retry_after_s)
@@ -104,15 +103,15 @@ def _unauthenticated(request: HttpRequest, exc: Exception) -> JsonResponse:
     return _api_error(request, error)
 
 
-@api.exception_handler(Exception)
-def _unexpected(request: HttpRequest, exc: Exception) -> JsonResponse:
-    logger.exception("unexpected error answering %s", request.path)
-    return _api_error(request, ApiError(500, UNEXPECTED, kind="server_error"))
-
-
-@api.exception_handler(RequestDataTooBig)
-def _too_large(request: HttpRequest, exc: RequestDataTooBig) -> JsonResponse:
-    return _api_error(request, ApiError(413, body_too_large_message(), code="request_too_large"))
+install_error_handlers(
+    api,
+    lambda status, message, code: _api_error(
+        None,
+        ApiError(
+            status, message, kind="server_error" if status >= 500 else "invalid_request_error", code=code
+        ),
+    ),
+)
 
 
 NOT_A_JSON_OBJECT = "The request body must be a JSON object."

@@ -14,12 +14,10 @@ writes. Anyone else's ids answer 404, exactly like ids that do not exist.
 from __future__ import annotations
 
 import json
-import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
 from ninja import Field, NinjaAPI, Path, Query, Schema, Status
@@ -27,19 +25,16 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import delivery, selectors
 from chat.auth import (
-    UNEXPECTED,
     api_key_auth,
     auth_user,
-    body_too_large_message,
     http_error_message,
+    install_error_handlers,
     session_auth,
 )
 from chat.models import Conversation, Message
 from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
 from chat.services import conversations, limits
 from chat.services.replies import NotCancellable, Submission, reply_cancel
-
-logger = logging.getLogger(__name__)
 
 api = NinjaAPI(
     title="SanjAI REST API",
@@ -182,15 +177,7 @@ def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
     return _error(exc.status_code, message)
 
 
-@api.exception_handler(Exception)
-def _unexpected(request: HttpRequest, exc: Exception) -> JsonResponse:
-    logger.exception("unexpected error answering %s", request.path)
-    return _error(500, UNEXPECTED)
-
-
-@api.exception_handler(RequestDataTooBig)
-def _too_large(request: HttpRequest, exc: RequestDataTooBig) -> JsonResponse:
-    return _error(413, body_too_large_message())
+install_error_handlers(api, lambda status, message, code: _error(status, message))
 
 
 @api.exception_handler(delivery.Problem)

@@ -17,9 +17,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inference.presence import Heartbeat, WorkerInfo
 from inference.types import Backend, Completion, GenerationRequest
+
+if TYPE_CHECKING:
+    from inference.engine import EngineConfig  # imports torch: the web process must not
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +34,7 @@ class WorkerConfig:
     device: str  # auto | cuda | mps | cpu
     cache_dir: Path
     context_tokens: int = 0  # 0: the model's own context window
-    engine_enabled: bool = True
-    engine_max_batch: int = 8
-    engine_max_per_owner: int = 4
-    engine_prefix_cache_mb: int = 512
-    engine_weights: str = "auto"
-    engine_threads: int = 0
-    engine_prefill_threads: int = 0
+    engine: EngineConfig | None = None  # None: one reply at a time with model.generate()
 
 
 _backend: Backend | None = None
@@ -58,30 +56,22 @@ def worker_id() -> str:
 
 def load_backend(config: WorkerConfig) -> Backend:
     from inference.backend import TransformersBackend
-    from inference.engine import EngineConfig, EngineUnsupported, engine_from_config
+    from inference.engine import EngineUnsupported, engine_from_config
     from inference.loading import load_model
 
-    if config.engine_threads:
+    if config.engine is not None and config.engine.threads:
         import torch
 
-        torch.set_num_threads(config.engine_threads)
+        torch.set_num_threads(config.engine.threads)
     loaded = load_model(
         config.model_path,
         device=config.device,
         cache_dir=config.cache_dir,
         context_tokens=config.context_tokens,
     )
-    if config.engine_enabled:
-        engine_config = EngineConfig(
-            max_batch=config.engine_max_batch,
-            max_per_owner=config.engine_max_per_owner,
-            prefix_cache_mb=config.engine_prefix_cache_mb,
-            weights=config.engine_weights,
-            threads=config.engine_threads,
-            prefill_threads=config.engine_prefill_threads,
-        )
+    if config.engine is not None:
         try:
-            return engine_from_config(loaded, engine_config)
+            return engine_from_config(loaded, config.engine)
         except EngineUnsupported as exc:
             logger.warning("%s; generating one reply at a time instead", exc)
     return _OneAtATime(TransformersBackend(loaded))

@@ -25,21 +25,24 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
     from chat.events import publish_from_own_loop
     from chat.services.sweeper import start_sweeper, sweep
     from inference import worker
+    from inference.engine import EngineConfig
 
     # Job threads have no event loop: publish their streamed text through one kept loop.
     publish_from_own_loop()
+    engine = EngineConfig(
+        max_batch=settings.ENGINE_MAX_BATCH,
+        max_per_owner=settings.ENGINE_MAX_PER_OWNER,
+        prefix_cache_mb=settings.ENGINE_PREFIX_CACHE_MB,
+        weights=settings.ENGINE_WEIGHTS,
+        threads=settings.ENGINE_THREADS,
+        prefill_threads=settings.ENGINE_PREFILL_THREADS,
+    )
     config = worker.WorkerConfig(
         model_path=settings.MODEL_PATH,
         device=settings.DEVICE,
         cache_dir=settings.MODEL_CACHE_DIR,
         context_tokens=settings.MODEL_CONTEXT_TOKENS,
-        engine_enabled=settings.ENGINE_ENABLED,
-        engine_max_batch=settings.ENGINE_MAX_BATCH,
-        engine_max_per_owner=settings.ENGINE_MAX_PER_OWNER,
-        engine_prefix_cache_mb=settings.ENGINE_PREFIX_CACHE_MB,
-        engine_weights=settings.ENGINE_WEIGHTS,
-        engine_threads=settings.ENGINE_THREADS,
-        engine_prefill_threads=settings.ENGINE_PREFILL_THREADS,
+        engine=engine if settings.ENGINE_ENABLED else None,
     )
     worker.start(
         config,

@@ -284,3 +284,25 @@ def test_an_unexpected_failure_is_still_json_on_the_http_surfaces(
     monkeypatch.setattr(delivery, "reply_submit", broken)
     outcome = surfaces.send(surface, conversations.conversation_create(user=owner), "Hello")
     assert outcome.status == 500 and "unexpected error" in outcome.error
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("/chat", lambda body: body["error"]),
+        ("/v1/chat/completions", lambda body: body["error"]["message"]),
+        ("/api/v1/conversations", lambda body: body["detail"]),
+    ],
+)
+def test_a_body_over_the_upload_limit_is_413_in_each_apis_json(
+    owner_key: str, settings: Any, url: str, error: Any
+) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = Client().post(
+        url,
+        json.dumps({"message": "x" * 2000}),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {owner_key}"},
+    )
+    assert response.status_code == 413 and response["Content-Type"].startswith("application/json")
+    assert "larger than 1000 bytes" in error(response.json())
