@@ -64,6 +64,7 @@ class Problem(Exception):
 FAILURES: dict[str, tuple[int, str]] = {
     "context_overflow": (400, "context_length_exceeded"),
     "worker_unavailable": (503, "worker_unavailable"),
+    "model_loading": (503, "model_loading"),
     "worker_lost": (503, "worker_lost"),
     "queue_timeout": (503, "queue_timeout"),
     "timeout": (504, "generation_timeout"),
@@ -82,8 +83,10 @@ def failure(reply: Message) -> Problem:
     )
 
 
-# How long a client should wait before trying again when no worker is up.
+# How long a client should wait before trying again when no worker is up, or
+# while the workers load the model.
 RETRY_AFTER_UNAVAILABLE_S = 10
+RETRY_AFTER_LOADING_S = 5
 
 
 def problem(exc: Exception, submission: Submission) -> Problem | None:
@@ -91,9 +94,9 @@ def problem(exc: Exception, submission: Submission) -> Problem | None:
     if isinstance(exc, WorkerUnavailable):
         return Problem(
             503,
-            "worker_unavailable",
+            exc.code,
             f"{exc} Your message was saved.",
-            retry_after_s=RETRY_AFTER_UNAVAILABLE_S,
+            retry_after_s=RETRY_AFTER_LOADING_S if exc.code == "model_loading" else RETRY_AFTER_UNAVAILABLE_S,
             conversation_id=exc.reply.conversation_id,
             message_id=exc.reply.pk,
         )

@@ -132,11 +132,21 @@ def model_configured_name(*, model_path: str) -> str:
 class ServedModel:
     name: str
     since: float  # when the oldest worker serving it started; 0 if none is up
-    workers: int
+    workers: int  # live workers, ready or loading
+    ready: int = 0  # of which ready to take jobs
+    progress: int = 0  # the most advanced loading worker's percentage, while none is ready
+    stage: str = ""  # and what it is doing
+
+    @property
+    def state(self) -> str:
+        """ready, loading, or no_worker."""
+        if self.ready:
+            return "ready"
+        return "loading" if self.workers else "no_worker"
 
 
 def model_list(*, redis_url: str, model_path: str) -> list[ServedModel]:
-    """The models live workers serve; the configured one if no worker is up.
+    """The models live workers serve or are loading; the configured one if no worker is up.
 
     Listing the configured model while no worker runs lets clients discover
     the name before the first worker is up (a completion then answers 503).
@@ -145,12 +155,22 @@ def model_list(*, redis_url: str, model_path: str) -> list[ServedModel]:
         workers = presence.live_workers(redis_url)
     except redis.RedisError:
         workers = []
-    by_name: dict[str, list[float]] = {}
+    by_name: dict[str, list[presence.WorkerInfo]] = {}
     for worker in workers:
-        by_name.setdefault(worker.model, []).append(worker.since)
+        by_name.setdefault(worker.model, []).append(worker)
     if not by_name:
         return [ServedModel(name=model_configured_name(model_path=model_path), since=0, workers=0)]
-    return [
-        ServedModel(name=name, since=min(starts), workers=len(starts))
-        for name, starts in sorted(by_name.items())
-    ]
+    served = []
+    for name, group in sorted(by_name.items()):
+        furthest = max(group, key=lambda worker: worker.progress)
+        served.append(
+            ServedModel(
+                name=name,
+                since=min(worker.since for worker in group),
+                workers=len(group),
+                ready=sum(worker.ready for worker in group),
+                progress=furthest.progress,
+                stage=furthest.stage,
+            )
+        )
+    return served

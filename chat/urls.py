@@ -20,6 +20,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     # Django's LogoutView accepts POST only, so a link or prefetch cannot log anyone out.
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("status/", views.model_status, name="model_status"),
     path("profile/", views.profile, name="profile"),
     path("profile/keys/", views.api_key_new, name="api_key_new"),
     path("profile/keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),

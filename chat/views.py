@@ -55,6 +55,20 @@ def _own_conversation(request: AuthenticatedHttpRequest, conversation_id: int) -
         raise Http404("No such conversation.") from None
 
 
+@never_cache
+@login_required
+def model_status(request: AuthenticatedHttpRequest) -> JsonResponse:
+    """The models and their state (ready, loading with a percentage, no worker), for the page."""
+    models = selectors.model_list(redis_url=settings.REDIS_URL, model_path=settings.MODEL_PATH)
+    return JsonResponse(
+        {
+            "models": [
+                {"name": m.name, "state": m.state, "progress": m.progress, "stage": m.stage} for m in models
+            ]
+        }
+    )
+
+
 @login_required
 def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     return _chat_page(request, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import redis
 
@@ -24,6 +24,15 @@ class WorkerInfo:
     model: str
     device: str
     since: float
+    # "loading" from the moment the worker starts (with `progress` 0-100 and
+    # the `stage` it is in), then "ready" once it takes jobs.
+    state: str = "ready"
+    progress: int = 100
+    stage: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
 
 
 def _client(url: str) -> redis.Redis:
@@ -41,7 +50,12 @@ def live_workers(redis_url: str) -> list[WorkerInfo]:
         values = client.mget(keys) if keys else []
     finally:
         client.close()
-    return [WorkerInfo(**json.loads(raw)) for raw in values if raw]
+    known = WorkerInfo.__dataclass_fields__
+    return [
+        WorkerInfo(**{key: value for key, value in json.loads(raw).items() if key in known})
+        for raw in values
+        if raw
+    ]
 
 
 def live_worker_ids(redis_url: str) -> set[str]:
@@ -66,6 +80,17 @@ class Heartbeat:
         self._beat(_client(self._url))  # be visible before the first job can arrive
         self._thread.start()
 
+    def update(self, **changes: object) -> None:
+        """Announce a change (loading progress, ready) now rather than at the next beat."""
+        self._info = replace(self._info, **changes)  # type: ignore[arg-type]
+        client = _client(self._url)
+        try:
+            self._beat(client)
+        except redis.RedisError:
+            pass  # the next beat carries it
+        finally:
+            client.close()
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
@@ -78,7 +103,7 @@ class Heartbeat:
             client.close()
 
     def _beat(self, client: redis.Redis) -> None:
-        payload = json.dumps(self._info.__dict__)
+        payload = json.dumps(asdict(self._info))
         client.set(self.key, payload, ex=self._ttl_s)
 
     def _run(self) -> None:

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 from inference.presence import Heartbeat, WorkerInfo
 from inference.types import Backend, Completion, GenerationRequest
 
-if TYPE_CHECKING:
-    from inference.engine import EngineConfig  # imports torch: the web process must not
+if TYPE_CHECKING:  # these import torch: the web process must not
+    from inference.engine import EngineConfig
+    from inference.loading import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,11 @@ def worker_id() -> str:
     return _worker_id
 
 
-def load_backend(config: WorkerConfig) -> Backend:
+def _quiet(stage: str, percent: int) -> None:
+    pass
+
+
+def load_backend(config: WorkerConfig, on_progress: Progress = _quiet) -> Backend:
     from inference.backend import TransformersBackend
     from inference.engine import EngineUnsupported, engine_from_config
     from inference.loading import load_model
@@ -68,8 +73,10 @@ def load_backend(config: WorkerConfig) -> Backend:
         device=config.device,
         cache_dir=config.cache_dir,
         context_tokens=config.context_tokens,
+        on_progress=on_progress,
     )
     if config.engine is not None:
+        on_progress("starting the engine", 90)
         try:
             return engine_from_config(loaded, config.engine)
         except EngineUnsupported as exc:
@@ -94,23 +101,47 @@ class _OneAtATime:
 
 
 def start(config: WorkerConfig, *, hostname: str | None, redis_url: str, heartbeat_ttl_s: int) -> None:
-    """Load the model and announce the worker; called once as the worker starts."""
+    """Announce the worker, load the model with its progress visible, then take jobs.
+
+    The heartbeat says "loading" (with a stage and a percentage) from the
+    start, so the web can tell people the model is on its way rather than
+    that no worker runs; it says "ready" once the model is loaded.
+    """
     global _backend, _heartbeat, _worker_id
-    _backend = load_backend(config)
+    from inference.loading import source_from_path
+
     name = hostname or socket.gethostname()
     # Unique per process start: a worker restarted under the same name must
     # not vouch for replies its previous run left half-written.
     _worker_id = f"{name}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-    loaded = getattr(_backend, "loaded", None)
+    model = source_from_path(config.model_path).name
     info = WorkerInfo(
         id=_worker_id,
         name=name,
-        model=_backend.model_name,
-        device=str(getattr(loaded, "device", "unknown")),
+        model=model,
+        device=config.device,
         since=time.time(),
+        state="loading",
+        progress=0,
     )
     _heartbeat = Heartbeat(redis_url, info, ttl_s=heartbeat_ttl_s)
     _heartbeat.start()
+    logger.info("worker %s starting: loading %s", _worker_id, model)
+
+    def progress(stage: str, percent: int) -> None:
+        logger.info("loading %s: %s (%d%%)", model, stage, percent)
+        if _heartbeat is not None:
+            _heartbeat.update(stage=stage, progress=percent)
+
+    _backend = load_backend(config, progress)
+    loaded = getattr(_backend, "loaded", None)
+    _heartbeat.update(
+        state="ready",
+        progress=100,
+        stage="",
+        model=_backend.model_name,
+        device=str(getattr(loaded, "device", "")),
+    )
     logger.info("worker %s ready with %s", _worker_id, _backend.model_name)
 
 

@@ -47,9 +47,10 @@ def conversation_title(text: str) -> str:
 class WorkerUnavailable(Exception):
     """No worker can take the job now. The user's message is kept; the reply is failed."""
 
-    def __init__(self, message: str, *, reply: Message) -> None:
+    def __init__(self, message: str, *, reply: Message, code: str = "worker_unavailable") -> None:
         super().__init__(message)
         self.reply = reply
+        self.code = code  # worker_unavailable, or model_loading while the workers load the model
 
 
 class NotCancellable(Exception):
@@ -228,20 +229,35 @@ def reply_enqueue(*, reply: Message) -> None:
     from chat.tasks import generate_reply  # the task module imports Celery, not torch
 
     try:
-        if not presence.live_workers(settings.REDIS_URL):
-            raise WorkerUnavailable(
-                "No generation worker is running. Start one with `make worker`.", reply=reply
-            )
+        _check_workers(reply)
         generate_reply.apply_async(args=[reply.pk], retry=False)
     except (redis.RedisError, BrokerError, OSError) as exc:
         logger.warning("broker unreachable while queueing reply %s: %s", reply.pk, exc)
         error = WorkerUnavailable(f"The message broker at {broker_name()} is unreachable.", reply=reply)
-        reply_fail(reply_id=reply.pk, code="worker_unavailable", error=str(error))
+        reply_fail(reply_id=reply.pk, code=error.code, error=str(error))
         raise error from exc
     except WorkerUnavailable as exc:
-        reply_fail(reply_id=reply.pk, code="worker_unavailable", error=str(exc))
+        reply_fail(reply_id=reply.pk, code=exc.code, error=str(exc))
         raise
     Message.objects.filter(pk=reply.pk, queued_at__isnull=True).update(queued_at=timezone.now())
+
+
+def _check_workers(reply: Message) -> None:
+    """WorkerUnavailable unless a worker is ready to take the job now."""
+    workers = presence.live_workers(settings.REDIS_URL)
+    if not workers:
+        raise WorkerUnavailable(
+            f"No generation worker is running. Start one with `REDIS_URL={broker_name()} make worker`.",
+            reply=reply,
+        )
+    if not any(worker.ready for worker in workers):
+        furthest = max(workers, key=lambda worker: worker.progress)
+        raise WorkerUnavailable(
+            f"The model {furthest.model} is loading ({furthest.progress}%: {furthest.stage or 'starting'}). "
+            "Try again in a few seconds.",
+            reply=reply,
+            code="model_loading",
+        )
 
 
 def reply_cancel(*, user: User, message_id: int) -> Message:

@@ -26,6 +26,7 @@
   // Text sent but not yet stored: put back in the box if the server refuses it
   // (too long, too many replies at once), so nothing the user wrote is lost.
   let unsent = null;
+  let modelLoading = false; // the workers are still loading the model: sending waits
 
   // ---- Markdown, sanitized -------------------------------------------------
   // Model output and user text are untrusted: Markdown becomes HTML only
@@ -184,7 +185,7 @@
 
   function refreshControls() {
     const busy = activeReply() !== null;
-    sendButton.disabled = busy || !socket || socket.readyState !== WebSocket.OPEN;
+    sendButton.disabled = busy || modelLoading || !socket || socket.readyState !== WebSocket.OPEN;
     stopButton.hidden = !busy;
     for (const m of messages.values()) {
       if (m.el) m.el.querySelector(".actions")?.replaceWith(actionsFor(m));
@@ -307,8 +308,8 @@
     "message.cancelled"(event) { finish(event, "cancelled", "Reply stopped."); },
     "message.failed"(event) {
       finish(event, "failed", "The reply failed.");
-      if (event.code === "worker_unavailable") {
-        showBanner("No generation worker is running. Your message is saved: start a worker (make worker), then use Regenerate.");
+      if (event.code === "worker_unavailable" || event.code === "model_loading") {
+        showBanner(`${event.error} Your message is saved: once a worker runs, use Regenerate.`);
       }
     },
     "message.deleted"(event) {
@@ -445,6 +446,32 @@
     content.innerHTML = renderMarkdown(content.textContent);
   }
   connect();
+
+  // ---- The model's state: "Loading <model> … NN%" while the workers load it -------------
+  const modelStatus = document.getElementById("model-status");
+
+  async function watchModel() {
+    let next = 15000;  // a ready model: look again now and then, in case its worker goes
+    try {
+      const response = await fetch(modelStatus.dataset.url, { headers: { Accept: "application/json" } });
+      if (response.ok) {
+        const { models } = await response.json();
+        const loading = models.find((model) => model.state === "loading");
+        modelLoading = loading !== undefined && !models.some((model) => model.state === "ready");
+        if (modelLoading) {
+          modelStatus.textContent = `Loading ${loading.name} … ${loading.progress}%` +
+            (loading.stage ? ` (${loading.stage})` : "");
+          next = 2000;
+        }
+        modelStatus.hidden = !modelLoading;
+        refreshControls();
+      }
+    } catch (error) {
+      next = 5000;  // the server is restarting: the socket says so
+    }
+    setTimeout(watchModel, next);
+  }
+  watchModel();
 
   // ---- Sidebar (also on the empty home page) -----------------------------------------
   function setUpSidebar() {

@@ -29,11 +29,11 @@ expect.set_options(timeout=TIMEOUT_MS)  # shared machines can be slow
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from tests.tiny_model import build_tiny_model
+    from tests.tiny_model import build_endless_model
 
-    # A longer context than the unit tests' model, so a reply can run long
-    # enough to be stopped by a click.
-    model = build_tiny_model(tmp_path_factory.mktemp("browser-model"), context_tokens=4096)
+    # Replies that run to their max_new_tokens, so one can run long enough to
+    # be stopped by a click (the plain tiny model may end a greedy reply in 0.1 s).
+    model = build_endless_model(tmp_path_factory.mktemp("browser-model"))
     env = {"MODEL_PATH": str(model), "GENERATION_MAX_NEW_TOKENS": "4000"}
     with stack_on_test_database(name="browser", env=env) as running:
         yield running
@@ -296,6 +296,48 @@ def test_a_down_worker_is_explained_and_the_message_kept(
             time.sleep(0.2)
     expect(page.locator(".bubble.user .content")).to_have_text("Is anyone there?")
     assert Message.objects.get(conversation=conversation, role="user").content == "Is anyone there?"
+
+
+def test_while_the_model_loads_the_page_says_so_and_waits(
+    page: Page, stack: Stack, django_user_model: Any
+) -> None:
+    import redis
+
+    from inference.presence import KEY_PREFIX, Heartbeat, WorkerInfo
+
+    owner = make_user(django_user_model, "early")
+    conversation = conversations.conversation_create(user=owner)
+    (worker,) = live_workers(stack.redis_url)
+    stack.pause_worker()  # its heartbeat thread stops too
+    client = redis.Redis.from_url(stack.redis_url)
+    client.delete(*client.keys(f"{KEY_PREFIX}*"))
+    # What a worker announces while it converts its model, as inference.worker.start() does.
+    info = WorkerInfo(
+        id="starting/1/a",
+        name="starting",
+        model=worker.model,
+        device="cpu",
+        since=time.time(),
+        state="loading",
+    )
+    loading = Heartbeat(stack.redis_url, info, ttl_s=60)
+    loading.start()
+    try:
+        loading.update(progress=40, stage="converting the GGUF file (once)")
+        log_in(page, "early")
+        page.goto(f"/c/{conversation.pk}/")
+        status = page.locator("#model-status")
+        expect(status).to_have_text(f"Loading {worker.model} … 40% (converting the GGUF file (once))")
+        expect(page.locator("#send")).to_be_disabled()
+        loading.update(state="ready", progress=100, stage="")
+        expect(status).to_be_hidden()
+        expect(page.locator("#send")).to_be_enabled()
+    finally:
+        loading.stop()
+        stack.resume_worker()
+        deadline = time.monotonic() + 30
+        while not live_workers(stack.redis_url) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def test_a_lost_connection_is_shown_and_the_page_recovers(
