@@ -69,7 +69,7 @@ CSRF_FAILED = "CSRF check failed: send the csrftoken cookie's value in the X-CSR
 
 logger = logging.getLogger(__name__)
 
-UNEXPECTED = "The server hit an unexpected error; it has been logged. Your message, if any, was saved."
+UNEXPECTED = "The server hit an unexpected error (it has been logged); your message may not have been saved."
 
 # An API's own error envelope: (status, message, code) -> its JSON response.
 ErrorFormat = Callable[[int, str, str], JsonResponse]

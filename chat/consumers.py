@@ -15,6 +15,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from chat import delivery, selectors
+from chat.auth import UNEXPECTED
 from chat.events import conversation_group
 from chat.models import Conversation, Message
 from chat.params import chat_params
@@ -76,6 +77,10 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             if exc.retry_after_s is not None:
                 error["retry_after"] = exc.retry_after_s
             await self.send_json(error)
+        except Exception:
+            # Keep the socket: the page puts the unsent text back on an error event.
+            logger.exception("action %s failed for conversation %s", action, self.conversation_id)
+            await self.send_json({"type": "error", "action": action, "code": "internal", "error": UNEXPECTED})
 
     def _snapshot(self) -> dict[str, Any]:
         conversation = selectors.conversation_get(user=self.user, conversation_id=self.conversation_id)

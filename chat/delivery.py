@@ -83,6 +83,8 @@ def failure(reply: Message) -> Problem:
     )
 
 
+SAVED = " Your message was saved."
+
 # How long a client should wait before trying again when no worker is up, or
 # while the workers load the model.
 RETRY_AFTER_UNAVAILABLE_S = 10
@@ -95,7 +97,7 @@ def problem(exc: Exception, submission: Submission) -> Problem | None:
         return Problem(
             503,
             exc.code,
-            f"{exc} Your message was saved.",
+            f"{exc}{SAVED}",
             retry_after_s=RETRY_AFTER_LOADING_S if exc.code == "model_loading" else RETRY_AFTER_UNAVAILABLE_S,
             conversation_id=exc.reply.conversation_id,
             message_id=exc.reply.pk,

@@ -4,7 +4,7 @@ from django import forms
 from django.conf import settings
 
 from chat.models import ApiKey, Profile
-from inference.params import REPETITION_PENALTY_RANGE, TEMPERATURE_RANGE, TOP_P_RANGE
+from chat.params import FORM_FIELDS
 
 
 class ProfileForm(forms.Form):
@@ -13,21 +13,24 @@ class ProfileForm(forms.Form):
     )
     default_system_prompt = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4}),
+        max_length=settings.CHAT_MAX_MESSAGE_CHARS,
         required=False,
         help_text="Used for conversations you start from now on; existing ones keep theirs.",
     )
 
 
 class DefaultParamsForm(forms.Form):
-    """Generation defaults for new conversations; ranges match inference.params."""
+    """Generation defaults for new conversations; ranges from the one parameter schema."""
 
-    max_new_tokens = forms.IntegerField(min_value=1, max_value=settings.GENERATION_MAX_NEW_TOKENS)
+    max_new_tokens = forms.IntegerField(min_value=1, max_value=int(FORM_FIELDS["max_new_tokens"].max))
     temperature = forms.FloatField(
-        min_value=TEMPERATURE_RANGE.low, max_value=TEMPERATURE_RANGE.high, help_text="0 is greedy."
+        min_value=FORM_FIELDS["temperature"].min,
+        max_value=FORM_FIELDS["temperature"].max,
+        help_text="0 is greedy.",
     )
-    top_p = forms.FloatField(min_value=0.01, max_value=TOP_P_RANGE.high)
+    top_p = forms.FloatField(min_value=FORM_FIELDS["top_p"].min, max_value=FORM_FIELDS["top_p"].max)
     repetition_penalty = forms.FloatField(
-        min_value=REPETITION_PENALTY_RANGE.low, max_value=REPETITION_PENALTY_RANGE.high
+        min_value=FORM_FIELDS["repetition_penalty"].min, max_value=FORM_FIELDS["repetition_penalty"].max
     )
 
 

@@ -48,6 +48,8 @@ class _Progress:
 
     The saved partial text is what a page that reconnects mid-reply shows
     before the next deltas arrive, and what a reply keeps if its worker dies.
+    Backends store their final text stripped, so whitespace is passed on only
+    once text follows it: the deltas then always add up to the stored text.
     """
 
     SAVE_INTERVAL_S = 1.0
@@ -57,13 +59,21 @@ class _Progress:
         self.publish = publish
         self.first_token_at: float | None = None
         self._parts: list[str] = []
+        self._blank = ""  # whitespace not passed on yet
         self._saved_at = time.monotonic()
 
     def __call__(self, text: str) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.time()
-        self._parts.append(text)
-        self.publish(text)
+        text = self._blank + text
+        kept = text.rstrip()
+        self._blank = text[len(kept) :]
+        if not self._parts:
+            kept = kept.lstrip()
+        if not kept:
+            return
+        self._parts.append(kept)
+        self.publish(kept)
         if time.monotonic() - self._saved_at >= self.SAVE_INTERVAL_S:
             self._saved_at = time.monotonic()
             Message.objects.filter(pk=self.reply_id, status=Message.Status.STREAMING).update(
@@ -81,10 +91,25 @@ def reply_generate(
     """
     claimed = Message.objects.filter(
         pk=reply_id, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
-    ).update(status=Message.Status.STREAMING, worker=worker)
+    ).update(status=Message.Status.STREAMING, worker=worker, started_at=timezone.now())
     if claimed != 1:
         logger.info("reply %s already claimed, finished or deleted; skipping", reply_id)
         return
+    try:
+        _generate(reply_id, backend, time_limit_s)
+    except GenerationError as exc:
+        reply_fail(reply_id=reply_id, code=exc.code, error=str(exc))
+    except Exception:
+        # Whatever broke (the backend, the database, the broker), the reply
+        # must not stay streaming behind a live worker's heartbeat.
+        logger.exception("generation failed for reply %s", reply_id)
+        reply_fail(
+            reply_id=reply_id, code="internal", error="The worker hit an internal error while generating."
+        )
+        raise
+
+
+def _generate(reply_id: int, backend: Backend, time_limit_s: float | None) -> None:
     reply = Message.objects.select_related("conversation").get(pk=reply_id)
     conversation_id = reply.conversation_id
     send_event(conversation_id, {"type": "message.started", "message_id": reply_id})
@@ -103,17 +128,7 @@ def reply_generate(
             conversation_id, {"type": "message.queued", "message_id": reply_id, "position": position}
         ),
     )
-    try:
-        completion = backend.generate(request, on_text=progress)
-    except GenerationError as exc:
-        reply_fail(reply_id=reply_id, code=exc.code, error=str(exc))
-        return
-    except Exception:
-        logger.exception("generation failed for reply %s", reply_id)
-        reply_fail(
-            reply_id=reply_id, code="internal", error="The worker hit an internal error while generating."
-        )
-        raise
+    completion = backend.generate(request, on_text=progress)
     progress.publish.flush()
     _reply_finish(reply, completion, progress.first_token_at, time_limit_s)
 

@@ -51,6 +51,7 @@ class Message(models.Model):
     # The worker process that claimed the reply (its heartbeat id): a streaming
     # reply whose worker has no live heartbeat is failed by the sweeper.
     worker = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)  # when a worker claimed it
     first_token_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     error_code = models.CharField(max_length=32, blank=True)

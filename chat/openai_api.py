@@ -512,6 +512,7 @@ async def chat_completions(request: HttpRequest, payload: dict[str, Any] = Body(
         if not parsed.store and problem.conversation_id is not None:
             with suppress(Conversation.DoesNotExist):
                 await sync_to_async(conversation_delete)(user=user, conversation_id=problem.conversation_id)
+            problem.message = problem.message.replace(delivery.SAVED, "")  # and it is not kept
         raise _api_problem(problem, parsed) from None
     exchange = Exchange(user=user, request=parsed, posted=posted)
     response: HttpResponseBase
@@ -546,7 +547,6 @@ def _deleted() -> ApiError:
     return ApiError(
         409,
         "The conversation was deleted while its reply was being generated.",
-        kind="server_error",
         code="conversation_deleted",
     )
 

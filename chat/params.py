@@ -14,6 +14,7 @@ settings, then the owner's profile defaults, then the site's defaults.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from django.conf import settings
@@ -132,20 +133,22 @@ def chat_params(params: GenerationParams) -> dict[str, Any]:
     return {field: getattr(params, field) for field in CHAT_PARAM_FIELDS}
 
 
-# What the settings panel and the profile form show next to each field.
+@dataclass(frozen=True)
+class FormField:
+    """What the settings panel and the profile form show and allow for one field."""
+
+    min: float
+    max: float
+    step: float
+    help: str
+
+
+# HTML number inputs have no exclusive bounds: top_p's (0, 1] becomes 0.01 to 1 there.
 FORM_FIELDS = {
-    "max_new_tokens": {"min": 1, "max": _cap(), "step": 1, "help": allowed("max_new_tokens")},
-    "temperature": {
-        "min": TEMPERATURE_RANGE.low,
-        "max": TEMPERATURE_RANGE.high,
-        "step": 0.05,
-        "help": allowed("temperature"),
-    },
-    "top_p": {"min": 0.01, "max": TOP_P_RANGE.high, "step": 0.01, "help": allowed("top_p")},
-    "repetition_penalty": {
-        "min": REPETITION_PENALTY_RANGE.low,
-        "max": REPETITION_PENALTY_RANGE.high,
-        "step": 0.01,
-        "help": allowed("repetition_penalty"),
-    },
+    "max_new_tokens": FormField(1, _cap(), 1, allowed("max_new_tokens")),
+    "temperature": FormField(TEMPERATURE_RANGE.low, TEMPERATURE_RANGE.high, 0.05, allowed("temperature")),
+    "top_p": FormField(0.01, TOP_P_RANGE.high, 0.01, allowed("top_p")),
+    "repetition_penalty": FormField(
+        REPETITION_PENALTY_RANGE.low, REPETITION_PENALTY_RANGE.high, 0.01, allowed("repetition_penalty")
+    ),
 }

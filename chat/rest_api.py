@@ -22,6 +22,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
 from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from pydantic import ConfigDict
 
 from chat import delivery, selectors
 from chat.auth import (
@@ -91,14 +92,16 @@ class ConversationIn(Schema):
     title: str = Field("", max_length=TITLE_CHARS)
     system_prompt: str | None = Field(
         None,
-        max_length=settings.CHAT_MAX_MESSAGE_CHARS,
-        description="Left out: the default system prompt from your profile",
+        description="Left out: the default system prompt from your profile. "
+        f"At most {settings.CHAT_MAX_MESSAGE_CHARS} characters",
     )
 
 
 class ConversationPatch(Schema):
     title: str | None = Field(None, max_length=TITLE_CHARS)
-    system_prompt: str | None = Field(None, max_length=settings.CHAT_MAX_MESSAGE_CHARS)
+    system_prompt: str | None = Field(
+        None, description=f"At most {settings.CHAT_MAX_MESSAGE_CHARS} characters"
+    )
 
 
 class Usage(Schema):
@@ -129,8 +132,12 @@ class MessageOut(Schema):
 class MessageIn(ParamsIn):
     """A message; generation parameters left out resolve as on every surface."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt parameter is refused, as on /chat and /v1
+
+    # Its length is checked by the submit path, after stripping, as on every surface.
     content: str = Field(
-        ..., min_length=1, max_length=settings.CHAT_MAX_MESSAGE_CHARS, pattern=r"\S", description="Not blank"
+        ...,
+        description=f"Not blank; at most {settings.CHAT_MAX_MESSAGE_CHARS} characters",
     )
 
 
@@ -182,7 +189,10 @@ install_error_handlers(api, lambda status, message, code: _error(status, message
 
 @api.exception_handler(delivery.Problem)
 def _problem(request: HttpRequest, exc: delivery.Problem) -> JsonResponse:
-    response = _error(exc.status, exc.message)
+    message = exc.message
+    if exc.field == "message":  # this API calls the new message `content`
+        message = "content: " + message.split(": ", 1)[-1]
+    response = _error(exc.status, message)
     if exc.retry_after_s is not None:
         response["Retry-After"] = str(exc.retry_after_s)
     return response

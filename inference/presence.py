@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
 
 import redis
@@ -59,7 +59,22 @@ def live_workers(redis_url: str) -> list[WorkerInfo]:
 
 
 def live_worker_ids(redis_url: str) -> set[str]:
+    """Every live worker, loading or ready: the ones that may hold a reply."""
     return {worker.id for worker in live_workers(redis_url)}
+
+
+def ready_worker_ids(redis_url: str) -> set[str]:
+    """The live workers that have loaded their model and take jobs."""
+    return {worker.id for worker in live_workers(redis_url) if worker.ready}
+
+
+def redis_uptime_s(redis_url: str) -> float:
+    """How long the Redis server has been up: right after a restart, heartbeats are not all back yet."""
+    client = _client(redis_url)
+    try:
+        return float(client.info("server")["uptime_in_seconds"])
+    finally:
+        client.close()
 
 
 class Heartbeat:
@@ -77,7 +92,9 @@ class Heartbeat:
         return KEY_PREFIX + self._info.id
 
     def start(self) -> None:
-        self._beat(_client(self._url))  # be visible before the first job can arrive
+        # Be visible before the first job can arrive; with Redis down, from its first beat once back.
+        with suppress(redis.RedisError):
+            self._beat(_client(self._url))
         self._thread.start()
 
     def update(self, **changes: object) -> None:
@@ -93,7 +110,8 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         client = _client(self._url)
         try:
             client.delete(self.key)
@@ -110,8 +128,7 @@ class Heartbeat:
         client = _client(self._url)
         interval = max(self._ttl_s / 3, 0.5)
         while not self._stop.wait(interval):
-            try:
+            # Redis restarting: the next beat, one interval on, writes the key again.
+            with suppress(redis.RedisError):
                 self._beat(client)
-            except redis.RedisError:
-                time.sleep(interval)  # Redis restarting: try again next beat
         client.close()

@@ -51,7 +51,7 @@ class Stack:
 
     def restart_worker(self, timeout_s: float = 300) -> None:
         """Start a fresh worker (stopping the old one if it still runs); returns once its heartbeat is up."""
-        before = presence.live_worker_ids(self.redis_url)
+        before = presence.ready_worker_ids(self.redis_url)
         if self.worker.poll() is None:
             self.worker.send_signal(signal.SIGCONT)
             self.worker.terminate()
@@ -64,7 +64,7 @@ class Stack:
         # A new heartbeat id: one a killed worker left behind stays visible until it expires.
         _wait(
             "worker",
-            lambda: bool(presence.live_worker_ids(self.redis_url) - before),
+            lambda: bool(presence.ready_worker_ids(self.redis_url) - before),
             timeout_s,
             [self.worker],
         )
@@ -145,7 +145,7 @@ def running_stack(
         )
         try:
             _wait("web server", lambda: _web_ready(stack.base_url), 60, [stack.web])
-            _wait("worker", lambda: bool(presence.live_workers(redis_url)), 300, [stack.worker])
+            _wait("worker", lambda: bool(presence.ready_worker_ids(redis_url)), 300, [stack.worker])
             yield stack
         finally:
             for process in (stack.web, stack.worker):

@@ -105,7 +105,7 @@ def reply_in(status: str, reply_id: int) -> Message | None:
 
 def heartbeat_visible(stack: Stack) -> bool:
     try:
-        return bool(presence.live_workers(stack.redis_url))
+        return bool(presence.ready_worker_ids(stack.redis_url))
     except Exception:  # Redis not answering yet
         return False
 

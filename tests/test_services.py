@@ -266,6 +266,7 @@ def test_replies_held_by_a_dead_worker_are_failed_and_free_their_conversation(
     from inference import presence
 
     settings.REDIS_URL = redis_url
+    settings.WORKER_HEARTBEAT_TTL_S = 0  # Redis has been up for longer: heartbeats are to be trusted
     alive = presence.WorkerInfo(id="alive/1/a", name="alive", model="tiny", device="cpu", since=time.time())
     heartbeat = presence.Heartbeat(redis_url, alive, ttl_s=30)
     heartbeat.start()
@@ -290,12 +291,61 @@ def test_sending_to_a_conversation_whose_reply_lost_its_worker_ends_that_reply_a
     owner: Any, settings: Any, redis_url: str
 ) -> None:
     settings.REDIS_URL = redis_url  # reachable, and no worker's heartbeat in it
+    settings.WORKER_HEARTBEAT_TTL_S = 0
     orphan = post(owner, "question of a dead worker").reply
     Message.objects.filter(pk=orphan.pk).update(status="streaming", worker="dead/9/z")
     again = post(owner, "again", conversation_id=orphan.conversation_id)
     orphan.refresh_from_db()
     assert orphan.status == Message.Status.FAILED and orphan.error_code == "worker_lost"
     assert again.reply.status == Message.Status.PENDING
+
+
+def test_a_missing_heartbeat_right_after_a_redis_restart_is_not_a_death(
+    owner: Any, settings: Any, redis_url: str
+) -> None:
+    settings.REDIS_URL = redis_url
+    settings.WORKER_HEARTBEAT_TTL_S = 3600  # "Redis came up less than a heartbeat TTL ago"
+    reply = post(owner).reply
+    Message.objects.filter(pk=reply.pk).update(status="streaming", worker="busy/1/a")
+    assert fail_lost_replies() == 0
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.STREAMING  # its worker may not have beaten again yet
+
+
+def test_a_reply_streaming_past_the_time_limit_is_failed_even_on_a_live_worker(
+    owner: Any, settings: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat.services.sweeper import fail_overrun
+
+    settings.GENERATION_TIME_LIMIT_S = 60
+    stuck, fresh = (
+        post(owner).reply,
+        post(owner, conversation_id=conversations.conversation_create(user=owner).pk).reply,
+    )
+    long_ago = timezone.now() - timedelta(seconds=60 + 61)
+    Message.objects.filter(pk=stuck.pk).update(status="streaming", worker="alive/1/a", started_at=long_ago)
+    Message.objects.filter(pk=fresh.pk).update(
+        status="streaming", worker="alive/1/a", started_at=timezone.now()
+    )
+    assert fail_overrun() == 1
+    stuck.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stuck.status == Message.Status.FAILED and stuck.error_code == "timeout"
+    assert fresh.status == Message.Status.STREAMING
+
+
+def test_a_publish_that_fails_never_fails_a_reply_a_worker_has_claimed(owner: Any) -> None:
+    reply = post(owner).reply
+    Message.objects.filter(pk=reply.pk).update(status="streaming", worker="alive/1/a")
+    assert not reply_fail(
+        reply_id=reply.pk, code="worker_unavailable", error="broker blip", only_pending=True
+    )
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.STREAMING
 
 
 @pytest.mark.django_db(transaction=True)

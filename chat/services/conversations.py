@@ -18,10 +18,11 @@ from inference.params import InvalidParameter
 def conversation_create(*, user: User, title: str = "", system_prompt: str | None = None) -> Conversation:
     """A new conversation; it becomes the one `POST /chat` continues."""
     profile = profile_get_or_create(user=user)
-    prompt = profile.default_system_prompt if system_prompt is None else system_prompt.strip()
-    conversation = Conversation.objects.create(
-        owner=user, title=title, system_prompt=check_length("system_prompt", prompt)
-    )
+    if system_prompt is None:
+        prompt = profile.default_system_prompt  # checked when it was saved
+    else:
+        prompt = check_length("system_prompt", system_prompt.strip())
+    conversation = Conversation.objects.create(owner=user, title=title, system_prompt=prompt)
     profile.current_conversation = conversation
     profile.save(update_fields=["current_conversation"])
     return conversation

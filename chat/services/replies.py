@@ -111,17 +111,23 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         for index, turn in enumerate(new.history):
             limits.check_length(f"history[{index}]", turn.content)
 
+    if new is None and submission.conversation_id is not None:
+        # A reply whose worker died blocks its conversation only until the
+        # sweeper ends it; end it now rather than answer 409. Outside the
+        # transaction: it asks Redis, and the write lock must not wait on that.
+        from chat.services.sweeper import fail_lost_replies
+
+        fail_lost_replies(conversation_id=submission.conversation_id, user=user)
+
     with transaction.atomic():
         profile = limits.lock_profile(user=user)
         if new is not None:
-            conversation = None
+            conversation = _new_conversation(user, new, content)  # rolled back if refused below
         else:
             conversation = _conversation(user, profile, submission.conversation_id)
-            _check_idle(conversation)
+            limits.check_idle(conversation=conversation)
         limits.check_concurrency(user=user)
         limits.take_rate_token(profile=profile, now=timezone.now())
-        if conversation is None:
-            conversation = _new_conversation(user, new or NewConversation(), content)
         question, earlier = _question(conversation, submission.action, content)
         reply = Message.objects.create(
             conversation=conversation,
@@ -150,19 +156,6 @@ def _conversation(user: User, profile: Profile, conversation_id: int | None) -> 
         profile.current_conversation = conversation
         profile.save(update_fields=["current_conversation"])
     return conversation
-
-
-def _check_idle(conversation: Conversation) -> None:
-    try:
-        limits.check_idle(conversation=conversation)
-    except limits.ConversationBusy:
-        # A reply whose worker died blocks only until the sweeper ends it; do
-        # that now rather than make the user wait for the next sweep.
-        from chat.services.sweeper import fail_lost_replies
-
-        if not fail_lost_replies(conversation_id=conversation.pk):
-            raise
-        limits.check_idle(conversation=conversation)
 
 
 def _new_conversation(user: User, new: NewConversation, content: str) -> Conversation:
@@ -234,10 +227,10 @@ def reply_enqueue(*, reply: Message) -> None:
     except (redis.RedisError, BrokerError, OSError) as exc:
         logger.warning("broker unreachable while queueing reply %s: %s", reply.pk, exc)
         error = WorkerUnavailable(f"The message broker at {broker_name()} is unreachable.", reply=reply)
-        reply_fail(reply_id=reply.pk, code=error.code, error=str(error))
+        reply_fail(reply_id=reply.pk, code=error.code, error=str(error), only_pending=True)
         raise error from exc
     except WorkerUnavailable as exc:
-        reply_fail(reply_id=reply.pk, code=exc.code, error=str(exc))
+        reply_fail(reply_id=reply.pk, code=exc.code, error=str(exc), only_pending=True)
         raise
     Message.objects.filter(pk=reply.pk, queued_at__isnull=True).update(queued_at=timezone.now())
 
@@ -286,15 +279,17 @@ def reply_cancel(*, user: User, message_id: int) -> Message:
     return reply
 
 
-def reply_fail(*, reply_id: int, code: str, error: str, worker: str | None = None) -> bool:
+def reply_fail(
+    *, reply_id: int, code: str, error: str, worker: str | None = None, only_pending: bool = False
+) -> bool:
     """Mark an unfinished reply failed with a readable reason; False if it had already ended.
 
-    With `worker`, only while that worker still holds it. The text generated
-    so far stays.
+    With `worker`, only while that worker still holds it; with `only_pending`,
+    only if no worker has claimed it (a publish that failed, or seemed to,
+    must not fail a reply a worker is writing). The text generated so far stays.
     """
-    unfinished = Message.objects.filter(
-        pk=reply_id, status__in=[Message.Status.PENDING, Message.Status.STREAMING]
-    )
+    states = [Message.Status.PENDING] if only_pending else [Message.Status.PENDING, Message.Status.STREAMING]
+    unfinished = Message.objects.filter(pk=reply_id, status__in=states)
     if worker is not None:
         unfinished = unfinished.filter(worker=worker)
     with transaction.atomic():

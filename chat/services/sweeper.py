@@ -3,8 +3,8 @@
 A fault can leave a reply pending or streaming with nobody working on it; a
 conversation with such a reply refuses new messages. The sweeper owns those
 states. It runs every REPLY_SWEEP_INTERVAL_S (I) in the web process and in
-every worker (several sweepers are harmless: each change is a conditional
-update), and once as a worker starts.
+every worker, and once as a worker starts. Several sweepers are harmless:
+each ending is a conditional update, and a job published twice is claimed once.
 
 - Pending, its job never published (the web process died between commit and
   publish): `queued_at` still unset after REPLY_ENQUEUE_GRACE_S (G). Queued
@@ -14,12 +14,15 @@ update), and once as a worker starts.
   Failed (`queue_timeout`) within Q + I.
 - Streaming, its worker died: the worker id the claim recorded on the row has
   no live heartbeat. Failed (`worker_lost`), with the text so far kept,
-  within WORKER_HEARTBEAT_TTL_S + I of the worker's death.
+  within WORKER_HEARTBEAT_TTL_S (T) + I of the worker's death.
+- Streaming for longer than a reply may run (GENERATION_TIME_LIMIT_S plus a
+  minute), whatever its worker's heartbeat says: failed (`timeout`). This
+  bounds a worker that is alive but stuck.
 
 Sending to a conversation whose reply lost its worker ends that reply at once
-(`reply_submit`), without waiting for the next sweep. While Redis is down the
-sweeper cannot tell live workers from dead ones and leaves streaming replies
-alone: a busy or unreachable broker is not evidence that a worker died.
+(`reply_submit`), without waiting for the next sweep. A missing heartbeat is
+only evidence of a death while Redis is reachable and has been up for at
+least T: a restarted Redis is empty until every worker's next beat (T / 3).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from datetime import timedelta
 
 import redis
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
@@ -41,24 +45,30 @@ from inference import presence
 logger = logging.getLogger(__name__)
 
 WORKER_LOST = "The worker stopped while writing this reply. Use Regenerate to try again."
-# Replies claimed before claims recorded their worker: no worker can still hold one past this.
-UNNAMED_WORKER_LIMIT = timedelta(hours=1)
+# A reply may run GENERATION_TIME_LIMIT_S; past it plus this, nobody is writing it any more.
+OVERRUN_MARGIN = timedelta(seconds=60)
 
 
-def fail_lost_replies(*, conversation_id: int | None = None) -> int:
-    """Fail streaming replies whose worker has no live heartbeat; returns how many."""
+def fail_lost_replies(*, conversation_id: int | None = None, user: User | None = None) -> int:
+    """Fail streaming replies whose worker has no live heartbeat; returns how many.
+
+    With `conversation_id` (and its owner), only that conversation's.
+    """
     streaming = Message.objects.filter(status=Message.Status.STREAMING)
     if conversation_id is not None:
-        streaming = streaming.filter(conversation_id=conversation_id)
+        streaming = streaming.filter(conversation_id=conversation_id, conversation__owner=user)
     held = list(streaming.values_list("pk", "worker", "created"))
     if not held:
         return 0
     try:
+        if presence.redis_uptime_s(settings.REDIS_URL) < settings.WORKER_HEARTBEAT_TTL_S:
+            return 0  # just restarted: live workers have not all beaten again yet
         live = presence.live_worker_ids(settings.REDIS_URL)
     except redis.RedisError as exc:
         logger.info("sweeper: cannot read worker heartbeats (%s); leaving streaming replies alone", exc)
         return 0
-    unnamed_cutoff = timezone.now() - UNNAMED_WORKER_LIMIT
+    # Claimed before claims recorded their worker: dead once past the longest a reply may run.
+    unnamed_cutoff = timezone.now() - timedelta(seconds=settings.GENERATION_TIME_LIMIT_S) - OVERRUN_MARGIN
     failed = 0
     for reply_id, worker, created in held:
         if (worker and worker not in live) or (not worker and created < unnamed_cutoff):
@@ -66,13 +76,28 @@ def fail_lost_replies(*, conversation_id: int | None = None) -> int:
     return failed
 
 
+def fail_overrun() -> int:
+    """Fail replies streaming for longer than a reply may run, even on a live worker."""
+    limit = settings.GENERATION_TIME_LIMIT_S
+    cutoff = timezone.now() - timedelta(seconds=limit) - OVERRUN_MARGIN
+    failed = 0
+    for reply_id, worker in Message.objects.filter(
+        status=Message.Status.STREAMING, started_at__lt=cutoff
+    ).values_list("pk", "worker"):
+        failed += reply_fail(
+            reply_id=reply_id,
+            code="timeout",
+            error=f"The worker did not finish this reply within the {limit:g} s time limit.",
+            worker=worker,
+        )
+    return failed
+
+
 def requeue_unpublished() -> int:
     """Queue again pending replies whose job never reached the broker; returns how many were tried."""
     cutoff = timezone.now() - timedelta(seconds=settings.REPLY_ENQUEUE_GRACE_S)
     stale = list(
-        Message.objects.filter(
-            status=Message.Status.PENDING, queued_at__isnull=True, created__lt=cutoff
-        ).select_related("conversation")
+        Message.objects.filter(status=Message.Status.PENDING, queued_at__isnull=True, created__lt=cutoff)
     )
     for reply in stale:
         # A job that was published after all is claimed only once; one that
@@ -93,13 +118,14 @@ def fail_unstarted() -> int:
             reply_id=reply_id,
             code="queue_timeout",
             error=f"No worker started this reply within {limit:g} s. Use Regenerate to try again.",
+            only_pending=True,
         )
     return failed
 
 
 def sweep() -> None:
     """One pass over every rule; errors are logged, never raised (the next pass tries again)."""
-    for rule in (fail_lost_replies, requeue_unpublished, fail_unstarted):
+    for rule in (fail_lost_replies, fail_overrun, requeue_unpublished, fail_unstarted):
         try:
             if count := rule():
                 logger.warning("sweeper: %s handled %d replies", rule.__name__, count)

@@ -267,6 +267,13 @@
         list.append(empty);
       }
       list.scrollTop = list.scrollHeight;
+      // Sent just before the connection dropped: stored, or back in the box.
+      if (unsent !== null) {
+        const mine = event.messages.filter((m) => m.role === "user");
+        const stored = mine.length && mine[mine.length - 1].content === unsent.trim();
+        if (!stored && !input.value) input.value = unsent;
+        unsent = null;
+      }
     },
     "message.created"(event) {
       const message = upsert(event.message);

@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from chat.models import Conversation, Message
 from chat.services import conversations
-from inference.presence import live_workers
+from inference.presence import live_workers, ready_worker_ids
 from tests.stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Stack, stack_on_test_database
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
@@ -292,7 +292,7 @@ def test_a_down_worker_is_explained_and_the_message_kept(
         stack.resume_worker()
         # Back in service once its next heartbeat lands (tests after this one need it).
         deadline = time.monotonic() + 30
-        while not live_workers(stack.redis_url) and time.monotonic() < deadline:
+        while not ready_worker_ids(stack.redis_url) and time.monotonic() < deadline:
             time.sleep(0.2)
     expect(page.locator(".bubble.user .content")).to_have_text("Is anyone there?")
     assert Message.objects.get(conversation=conversation, role="user").content == "Is anyone there?"
@@ -336,7 +336,7 @@ def test_while_the_model_loads_the_page_says_so_and_waits(
         loading.stop()
         stack.resume_worker()
         deadline = time.monotonic() + 30
-        while not live_workers(stack.redis_url) and time.monotonic() < deadline:
+        while not ready_worker_ids(stack.redis_url) and time.monotonic() < deadline:
             time.sleep(0.2)
 
 
