@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run worker test test-postgres chromium typecheck lint format bench user apikey clean
+.PHONY: install run worker test test-postgres chromium typecheck lint format bench drill user apikey clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ install: $(STAMP)
 run: install  ## web + worker + embedded Redis at http://127.0.0.1:$(PORT or 8000)
 	$(PY) -m sanjai_site.launcher
 
-worker: install  ## one more generation worker; point REDIS_URL and DATABASE_URL at the shared ones
+# Beside `make run` in this checkout it finds the embedded Redis through var/redis.url;
+# elsewhere point REDIS_URL and DATABASE_URL at the shared ones.
+worker: install  ## one more generation worker
+	url=$${REDIS_URL:-$$(cat $${SANJAI_DATA_DIR:-var}/redis.url 2>/dev/null)}; \
+	if [ -n "$$url" ]; then export REDIS_URL=$$url; fi; \
 	$(PY) -m celery -A sanjai_site worker --pool threads --queues generation \
 		--without-gossip --without-mingle --loglevel INFO --hostname generation@%h
 
@@ -66,6 +70,9 @@ format: install
 
 bench: install  ## the engine against raw generate() and the hardware limit (a few minutes); BENCH_ARGS="--skip-stack"
 	$(PY) -m bench.engine_bench $(BENCH_ARGS)
+
+drill: install  ## load and faults against the real stack from a fresh start (a few minutes); DRILL_ARGS="--users 50"
+	$(PY) -m bench.drill $(DRILL_ARGS)
 
 user: install  ## create an admin user
 	$(PY) manage.py migrate --noinput -v 0

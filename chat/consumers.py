@@ -66,6 +66,11 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         action = content.get("action") if isinstance(content, dict) else None
+        if action == "sync":
+            # The page asks again when a reply has been quiet for a while: an
+            # event lost in a broker outage must not leave it waiting for ever.
+            await self.send_json(await database_sync_to_async(self._snapshot)())
+            return
         handler = ACTIONS.get(action) if isinstance(action, str) else None
         if handler is None:
             await self.send_json({"type": "error", "error": f"Unknown action {action!r}."})

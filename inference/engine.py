@@ -39,6 +39,7 @@ import torch
 from inference.backend import stop_token_ids_for
 from inference.fastpath import FastDecoder, KVBuffer, supports
 from inference.loading import LoadedModel
+from inference.metrics import WorkerMetrics, worker_metrics
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
 from inference.types import Completion, FinishReason, GenerationRequest
 
@@ -109,6 +110,9 @@ class _Job:
     position: int = 0  # last queue position reported
     reused_tokens: int = 0
     admitted_at: float = 0.0
+    # For the metrics: time to first token counts from submission, queue wait included.
+    submitted_at: float = field(default_factory=time.monotonic)
+    last_token_at: float = 0.0
 
     @property
     def owner(self) -> str | None:
@@ -160,6 +164,7 @@ class Engine:
         stream_interval_s: float = 0.05,
         threads: int = EngineConfig.threads,
         prefill_threads: int = EngineConfig.prefill_threads,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         if not supports(loaded.model):
             raise EngineUnsupported(f"{type(loaded.model).__name__} is not supported by the engine")
@@ -194,8 +199,12 @@ class Engine:
         self.weights = "fp16" if half else DTYPE_NAMES.get(self.decoder.dtype, str(self.decoder.dtype))
         self.device = loaded.device
         self.stats = EngineStats()
+        # Prometheus metrics (inference/metrics.py): by default the process's
+        # own, which the worker publishes; a test may pass its own.
+        self.metrics = metrics if metrics is not None else worker_metrics()
 
         self._cache: KVBuffer = self.decoder.new_buffer(max_batch, INITIAL_CAPACITY)
+        self._record_kv_buffer()
         vocab = self.decoder.embed.weight.shape[0]
         self._seen = torch.zeros(max_batch, vocab, dtype=torch.bool, device=self.device)
         self._active: list[_Job] = []
@@ -239,6 +248,7 @@ class Engine:
             if self._closing:
                 raise RuntimeError("the engine is closed")
             self._waiting.append(job)
+            self.metrics.queue_depth.set(len(self._waiting))
             self._wake.notify()
         should_stop = request.should_stop
         while True:
@@ -295,6 +305,8 @@ class Engine:
                 except Exception as exc:  # keep serving: fail the batch, not the worker
                     logger.exception("generation engine step failed")
                     self._fail_all(exc)
+                self.metrics.batch_size.set(len(self._active))
+                self.metrics.kv_prefix_bytes.set(self._prefix_bytes)
         self._fail_all(RuntimeError("the engine was closed"))
 
     def _admit(self) -> list[_Job]:
@@ -316,6 +328,7 @@ class Engine:
             else:
                 still_waiting.append(job)
         self._waiting = still_waiting
+        self.metrics.queue_depth.set(len(still_waiting))
         for position, job in enumerate(still_waiting, start=1):
             if job.position != position:
                 job.position = position
@@ -341,6 +354,10 @@ class Engine:
             self._active.append(job)
             self._ensure_capacity(len(job.prompt_ids) + 1)
             reused = self._restore_prefix(job)
+            if job.request.cache_key is not None:
+                self.metrics.prefix_cache_lookups.inc()
+                if reused:
+                    self.metrics.prefix_cache_hits.inc()
             rows.append((job, reused, job.prompt_ids[reused:]))
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(self._active))
         self.stats.max_prefill_rows = max(self.stats.max_prefill_rows, len(jobs))
@@ -363,6 +380,8 @@ class Engine:
             job.reused_tokens = reused
             self.stats.prefilled_tokens += len(new)
             self.stats.reused_tokens += reused
+            self.metrics.prefill_tokens.inc(len(new))
+            self.metrics.prefix_reused_tokens.inc(reused)
             seen = self._seen[job.row]
             seen.zero_()
             seen[torch.tensor(job.prompt_ids, device=self.device)] = True
@@ -417,6 +436,14 @@ class Engine:
 
     def _accept(self, job: _Job, token: int) -> None:
         job.generated.append(token)
+        now = time.monotonic()
+        metrics = self.metrics
+        metrics.generated_tokens.inc()
+        if len(job.generated) == 1:
+            metrics.time_to_first_token.observe(now - job.submitted_at)
+        else:
+            metrics.inter_token_latency.observe(now - job.last_token_at)
+        job.last_token_at = now
         self._seen[job.row, token] = True
         if token in self.stop_token_ids:
             self._finish(job, "stop")
@@ -470,6 +497,7 @@ class Engine:
     def _finish(self, job: _Job, reason: FinishReason, cut: int | None = None) -> None:
         if job.row >= 0:
             self._release(job)
+        self.metrics.replies.labels(finish_reason=reason).inc()
         text = job.text
         if reason != "stop" or cut is None:
             # The final text is the whole reply decoded at once, as the
@@ -519,6 +547,13 @@ class Engine:
         """Give a grown KV buffer's memory back (called when the engine has been idle a while)."""
         if not self._active and self._cache.capacity > INITIAL_CAPACITY:
             self._cache = self.decoder.new_buffer(self.max_batch, INITIAL_CAPACITY)
+            self._record_kv_buffer()
+
+    def _record_kv_buffer(self) -> None:
+        buffer = self._cache
+        self.metrics.kv_batch_bytes.set(
+            sum(t.numel() * t.element_size() for t in (*buffer.keys, *buffer.values))
+        )
 
     def _remember(self, key: str, job: _Job, row: int) -> None:
         length = job.length
@@ -571,13 +606,17 @@ class Engine:
         for old, new in zip(self._cache.keys + self._cache.values, grown.keys + grown.values, strict=True):
             new[:, :, :capacity] = old
         self._cache = grown
+        self._record_kv_buffer()
 
     def _fail_all(self, exc: Exception) -> None:
         with self._wake:
             jobs = self._active + self._waiting
             self._active, self._waiting = [], []
+            self.metrics.queue_depth.set(0)
+            self.metrics.batch_size.set(0)
         for job in jobs:
             job.row = -1
+            self.metrics.replies.labels(finish_reason="error").inc()
             job.events.put(("error", exc))
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from inference import metrics
 from inference.presence import Heartbeat, WorkerInfo
 from inference.types import Backend, Completion, GenerationRequest
 
@@ -40,6 +41,7 @@ class WorkerConfig:
 
 _backend: Backend | None = None
 _heartbeat: Heartbeat | None = None
+_publisher: metrics.Publisher | None = None
 _worker_id = ""
 
 
@@ -81,7 +83,7 @@ def load_backend(config: WorkerConfig, on_progress: Progress = _quiet) -> Backen
             return engine_from_config(loaded, config.engine)
         except EngineUnsupported as exc:
             logger.warning("%s; generating one reply at a time instead", exc)
-    return _OneAtATime(TransformersBackend(loaded))
+    return metrics.InstrumentedBackend(_OneAtATime(TransformersBackend(loaded)))
 
 
 class _OneAtATime:
@@ -100,14 +102,21 @@ class _OneAtATime:
             return self._backend.generate(request, on_text)
 
 
-def start(config: WorkerConfig, *, hostname: str | None, redis_url: str, heartbeat_ttl_s: int) -> None:
+def start(
+    config: WorkerConfig,
+    *,
+    hostname: str | None,
+    redis_url: str,
+    heartbeat_ttl_s: int,
+    metrics_interval_s: float = 5.0,
+) -> None:
     """Announce the worker, load the model with its progress visible, then take jobs.
 
     The heartbeat says "loading" (with a stage and a percentage) from the
     start, so the web can tell people the model is on its way rather than
     that no worker runs; it says "ready" once the model is loaded.
     """
-    global _backend, _heartbeat, _worker_id
+    global _backend, _heartbeat, _publisher, _worker_id
     from inference.loading import source_from_path
 
     name = hostname or socket.gethostname()
@@ -142,9 +151,12 @@ def start(config: WorkerConfig, *, hostname: str | None, redis_url: str, heartbe
         model=_backend.model_name,
         device=str(getattr(loaded, "device", "")),
     )
+    _publisher = metrics.start_publisher(redis_url, _worker_id, _backend.model_name, metrics_interval_s)
     logger.info("worker %s ready with %s", _worker_id, _backend.model_name)
 
 
 def stop() -> None:
+    if _publisher is not None:
+        _publisher.stop()
     if _heartbeat is not None:
         _heartbeat.stop()

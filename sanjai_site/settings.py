@@ -56,6 +56,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Request counts and latencies for /metrics (django-prometheus): first and
+    # last, so the latency covers the whole chain.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -66,6 +69,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "sanjai_site.middleware.ContentSecurityPolicyMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "sanjai_site.urls"
@@ -185,9 +189,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": 10,
     "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S,
     "socket_keepalive": True,  # kombu passes None, which turns redis-py's default off
-    # A publish to a broker that is down fails at once (measured: 6 s with the
-    # defaults) and the reply is failed with 503; the sweeper owns the rest.
-    "max_retries": 0,
+    # A publish to a broker that is down fails within about a second (6 s with
+    # the defaults) and the reply is failed with 503. The few quick retries
+    # carry a publish over a Redis restart: the first attempt on a pooled
+    # connection to the old process always fails (measured in `make drill`).
+    "max_retries": 3,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
     # A job a killed worker had reserved comes back after this, and is then a
     # no-op: the sweeper will have failed its reply (REPLY_QUEUE_LIMIT_S, or the
     # worker's lost heartbeat). Kept explicit: it must exceed the longest queue
@@ -279,3 +288,31 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
     "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
 }
+
+# --- Health and metrics: /healthz, /readyz (sanjai_site/health.py), /metrics (sanjai_site/metrics.py) ---
+# /metrics is not public: it answers clients whose address is in one of these
+# networks (comma-separated CIDRs), or that send `Authorization: Bearer
+# <METRICS_TOKEN>` (empty: no token access); anyone else gets 403. The address
+# is the direct peer (REMOTE_ADDR): behind a reverse proxy that is the proxy,
+# so allow the proxy's address only if all who reach the proxy may read metrics.
+
+
+def _networks(name: str, default: list[str]) -> list[str]:
+    import ipaddress
+
+    cidrs = envlist(name, default)
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: {cidr!r} is not an address or network (e.g. 10.0.0.0/8)") from None
+    return cidrs
+
+
+METRICS_ALLOWED_NETWORKS = _networks("METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"])
+METRICS_TOKEN = envstr("METRICS_TOKEN", "")
+# How often each worker publishes its generation metrics to Redis for /metrics
+# (inference/metrics.py); a worker's snapshot expires after three intervals.
+WORKER_METRICS_INTERVAL_S = envfloat("WORKER_METRICS_INTERVAL_S", 5.0)
+if WORKER_METRICS_INTERVAL_S <= 0:
+    raise ConfigError(f"WORKER_METRICS_INTERVAL_S={WORKER_METRICS_INTERVAL_S:g}: must be above 0")

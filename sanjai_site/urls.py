@@ -4,9 +4,14 @@ from django.urls import include, path
 from chat.api import api as chat_api
 from chat.openai_api import api as openai_api
 from chat.rest_api import api as rest_api
+from sanjai_site import health, metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # Probes and metrics, no login: see sanjai_site/health.py and sanjai_site/metrics.py.
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("v1/", openai_api.urls),  # OpenAI-compatible: /v1/models, /v1/chat/completions
     path("api/v1/", rest_api.urls),  # REST API; schema at /api/v1/openapi.json, docs at /api/v1/docs
     # Pages first: a ninja API mounted at "" also claims "/".

@@ -235,3 +235,30 @@ def test_a_second_message_waits_for_the_running_reply(owner: Any, queued: list[i
     assert refused["type"] == "error" and refused["code"] == "conversation_busy"
     assert "still answering" in refused["error"]
     assert conversation.messages.filter(role="user").count() == 1
+
+
+def test_a_quiet_page_can_ask_for_the_conversation_again(owner: Any, queued: list[int]) -> None:
+    """Events lost in a broker outage: the page asks again and gets the stored state."""
+    conversation = conversations.conversation_create(user=owner)
+    reply = submit(owner, "Hi", conversation_id=conversation.pk).reply
+    cookie = session_cookie(owner)
+
+    async def scenario() -> dict[str, Any]:
+        ws = communicator(conversation.pk, ORIGIN, cookie)
+        await ws.connect()
+        await ws.receive_json_from(timeout=5)
+        # The reply finished while its events were lost.
+        await database_sync_to_async(Message.objects.filter(pk=reply.pk).update)(
+            status=Message.Status.DONE, content="Paris."
+        )
+        await ws.send_json_to({"action": "sync"})
+        snapshot = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return snapshot
+
+    snapshot = run(scenario)
+    assert snapshot["type"] == "snapshot"
+    assert [(m["role"], m["status"], m["content"]) for m in snapshot["messages"]] == [
+        ("user", "done", "Hi"),
+        ("assistant", "done", "Paris."),
+    ]

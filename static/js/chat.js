@@ -27,6 +27,7 @@
   // (too long, too many replies at once), so nothing the user wrote is lost.
   let unsent = null;
   let modelLoading = false; // the workers are still loading the model: sending waits
+  let lastEventAt = Date.now();
 
   // ---- Markdown, sanitized -------------------------------------------------
   // Model output and user text are untrusted: Markdown becomes HTML only
@@ -360,6 +361,7 @@
       refreshControls();
     });
     socket.addEventListener("message", (message) => {
+      lastEventAt = Date.now();
       const event = JSON.parse(message.data);
       const handler = handlers[event.type];
       if (handler) handler(event);
@@ -380,6 +382,17 @@
       }
     });
   }
+
+  // Events are hints; the database is the truth. A reply that has been quiet
+  // for a while may have lost its events in a broker outage: ask for the
+  // conversation again (the snapshot carries its state and text).
+  const QUIET_MS = 10000;
+  setInterval(() => {
+    if (activeReply() && socket && socket.readyState === WebSocket.OPEN && Date.now() - lastEventAt > QUIET_MS) {
+      lastEventAt = Date.now();
+      socket.send(JSON.stringify({ action: "sync" }));
+    }
+  }, 2000);
 
   function send(payload) {
     if (!socket || socket.readyState !== WebSocket.OPEN) {
