@@ -15,10 +15,9 @@ from chat.generation import reply_generate
 @shared_task(
     name="chat.generate_reply",
     acks_late=True,  # safe: reply_generate claims the reply with a conditional update
-    # Enforced inside generation (a stopping criterion) for every pool; these
-    # are the backstop where the pool supports them (prefork).
-    soft_time_limit=settings.GENERATION_TIME_LIMIT_S + 30,
-    time_limit=settings.GENERATION_TIME_LIMIT_S + 60,
+    # The threads pool these workers run cannot enforce Celery's time limits:
+    # the limit is a stopping criterion inside generation, and the sweeper
+    # fails a reply that outlives it (chat/services/sweeper.py).
 )
 def generate_reply(message_id: int) -> None:
     from inference import worker
@@ -29,3 +28,9 @@ def generate_reply(message_id: int) -> None:
         worker=worker.worker_id(),
         time_limit_s=settings.GENERATION_TIME_LIMIT_S,
     )
+
+
+@shared_task(name="inference.generate_reply", acks_late=True)
+def generate_reply_queued_before_the_upgrade(message_id: int) -> None:
+    """The task's name before it moved to chat/: jobs already queued under it still run."""
+    generate_reply(message_id)

@@ -1,10 +1,11 @@
 """The rules a submission must pass, in one place for every surface.
 
 Each refusal is an exception that says what was wrong and what is allowed;
-the surfaces only choose its wording's envelope and status (see
-`chat.delivery.REFUSALS`). All checks run inside the submission's
-transaction, after the user's profile row is locked, so two requests of one
-user take turns and cannot both squeeze under a limit.
+the surfaces only choose its envelope and status (`chat.delivery.problem`).
+Sizes are checked before anything is written; the busy rule and the per-user
+limits run inside the submission's transaction, after the user's profile row
+is locked, so two requests of one user take turns and cannot both squeeze
+under a limit.
 """
 
 from __future__ import annotations
