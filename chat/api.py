@@ -17,6 +17,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import delivery, selectors
 from chat.auth import (
+    JsonObjectParser,
     api_key_auth,
     auth_user,
     http_error_message,
@@ -29,6 +30,7 @@ from chat.services import conversations
 from chat.services.replies import Submission
 
 api = NinjaAPI(
+    parser=JsonObjectParser(),
     title="SanjAI chat (prototype-compatible)",
     urls_namespace="legacy",
     auth=[api_key_auth, session_auth],

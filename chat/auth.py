@@ -6,6 +6,7 @@ and the error handlers every JSON API installs with its own envelope.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import HttpError
+from ninja.parser import Parser
 from ninja.security import APIKeyCookie, HttpBearer
 
 from chat.services.accounts import api_key_authenticate
@@ -70,6 +72,17 @@ CSRF_FAILED = "CSRF check failed: send the csrftoken cookie's value in the X-CSR
 logger = logging.getLogger(__name__)
 
 UNEXPECTED = "The server hit an unexpected error (it has been logged); your message may not have been saved."
+
+
+class JsonObjectParser(Parser):
+    """Request bodies must be JSON objects: an array or a number is refused (400), not half-read."""
+
+    def parse_body(self, request: HttpRequest) -> dict[str, Any]:
+        data = json.loads(request.body)
+        if not isinstance(data, dict):
+            raise ValueError("the request body is not a JSON object")
+        return data
+
 
 # An API's own error envelope: (status, message, code) -> its JSON response.
 ErrorFormat = Callable[[int, str, str], JsonResponse]

@@ -34,7 +34,7 @@ from ninja import Body, NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat import delivery, selectors
-from chat.auth import api_key_auth, auth_user, install_error_handlers
+from chat.auth import JsonObjectParser, api_key_auth, auth_user, install_error_handlers
 from chat.models import Conversation, Message
 from chat.services.conversations import conversation_delete
 from chat.services.replies import NewConversation, PostedMessage, Submission, reply_cancel
@@ -43,6 +43,7 @@ from inference.types import Turn
 logger = logging.getLogger(__name__)
 
 api = NinjaAPI(
+    parser=JsonObjectParser(),
     title="SanjAI OpenAI-compatible API",
     version="1",
     urls_namespace="openai",

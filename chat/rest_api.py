@@ -26,6 +26,7 @@ from pydantic import ConfigDict
 
 from chat import delivery, selectors
 from chat.auth import (
+    JsonObjectParser,
     api_key_auth,
     auth_user,
     http_error_message,
@@ -38,6 +39,7 @@ from chat.services import conversations, limits
 from chat.services.replies import NotCancellable, Submission, reply_cancel
 
 api = NinjaAPI(
+    parser=JsonObjectParser(),
     title="SanjAI REST API",
     version="1",
     description=(

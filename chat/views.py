@@ -194,6 +194,8 @@ def conversation_import(request: AuthenticatedHttpRequest) -> HttpResponse:
             data = json.loads(upload.read())
         except ValueError:
             raise exports.InvalidImport("The file is not valid JSON.") from None
+        except RecursionError:  # hostile nesting; no export is deeper than a few levels
+            raise exports.InvalidImport("The file is nested too deeply to be an export.") from None
         conversation = conversations.conversation_import(user=request.user, data=data)
     except exports.InvalidImport as exc:
         messages.error(request, f"Import failed: {exc}")

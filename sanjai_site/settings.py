@@ -7,6 +7,7 @@ and the packaged default model. Nothing lives only in a production file.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from sanjai_site.env import ConfigError, envbool, envchoice, envfloat, envint, e
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(envstr("SANJAI_DATA_DIR", str(BASE_DIR / "var")))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATA_DIR.chmod(0o700)  # conversations and the secret key live here: no other local user reads them
 
 
 def _secret_key() -> str:
@@ -30,8 +32,11 @@ def _secret_key() -> str:
         return from_env
     key_file = DATA_DIR / "secret_key"
     if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
+        # Created private, never readable by others even for a moment.
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_urlsafe(50))
+    key_file.chmod(0o600)
     return key_file.read_text().strip()
 
 

@@ -123,6 +123,17 @@ def test_a_bad_import_says_why_and_creates_nothing(browser: Client, owner: Any) 
             ).encode(),
             "messages[0] needs a role",
         ),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (
+            json.dumps(
+                {
+                    "format": "sanjai.conversation",
+                    "version": 1,
+                    "messages": [{"role": "user", "content": "x" * 16_001}],
+                }
+            ).encode(),
+            "messages[0].content: must be at most 16000 characters",
+        ),
     ]:
         response = browser.post("/import/", {"file": SimpleUploadedFile("x.json", content)}, follow=True)
         assert reason in response.content.decode()

@@ -6,10 +6,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
-from channels.routing import URLRouter
-from channels.security.websocket import AllowedHostsOriginValidator
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
@@ -18,14 +15,15 @@ from django.contrib.sessions.backends.db import SessionStore
 from chat.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from chat.generation import reply_generate
 from chat.models import Message
-from chat.routing import websocket_urlpatterns
+from chat.routing import websocket_application
 from chat.services import conversations
 from tests.conftest import exchange, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-APP = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+APP = websocket_application
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+HOST = (b"host", b"127.0.0.1:8000")
 
 
 def session_cookie(user: Any) -> tuple[bytes, bytes]:
@@ -38,7 +36,7 @@ def session_cookie(user: Any) -> tuple[bytes, bytes]:
 
 
 def communicator(conversation_id: int, *headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
-    return WebsocketCommunicator(APP, f"/ws/conversations/{conversation_id}/", headers=list(headers))
+    return WebsocketCommunicator(APP, f"/ws/conversations/{conversation_id}/", headers=[HOST, *headers])
 
 
 def run(scenario: Any) -> Any:
@@ -70,15 +68,30 @@ def test_another_users_conversation_is_refused(owner: Any, other_user: Any) -> N
     assert run(scenario) == (False, CLOSE_NOT_FOUND)
 
 
-def test_a_foreign_origin_is_refused(owner: Any) -> None:
+@pytest.mark.parametrize(
+    "origin",
+    [
+        b"https://evil.example",
+        b"http://127.0.0.1:9999",  # the same host, another port: another site
+        b"https://127.0.0.1:8000",  # another scheme
+        b"null",
+    ],
+)
+def test_only_the_sites_own_origin_may_open_a_socket(owner: Any, origin: bytes, settings: Any) -> None:
     conversation = conversations.conversation_create(user=owner)
     cookie = session_cookie(owner)
 
-    async def scenario() -> Any:
-        return await communicator(conversation.pk, (b"origin", b"https://evil.example"), cookie).connect()
+    async def scenario(origin: bytes) -> Any:
+        ws = communicator(conversation.pk, (b"origin", origin), cookie)
+        connected, _ = await ws.connect()
+        await ws.disconnect()
+        return connected
 
-    connected, _ = run(scenario)
-    assert connected is False
+    assert async_to_sync(scenario)(origin) is False
+    assert async_to_sync(scenario)(ORIGIN[1]) is True
+    # Behind a TLS proxy the page is https while the hop to daphne is not.
+    settings.CSRF_TRUSTED_ORIGINS = ["https://chat.example.com"]
+    assert async_to_sync(scenario)(b"https://chat.example.com") is True
 
 
 def test_the_owner_gets_a_snapshot_with_the_text_so_far(owner: Any, queued: list[int]) -> None:

@@ -306,3 +306,23 @@ def test_a_body_over_the_upload_limit_is_413_in_each_apis_json(
     )
     assert response.status_code == 413 and response["Content-Type"].startswith("application/json")
     assert "larger than 1000 bytes" in error(response.json())
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("/chat", lambda body: body["error"]),
+        ("/v1/chat/completions", lambda body: body["error"]["message"]),
+        ("/api/v1/conversations", lambda body: body["detail"]),
+    ],
+)
+@pytest.mark.parametrize("sent", ["[1, 2]", '"text"', "7", "[" * 100_000 + "]" * 100_000])
+def test_a_body_that_is_not_a_json_object_is_400_in_each_apis_json(
+    owner_key: str, url: str, error: Any, sent: str
+) -> None:
+    response = Client().post(
+        url, sent, content_type="application/json", headers={"Authorization": f"Bearer {owner_key}"}
+    )
+    assert response.status_code == 400 and response["Content-Type"].startswith("application/json")
+    assert "must be a JSON object" in error(response.json())
+    assert not Conversation.objects.exists()

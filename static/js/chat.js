@@ -32,11 +32,13 @@
   // ---- Markdown, sanitized -------------------------------------------------
   // Model output and user text are untrusted: Markdown becomes HTML only
   // through DOMPurify, with no images, media, forms or styles (nothing that
-  // could run script or load remote content), and links open safely.
+  // could run script or load remote content), no id, class or style (nothing
+  // that could dress up as, or be styled as, the app's own interface), and
+  // links open safely.
   const PURIFY = {
     FORBID_TAGS: ["img", "picture", "video", "audio", "source", "iframe", "object", "embed",
       "form", "input", "button", "textarea", "select", "style", "link", "meta", "svg", "math"],
-    FORBID_ATTR: ["style", "srcset", "background", "poster"],
+    FORBID_ATTR: ["style", "class", "id", "srcset", "background", "poster"],
     ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|#)/i,
   };
   let purifyHooked = false;

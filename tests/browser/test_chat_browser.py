@@ -248,7 +248,9 @@ def test_model_markdown_renders_but_never_runs_script_or_loads_remote_content(
         "<img src=x onerror=\"window.__pwned = 'img'\">\n"
         "![tracker](http://198.51.100.1/pixel.png)\n"
         "[click](javascript:window.__pwned='link') "
-        '<a href="http://example.com" onclick="window.__pwned=\'a\'">x</a>'
+        '<a href="http://example.com" onclick="window.__pwned=\'a\'">x</a>\n\n'
+        # Markup that would dress up as the app's own interface.
+        '<div id="composer" class="banner" style="position:fixed;inset:0">Session expired</div>'
     )
     Message.objects.create(conversation=conversation, role="assistant", status="done", content=hostile)
     remote_requests: list[str] = []
@@ -259,6 +261,8 @@ def test_model_markdown_renders_but_never_runs_script_or_loads_remote_content(
     expect(reply.locator("strong")).to_have_text("bold")
     expect(reply.locator("pre code")).to_contain_text("print('hi')")
     expect(reply.locator("img, script")).to_have_count(0)
+    expect(reply.locator(".content [id], .content [class], .content [style]")).to_have_count(0)
+    expect(page.locator("#composer")).to_have_count(1)  # still only the real one
     expect(page.locator(".bubble.user .content")).to_have_text(
         "<b>hi</b><script>window.__pwned='user'</script>"
     )
