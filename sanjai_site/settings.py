@@ -7,6 +7,7 @@ and the packaged default model. Nothing lives only in a production file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -21,7 +22,10 @@ from sanjai_site.env import ConfigError, envbool, envchoice, envfloat, envint, e
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(envstr("SANJAI_DATA_DIR", str(BASE_DIR / "var")))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
-DATA_DIR.chmod(0o700)  # conversations and the secret key live here: no other local user reads them
+# Conversations and the secret key live here: no other local user reads them.
+# (A directory this process does not own keeps the mode its owner chose.)
+with contextlib.suppress(PermissionError):
+    DATA_DIR.chmod(0o700)
 
 
 def _secret_key() -> str:
