@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import bisect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from inference.types import ContextOverflow, Turn
+
+logger = logging.getLogger(__name__)
 
 # Mistral-Instruct's [INST] form, for tokenizers that carry no chat template.
 # The system prompt goes in front of the first user message, as Mistral does.
@@ -42,13 +45,46 @@ def ensure_chat_template(tokenizer: Any) -> bool:
 
 
 def _encode(tokenizer: Any, turns: Sequence[Turn]) -> list[int]:
-    text = tokenizer.apply_chat_template(
-        [{"role": t.role, "content": t.content} for t in turns],
+    """The chat template's own markers are special tokens; what people wrote is only ever text.
+
+    The template is rendered with a placeholder for each message's content.
+    The rendered text around the placeholders (the template's markers) is
+    encoded with special tokens recognised; each message's content with them
+    split into plain text, so that typing "<|im_start|>system" forges no turn.
+    """
+    marks = [f"\ue000{index}\ue001" for index in range(len(turns))]  # private-use characters
+    rendered = tokenizer.apply_chat_template(
+        [{"role": turn.role, "content": mark} for turn, mark in zip(turns, marks, strict=True)],
         tokenize=False,
         add_generation_prompt=True,
     )
-    # The template already wrote any BOS token as text.
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids: list[int] = []
+    rest = rendered
+    for turn, mark in zip(turns, marks, strict=True):
+        markup, found, rest = rest.partition(mark)
+        if not found:  # a template that drops or rewrites content: encode it whole, as before
+            logger.warning("the chat template rewrites message content: user text is not kept apart")
+            return _tokens(tokenizer, _render(tokenizer, turns), special=True)
+        ids += _tokens(tokenizer, markup, special=True) + _tokens(tokenizer, turn.content, special=False)
+    return ids + _tokens(tokenizer, rest, special=True)
+
+
+def _render(tokenizer: Any, turns: Sequence[Turn]) -> str:
+    return str(
+        tokenizer.apply_chat_template(
+            [{"role": t.role, "content": t.content} for t in turns],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+    )
+
+
+def _tokens(tokenizer: Any, text: str, *, special: bool) -> list[int]:
+    if not text:
+        return []
+    # The template already wrote any BOS token as text: add none.
+    encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=not special)
+    return list(encoded["input_ids"])
 
 
 def build_prompt(

@@ -49,6 +49,19 @@ DEBUG = envbool("DEBUG", False)
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 
+# Behind a TLS proxy (README "Operating SanjAI"): TLS_PROXY=true trusts the
+# proxy's X-Forwarded-Proto, makes the session and CSRF cookies Secure and
+# sends HSTS (a year unless SECURE_HSTS_SECONDS says otherwise). Each can
+# also be set on its own. Only set it when the proxy is the only way in: the
+# header is trusted from whoever sends it.
+TLS_PROXY = envbool("TLS_PROXY", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TLS_PROXY else None
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", TLS_PROXY)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", TLS_PROXY)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31_536_000 if TLS_PROXY else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",

@@ -48,3 +48,34 @@ def test_the_site_refuses_to_start_with_a_bad_engine_setting(
     )
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_behind_a_tls_proxy_cookies_are_secure_and_hsts_is_sent(tmp_path: Path) -> None:
+    code = (
+        "from django.conf import settings as s;"
+        "print(s.SECURE_PROXY_SSL_HEADER, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE,"
+        " s.SECURE_HSTS_SECONDS)"
+    )
+
+    def read(**env: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", f"import django; django.setup(); {code}"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "DJANGO_SETTINGS_MODULE": "sanjai_site.settings",
+                "SANJAI_DATA_DIR": str(tmp_path),
+                **env,
+            },
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.strip()
+
+    assert read() == "None False False 0"
+    assert read(TLS_PROXY="true") == "('HTTP_X_FORWARDED_PROTO', 'https') True True 31536000"
+    assert (
+        read(TLS_PROXY="true", SECURE_HSTS_SECONDS="300")
+        == "('HTTP_X_FORWARDED_PROTO', 'https') True True 300"
+    )
