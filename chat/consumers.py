@@ -16,7 +16,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from chat import delivery, selectors
 from chat.auth import UNEXPECTED
-from chat.events import conversation_group
+from chat.events import conversation_group, user_group
 from chat.models import Conversation, Message
 from chat.params import chat_params
 from chat.services.replies import NotCancellable, Submission, params_for, reply_cancel
@@ -52,17 +52,22 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             return
         # Join before sending the snapshot: events from now on reach this
         # socket, and deltas carry offsets so the page skips what it has.
-        self.group = conversation_group(self.conversation_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.groups_joined = [conversation_group(self.conversation_id), user_group(user.pk)]
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
         await self.send_json(snapshot)
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
 
     async def chat_event(self, message: dict[str, Any]) -> None:
         await self.send_json(message["event"])
+
+    async def session_end(self, message: dict[str, Any]) -> None:
+        """The user logged out or was deleted: this socket no longer acts for them."""
+        await self.close(code=CLOSE_UNAUTHENTICATED)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         action = content.get("action") if isinstance(content, dict) else None

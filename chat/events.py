@@ -31,6 +31,11 @@ def conversation_group(conversation_id: int) -> str:
     return f"conversation.{conversation_id}"
 
 
+def user_group(user_id: int) -> str:
+    """Every open socket of one user: closed together when their session ends."""
+    return f"user.{user_id}"
+
+
 class _PublishLoop:
     """One event loop in a daemon thread that publishes for a process's threads.
 
@@ -78,12 +83,19 @@ def publish_from_own_loop() -> None:
 
 def send_event(conversation_id: int, event: dict[str, Any]) -> None:
     """Publish `event` (a dict with a "type" such as "message.done") after commit."""
+    _publish_after_commit(conversation_group(conversation_id), {"type": "chat.event", "event": event})
 
+
+def end_sessions(user_id: int) -> None:
+    """Close every socket the user has open (logout, account deletion), after commit."""
+    _publish_after_commit(user_group(user_id), {"type": "session.end"})
+
+
+def _publish_after_commit(group: str, message: dict[str, Any]) -> None:
     def publish() -> None:
         layer = get_channel_layer()
         if layer is None:
             return
-        group, message = conversation_group(conversation_id), {"type": "chat.event", "event": event}
         try:
             if _publish_loop is not None:
                 _publish_loop.run(layer.group_send(group, message))
@@ -92,9 +104,7 @@ def send_event(conversation_id: int, event: dict[str, Any]) -> None:
         except (redis.RedisError, OSError) as exc:
             # Events only say when to look; the rows are the truth, and every
             # listener re-reads them. A broker outage must not fail the write.
-            logger.warning(
-                "event %s for conversation %s not published: %s", event["type"], conversation_id, exc
-            )
+            logger.warning("%s for %s not published: %s", message["type"], group, exc)
 
     transaction.on_commit(publish)
 

@@ -275,3 +275,30 @@ def test_a_quiet_page_can_ask_for_the_conversation_again(owner: Any, queued: lis
         ("user", "done", "Hi"),
         ("assistant", "done", "Paris."),
     ]
+
+
+@pytest.mark.parametrize("ending", ["logout", "account deletion"])
+def test_logging_out_or_deleting_the_account_closes_the_users_sockets(owner: Any, ending: str) -> None:
+    from django.test import Client
+
+    from chat.services.accounts import account_delete
+
+    conversation = conversations.conversation_create(user=owner)
+    cookie = session_cookie(owner)
+
+    def end() -> None:
+        if ending == "logout":
+            browser = Client()
+            browser.cookies[settings.SESSION_COOKIE_NAME] = cookie[1].decode().split("=", 1)[1]
+            assert browser.post("/logout/").status_code == 302
+        else:
+            account_delete(user=owner)
+
+    async def scenario() -> dict[str, Any]:
+        ws = communicator(conversation.pk, ORIGIN, cookie)
+        assert (await ws.connect())[0]
+        await ws.receive_json_from(timeout=5)
+        await database_sync_to_async(end)()
+        return await ws.receive_output(timeout=5)
+
+    assert run(scenario) == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}

@@ -12,6 +12,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from chat.events import end_sessions
 from chat.models import ApiKey
 from chat.services.profiles import profile_get_or_create
 
@@ -26,7 +27,9 @@ def user_create(*, username: str, password: str) -> User:
 
 @transaction.atomic
 def account_delete(*, user: User) -> None:
-    """Delete the user with every conversation, message, key and profile (cascades)."""
+    """Delete the user with every conversation, message, key and profile (cascades),
+    and close their open sockets."""
+    end_sessions(user.pk)
     user.delete()
 
 
