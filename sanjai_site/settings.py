@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "corsheaders",
+    "ninja",  # the API docs' Swagger UI from this server's static files, not a CDN the CSP blocks
     "chat",
     "inference",
 ]

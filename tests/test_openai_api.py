@@ -285,10 +285,11 @@ def test_store_false_leaves_nothing_behind_even_on_error(
 
 @pytest.fixture(scope="module")
 def long_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with a long context, so that a reply can run long enough to cancel."""
-    from tests.tiny_model import build_tiny_model
+    """A tiny model whose replies run to max_tokens, so that one can run long enough to cancel
+    (the plain one may end a greedy reply within a tenth of a second)."""
+    from tests.tiny_model import build_endless_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("openai") / "tiny-long", context_tokens=4096)
+    return build_endless_model(tmp_path_factory.mktemp("openai") / "tiny-long")
 
 
 @pytest.fixture(scope="module")
@@ -441,7 +442,7 @@ def test_a_client_that_disconnects_cancels_the_generation(stack: Stack, owner_ke
     body = {
         "model": served_model(stack, owner_key),
         "messages": [{"role": "user", "content": "Hello"}],
-        "temperature": 0,  # greedy "Hello" runs for hundreds of tokens before it stops
+        "temperature": 0,
         "max_tokens": 4000,
         "stream": True,
     }

@@ -363,3 +363,15 @@ def test_a_lost_connection_is_shown_and_the_page_recovers(
     expect(page.locator("#send")).to_be_enabled()
     expect(page.locator(".bubble.user .content")).to_have_text(["Before the restart"])  # snapshot again
     expect(page.locator("#input")).to_have_value("typed while offline")  # nothing typed is lost
+
+
+def test_the_api_docs_render_offline_under_the_content_security_policy(page: Page) -> None:
+    remote_requests: list[str] = []
+    blocked: list[str] = []
+    page.on("request", lambda r: remote_requests.append(r.url) if "127.0.0.1" not in r.url else None)
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto("/api/v1/docs")
+    expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
+    expect(page.locator(".swagger-ui")).to_contain_text("/api/v1/conversations")
+    assert remote_requests == []
+    assert not [text for text in blocked if "script" in text], blocked
