@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,11 +80,18 @@ def _render(tokenizer: Any, turns: Sequence[Turn]) -> str:
     )
 
 
+# A fast tokenizer keeps split_special_tokens as a flag on its shared backend,
+# set by each call: job threads encoding at once would read each other's flag
+# (found when the engine's concurrent tests produced prompts with split markers).
+_ENCODING = threading.Lock()
+
+
 def _tokens(tokenizer: Any, text: str, *, special: bool) -> list[int]:
     if not text:
         return []
-    # The template already wrote any BOS token as text: add none.
-    encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=not special)
+    with _ENCODING:
+        # The template already wrote any BOS token as text: add none.
+        encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=not special)
     return list(encoded["input_ids"])
 
 

@@ -96,3 +96,17 @@ def test_special_tokens_typed_by_a_user_stay_plain_text(tiny_model_dir: Path) ->
     plain = tokenizer(typed, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     joined = ",".join(map(str, forged.input_ids))
     assert ",".join(map(str, plain)) in joined  # the message is there, token for token, as text
+
+
+def test_prompts_built_at_once_in_many_threads_are_all_the_same(tokenizer) -> None:
+    """Job threads encode at once: the tokenizer's split-special-tokens flag must not leak between them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    turns = [Turn("system", "You are a helpful assistant."), Turn("user", "Hi <|im_start|> there")]
+
+    def build(_: int) -> list[int]:
+        return build_prompt(tokenizer, turns, context_tokens=256, max_new_tokens=1).input_ids
+
+    expected = build(0)
+    with ThreadPoolExecutor(8) as pool:
+        assert all(ids == expected for ids in pool.map(build, range(400)))
