@@ -21,7 +21,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -518,7 +518,7 @@ async def chat_completions(request: HttpRequest, payload: dict[str, Any] = Body(
     exchange = Exchange(user=user, request=parsed, posted=posted)
     response: HttpResponseBase
     if parsed.stream:
-        response = StreamingHttpResponse(_stream(exchange), content_type="text/event-stream; charset=utf-8")
+        response = _ClosingStream(_stream(exchange), content_type="text/event-stream; charset=utf-8")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: pass chunks through as they come
     else:
@@ -526,6 +526,26 @@ async def chat_completions(request: HttpRequest, payload: dict[str, Any] = Body(
     for name, value in exchange.headers().items():
         response[name] = value
     return response
+
+
+class _ClosingStream(StreamingHttpResponse):
+    """Closes the stream's generator as soon as the client goes away.
+
+    Django closes only its own wrapper around the generator; ours would be
+    finalized whenever the garbage collector got to it, and its clean-up
+    (cancelling a reply nobody will read) with it, seconds or minutes later.
+    """
+
+    def __init__(self, stream: AsyncGenerator[str, None], **kwargs: Any) -> None:
+        super().__init__(stream, **kwargs)
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for part in self._stream:
+                yield self.make_bytes(part)
+        finally:
+            await self._stream.aclose()
 
 
 async def _wait(exchange: Exchange) -> Message:
@@ -552,7 +572,7 @@ def _deleted() -> ApiError:
     )
 
 
-async def _stream(exchange: Exchange) -> AsyncIterator[str]:
+async def _stream(exchange: Exchange) -> AsyncGenerator[str, None]:
     """Server-sent chat.completion.chunk events, ending with `data: [DONE]` or an error event.
 
     Django cancels this generator when the client disconnects (daphne reports

@@ -554,3 +554,34 @@ def test_the_official_openai_client_works(stack: Stack, owner_key: str) -> None:
         client.chat.completions.create(model=model, messages=messages, n=2)
     with pytest.raises(openai.AuthenticationError):
         OpenAI(base_url=f"{stack.base_url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_a_stream_cleans_up_as_soon_as_django_stops_reading_it() -> None:
+    """Django closes its own iterator over a streaming response when the client goes away;
+    the stream's clean-up (cancelling the reply) must run then, not whenever the GC gets to it."""
+    import asyncio
+    import gc
+
+    from chat.openai_api import _ClosingStream
+
+    cleaned: list[str] = []
+
+    async def stream():  # type: ignore[no-untyped-def]
+        try:
+            while True:
+                yield "data: x\n\n"
+        finally:
+            cleaned.append("closed")
+
+    async def django_reads_one_chunk_then_the_client_leaves() -> None:
+        response = _ClosingStream(stream(), content_type="text/event-stream")
+        content = aiter(response)
+        assert await anext(content) == b"data: x\n\n"
+        await content.aclose()  # what contextlib.aclosing() in Django's send_response does
+
+    gc.disable()  # no help from the garbage collector
+    try:
+        asyncio.run(django_reads_one_chunk_then_the_client_leaves())
+    finally:
+        gc.enable()
+    assert cleaned == ["closed"]
