@@ -28,6 +28,8 @@
   let unsent = null;
   let modelLoading = false; // the workers are still loading the model: sending waits
   let lastEventAt = Date.now();
+  let everOpened = false; // the socket has been open before: a snapshot now follows a reconnect
+  let reconnected = false;
 
   // ---- Markdown, sanitized -------------------------------------------------
   // Model output and user text are untrusted: Markdown becomes HTML only
@@ -271,7 +273,7 @@
       }
       list.scrollTop = list.scrollHeight;
       // Sent just before the connection dropped: stored, or back in the box.
-      if (unsent !== null) {
+      if (unsent !== null && reconnected) {
         const mine = event.messages.filter((m) => m.role === "user");
         const stored = mine.length && mine[mine.length - 1].content === unsent.trim();
         if (!stored && !input.value) input.value = unsent;
@@ -358,6 +360,8 @@
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     socket = new WebSocket(`${scheme}://${location.host}${chat.dataset.wsPath}`);
     socket.addEventListener("open", () => {
+      reconnected = everOpened;
+      everOpened = true;
       retryDelay = 500;
       hideBanner();
       refreshControls();
