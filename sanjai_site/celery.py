@@ -26,7 +26,7 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
     from django.conf import settings
 
     from chat.events import publish_from_own_loop
-    from chat.services.sweeper import start_sweeper, sweep
+    from chat.services.sweeper import sweep
     from inference import worker
     from inference.engine import EngineConfig
 
@@ -61,9 +61,11 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
         logger.critical("the model could not be loaded; this worker exits", exc_info=True)
         worker.stop()
         os._exit(1)
-    # Replies a dead worker left behind would block their conversations.
+    # Replies a dead worker left behind would block their conversations. The
+    # periodic sweeper runs in the web process (sanjai_site/asgi.py): one per
+    # site is enough, and a worker that is paused or stuck while it holds an
+    # SQLite lock would stall everyone else's writes.
     sweep()
-    start_sweeper()
 
 
 @signals.worker_shutdown.connect

@@ -284,7 +284,7 @@ MAX_CONCURRENT_REPLIES = envint(
 # Replies one user may start per minute (a token bucket: bursts of this many,
 # refilled evenly over the minute). 0 = no limit.
 MAX_REPLIES_PER_MINUTE = envint("MAX_REPLIES_PER_MINUTE", 30, minimum=0)
-# How often the sweeper (in the web process and in every worker) looks for
+# How often the sweeper (in the web process) looks for
 # replies nobody is working on. See chat/services/sweeper.py for the bounds.
 REPLY_SWEEP_INTERVAL_S = envfloat("REPLY_SWEEP_INTERVAL_S", 5.0)
 # A pending reply whose job has not reached the queue after this long (the web

@@ -2,8 +2,8 @@
 
 A fault can leave a reply pending or streaming with nobody working on it; a
 conversation with such a reply refuses new messages. The sweeper owns those
-states. It runs every REPLY_SWEEP_INTERVAL_S (I) in the web process and in
-every worker, and once as a worker starts. Several sweepers are harmless:
+states. It runs every REPLY_SWEEP_INTERVAL_S (I) in the web process, and once
+as each worker starts. Several sweepers (several web processes) are harmless:
 each ending is a conditional update, and a job published twice is claimed once.
 
 - Pending, its job never published (the web process died between commit and
@@ -160,7 +160,7 @@ _lock = threading.Lock()
 
 
 def start_sweeper() -> None:
-    """Start this process's sweeper, once; the web process and every worker call it."""
+    """Start this process's sweeper, once; the web process calls it."""
     global _sweeper
     with _lock:
         if _sweeper is None and settings.REPLY_SWEEP_INTERVAL_S > 0:
