@@ -43,7 +43,8 @@ test: install chromium
 # cluster on 127.0.0.1 that lives only for this run.
 PG_PORT ?= 54329
 POSTGRES_TESTS := tests/test_services.py tests/test_api.py tests/test_consumers.py tests/test_stack.py \
-	tests/test_chat_page.py tests/test_rest_api.py tests/test_reply_rules.py tests/test_load.py
+	tests/test_chat_page.py tests/test_rest_api.py tests/test_reply_rules.py tests/test_load.py \
+	tests/test_accounts.py
 test-postgres: install
 	@dir=$$(mktemp -d /tmp/sanjai-pg-XXXXXX); \
 	trap "scripts/postgres.sh stop $$dir; rm -rf $$dir" EXIT; \

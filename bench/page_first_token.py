@@ -1,6 +1,6 @@
 """Time from pressing Enter on the chat page to the first streamed token shown.
 
-Runs the real stack (daphne, a Celery worker with the default model, embedded
+Runs the real stack (uvicorn, a Celery worker with the default model, embedded
 Redis, a fresh SQLite database) and Debian's Chromium via Playwright; types a
 question ten times (a new conversation each time, so every prompt is the
 same size) and reports the median and spread. Measured inside the page:

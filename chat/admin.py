@@ -7,13 +7,21 @@ Superusers may still delete (for example on a user's request).
 
 from __future__ import annotations
 
+import csv
+from datetime import date
 from typing import Any
+from urllib.parse import urlencode
 
+from django import forms
 from django.contrib import admin
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 
-from chat.models import ApiKey, Conversation, Message, Profile
+from chat.models import ApiKey, Conversation, Invite, Message, Profile, Usage
+from chat.services import usage
 
 
 class ReadOnlyAdminMixin:
@@ -89,10 +97,102 @@ class ApiKeyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Profile)
 class ProfileAdmin(admin.ModelAdmin):
-    list_display = ("user", "display_name")
+    list_display = ("user", "display_name", "daily_token_limit", "monthly_token_limit")
     list_select_related = ("user",)
     search_fields = ("user__username", "display_name")
+    fields = (
+        "user",
+        "display_name",
+        "default_system_prompt",
+        "default_params",
+        "daily_token_limit",
+        "monthly_token_limit",
+        "current_conversation",
+    )
     readonly_fields = ("user", "current_conversation")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # profiles are created with their user
+
+
+@admin.register(Usage)
+class UsageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """The token ledger, one row per user, day and model; `report/` sums it per user and model."""
+
+    list_display = ("day", "user", "model", "replies", "prompt_tokens", "completion_tokens", "total")
+    list_select_related = ("user",)
+    list_filter = ("model", "day")
+    search_fields = ("user__username", "model")
+    date_hierarchy = "day"
+
+    @admin.display(description="Total tokens")
+    def total(self, obj: Usage) -> int:
+        return obj.total_tokens
+
+    def get_urls(self) -> list[URLPattern]:
+        report = path("report/", self.admin_site.admin_view(self.report_view), name="chat_usage_report")
+        return [report, *super().get_urls()]
+
+    def report_view(self, request: HttpRequest) -> HttpResponse:
+        """Usage per user and model between two days (default: this month so far), as a page or CSV."""
+        today = timezone.localdate()
+        form = UsageReportForm(request.GET or None, initial={"since": today.replace(day=1), "until": today})
+        since, until = today.replace(day=1), today
+        if form.is_bound and form.is_valid():
+            since = form.cleaned_data["since"] or since
+            until = form.cleaned_data["until"] or until
+        rows = usage.usage_report(since=since, until=until)
+        if request.GET.get("format") == "csv":
+            return _report_csv(rows, since, until)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Usage per user and model, {since:%Y-%m-%d} to {until:%Y-%m-%d}",
+            "opts": self.model._meta,
+            "form": form,
+            "rows": rows,
+            "csv_query": urlencode({"since": since.isoformat(), "until": until.isoformat(), "format": "csv"}),
+        }
+        return TemplateResponse(request, "admin/chat/usage/report.html", context)
+
+
+class UsageReportForm(forms.Form):
+    since = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+
+def _report_csv(rows: list[usage.ReportRow], since: date, until: date) -> HttpResponse:
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="sanjai-usage-{since}-to-{until}.csv"'
+    writer = csv.writer(response)
+    writer.writerow(["user", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"])
+    for row in rows:
+        writer.writerow(
+            [row.username, row.model, row.replies, row.prompt_tokens, row.completion_tokens, row.total_tokens]
+        )
+    return response
+
+
+@admin.register(Invite)
+class InviteAdmin(admin.ModelAdmin):
+    """Sign-up invites for SIGNUP=invite: add one, then send its link."""
+
+    list_display = ("__str__", "link", "created", "expires_at", "used_by", "used_at")
+    list_select_related = ("used_by",)
+    fields = ("note", "link", "created_by", "created", "expires_at", "used_by", "used_at")
+    readonly_fields = ("link", "created_by", "created", "expires_at", "used_by", "used_at")
+
+    @admin.display(description="Sign-up link")
+    def link(self, obj: Invite) -> str:
+        if not obj.pk:
+            return "Saved invites show their link here."
+        if obj.used_at:
+            return "used"
+        return f"{reverse('signup')}?{urlencode({'invite': obj.code})}"
+
+    def save_model(self, request: HttpRequest, obj: Invite, form: Any, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user  # type: ignore[assignment]
+        obj.save()
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None or obj.used_at is None

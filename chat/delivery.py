@@ -110,7 +110,7 @@ def problem(exc: Exception, submission: Submission) -> Problem | None:
         return Problem(404, "not_found", f"Conversation {submission.conversation_id} not found.")
     if isinstance(exc, limits.ConversationBusy):
         return Problem(409, exc.code, str(exc), retry_after_s=exc.retry_after_s)
-    if isinstance(exc, limits.TooManyReplies | limits.RateLimited):
+    if isinstance(exc, limits.TooManyReplies | limits.RateLimited | limits.QuotaExceeded):
         return Problem(429, exc.code, str(exc), retry_after_s=exc.retry_after_s)
     return None
 

@@ -11,6 +11,7 @@ class ProfileForm(forms.Form):
     display_name = forms.CharField(
         max_length=Profile._meta.get_field("display_name").max_length, required=False
     )
+    email = forms.EmailField(required=False, help_text="Where a password-reset link is sent. Optional.")
     default_system_prompt = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4}),
         max_length=settings.CHAT_MAX_MESSAGE_CHARS,

@@ -18,6 +18,7 @@ from chat import selectors
 from chat.events import DeltaCoalescer, send_event
 from chat.models import Conversation, Message
 from chat.services.replies import reply_event, reply_fail
+from chat.services.usage import usage_record
 from inference.params import GenerationParams
 from inference.types import Backend, Completion, GenerationError, GenerationRequest
 
@@ -91,7 +92,9 @@ def reply_generate(
     """
     claimed = Message.objects.filter(
         pk=reply_id, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
-    ).update(status=Message.Status.STREAMING, worker=worker, started_at=timezone.now())
+    ).update(
+        status=Message.Status.STREAMING, worker=worker, model=backend.model_name, started_at=timezone.now()
+    )
     if claimed != 1:
         logger.info("reply %s already claimed, finished or deleted; skipping", reply_id)
         return
@@ -154,6 +157,15 @@ def _reply_finish(
     else:
         outcome = {"status": Message.Status.DONE}
     with transaction.atomic():
+        # Tokens spent count against the owner's budget whatever became of the
+        # reply (finished, cancelled, timed out, or its conversation deleted).
+        usage_record(
+            user_id=reply.conversation.owner_id,
+            model=reply.model,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            day=timezone.localdate(now),
+        )
         finished = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING)
         # Not streaming any more: cancelled (or failed by the sweeper) meanwhile,
         # so keep the status with the full text; or deleted with its conversation.

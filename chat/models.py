@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import secrets
+from datetime import datetime, timedelta
+
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Conversation(models.Model):
@@ -51,6 +55,7 @@ class Message(models.Model):
     # The worker process that claimed the reply (its heartbeat id): a streaming
     # reply whose worker has no live heartbeat is failed by the sweeper.
     worker = models.CharField(max_length=200, blank=True)
+    model = models.CharField(max_length=200, blank=True)  # the model that wrote the reply
     started_at = models.DateTimeField(null=True, blank=True)  # when a worker claimed it
     first_token_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -86,6 +91,14 @@ class Profile(models.Model):
     # still start now (null: a full bucket), as of `rate_checked_at`.
     rate_allowance = models.FloatField(null=True, blank=True)
     rate_checked_at = models.DateTimeField(null=True, blank=True)
+    # Token budgets (prompt + completion tokens of the user's replies), set by
+    # an admin. Empty: the site's QUOTA_DAILY_TOKENS / QUOTA_MONTHLY_TOKENS; 0: no limit.
+    daily_token_limit = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Empty: the site default. 0: no limit."
+    )
+    monthly_token_limit = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Empty: the site default. 0: no limit."
+    )
 
     def __str__(self) -> str:
         return self.display_name or str(self.user)
@@ -111,3 +124,63 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class Usage(models.Model):
+    """Tokens one user's replies used on one day with one model: the ledger behind
+    quotas, the usage page and the admin's report.
+
+    Kept apart from the messages so that deleting a conversation gives no
+    budget back; deleting the account deletes it too.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage")
+    day = models.DateField()  # in settings.TIME_ZONE
+    model = models.CharField(max_length=200)
+    replies = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "usage"
+        ordering = ["-day", "user", "model"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "day", "model"], name="usage_one_row_per_user_day_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.day} {self.model}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def new_invite_code() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def invite_expiry() -> datetime:
+    return timezone.now() + timedelta(days=settings.INVITE_VALID_DAYS)
+
+
+class Invite(models.Model):
+    """A one-use sign-up link for SIGNUP=invite, made in the admin."""
+
+    code = models.CharField(max_length=64, unique=True, editable=False, default=new_invite_code)
+    note = models.CharField(max_length=200, blank=True, help_text="Who it is for, for your own records.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(default=invite_expiry)
+    used_by = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="invite"
+    )
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return self.note or f"Invite {self.code[:8]}…"

@@ -575,7 +575,7 @@ def _deleted() -> ApiError:
 async def _stream(exchange: Exchange) -> AsyncGenerator[str, None]:
     """Server-sent chat.completion.chunk events, ending with `data: [DONE]` or an error event.
 
-    Django cancels this generator when the client disconnects (daphne reports
+    Django cancels this generator when the client disconnects (the ASGI server reports
     it); the `finally` then cancels the reply so the worker stops.
     """
     try:

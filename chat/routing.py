@@ -39,7 +39,7 @@ class SameOriginValidator:
     Origin must be the page's own: the same scheme, host and port as the
     request (a page on localhost at another port is another site), or one of
     CSRF_TRUSTED_ORIGINS (a TLS proxy in front: the page is https, the hop
-    to daphne is not). The host must also be one of ALLOWED_HOSTS.
+    to the ASGI server is not). The host must also be one of ALLOWED_HOSTS.
     """
 
     def __init__(self, application: Any) -> None:

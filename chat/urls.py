@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from chat import views
+from chat import account_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -15,11 +15,38 @@ urlpatterns = [
     path("c/<int:conversation_id>/export/", views.conversation_export, name="conversation_export"),
     path("import/", views.conversation_import, name="conversation_import"),
     path("profile/export/", views.export_all, name="export_all"),
-    path("profile/delete/", views.account_delete, name="account_delete"),
-    path("signup/", views.signup, name="signup"),
+    path("profile/delete/", account_views.account_delete, name="account_delete"),
+    path("signup/", account_views.signup, name="signup"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     # Django's LogoutView accepts POST only, so a link or prefetch cannot log anyone out.
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("profile/password/", account_views.PasswordChangeView.as_view(), name="password_change"),
+    path("usage/", account_views.usage_page, name="usage"),
+    # Password reset by email (EMAIL_BACKEND; the console by default): Django's views, our pages.
+    path(
+        "password-reset/",
+        auth_views.PasswordResetView.as_view(template_name="registration/password_reset.html"),
+        name="password_reset",
+    ),
+    path(
+        "password-reset/sent/",
+        auth_views.PasswordResetDoneView.as_view(template_name="registration/password_reset_sent.html"),
+        name="password_reset_done",
+    ),
+    path(
+        "password-reset/<uidb64>/<token>/",
+        auth_views.PasswordResetConfirmView.as_view(
+            template_name="registration/password_reset_confirm.html", post_reset_login=False
+        ),
+        name="password_reset_confirm",
+    ),
+    path(
+        "password-reset/done/",
+        auth_views.PasswordResetCompleteView.as_view(
+            template_name="registration/password_reset_complete.html"
+        ),
+        name="password_reset_complete",
+    ),
     path("status/", views.model_status, name="model_status"),
     path("profile/", views.profile, name="profile"),
     path("profile/keys/", views.api_key_new, name="api_key_new"),

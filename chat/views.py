@@ -8,11 +8,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import UserCreationForm
-from django.contrib.auth.models import User
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
@@ -188,8 +185,11 @@ def conversation_import(request: AuthenticatedHttpRequest) -> HttpResponse:
     try:
         if upload is None:
             raise exports.InvalidImport("Choose an exported .json file to import.")
-        if upload.size is not None and upload.size > IMPORT_MAX_BYTES:
-            raise exports.InvalidImport(f"The file is larger than {IMPORT_MAX_BYTES // 1_000_000} MB.")
+        if upload.size is not None and upload.size > settings.IMPORT_MAX_BYTES:
+            limit_mb = settings.IMPORT_MAX_BYTES / 1_000_000
+            raise exports.InvalidImport(
+                f"The file is larger than {limit_mb:g} MB, the most an import may be."
+            )
         try:
             data = json.loads(upload.read())
         except ValueError:
@@ -202,37 +202,6 @@ def conversation_import(request: AuthenticatedHttpRequest) -> HttpResponse:
         return redirect("home")
     messages.success(request, "Conversation imported.")
     return redirect("conversation", conversation_id=conversation.pk)
-
-
-IMPORT_MAX_BYTES = 20_000_000
-
-
-@login_required
-@require_POST
-def account_delete(request: AuthenticatedHttpRequest) -> HttpResponse:
-    if not request.user.check_password(request.POST.get("password", "")):
-        messages.error(request, "Your account was not deleted: the password did not match.")
-        return redirect("profile")
-    accounts.account_delete(user=request.user)
-    logout(request)
-    messages.success(request, "Your account and all its conversations were deleted.")
-    return redirect("login")
-
-
-def signup(request: HttpRequest) -> HttpResponse:
-    if request.user.is_authenticated:
-        return redirect("home")
-    form: UserCreationForm[User] = UserCreationForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = accounts.user_create(
-            username=form.cleaned_data["username"], password=form.cleaned_data["password1"]
-        )
-        # The account was just created with a password, so the model backend
-        # is the one that vouches for it; naming it skips a second password hash.
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, "Welcome to SanjAI.")
-        return redirect("home")
-    return render(request, "registration/signup.html", {"form": form})
 
 
 @login_required
@@ -288,6 +257,7 @@ def _render_profile(
         profile_form = ProfileForm(
             initial={
                 "display_name": current.display_name,
+                "email": request.user.email,
                 "default_system_prompt": current.default_system_prompt,
             }
         )

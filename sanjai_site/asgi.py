@@ -9,13 +9,30 @@ django_application = get_asgi_application()
 
 # Imported after Django is set up: they load models.
 from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.urls import reverse  # noqa: E402
 
 from chat.routing import websocket_application  # noqa: E402
 from chat.services.sweeper import start_sweeper  # noqa: E402
+from sanjai_site.uploads import BodyLimit, PathLimit  # noqa: E402
+
+# Multipart framing and the CSRF field around an imported file.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 application = ProtocolTypeRouter(
     {
-        "http": django_application,
+        # Bodies over their limit are refused before any of them is stored.
+        "http": BodyLimit(
+            django_application,
+            default=settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
+            paths={
+                reverse("conversation_import"): PathLimit(
+                    settings.IMPORT_MAX_BYTES + MULTIPART_OVERHEAD_BYTES,
+                    f"The file is larger than {settings.IMPORT_MAX_BYTES / 1_000_000:g} MB, "
+                    "the most an import may be.",
+                )
+            },
+        ),
         "websocket": websocket_application,  # only this site's own pages may open one
     }
 )

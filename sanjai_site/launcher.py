@@ -68,9 +68,23 @@ def worker_command(hostname: str) -> list[str]:
     ]  # fmt: skip
 
 
+# How long the web server lets open requests finish after SIGTERM before it
+# closes them; open sockets are closed at once (the page reconnects).
+WEB_SHUTDOWN_S = 5
+
+
 def web_command(host: str, port: str) -> list[str]:
-    """The ASGI server for pages, APIs and websockets."""
-    return [PYTHON, "-m", "daphne", "-b", host, "-p", port, "sanjai_site.asgi:application"]
+    """The ASGI server (uvicorn) for pages, APIs and websockets.
+
+    Proxy headers are left to Django (settings.TLS_PROXY); there is no
+    lifespan protocol in Django's ASGI application.
+    """
+    return [
+        PYTHON, "-m", "uvicorn", "sanjai_site.asgi:application",
+        "--host", host, "--port", port,
+        "--ws", "websockets-sansio", "--lifespan", "off", "--no-proxy-headers",
+        "--no-access-log", "--timeout-graceful-shutdown", str(WEB_SHUTDOWN_S),
+    ]  # fmt: skip
 
 
 class Child:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -63,7 +64,6 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "channels",
     "corsheaders",
     "ninja",  # the API docs' Swagger UI from this server's static files, not a CDN the CSP blocks
+    "axes",  # login throttling on every login form, the admin's included
     "chat",
     "inference",
 ]
@@ -92,6 +93,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "sanjai_site.middleware.ContentSecurityPolicyMiddleware",
+    "axes.middleware.AxesMiddleware",  # last but one, as django-axes asks: turns a lockout into its page
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -109,6 +111,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "chat.context_processors.site",
             ],
         },
     },
@@ -147,8 +150,51 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
+# --- Accounts: sign-up, login throttling, email ---------------------------------
+# Who may create an account: "open" (anyone who reaches the server), "invite"
+# (only with an invite made in the admin) or "closed" (only the admin makes accounts).
+SIGNUP = envchoice("SIGNUP", "open", ("open", "invite", "closed"))
+# An invite link works this many days after it is made.
+INVITE_VALID_DAYS = envint("INVITE_VALID_DAYS", 14, minimum=1)
+
+# django-axes: after LOGIN_FAILURE_LIMIT failed logins for one username from
+# one address, that pair is refused (429) for LOGIN_LOCKOUT_MINUTES, on the
+# site's login and the admin's. Keyed on the pair, so a stranger guessing at
+# your username from elsewhere cannot lock you out. A success clears the count.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_LOCKOUT_MINUTES = envint("LOGIN_LOCKOUT_MINUTES", 15, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "chat.account_views.locked_out"
+AXES_VERBOSE = False  # its start-up banner; lockouts are still logged
+# Behind the proxy every request comes from the proxy's address: count failures
+# against the client's address that the proxy forwards instead.
+AXES_CLIENT_IP_CALLABLE = "sanjai_site.middleware.client_ip_behind_proxy" if TLS_PROXY else None
+
+# Password reset mails go through this. The default prints them on the web
+# process's console (README "Running SanjAI for other people"); set EMAIL_HOST
+# and friends to send real mail.
+EMAIL_BACKEND = envstr(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend"
+    if envstr("EMAIL_HOST", "")
+    else "django.core.mail.backends.console.EmailBackend",
+)
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 587, minimum=1)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", True)
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "SanjAI <sanjai@localhost>")
+PASSWORD_RESET_TIMEOUT = envint("PASSWORD_RESET_TIMEOUT_S", 3 * 3600, minimum=60)
+
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+TIME_ZONE = envstr("TIME_ZONE", "UTC")  # the day and month token budgets follow it
 USE_I18N = True
 USE_TZ = True
 
@@ -245,6 +291,10 @@ GENERATION_DEFAULT_MAX_NEW_TOKENS = envint("GENERATION_DEFAULT_MAX_NEW_TOKENS", 
 GENERATION_MAX_NEW_TOKENS = envint("GENERATION_MAX_NEW_TOKENS", 1024, minimum=1)
 GENERATION_TIME_LIMIT_S = envfloat("GENERATION_TIME_LIMIT_S", 120.0)
 CHAT_MAX_MESSAGE_CHARS = envint("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
+# The largest file the page's import takes (an export of one conversation).
+# Other request bodies are held to Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB).
+# Both are refused before the body is read (sanjai_site/uploads.py).
+IMPORT_MAX_BYTES = envint("IMPORT_MAX_BYTES", 20_000_000, minimum=1)
 # How long POST /chat waits for the worker before answering 504.
 CHAT_REPLY_TIMEOUT_S = envfloat("CHAT_REPLY_TIMEOUT_S", GENERATION_TIME_LIMIT_S + 30)
 # A worker counts as alive while its heartbeat is younger than this.
@@ -284,6 +334,12 @@ MAX_CONCURRENT_REPLIES = envint(
 # Replies one user may start per minute (a token bucket: bursts of this many,
 # refilled evenly over the minute). 0 = no limit.
 MAX_REPLIES_PER_MINUTE = envint("MAX_REPLIES_PER_MINUTE", 30, minimum=0)
+# Token budgets per user (prompt + completion tokens of their replies), per
+# calendar day and per calendar month in TIME_ZONE; 0 = no limit. An admin can
+# set another budget for one user on their profile. A user over budget is
+# refused (429) until the day or month turns.
+QUOTA_DAILY_TOKENS = envint("QUOTA_DAILY_TOKENS", 0, minimum=0)
+QUOTA_MONTHLY_TOKENS = envint("QUOTA_MONTHLY_TOKENS", 0, minimum=0)
 # How often the sweeper (in the web process) looks for
 # replies nobody is working on. See chat/services/sweeper.py for the bounds.
 REPLY_SWEEP_INTERVAL_S = envfloat("REPLY_SWEEP_INTERVAL_S", 5.0)
@@ -309,7 +365,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
-    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
 }
 
 # --- Health and metrics: /healthz, /readyz (sanjai_site/health.py), /metrics (sanjai_site/metrics.py) ---

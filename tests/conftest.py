@@ -121,26 +121,34 @@ def finish(reply: Any, content: str = "An answer.") -> None:
 @contextmanager
 def captured_events(conversation_id: int) -> Iterator[list[dict[str, Any]]]:
     """Collect the events published to a conversation's group inside the block."""
+    from chat.events import conversation_group
+
+    with captured_group(conversation_group(conversation_id)) as messages:
+        events: list[dict[str, Any]] = []
+        yield events
+    events.extend(message["event"] for message in messages)
+
+
+@contextmanager
+def captured_group(group: str) -> Iterator[list[dict[str, Any]]]:
+    """Collect the channel-layer messages sent to `group` inside the block."""
     from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
-    from chat.events import conversation_group
-
     layer = get_channel_layer()
     channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(conversation_group(conversation_id), channel)
-    events: list[dict[str, Any]] = []
-    yield events
+    async_to_sync(layer.group_add)(group, channel)
+    messages: list[dict[str, Any]] = []
+    yield messages
 
     async def drain() -> None:
         import asyncio
 
         while True:
             try:
-                message = await asyncio.wait_for(layer.receive(channel), 0.05)
+                messages.append(await asyncio.wait_for(layer.receive(channel), 0.05))
             except TimeoutError:
                 return
-            events.append(message["event"])
 
     async_to_sync(drain)()
 

@@ -89,7 +89,7 @@ def test_only_the_sites_own_origin_may_open_a_socket(owner: Any, origin: bytes, 
 
     assert async_to_sync(scenario)(origin) is False
     assert async_to_sync(scenario)(ORIGIN[1]) is True
-    # Behind a TLS proxy the page is https while the hop to daphne is not.
+    # Behind a TLS proxy the page is https while the hop to the ASGI server is not.
     settings.CSRF_TRUSTED_ORIGINS = ["https://chat.example.com"]
     assert async_to_sync(scenario)(b"https://chat.example.com") is True
 
@@ -277,8 +277,12 @@ def test_a_quiet_page_can_ask_for_the_conversation_again(owner: Any, queued: lis
     ]
 
 
-@pytest.mark.parametrize("ending", ["logout", "account deletion"])
-def test_logging_out_or_deleting_the_account_closes_the_users_sockets(owner: Any, ending: str) -> None:
+@pytest.mark.parametrize(
+    "ending", ["logout", "password change", "password set by an admin", "account deletion"]
+)
+def test_logging_out_a_new_password_or_deleting_the_account_closes_the_users_sockets(
+    owner: Any, ending: str
+) -> None:
     from django.test import Client
 
     from chat.services.accounts import account_delete
@@ -287,10 +291,17 @@ def test_logging_out_or_deleting_the_account_closes_the_users_sockets(owner: Any
     cookie = session_cookie(owner)
 
     def end() -> None:
+        browser = Client()
+        browser.cookies[settings.SESSION_COOKIE_NAME] = cookie[1].decode().split("=", 1)[1]
         if ending == "logout":
-            browser = Client()
-            browser.cookies[settings.SESSION_COOKIE_NAME] = cookie[1].decode().split("=", 1)[1]
             assert browser.post("/logout/").status_code == 302
+        elif ending == "password change":
+            new = "a brand new passphrase"
+            form = {"old_password": "correct horse battery", "new_password1": new, "new_password2": new}
+            assert browser.post("/profile/password/", form).status_code == 302
+        elif ending == "password set by an admin":
+            owner.set_password("reset by the admin")
+            owner.save()
         else:
             account_delete(user=owner)
 

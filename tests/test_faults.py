@@ -1,6 +1,6 @@
 """Faults on the real stack: the broker goes away, a job is lost, a worker dies mid-reply.
 
-One stack for the module (daphne, a Celery worker with a tiny model whose
+One stack for the module (uvicorn, a Celery worker with a tiny model whose
 replies run until their max_new_tokens, and an embedded Redis the tests stop
 and start on the same port), with short sweeper bounds so that each fault
 resolves within seconds. Every test leaves the stack running: Redis up and a

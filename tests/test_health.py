@@ -4,7 +4,7 @@ In-process: the probes' answers with Redis and workers up and down, who may
 read /metrics, and the generation metrics a worker's engine counts, publishes
 to a real embedded Redis and the web serves, labelled by worker and model.
 
-On the real stack (daphne, a Celery worker, an embedded Redis this module
+On the real stack (uvicorn, a Celery worker, an embedded Redis this module
 stops and starts on the same port): /readyz turns red when the worker stops
 answering or Redis goes away, and green again when they come back; /metrics
 after a reply has the request metrics, and the worker's generation metrics

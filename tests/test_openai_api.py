@@ -2,7 +2,7 @@
 
 Validation, authentication and the errors decided before any job runs are
 tested in-process; completions, streaming, usage, disconnects and storage go
-through the real stack (daphne, a Celery worker with a tiny model, embedded
+through the real stack (uvicorn, a Celery worker with a tiny model, embedded
 Redis) over HTTP, and through the official `openai` client.
 """
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from asgiref.sync import async_to_sync
 from django.test import Client
 from django.utils import timezone
 
-from chat.models import Conversation, Message, Profile
+from chat.models import Conversation, Message, Profile, Usage
 from chat.services import conversations
 from tests.conftest import exchange, finish
 from tests.test_consumers import ORIGIN, communicator, session_cookie
@@ -33,6 +34,7 @@ CODE_STATUS = {
     "conversation_busy": 409,
     "too_many_concurrent_replies": 429,
     "rate_limited": 429,
+    "quota_exceeded": 429,
 }
 
 
@@ -175,6 +177,42 @@ def test_over_the_rate_is_429_with_when_to_retry(
     # One reply's worth of the bucket refills in 60 / 3 s.
     assert outcome.retry_after is not None and 15 <= int(outcome.retry_after) <= 20
     assert user_messages(owner) == before
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+def test_over_the_daily_token_budget_is_429_with_the_reset_time(
+    surfaces: Surfaces, owner: Any, surface: str, settings: Any
+) -> None:
+    settings.QUOTA_DAILY_TOKENS = 1000
+    today = timezone.localdate()
+    Usage.objects.create(
+        user=owner, day=today, model="tiny", replies=3, prompt_tokens=900, completion_tokens=100
+    )
+    conversation = conversations.conversation_create(user=owner)
+    before = user_messages(owner)
+    outcome = surfaces.send(surface, conversation, "One more?")
+    assert outcome.status == 429
+    assert "used 1,000 of your 1,000 tokens for this day" in outcome.error
+    midnight = timezone.make_aware(datetime.combine(today + timedelta(days=1), time.min))
+    assert f"resets at {midnight.isoformat(timespec='minutes')}" in outcome.error
+    wait_s = (midnight - timezone.now()).total_seconds()
+    assert outcome.retry_after is not None and abs(int(outcome.retry_after) - wait_s) <= 5
+    assert user_messages(owner) == before
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+def test_a_users_own_monthly_budget_overrides_the_sites(
+    surfaces: Surfaces, owner: Any, surface: str, settings: Any
+) -> None:
+    settings.QUOTA_MONTHLY_TOKENS = 0  # no site limit...
+    Profile.objects.update_or_create(user=owner, defaults={"monthly_token_limit": 500})  # ...but theirs
+    month_start = timezone.localdate().replace(day=1)
+    Usage.objects.create(user=owner, day=month_start, model="tiny", prompt_tokens=400, completion_tokens=150)
+    conversation = conversations.conversation_create(user=owner)
+    outcome = surfaces.send(surface, conversation, "Still there?")
+    assert outcome.status == 429 and "550 of your 500 tokens for this month" in outcome.error
+    Profile.objects.filter(user=owner).update(monthly_token_limit=0)  # 0: no limit for this user
+    assert surfaces.send(surface, conversation, "And now?").status in {200, 201, 202, 504}
 
 
 @pytest.mark.parametrize("surface", SURFACES)

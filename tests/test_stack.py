@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from chat.models import Message
+from chat.models import Message, Usage
 from tests.stack import Stack, stack_on_test_database
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
@@ -55,6 +58,10 @@ def test_chat_answers_through_the_worker_and_remembers(stack: Stack, owner: Any,
     assert reply.pk == body["message_id"] and reply.content == body["reply"]
     assert reply.queued_at and reply.first_token_at and reply.finished_at
     assert reply.queued_at <= reply.first_token_at <= reply.finished_at
+    # The worker added both replies' tokens to the owner's usage, under its model.
+    usage = Usage.objects.get(user=owner)
+    assert usage.replies == 2 and usage.model == reply.model != ""
+    assert usage.completion_tokens == sum(m.completion_tokens or 0 for m in messages)
 
 
 def test_a_browser_session_with_csrf_works_over_http(stack: Stack, owner: Any) -> None:
@@ -74,6 +81,59 @@ def test_a_browser_session_with_csrf_works_over_http(stack: Stack, owner: Any) -
             "/chat", json={"message": "hi", "max_new_tokens": 4}, headers={"X-CSRFToken": token}
         )
         assert answered.status_code == 200 and answered.json()["success"] is True
+
+
+def raw_post(
+    stack: Stack, path: str, headers: dict[str, str], body: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    """Send a request head and only `body` (however long the head says it is), then read the answer."""
+    address = urlsplit(stack.base_url)
+    head = f"POST {path} HTTP/1.1\r\nHost: {address.netloc}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    with socket.create_connection((address.hostname, address.port), timeout=20) as connection:
+        connection.sendall(head.encode() + body)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = connection.recv(65536)
+            assert chunk, f"the server closed the connection without answering: {received!r}"
+            received += chunk
+        status_line, _, rest = received.partition(b"\r\n")
+        header_block, _, answer = rest.partition(b"\r\n\r\n")
+        answer_headers = dict(
+            line.decode().lower().split(": ", 1) for line in header_block.split(b"\r\n") if b": " in line
+        )
+        while len(answer) < int(answer_headers.get("content-length", 0)):
+            answer += connection.recv(65536)
+    return int(status_line.split()[1]), answer_headers, answer
+
+
+def test_an_oversized_import_is_refused_before_its_body_is_read(stack: Stack, owner: Any) -> None:
+    # The head promises 50 MB; only 100 kB follow. An answer now means the
+    # server did not wait to store the rest: the refusal came from the head.
+    status, _, answer = raw_post(
+        stack,
+        "/import/",
+        {"Content-Type": "multipart/form-data; boundary=x", "Content-Length": str(50_000_000)},
+        b"x" * 100_000,
+    )
+    assert status == 413
+    assert "larger than 20 MB" in answer.decode()
+
+
+def test_an_oversized_api_body_is_refused_unread_in_the_apis_own_format(stack: Stack, owner_key: str) -> None:
+    auth = {"Authorization": f"Bearer {owner_key}", "Content-Type": "application/json"}
+    status, _, answer = raw_post(
+        stack, "/v1/chat/completions", {**auth, "Content-Length": str(10_000_000)}, b'{"model": '
+    )
+    assert status == 413
+    assert json.loads(answer)["error"]["code"] == "request_too_large"
+    # Without a Content-Length the body is counted as it comes, and cut off at the limit.
+    chunk = b"x" * 1_000_000
+    chunked = b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(4))
+    status, _, answer = raw_post(
+        stack, "/api/v1/conversations", {**auth, "Transfer-Encoding": "chunked"}, chunked
+    )
+    assert status == 413
 
 
 def test_a_stalled_worker_gives_504_and_the_reply_arrives_later(

@@ -1,4 +1,4 @@
-"""Accounts: sign-up, deletion, and API keys for programs."""
+"""Accounts: sign-up (open, invite-only or closed), invites, deletion, and API keys for programs."""
 
 from __future__ import annotations
 
@@ -7,22 +7,65 @@ import hmac
 import secrets
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
 from chat.events import end_sessions
-from chat.models import ApiKey
+from chat.models import ApiKey, Invite
 from chat.services.profiles import profile_get_or_create
 
 
+class SignupClosed(Exception):
+    """Sign-up is not open to this visitor: closed, or invite-only without a usable invite."""
+
+
+def signup_check(*, invite_code: str | None) -> Invite | None:
+    """Whether a visitor may sign up under settings.SIGNUP; the invite they need, if any.
+
+    Raises SignupClosed with a message for the visitor.
+    """
+    mode = settings.SIGNUP
+    if mode == "open":
+        return None
+    if mode == "closed":
+        raise SignupClosed("Sign-up is closed on this server. Ask its administrator for an account.")
+    if not invite_code:
+        raise SignupClosed("Sign-up here is by invitation. Open the invite link you were sent.")
+    invite = Invite.objects.filter(code=invite_code).first()
+    if invite is None:
+        raise SignupClosed("This invite link is not valid. Check that you copied all of it.")
+    if invite.used_at is not None:
+        raise SignupClosed("This invite has already been used. Ask for a new one.")
+    if invite.expires_at <= timezone.now():
+        raise SignupClosed("This invite has expired. Ask for a new one.")
+    return invite
+
+
 @transaction.atomic
-def user_create(*, username: str, password: str) -> User:
-    """Sign a person up. The caller validates the password (UserCreationForm does)."""
-    user = get_user_model().objects.create_user(username=username, password=password)
+def user_create(*, username: str, password: str, email: str = "", invite_code: str | None = None) -> User:
+    """Sign a person up, if settings.SIGNUP lets them (raises SignupClosed otherwise).
+
+    The caller validates the password (UserCreationForm does). An invite is
+    used up in the same transaction, so one link makes one account.
+    """
+    invite = signup_check(invite_code=invite_code)
+    user = get_user_model().objects.create_user(username=username, password=password, email=email)
+    if invite is not None:
+        taken = Invite.objects.filter(pk=invite.pk, used_at__isnull=True).update(
+            used_by=user, used_at=timezone.now()
+        )
+        if not taken:  # used by someone else a moment ago
+            raise SignupClosed("This invite has already been used. Ask for a new one.")
     profile_get_or_create(user=user)
     return user
+
+
+def invite_create(*, created_by: User | None, note: str = "") -> Invite:
+    """A new one-use invite, valid for settings.INVITE_VALID_DAYS."""
+    return Invite.objects.create(note=note, created_by=created_by)
 
 
 @transaction.atomic

@@ -18,6 +18,7 @@ from django.contrib.auth.models import User
 
 from chat import selectors
 from chat.models import Conversation, Profile
+from chat.services.usage import budgets
 
 
 class SubmissionRefused(Exception):
@@ -50,6 +51,10 @@ class TooManyReplies(SubmissionRefused):
 
 class RateLimited(SubmissionRefused):
     code = "rate_limited"
+
+
+class QuotaExceeded(SubmissionRefused):
+    code = "quota_exceeded"
 
 
 # A hint for clients over the concurrency cap: about how long a short reply takes.
@@ -118,6 +123,26 @@ def take_rate_token(*, profile: Profile, now: datetime) -> None:
     profile.rate_allowance = allowance - 1
     profile.rate_checked_at = now
     profile.save(update_fields=["rate_allowance", "rate_checked_at"])
+
+
+def check_quota(*, user: User, profile: Profile, now: datetime) -> None:
+    """Within the user's daily and monthly token budgets (QUOTA_*_TOKENS or their own)."""
+    for budget in budgets(user=user, profile=profile, now=now):
+        if budget.exceeded:
+            wait_s = max(math.ceil((budget.resets_at - now).total_seconds()), 1)
+            resets = budget.resets_at.isoformat(timespec="minutes")
+            raise QuotaExceeded(
+                f"You have used {budget.used:,} of your {budget.limit:,} tokens for this {budget.period}. "
+                f"Your budget resets at {resets} (in {_duration(wait_s)}).",
+                retry_after_s=wait_s,
+            )
+
+
+def _duration(seconds: int) -> str:
+    hours, minutes = divmod(math.ceil(seconds / 60), 60)
+    days, hours = divmod(hours, 24)
+    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "", f"{minutes} min" if minutes else ""]
+    return " ".join(part for part in parts if part) or "1 min"
 
 
 def lock_profile(*, user: User) -> Profile:

@@ -17,8 +17,14 @@ def profile_get_or_create(*, user: User) -> Profile:
     return profile
 
 
-def profile_update(*, user: User, display_name: str, default_system_prompt: str) -> Profile:
-    """Save the user's profile; the system prompt applies to conversations created later."""
+def profile_update(*, user: User, display_name: str, default_system_prompt: str, email: str = "") -> Profile:
+    """Save the user's profile; the system prompt applies to conversations created later.
+
+    The email address is the one password-reset links go to.
+    """
+    if email != user.email:
+        user.email = email
+        user.save(update_fields=["email"])
     profile = profile_get_or_create(user=user)
     profile.display_name = display_name.strip()
     profile.default_system_prompt = check_length("default_system_prompt", default_system_prompt.strip())

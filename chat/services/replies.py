@@ -99,7 +99,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
 
     Raises, with nothing stored: InvalidInput or InvalidParameter (bad input,
     naming the field), Conversation.DoesNotExist (not the user's),
-    NothingToRegenerate, ConversationBusy, TooManyReplies, RateLimited.
+    NothingToRegenerate, ConversationBusy, TooManyReplies, QuotaExceeded, RateLimited.
     Raises WorkerUnavailable after storing, with the reply marked failed.
     """
     content = submission.content
@@ -127,7 +127,9 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
             conversation = _conversation(user, profile, submission.conversation_id)
             limits.check_idle(conversation=conversation)
         limits.check_concurrency(user=user)
-        limits.take_rate_token(profile=profile, now=timezone.now())
+        now = timezone.now()
+        limits.check_quota(user=user, profile=profile, now=now)
+        limits.take_rate_token(profile=profile, now=now)
         question, earlier = _question(conversation, submission.action, content)
         reply = Message.objects.create(
             conversation=conversation,

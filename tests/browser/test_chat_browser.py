@@ -1,5 +1,5 @@
 """The chat page in a real browser (Debian's Chromium driven by Playwright)
-against the real stack: daphne, a Celery worker with the tiny model, embedded Redis.
+against the real stack: uvicorn, a Celery worker with the tiny model, embedded Redis.
 
 Run in their own pytest process (see the Makefile): Playwright's sync API runs
 an event loop of its own on the main thread.
@@ -149,6 +149,28 @@ def test_empty_input_is_refused_in_the_page(page: Page, django_user_model: Any) 
     page.fill("#input", "   ")
     page.press("#input", "Enter")
     expect(page.locator("#banner")).to_have_text("Type a message first.")
+    assert not Message.objects.filter(conversation=conversation).exists()
+
+
+def test_over_budget_the_page_says_when_it_resets_and_keeps_the_message(
+    page: Page, django_user_model: Any
+) -> None:
+    from django.utils import timezone
+
+    from chat.models import Profile, Usage
+
+    owner = make_user(django_user_model, "thrifty")
+    Profile.objects.update_or_create(user=owner, defaults={"daily_token_limit": 100})
+    Usage.objects.create(
+        user=owner, day=timezone.localdate(), model="tiny", prompt_tokens=90, completion_tokens=10
+    )
+    conversation = conversations.conversation_create(user=owner)
+    log_in(page, "thrifty")
+    page.goto(f"/c/{conversation.pk}/")
+    send(page, "Just one more question")
+    expect(page.locator("#banner")).to_contain_text("used 100 of your 100 tokens for this day")
+    expect(page.locator("#banner")).to_contain_text("Your budget resets at")
+    expect(page.locator("#input")).to_have_value("Just one more question")
     assert not Message.objects.filter(conversation=conversation).exists()
 
 
