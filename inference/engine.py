@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from inference.backend import stop_token_ids_for
-from inference.fastpath import FastDecoder, KVBuffer, supports
+from inference.fastpath import FastDecoder, KVBuffer, give_back_freed_memory, supports
 from inference.loading import LoadedModel
 from inference.metrics import WorkerMetrics, worker_metrics
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 # weights rounded to fp16: half the bytes per token, see Projection.store_half),
 # "fp32" (the model's weights as loaded), or "auto": fp16 where the CPU has
 # fbgemm's kernel and the model is fp32, else as loaded (a GPU model is
-# already bf16/fp16).
+# already bf16/fp16). A model loaded with half_weights=True (the worker's
+# default) holds fp16 weights only, so its engine stores fp16 whatever this says.
 WEIGHT_CHOICES = ("auto", "fp16", "fp32")
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 INITIAL_CAPACITY = 256  # tokens per KV row; doubled on demand up to the context window
@@ -189,12 +190,18 @@ class Engine:
         self.stop_strings = list(FALLBACK_STOP_STRINGS) if loaded.uses_fallback_template else []
         self.decoder = FastDecoder(loaded.model)
         half = weights != "fp32" and self.decoder.can_store_half()
-        if weights == "fp16" and not half:
+        if self.decoder.half_stored:
+            # Loaded in fp16 (load_model(half_weights=True)): there are no fp32 originals to use.
+            if weights == "fp32":
+                logger.warning("the model was loaded with fp16 weights; fp32 weights need an fp32 load")
+            half = True
+        elif weights == "fp16" and not half:
             logger.warning("fp16 weights need an fp32 model on an x86-64 CPU; keeping the weights as loaded")
         if half:
             self.decoder.store_half_weights()
         elif max_batch > 1:
             self.decoder.pack_for_batches(max_batch)
+        give_back_freed_memory()  # what the packing's transients freed
         # What the weights are stored as, for the log and the benchmark.
         self.weights = "fp16" if half else DTYPE_NAMES.get(self.decoder.dtype, str(self.decoder.dtype))
         self.device = loaded.device

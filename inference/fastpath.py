@@ -12,11 +12,22 @@ Supported: architectures whose decoder layer is RMSNorm -> GQA attention with
 rotary embeddings -> RMSNorm -> SwiGLU MLP (Llama, Mistral, Qwen2, Qwen3).
 `supports(model)` says whether a model fits; the worker falls back to the
 one-at-a-time backend for anything else.
+
+Half storage (CPU): a model loaded in fp16 and passed through
+`store_half_model` keeps each projection's weight once, in fp16, and multiplies
+in fp32 with fbgemm's fp16 GEMM; the Hugging Face module tree keeps working
+from those same weights (its Linear layers become `HalfLinear`), so
+`model.generate()` computes what the engine computes. No fp32 copy of a weight
+matrix is made at any point (only of one matrix at a time when an engine is
+built over a model whose weights were already packed).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -29,7 +40,11 @@ SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
 def supports(model: Any) -> bool:
-    config = model.config
+    return supports_config(model.config)
+
+
+def supports_config(config: Any) -> bool:
+    """Whether the engine's forward pass implements a model with this config."""
     if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return False
     if getattr(config, "hidden_act", "silu") != "silu":
@@ -50,21 +65,29 @@ class Projection(nn.Module):
     F.linear on the usual [out, in] layout (prefill and batches are unaffected).
     """
 
-    def __init__(self, modules: list[nn.Linear], *, private: bool = False) -> None:
+    def __init__(self, modules: list[nn.Linear] | list[HalfLinear], *, private: bool = False) -> None:
         """`private`: the modules are this projection's own copies, which nothing
-        else reads, so storing the weight in fp16 may free the fp32 one."""
+        else reads, so storing the weight in fp16 may free the fp32 one.
+
+        HalfLinear modules (a half-stored model) are packed for fbgemm at once
+        and then compute through this projection: the weights stay in one place.
+        """
         super().__init__()
-        # One [in, sum(out)] matrix for several projections that read the same input.
-        weight_t = torch.cat([m.weight.detach().t() for m in modules], dim=1).contiguous()
-        self.weight_t = nn.Parameter(weight_t, requires_grad=False)
-        self.in_features, self.out_features = weight_t.shape
-        self.private = private
         self.bias: nn.Parameter | None = None
         self.packed: torch.Tensor | None = None
         self.packed_rows = 0
         # fbgemm's prepacked fp16 weight and bias (an opaque handle, see store_half).
         # Not `half`: that would shadow nn.Module.half().
         self.packed_fp16: torch.ScriptObject | None = None
+        self.private = private
+        if modules and all(isinstance(m, HalfLinear) for m in modules):
+            self._pack_half(cast("list[HalfLinear]", modules))
+            return
+        modules = cast("list[nn.Linear]", modules)
+        # One [in, sum(out)] matrix for several projections that read the same input.
+        weight_t = torch.cat([m.weight.detach().t() for m in modules], dim=1).contiguous()
+        self.weight_t = nn.Parameter(weight_t, requires_grad=False)
+        self.in_features, self.out_features = weight_t.shape
         if any(m.bias is not None for m in modules):
             parts = [
                 m.bias.detach() if m.bias is not None else weight_t.new_zeros(m.out_features) for m in modules
@@ -79,6 +102,27 @@ class Projection(nn.Module):
             if m.bias is not None and self.bias is not None:
                 m.bias.data = self.bias.data[start:end]
             start = end
+
+    def _pack_half(self, modules: list[HalfLinear]) -> None:
+        # [sum(out), in] in fp16 is the layout fbgemm packs from: no fp32 step.
+        weight = torch.cat([m.half_weight() for m in modules], dim=0)
+        self.out_features, self.in_features = weight.shape
+        if any(m.bias is not None for m in modules):
+            parts = [m.bias if m.bias is not None else weight.new_zeros(m.out_features) for m in modules]
+            self.bias = nn.Parameter(torch.cat(parts).float(), requires_grad=False)
+        self.packed_fp16 = torch.ops.quantized.linear_prepack_fp16(weight, self.bias)
+        self.weight_t = nn.Parameter(weight.new_empty(0), requires_grad=False)
+        del weight
+        start = 0
+        for m in modules:
+            m.compute_through(self, start, start + m.out_features)
+            start += m.out_features
+
+    def unpacked_half(self) -> torch.Tensor:
+        """The packed weight as [out, in] fp16 (via one fp32 matrix: fbgemm unpacks to fp32)."""
+        assert self.packed_fp16 is not None
+        weight, _ = torch.ops.quantized.linear_unpack_fp16(self.packed_fp16)
+        return weight.half()
 
     def pack_for_batches(self, rows: int) -> None:
         """Keep a oneDNN-blocked copy of the weight for products over a few rows.
@@ -103,6 +147,8 @@ class Projection(nn.Module):
         13 ms a pass at one row against 33-40 ms for fp32 (MKL or oneDNN), and
         still the fastest at 2-8 rows and in prefill.
         """
+        if self.packed_fp16 is not None and not self.weight_t.numel():
+            return  # packed from half storage already
         weight = self.weight_t.detach().t().contiguous()
         self.packed_fp16 = torch.ops.quantized.linear_prepack_fp16(weight, self.bias)
         self.packed, self.packed_rows = None, 0
@@ -124,6 +170,120 @@ class Projection(nn.Module):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         out = torch.matmul(x, self.weight_t)
         return out if self.bias is None else out + self.bias
+
+
+class HalfLinear(nn.Module):
+    """An nn.Linear of a half-stored model: fp16 weight, fp32 input and output.
+
+    Until an engine packs it together with its siblings, it holds its own fp16
+    weight ([out, in]) and packs it for fbgemm at its first product, dropping
+    the unpacked one. Once an engine's Projection holds the weight, this module
+    computes through it and keeps its rows of the output (for a fused q/k/v
+    projection, the plain model then computes the fused product for each of
+    the three: fallback work only, while the engine's own pass does it once).
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        # A plain attribute, not a parameter: the same tensor may be a tied
+        # embedding's, and nothing should train or move it through this module.
+        self.unpacked: torch.Tensor | None = linear.weight.detach()
+        self.bias: nn.Parameter | None = None
+        if linear.bias is not None:
+            self.bias = nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+        self.packed: torch.ScriptObject | None = None
+        self.source: Projection | None = None
+        self.rows = slice(0, self.out_features)
+
+    def half_weight(self) -> torch.Tensor:
+        """The weight as [out, in] fp16, wherever it lives now."""
+        if self.unpacked is not None:
+            return self.unpacked.half()  # no copy when it is fp16 already
+        if self.source is not None:
+            return self.source.unpacked_half()[self.rows]
+        assert self.packed is not None
+        weight, _ = torch.ops.quantized.linear_unpack_fp16(self.packed)
+        return weight.half()
+
+    def compute_through(self, source: Projection, start: int, end: int) -> None:
+        self.source, self.rows = source, slice(start, end)
+        self.unpacked = self.packed = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.source is not None:
+            out = self.source(x)
+            return out if self.rows.stop - self.rows.start == out.shape[-1] else out[..., self.rows]
+        if self.packed is None:
+            assert self.unpacked is not None
+            self.packed = torch.ops.quantized.linear_prepack_fp16(self.unpacked.half(), self.bias)
+            self.unpacked = None
+        return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp16 storage"
+
+
+def give_back_freed_memory() -> None:
+    """Return freed heap to the operating system (glibc keeps it for reuse otherwise).
+
+    Loading converts and packs tensor by tensor; glibc keeps what those
+    transients freed in its arenas, where RSS still counts it (measured: about
+    0.6x the packed weights after fbgemm's packing). A no-op off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def can_store_half_on(device: torch.device) -> bool:
+    """fbgemm's fp16 GEMM (fp16 weights, fp32 arithmetic) runs on x86-64 CPUs, AVX2 and up."""
+    return device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def _upcast_output(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+    return output.float()
+
+
+def store_half_model(model: Any) -> None:
+    """Make a model loaded in fp16 on a CPU compute in fp32 from its fp16 weights.
+
+    Every nn.Linear becomes a HalfLinear (fbgemm's fp16 GEMM: fp16 weights,
+    fp32 products and sums). The token embedding stays fp16 and its lookups
+    are widened to fp32 (exact). Everything else that is floating point
+    (norm weights, biases: vectors) becomes fp32, so activations, attention
+    and logits are fp32 as in an fp32 model. The weight matrices are kept
+    once, in fp16; `model.generate()` keeps working.
+    """
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear:
+                setattr(module, name, HalfLinear(child))
+    embeddings = model.get_input_embeddings()
+    embeddings.register_forward_hook(_upcast_output)
+    matrices = {id(embeddings.weight)}
+    with torch.no_grad():
+        # Its own memory: loaded from an fp16 file, every weight is a view of
+        # the memory-mapped file, whose pages count as this process's memory
+        # for as long as any view lives. Once the Linear weights are packed,
+        # nothing else keeps the mapping.
+        embeddings.weight.data = embeddings.weight.data.clone()
+        for param in model.parameters():
+            if id(param) not in matrices and param.is_floating_point() and param.dtype != torch.float32:
+                param.data = param.data.float()
+        for module in model.modules():
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                if buffer.is_floating_point() and buffer.dtype != torch.float32:
+                    setattr(module, name, buffer.float())
+    # What the model computes in, for code that reads it (masks, caches).
+    model.config.dtype = torch.float32
+
+
+def half_stored(model: Any) -> bool:
+    """Whether `store_half_model` has made this model's Linear layers HalfLinear."""
+    return any(isinstance(m, HalfLinear) for m in model.modules())
 
 
 class _Layer(nn.Module):
@@ -163,9 +323,18 @@ class FastDecoder(nn.Module):
         config = model.config
         inner = model.model
         self.embed = inner.embed_tokens
-        self.layers = nn.ModuleList(_Layer(layer) for layer in inner.layers)
+        # Half storage: fp16 weights, fp32 arithmetic (the embedding widens its lookups).
+        self.half_stored = half_stored(model)
+        self.layers = nn.ModuleList()
+        for layer in inner.layers:
+            self.layers.append(_Layer(layer))
+            if self.half_stored:
+                give_back_freed_memory()  # packing's transients, layer by layer: a flat peak
         self.final_norm = inner.norm.weight.detach()
-        if model.lm_head.weight is self.embed.weight:
+        if isinstance(model.lm_head, HalfLinear):
+            # Packed by now (tied or not): a tied embedding keeps its own fp16 rows for lookups.
+            self.lm_head = Projection([model.lm_head])
+        elif model.lm_head.weight is self.embed.weight:
             # Tied: transposing in place would change the embedding's layout,
             # which the lookup wants row-major. One extra copy of the vocabulary
             # matrix (in fp16 where the weights are stored so).
@@ -178,7 +347,8 @@ class FastDecoder(nn.Module):
         self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
         self.scale = 1.0 / math.sqrt(self.head_dim)
-        self.dtype = self.embed.weight.dtype
+        # What activations, the KV cache and the rotary tables are computed in.
+        self.dtype = torch.float32 if self.half_stored else self.embed.weight.dtype
         self.device = self.embed.weight.device
         self._cos = torch.empty(0, self.head_dim, dtype=self.dtype, device=self.device)
         self._sin = self._cos
@@ -226,11 +396,7 @@ class FastDecoder(nn.Module):
 
     def can_store_half(self) -> bool:
         """fbgemm's fp16 GEMM runs on x86-64 CPUs (AVX2 and up), for an fp32 model."""
-        return (
-            self.device.type == "cpu"
-            and self.dtype == torch.float32
-            and "fbgemm" in torch.backends.quantized.supported_engines
-        )
+        return can_store_half_on(self.device) and self.dtype == torch.float32
 
     def store_half_weights(self) -> None:
         """fp16 weights, fp32 arithmetic, for every projection (see Projection.store_half)."""

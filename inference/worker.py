@@ -76,6 +76,8 @@ def load_backend(config: WorkerConfig, on_progress: Progress = _quiet) -> Backen
         cache_dir=config.cache_dir,
         context_tokens=config.context_tokens,
         on_progress=on_progress,
+        # The engine's fp16 weights, loaded as such: no fp32 originals beside them.
+        half_weights=config.engine is not None and config.engine.weights != "fp32",
     )
     if config.engine is not None:
         on_progress("starting the engine", 90)

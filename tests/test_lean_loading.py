@@ -1,0 +1,228 @@
+"""Loading straight into the engine's storage format, and refusing what cannot fit.
+
+Tiny real models saved in bf16, fp16 and fp32 are loaded with half_weights=True
+(what the worker asks for when its engine stores fp16). What is asserted:
+- every weight matrix the model holds is fp16 (the embedding's lookup rows) or
+  packed for fbgemm (the Linear layers, as HalfLinear); the only fp32 tensors
+  are vectors (norm weights, rotary frequencies), and no nn.Linear is left;
+- once an engine is built, each weight lives once: the engine's packed
+  projections, with the plain model computing through them;
+- greedy output of the engine and of plain generate() on the same model object
+  (the one-at-a-time fallback) equal an fp32 model whose weights are rounded to fp16.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from inference import loading
+from inference.backend import TransformersBackend
+from inference.engine import Engine, EngineConfig
+from inference.fastpath import HalfLinear
+from inference.loading import LoadedModel, ModelTooLarge, load_model, memory_needed, weight_bytes
+from inference.params import GenerationParams
+from inference.prompt import build_prompt
+from inference.types import GenerationRequest, Turn
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+HELLO = [Turn("user", "Hello! What is the capital of France?")]
+
+
+def greedy(max_new_tokens: int) -> GenerationParams:
+    return GenerationParams(max_new_tokens=max_new_tokens, temperature=0, repetition_penalty=1.0)
+
+
+@pytest.fixture(scope="module", params=list(DTYPES))
+def saved_in(
+    request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The tiny model's checkpoint saved in one dtype (tokenizer files copied alongside)."""
+    folder = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=DTYPES[request.param])
+    model.save_pretrained(folder)
+    for path in tiny_model_dir.iterdir():
+        if "token" in path.name or path.suffix == ".jinja":
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def load_half(folder: Path, tmp_path: Path) -> LoadedModel:
+    return load_model(str(folder), device="cpu", cache_dir=tmp_path / "cache", half_weights=True)
+
+
+def rounded_reference(folder: Path, tmp_path: Path) -> LoadedModel:
+    """The checkpoint in fp32 with every weight rounded to fp16: what half storage computes."""
+    loaded = load_model(str(folder), device="cpu", cache_dir=tmp_path / "cache")
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+    with torch.no_grad():
+        for param in loaded.model.parameters():
+            param.copy_(param.half().float())
+    return loaded
+
+
+def reference_ids(loaded: LoadedModel, max_new_tokens: int) -> list[int]:
+    ids = build_prompt(
+        loaded.tokenizer, HELLO, context_tokens=loaded.context_tokens, max_new_tokens=max_new_tokens
+    ).input_ids
+    with torch.inference_mode():
+        output = loaded.model.generate(  # type: ignore[operator]
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+    return output[0, len(ids) :].tolist()
+
+
+def held_tensors(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor the model keeps: parameters, buffers and HalfLinear's unpacked weights."""
+    yield from model.named_parameters()
+    yield from model.named_buffers()
+    for name, module in model.named_modules():
+        if isinstance(module, HalfLinear) and module.unpacked is not None:
+            yield f"{name}.unpacked", module.unpacked
+
+
+def test_weights_load_in_fp16_and_no_fp32_matrix_is_kept(saved_in: Path, tmp_path: Path) -> None:
+    loaded = load_half(saved_in, tmp_path)
+    model = loaded.model
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    linears = [m for m in model.modules() if isinstance(m, HalfLinear)]
+    assert len(linears) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the output layer
+    for name, tensor in held_tensors(model):
+        if tensor.is_floating_point() and tensor.dim() >= 2:
+            assert tensor.dtype == torch.float16, name
+        elif tensor.is_floating_point():
+            assert tensor.dtype == torch.float32, name  # norm weights and rotary frequencies: vectors
+    matrices = sum(t.numel() for _, t in held_tensors(model) if t.dim() >= 2)
+    vectors = sum(t.numel() for _, t in held_tensors(model) if t.dim() < 2)
+    assert vectors * 20 < matrices
+    # The embedding's lookups are widened to fp32: what the layers compute in.
+    assert model.get_input_embeddings()(torch.tensor([[1, 2]])).dtype == torch.float32
+
+
+def test_the_engine_keeps_each_weight_once_and_both_paths_answer_as_rounded_fp32(
+    saved_in: Path, tmp_path: Path
+) -> None:
+    expected = reference_ids(rounded_reference(saved_in, tmp_path), 30)
+    loaded = load_half(saved_in, tmp_path)
+    fallback = TransformersBackend(loaded)
+    fallback.stop_token_ids = []  # every reply runs to max_new_tokens
+    before = fallback.generate(GenerationRequest(turns=HELLO, params=greedy(30)))
+    assert before.completion_tokens == 30
+    assert loaded.tokenizer.decode(expected, skip_special_tokens=True).strip() == before.text
+    engine = Engine(loaded, stream_interval_s=0.0)
+    engine.stop_token_ids = []
+    try:
+        assert engine.weights == "fp16"
+        for projection in engine.decoder.projections():
+            assert projection.packed_fp16 is not None and projection.weight_t.numel() == 0
+        # The plain model's layers compute through the engine's packed weights: no second copy.
+        for module in loaded.model.modules():
+            if isinstance(module, HalfLinear):
+                assert module.source is not None and module.unpacked is None and module.packed is None
+        assert engine.decoder.dtype == torch.float32  # activations and KV cache
+        alone = engine.generate(GenerationRequest(turns=HELLO, params=greedy(30)))
+        after = fallback.generate(GenerationRequest(turns=HELLO, params=greedy(30)))
+        assert alone.text == before.text == after.text
+        assert reference_ids(loaded, 30) == expected
+    finally:
+        engine.close()
+
+
+def test_the_worker_loads_half_weights_for_an_fp16_engine_only(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from inference import worker
+
+    def loaded_with(weights: str) -> LoadedModel:
+        config = worker.WorkerConfig(
+            model_path=str(tiny_model_dir),
+            device="cpu",
+            cache_dir=tmp_path,
+            engine=EngineConfig(max_batch=2, weights=weights),
+        )
+        backend = worker.load_backend(config)
+        assert isinstance(backend, Engine)
+        backend.close()
+        return backend.loaded
+
+    assert {p.dtype for p in loaded_with("fp32").model.parameters()} == {torch.float32}
+    half = loaded_with("auto")
+    assert any(isinstance(m, HalfLinear) for m in half.model.modules())
+    assert half.model.get_input_embeddings().weight.dtype == torch.float16
+
+
+def test_weight_bytes_count_the_checkpoint_in_the_storage_dtype(saved_in: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(saved_in)
+    # The tied output layer is stored once in the file.
+    elements = sum(p.numel() for p in model.parameters())
+    assert weight_bytes(saved_in, torch.float16) == 2 * elements
+    assert weight_bytes(saved_in, torch.float32) == 4 * elements
+
+
+def test_a_model_too_big_for_the_memory_is_refused_before_any_weight_is_read(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the weights were read")
+
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", never)
+    weights = weight_bytes(tiny_model_dir, torch.float16)
+    tied_output = 400 * 32 * 2  # vocab x hidden, fp16: packed apart from the embedding
+    needed = memory_needed(weights, tied_output)
+    available = needed - 1
+    with pytest.raises(ModelTooLarge) as refused:
+        load_model(
+            str(tiny_model_dir),
+            device="cpu",
+            cache_dir=tmp_path,
+            half_weights=True,
+            available_bytes=available,
+        )
+    message = str(refused.value)
+    assert f"{needed:,} bytes" in message and f"{available:,} bytes" in message
+    assert refused.value.needed == needed and refused.value.available == available
+
+
+def test_a_model_that_fits_loads_against_the_same_figure(tiny_model_dir: Path, tmp_path: Path) -> None:
+    needed = memory_needed(weight_bytes(tiny_model_dir, torch.float16), 400 * 32 * 2)
+    loaded = load_model(
+        str(tiny_model_dir), device="cpu", cache_dir=tmp_path, half_weights=True, available_bytes=needed
+    )
+    assert loaded.model.get_input_embeddings().weight.dtype == torch.float16
+
+
+def test_available_memory_reads_the_kernels_figure() -> None:
+    available = loading.available_memory()
+    if Path("/proc/meminfo").exists():
+        assert available is not None and available > 0
+    else:
+        assert available is None
+
+
+@pytest.mark.default_model
+def test_the_default_model_loads_in_fp16_and_answers_as_before(tmp_path: Path) -> None:
+    from django.conf import settings
+
+    loaded = load_model("", device="cpu", cache_dir=settings.MODEL_CACHE_DIR, half_weights=True)
+    assert loaded.model.get_input_embeddings().weight.dtype == torch.float16
+    engine = Engine(loaded)
+    try:
+        params = GenerationParams(max_new_tokens=24, temperature=0)
+        request = GenerationRequest(turns=[Turn("user", "What is the capital of France?")], params=params)
+        answer = engine.generate(request)
+        assert "Paris" in answer.text
+        assert TransformersBackend(loaded).generate(request) == answer
+    finally:
+        engine.close()
