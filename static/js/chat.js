@@ -7,6 +7,7 @@
 (function () {
   const chat = document.getElementById("chat");
   setUpSidebar();
+  setUpShortcuts();
   if (!chat) return;
 
   const list = document.getElementById("messages");
@@ -36,33 +37,174 @@
   // through DOMPurify, with no images, media, forms or styles (nothing that
   // could run script or load remote content), no id, class or style (nothing
   // that could dress up as, or be styled as, the app's own interface), and
-  // links open safely.
+  // links open safely. Highlighting, copy buttons and math are added by this
+  // page to the sanitized result, never taken from the model's markup.
   const PURIFY = {
     FORBID_TAGS: ["img", "picture", "video", "audio", "source", "iframe", "object", "embed",
       "form", "input", "button", "textarea", "select", "style", "link", "meta", "svg", "math"],
     FORBID_ATTR: ["style", "class", "id", "srcset", "background", "poster"],
     ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|#)/i,
   };
+  // highlight.js output: its own token spans around text it escaped.
+  const HLJS_PURIFY = { ALLOWED_TAGS: ["span"], ALLOWED_ATTR: ["class"], RETURN_DOM_FRAGMENT: true };
+  // KaTeX output (MathML only: no inline styles, no fonts, so the CSP stays as it is).
+  // `semantics` and `annotation` (the TeX source, not displayed) are DOMPurify's
+  // "disallowed MathML" by default; they are plain containers here.
+  const MATH_PURIFY = {
+    USE_PROFILES: { mathMl: true },
+    ADD_TAGS: ["semantics", "annotation"],
+    FORBID_ATTR: ["style", "class", "id", "href", "xlink:href"],
+    RETURN_DOM_FRAGMENT: true,
+  };
+  const KATEX_OPTIONS = {
+    output: "mathml", throwOnError: true, trust: false, strict: "ignore", maxSize: 50, maxExpand: 1000,
+  };
   let purifyHooked = false;
+  let markdown = null; // a marked instance with the math extension
+  let mathFound = null; // the TeX of one render, by placeholder: [{tex, display, raw}]
+  let mathNonce = "";
 
-  function renderMarkdown(text) {
-    if (!window.marked || !window.DOMPurify) {
-      const pre = document.createElement("div");
-      pre.style.whiteSpace = "pre-wrap";
-      pre.textContent = text;
-      return pre.outerHTML;
-    }
-    if (!purifyHooked) {
-      window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
-        if (node.tagName === "A") {
-          node.setAttribute("target", "_blank");
-          node.setAttribute("rel", "noopener noreferrer nofollow");
+  // Math is cut out by marked's tokenizer (so code spans and blocks keep their
+  // `$`, and `_` or `*` inside math never become emphasis) and left as empty
+  // placeholders that only this render can name; the TeX goes to KaTeX after
+  // the Markdown has been sanitized.
+  function mathPlaceholder(token, tag) {
+    mathFound.push({ tex: token.text, display: token.display, raw: token.raw });
+    return `<${tag} data-math="${mathNonce}-${mathFound.length - 1}"></${tag}>`;
+  }
+
+  const INLINE_MATH = [
+    [/^\$\$(?!\$)([\s\S]+?)\$\$/, true],
+    [/^\\\[([\s\S]+?)\\\]/, true],
+    [/^\\\(([\s\S]+?)\\\)/, false],
+    // $x$, but not prices: no space just inside either dollar, no digit just after.
+    [/^\$(?![\s$])((?:\\[\s\S]|[^\\$])+?)(?<![\s\\])\$(?!\d)/, false],
+  ];
+
+  const mathExtensions = [
+    {
+      name: "blockMath",
+      level: "block",
+      start(src) { return src.match(/^ {0,3}(?:\$\$|\\\[)/m)?.index; },
+      tokenizer(src) {
+        // Up to the first closing delimiter only: `$$a$$ b $$c$$` is two inline formulas, not one.
+        const match = /^ {0,3}(?:\$\$((?:(?!\$\$)[\s\S])+?)\$\$|\\\[((?:(?!\\\])[\s\S])+?)\\\])[ \t]*(?:\n+|$)/.exec(src);
+        if (match) return { type: "blockMath", raw: match[0], text: (match[1] ?? match[2]).trim(), display: true };
+        return undefined;
+      },
+      renderer(token) { return mathPlaceholder(token, "div"); },
+    },
+    {
+      name: "inlineMath",
+      level: "inline",
+      start(src) { return src.match(/\$|\\[([]/)?.index; },
+      tokenizer(src) {
+        for (const [pattern, display] of INLINE_MATH) {
+          const match = pattern.exec(src);
+          if (match) return { type: "inlineMath", raw: match[0], text: match[1].trim(), display };
         }
-      });
-      purifyHooked = true;
+        return undefined;
+      },
+      renderer(token) { return mathPlaceholder(token, "span"); },
+    },
+  ];
+
+  function setUpMarkdown() {
+    window.DOMPurify.addHook("uponSanitizeElement", (node, data) => {
+      // marked names a fenced block's language in a class, which is removed
+      // below: keep the name as data for the highlighter.
+      if (data.tagName === "code" && node.getAttribute) {
+        const language = /(?:^|\s)language-([\w+#.-]{1,40})(?:\s|$)/.exec(node.getAttribute("class") || "");
+        if (language) node.setAttribute("data-language", language[1]);
+      }
+    });
+    window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+      if (node.tagName === "A") {
+        node.setAttribute("target", "_blank");
+        node.setAttribute("rel", "noopener noreferrer nofollow");
+      }
+    });
+    markdown = new window.marked.Marked({ gfm: true, breaks: true, async: false, extensions: mathExtensions });
+    purifyHooked = true;
+  }
+
+  // Fills `target` with `text` rendered as sanitized Markdown, then adds
+  // highlighting, a copy button on each code block and math. `settled`: the
+  // text is final (worth guessing the language of an unlabelled block).
+  function renderMarkdownInto(target, text, settled) {
+    if (!window.marked || !window.DOMPurify) {
+      target.replaceChildren();
+      const plain = document.createElement("div");
+      plain.className = "plain-text";
+      plain.textContent = text;
+      target.append(plain);
+      return;
     }
-    const html = window.marked.parse(text, { gfm: true, breaks: true, async: false });
-    return window.DOMPurify.sanitize(html, PURIFY);
+    if (!purifyHooked) setUpMarkdown();
+    const found = [];
+    mathFound = found;
+    mathNonce = Math.random().toString(36).slice(2);
+    let html;
+    try {
+      html = markdown.parse(text);
+    } finally {
+      mathFound = null;
+    }
+    target.innerHTML = window.DOMPurify.sanitize(html, PURIFY);
+    renderMath(target, found);
+    for (const pre of target.querySelectorAll("pre")) decorateCode(pre, settled);
+  }
+
+  function renderMath(root, found) {
+    for (const holder of root.querySelectorAll("[data-math]")) {
+      const [nonce, index] = holder.dataset.math.split("-");
+      const math = nonce === mathNonce ? found[Number(index)] : undefined;
+      if (!math) continue; // the model's own data-math attribute: left as it is
+      const out = document.createElement(holder.tagName === "DIV" ? "div" : "span");
+      out.className = math.display ? "math-display" : "math-inline";
+      try {
+        if (!window.katex) throw new Error("KaTeX is not loaded");
+        const mathml = window.katex.renderToString(math.tex, { ...KATEX_OPTIONS, displayMode: math.display });
+        out.append(window.DOMPurify.sanitize(mathml, MATH_PURIFY));
+      } catch {
+        out.className = "math-source"; // not valid TeX (or no KaTeX): show what was written
+        out.textContent = math.raw.trim();
+      }
+      holder.replaceWith(out);
+    }
+  }
+
+  function decorateCode(pre, settled) {
+    const code = pre.querySelector(":scope > code");
+    if (!code) return;
+    const text = code.textContent;
+    const language = code.dataset.language || "";
+    if (window.hljs) {
+      let result = null;
+      if (language && window.hljs.getLanguage(language)) {
+        result = window.hljs.highlight(text, { language, ignoreIllegals: true });
+      } else if (!language && settled && text.length < 20000) {
+        result = window.hljs.highlightAuto(text); // too slow to redo on every streamed frame
+      }
+      if (result) {
+        code.replaceChildren(window.DOMPurify.sanitize(result.value, HLJS_PURIFY));
+        code.classList.add("hljs");
+      }
+    }
+    const block = document.createElement("div");
+    block.className = "code-block";
+    const head = document.createElement("div");
+    head.className = "code-head";
+    const label = document.createElement("span");
+    label.className = "code-lang";
+    label.textContent = language || "code";
+    // Exactly the block's text: marked ends a block with a newline the fence did not have.
+    const copyButton = button("Copy", () => copyText(text.replace(/\n$/, ""), "Code copied.", copyButton),
+      `Copy this ${language || "code"} block`);
+    copyButton.className = "copy-code";
+    head.append(label, copyButton);
+    pre.replaceWith(block);
+    block.append(head, pre);
   }
 
   // ---- Rendering -------------------------------------------------------------
@@ -114,7 +256,7 @@
     const content = document.createElement("div");
     content.className = "content";
     if (message.role === "assistant") {
-      content.innerHTML = renderMarkdown(message.content || "");
+      renderMarkdownInto(content, message.content || "", !["pending", "streaming"].includes(message.status));
       if ((message.status === "pending" || message.status === "streaming") && !message.content) {
         content.append(typingIndicator(message.position));
       }
@@ -133,7 +275,27 @@
       note.textContent = "Stopped.";
       el.append(note);
     }
+    const usage = usageLine(message);
+    if (usage) el.append(usage);
     el.append(actionsFor(message));
+  }
+
+  // Tokens, speed and time to first token, as the server stored them.
+  function usageLine(message) {
+    if (message.role !== "assistant" || !["done", "cancelled"].includes(message.status)) return null;
+    const usage = message.usage || {};
+    const timing = message.timing || {};
+    if (!usage.prompt_tokens && !usage.completion_tokens) return null;
+    const parts = [`${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens`];
+    if (timing.tokens_per_second != null) parts.push(`${timing.tokens_per_second.toFixed(1)} tokens/s`);
+    if (timing.time_to_first_token_s != null) {
+      parts.push(`${timing.time_to_first_token_s.toFixed(2)} s to first token`);
+    }
+    const line = document.createElement("div");
+    line.className = "meta usage";
+    line.textContent = parts.join(" · ");
+    line.title = "Speed counts from the first token to the last; the wait runs from queueing to the first token.";
+    return line;
   }
 
   function typingIndicator(position) {
@@ -165,7 +327,7 @@
     const finished = !["pending", "streaming"].includes(message.status);
     const busy = activeReply() !== null;
     if (message.role === "assistant" && finished && message.content) {
-      actions.append(button("Copy", () => copy(message), "Copy this reply"));
+      actions.append(button("Copy", () => copyText(message.content, "Reply copied."), "Copy this reply"));
     }
     if (!busy && message.role === "assistant" && finished && message === lastOf("assistant")) {
       actions.append(button("Regenerate", () => send({ action: "regenerate" }), "Regenerate the last reply"));
@@ -197,18 +359,22 @@
     }
   }
 
-  async function copy(message) {
+  async function copyText(text, spoken, feedbackButton) {
     try {
-      await navigator.clipboard.writeText(message.content);
-      announce("Reply copied.");
+      await navigator.clipboard.writeText(text);
     } catch {
       const area = document.createElement("textarea");
-      area.value = message.content;
+      area.value = text;
       document.body.append(area);
       area.select();
       document.execCommand("copy");
       area.remove();
-      announce("Reply copied.");
+    }
+    announce(spoken);
+    if (feedbackButton) {
+      const label = feedbackButton.textContent;
+      feedbackButton.textContent = "Copied";
+      setTimeout(() => { feedbackButton.textContent = label; }, 1500);
     }
   }
 
@@ -231,7 +397,18 @@
     );
     box.append(area, row);
     el.replaceChildren(box);
+    area.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") {
+        event.preventDefault(); // Esc leaves the edit box; it does not also stop a reply
+        render(message);
+        input.focus();
+      } else if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+        event.preventDefault();
+        row.querySelector("button").click();
+      }
+    });
     area.focus();
+    area.setSelectionRange(area.value.length, area.value.length);
   }
 
   function announce(text) {
@@ -349,6 +526,7 @@
     if (event.content || status === "done") message.content = event.content;
     message.error = event.error;
     message.usage = event.usage;
+    message.timing = event.timing;
     message.position = null;
     renderQueued.delete(message);
     withScroll(() => render(message));
@@ -427,9 +605,28 @@
   });
 
   input.addEventListener("keydown", (event) => {
+    const plain = !event.shiftKey && !event.ctrlKey && !event.metaKey && !event.altKey && !event.isComposing;
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       composer.requestSubmit();
+    } else if (event.key === "ArrowUp" && plain && input.value === "" && !activeReply()) {
+      const mine = lastOf("user");
+      if (mine && mine.el) {
+        event.preventDefault();
+        startEdit(mine);
+      }
+    }
+  });
+
+  // Esc stops the reply being written, wherever the focus is (an open dialog,
+  // drawer or edit box takes Esc for itself first).
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || event.defaultPrevented || document.querySelector("dialog[open]")) return;
+    const reply = activeReply();
+    if (reply) {
+      event.preventDefault();
+      send({ action: "cancel", message_id: reply.id });
+      announce("Stopping the reply.");
     }
   });
 
@@ -445,6 +642,7 @@
 
   function fillSettings(conversation) {
     settings.elements.system_prompt.value = conversation.system_prompt || "";
+    if (conversation.model) settings.elements.model.value = conversation.model;
     for (const [name, value] of Object.entries(conversation.params || {})) {
       if (settings.elements[name]) settings.elements[name].value = value;
     }
@@ -457,7 +655,7 @@
 
   settings.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const body = { system_prompt: settings.elements.system_prompt.value };
+    const body = { system_prompt: settings.elements.system_prompt.value, model: settings.elements.model.value };
     for (const name of ["max_new_tokens", "temperature", "top_p", "repetition_penalty"]) {
       body[name] = Number(settings.elements[name].value);
     }
@@ -469,7 +667,7 @@
   // Replies rendered by the server arrive as plain text: show them as
   // Markdown at once, before the socket's snapshot replaces them.
   for (const content of list.querySelectorAll(".bubble.assistant .content")) {
-    content.innerHTML = renderMarkdown(content.textContent);
+    renderMarkdownInto(content, content.textContent, false);
   }
   connect();
 
@@ -482,8 +680,11 @@
       const response = await fetch(modelStatus.dataset.url, { headers: { Accept: "application/json" } });
       if (response.ok) {
         const { models } = await response.json();
-        const loading = models.find((model) => model.state === "loading");
-        modelLoading = loading !== undefined && !models.some((model) => model.state === "ready");
+        labelModelChoices(models);
+        // The conversation's own model; on the home page, any.
+        const chosen = settings ? models.filter((model) => model.name === settings.elements.model.value) : models;
+        const loading = chosen.find((model) => model.state === "loading");
+        modelLoading = loading !== undefined && !chosen.some((model) => model.state === "ready");
         if (modelLoading) {
           modelStatus.textContent = `Loading ${loading.name} … ${loading.progress}%` +
             (loading.stage ? ` (${loading.stage})` : "");
@@ -499,15 +700,33 @@
   }
   watchModel();
 
+  // The settings panel's model choice says what each model is doing right now.
+  const STATE_LABELS = { ready: "ready", loading: "loading", no_worker: "no worker" };
+  function labelModelChoices(models) {
+    if (!settings) return;
+    for (const option of settings.elements.model.options) {
+      const model = models.find((candidate) => candidate.name === option.value);
+      if (!model) continue;
+      const state = model.state === "loading" ? `loading ${model.progress}%` : STATE_LABELS[model.state];
+      option.textContent = `${model.name} (${state})`;
+    }
+  }
+
   // ---- Sidebar (also on the empty home page) -----------------------------------------
   function setUpSidebar() {
     const sidebar = document.getElementById("sidebar");
     const toggle = document.getElementById("sidebar-toggle");
     if (toggle && sidebar) {
-      toggle.addEventListener("click", () => {
-        const open = sidebar.classList.toggle("open");
-        toggle.setAttribute("aria-expanded", String(open));
-      });
+      toggle.addEventListener("click", () => setSidebarOpen(!sidebar.classList.contains("open")));
+      // At phone width the open drawer covers the page: a tap beside it closes it
+      // (and does nothing else), as Esc does.
+      document.addEventListener("click", (event) => {
+        if (drawerOpen() && !sidebar.contains(event.target) && !toggle.contains(event.target)) {
+          event.preventDefault();
+          event.stopPropagation();
+          setSidebarOpen(false);
+        }
+      }, true);
     }
     document.querySelectorAll(".delete-form").forEach((form) => {
       form.addEventListener("submit", (event) => {
@@ -536,6 +755,52 @@
           document.getElementById("chat-title").textContent = answer.title;
         }
       });
+    });
+  }
+
+  // The sidebar is a drawer only at phone width, where its toggle shows.
+  function drawerOpen() {
+    const sidebar = document.getElementById("sidebar");
+    const toggle = document.getElementById("sidebar-toggle");
+    return Boolean(sidebar && toggle && sidebar.classList.contains("open") && getComputedStyle(toggle).display !== "none");
+  }
+
+  function setSidebarOpen(open) {
+    const sidebar = document.getElementById("sidebar");
+    const toggle = document.getElementById("sidebar-toggle");
+    if (!sidebar || !toggle) return;
+    sidebar.classList.toggle("open", open);
+    toggle.setAttribute("aria-expanded", String(open));
+    if (open && getComputedStyle(toggle).display !== "none") sidebar.querySelector("button, a, input")?.focus();
+  }
+
+  // ---- Keyboard shortcuts on every page with the sidebar (the chat's own are above) --------
+  function setUpShortcuts() {
+    const help = document.getElementById("shortcuts");
+    const newChat = document.getElementById("new-chat-form");
+    if (!help) return;
+    const openHelp = () => { if (!help.open) help.showModal(); };
+    document.getElementById("shortcuts-open").addEventListener("click", openHelp);
+    document.getElementById("shortcuts-close").addEventListener("click", () => help.close());
+    const typing = (target) => target instanceof HTMLElement &&
+      (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName));
+    document.addEventListener("keydown", (event) => {
+      if (event.defaultPrevented || event.isComposing) return;
+      const mod = event.ctrlKey || event.metaKey;
+      if (mod && event.shiftKey && !event.altKey && event.code === "KeyO") {
+        event.preventDefault();
+        if (newChat) newChat.requestSubmit();
+      } else if (mod && !event.shiftKey && !event.altKey && (event.key === "/" || event.code === "Slash")) {
+        event.preventDefault();
+        if (help.open) help.close(); else openHelp();
+      } else if (event.key === "?" && !mod && !event.altKey && !typing(event.target) && !help.open) {
+        event.preventDefault();
+        openHelp();
+      } else if (event.key === "Escape" && !help.open && drawerOpen()) {
+        event.preventDefault();
+        setSidebarOpen(false);
+        document.getElementById("sidebar-toggle")?.focus();
+      }
     });
   }
 

@@ -174,6 +174,22 @@ def test_over_budget_the_page_says_when_it_resets_and_keeps_the_message(
     assert not Message.objects.filter(conversation=conversation).exists()
 
 
+def test_the_settings_panel_picks_the_model_and_shows_its_state(page: Page, django_user_model: Any) -> None:
+    owner = make_user(django_user_model, "chooser")
+    conversation = conversations.conversation_create(user=owner)
+    log_in(page, "chooser")
+    page.goto(f"/c/{conversation.pk}/")
+    page.click("#settings-toggle")
+    choice = page.locator("#model-choice option").first
+    expect(choice).to_have_text(re.compile(r"^\S+ \(ready\)$"))  # the one model, with its worker up
+    name = choice.get_attribute("value")
+    page.select_option("#model-choice", name)
+    page.click("text=Save settings")
+    expect(page.locator("#settings-status")).to_have_text("Saved.")
+    conversation.refresh_from_db()
+    assert conversation.model == name
+
+
 def test_stop_keeps_the_partial_reply_then_regenerate(page: Page, django_user_model: Any) -> None:
     owner = make_user(django_user_model, "stopper")
     conversation = conversations.conversation_create(user=owner)
@@ -283,7 +299,14 @@ def test_model_markdown_renders_but_never_runs_script_or_loads_remote_content(
     expect(reply.locator("strong")).to_have_text("bold")
     expect(reply.locator("pre code")).to_contain_text("print('hi')")
     expect(reply.locator("img, script")).to_have_count(0)
-    expect(reply.locator(".content [id], .content [class], .content [style]")).to_have_count(0)
+    expect(reply.locator(".content [id], .content [style]")).to_have_count(0)
+    # Classes inside a reply are only the page's own (highlighting, code blocks), never the model's.
+    classes = reply.locator(".content [class]").evaluate_all(
+        "elements => elements.flatMap(element => [...element.classList])"
+    )
+    assert classes and all(
+        re.fullmatch(r"hljs(-[\w-]+)?|[a-z]+_+|code-(block|head|lang)|copy-code", c) for c in classes
+    ), classes
     expect(page.locator("#composer")).to_have_count(1)  # still only the real one
     expect(page.locator(".bubble.user .content")).to_have_text(
         "<b>hi</b><script>window.__pwned='user'</script>"
@@ -312,7 +335,7 @@ def test_a_down_worker_is_explained_and_the_message_kept(
         client = redis.Redis.from_url(stack.redis_url)
         client.delete(*client.keys(f"{KEY_PREFIX}*"))
         send(page, "Is anyone there?")
-        expect(page.locator("#banner")).to_contain_text("No generation worker is running")
+        expect(page.locator("#banner")).to_contain_text("No generation worker serves the model")
         expect(last_reply(page)).to_have_attribute("data-status", "failed")
     finally:
         stack.resume_worker()
@@ -397,3 +420,163 @@ def test_the_api_docs_render_offline_under_the_content_security_policy(page: Pag
     expect(page.locator(".swagger-ui")).to_contain_text("/api/v1/conversations")
     assert remote_requests == []
     assert not [text for text in blocked if "script" in text], blocked
+
+
+def test_code_is_highlighted_with_a_copy_button_and_math_is_rendered(
+    page: Page, stack: Stack, django_user_model: Any
+) -> None:
+    owner = make_user(django_user_model, "mathematician")
+    conversation = conversations.conversation_create(user=owner, title="Reading")
+    code = "def add(a, b):\n    return a * b  # costs $5, not $x$\n\n\nprint(add(1, 2))"
+    reply = (
+        "Inline $a_1 * b_1 = c_*^2$ and \\(x_1 * y_1\\), at $5 and $10 a go.\n\n"
+        "$$\n\\sum_{i=1}^{n} i = \\frac{n(n+1)}{2}\n$$\n\n"
+        "\\[ E = mc^2 \\]\n\n"
+        f"```python\n{code}\n```\n\n"
+        "Shell: `echo $HOME$`"
+    )
+    # Rows written directly: services would publish events from this thread.
+    Message.objects.create(conversation=conversation, role="user", content="Show me")
+    Message.objects.create(conversation=conversation, role="assistant", status="done", content=reply)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.base_url)
+    remote_requests: list[str] = []
+    blocked: list[str] = []
+    page.on("request", lambda r: remote_requests.append(r.url) if "127.0.0.1" not in r.url else None)
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+    log_in(page, "mathematician")
+    page.goto(f"/c/{conversation.pk}/")
+    bubble = last_reply(page)
+
+    block = bubble.locator(".code-block")
+    expect(block).to_have_count(1)
+    expect(block.locator(".code-lang")).to_have_text("python")
+    expect(block.locator("code.hljs .hljs-keyword").first).to_have_text("def")
+    expect(block.locator(".hljs-comment")).to_have_text("# costs $5, not $x$")  # no math inside code
+    block.locator(".copy-code").click()
+    expect(block.locator(".copy-code")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == code
+
+    inline = bubble.locator(".math-inline math")
+    expect(inline).to_have_count(2)
+    display = bubble.locator(".math-display math[display=block]")
+    expect(display).to_have_count(2)
+    # The TeX reached KaTeX untouched by Markdown (no emphasis made of `*` or `_`).
+    expect(inline.first.locator("annotation")).to_have_text("a_1 * b_1 = c_*^2")
+    expect(display.first.locator("annotation")).to_have_text("\\sum_{i=1}^{n} i = \\frac{n(n+1)}{2}")
+    expect(bubble.locator(".content em, .content strong")).to_have_count(0)
+    expect(inline.first.locator("msub").first).to_be_visible()
+    shown = bubble.locator(".content").inner_text()
+    for source in ("$a_1", "\\(", "$$", "\\[", "\\sum", "\\frac"):
+        assert source not in shown, (source, shown)
+    assert "at $5 and $10 a go." in shown  # prices are not math
+    expect(bubble.locator(".content p code").last).to_have_text("echo $HOME$")
+    page.screenshot(path=str(ARTIFACTS / "reading-desktop.png"), full_page=True)
+    assert remote_requests == []
+    assert blocked == []
+
+
+def test_usage_line_shows_the_stored_tokens_speed_and_wait(page: Page, django_user_model: Any) -> None:
+    owner = make_user(django_user_model, "counter")
+    conversation = conversations.conversation_create(user=owner)
+    conversations.conversation_settings_update(
+        user=owner, conversation_id=conversation.pk, system_prompt="", params={"max_new_tokens": 12}
+    )
+    log_in(page, "counter")
+    page.goto(f"/c/{conversation.pk}/")
+    send(page, "Count for me")
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    row = Message.objects.get(conversation=conversation, role="assistant")
+    assert row.completion_tokens and row.prompt_tokens and row.first_token_at and row.finished_at
+    speed = row.completion_tokens / (row.finished_at - row.first_token_at).total_seconds()
+    wait = (row.first_token_at - min(t for t in (row.queued_at, row.started_at) if t)).total_seconds()
+    usage_line = re.compile(
+        rf"^{row.prompt_tokens} prompt \+ {row.completion_tokens} completion tokens · "
+        r"([\d.]+) tokens/s · ([\d.]+) s to first token$"
+    )
+    for source in ("the message.done event", "the snapshot after a reload"):
+        line = last_reply(page).locator(".usage")
+        expect(line).to_have_text(usage_line)
+        shown_speed, shown_wait = map(float, usage_line.match(line.inner_text()).groups())  # type: ignore[union-attr]
+        # Within the display's rounding (one decimal, two) plus the payload's (three).
+        assert abs(shown_speed - speed) <= 0.0506, (source, shown_speed, speed)
+        assert abs(shown_wait - wait) <= 0.0056, (source, shown_wait, wait)
+        page.reload()
+    expect(page.locator(".bubble.user .usage")).to_have_count(0)
+
+
+def test_keyboard_shortcuts_stop_edit_and_start_a_new_chat(page: Page, django_user_model: Any) -> None:
+    owner = make_user(django_user_model, "typist")
+    conversation = conversations.conversation_create(user=owner)
+    log_in(page, "typist")
+    page.goto(f"/c/{conversation.pk}/")
+    # Over this process's limit, within the stack's: set in the page, as test_stop_... does.
+    page.click("#settings-toggle")
+    page.fill("input[name=max_new_tokens]", "3900")
+    page.fill("input[name=temperature]", "0")  # greedy: runs until stopped
+    page.click("text=Save settings")
+    expect(page.locator("#settings-status")).to_have_text("Saved.")
+
+    send(page, "Write at length")
+    expect(last_reply(page)).to_have_attribute("data-status", "streaming")
+    expect(last_reply(page).locator(".content")).not_to_have_text("")
+    page.keyboard.press("Escape")
+    expect(last_reply(page)).to_have_attribute("data-status", "cancelled")
+    reply = Message.objects.get(conversation=conversation, role="assistant")
+    assert reply.status == Message.Status.CANCELLED and reply.completion_tokens < 3900
+
+    # Up arrow in the empty box edits the last message; Esc leaves the edit.
+    page.focus("#input")
+    page.keyboard.press("ArrowUp")
+    edit = page.locator(".bubble.user .edit-box textarea")
+    expect(edit).to_be_focused()
+    expect(edit).to_have_value("Write at length")
+    page.keyboard.press("Escape")
+    expect(edit).to_have_count(0)
+    expect(page.locator(".bubble.user .content")).to_have_text("Write at length")
+    page.fill("#input", "not empty")
+    page.keyboard.press("ArrowUp")
+    expect(page.locator(".edit-box")).to_have_count(0)  # only from an empty box
+    page.fill("#input", "")
+
+    # The shortcuts are listed in a dialog.
+    page.keyboard.press("Control+/")
+    help_dialog = page.get_by_role("dialog", name="Keyboard shortcuts")
+    expect(help_dialog).to_be_visible()
+    expect(help_dialog).to_contain_text("New chat")
+    page.keyboard.press("Escape")
+    expect(help_dialog).to_be_hidden()
+    page.get_by_role("button", name="Keyboard shortcuts").click()
+    expect(help_dialog).to_be_visible()
+    help_dialog.get_by_role("button", name="Close").click()
+    expect(help_dialog).to_be_hidden()
+
+    page.keyboard.press("Control+Shift+O")
+    expect(page).not_to_have_url(re.compile(rf"/c/{conversation.pk}/$"))
+    expect(page).to_have_url(re.compile(r"/c/\d+/$"))
+    assert Conversation.objects.filter(owner=owner).count() == 2
+    expect(page.locator("#input")).to_be_focused()
+
+
+def test_the_sidebar_opens_at_phone_width_on_the_home_page(page: Page, django_user_model: Any) -> None:
+    owner = make_user(django_user_model, "pocket")
+    conversations.conversation_create(user=owner, title="On the go")
+    log_in(page, "pocket")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto("/")
+    sidebar = page.locator("#sidebar")
+    expect(sidebar).not_to_be_in_viewport()
+    toggle = page.get_by_role("button", name="Show conversations")
+    expect(toggle).to_be_visible()
+    toggle.click()
+    expect(sidebar).to_be_in_viewport()
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    expect(sidebar.get_by_text("On the go")).to_be_visible()
+    page.wait_for_timeout(300)  # the drawer's slide-in
+    page.screenshot(path=str(ARTIFACTS / "home-phone-sidebar.png"))
+    page.keyboard.press("Escape")
+    expect(sidebar).not_to_be_in_viewport()
+    toggle.click()
+    expect(sidebar).to_be_in_viewport()
+    page.mouse.click(370, 600)  # beside the drawer
+    expect(sidebar).not_to_be_in_viewport()
+    expect(toggle).to_have_attribute("aria-expanded", "false")
