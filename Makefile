@@ -23,11 +23,10 @@ run: install  ## web + worker + embedded Redis at http://127.0.0.1:$(PORT or 800
 
 # Beside `make run` in this checkout it finds the embedded Redis through var/redis.url;
 # elsewhere point REDIS_URL and DATABASE_URL at the shared ones.
-worker: install  ## one more generation worker
+worker: install  ## one more generation worker, for MODEL=<name> (default: the default model)
 	url=$${REDIS_URL:-$$(cat $${SANJAI_DATA_DIR:-var}/redis.url 2>/dev/null)}; \
 	if [ -n "$$url" ]; then export REDIS_URL=$$url; fi; \
-	$(PY) -m celery -A sanjai_site worker --pool threads --queues generation \
-		--without-gossip --without-mingle --loglevel INFO --hostname generation@%h
+	$(PY) -m sanjai_site.launcher worker $(MODEL)
 
 # pytest exits 5 when a selection holds no test: that is not a failure. The
 # browser tests run in a second pytest process: Playwright's sync API keeps an
@@ -69,8 +68,9 @@ format: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-bench: install  ## the engine against raw generate() and the hardware limit (a few minutes); BENCH_ARGS="--skip-stack"
+bench: install  ## the engine against raw generate() and the hardware limit, then cache affinity (several minutes); BENCH_ARGS="--skip-stack"
 	$(PY) -m bench.engine_bench $(BENCH_ARGS)
+	$(PY) -m bench.affinity_bench
 
 drill: install  ## load and faults against the real stack from a fresh start (a few minutes); DRILL_ARGS="--users 50"
 	$(PY) -m bench.drill $(DRILL_ARGS)

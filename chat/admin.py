@@ -37,7 +37,7 @@ class ReadOnlyAdminMixin:
 
 class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Message
-    fields = ("created", "role", "status", "content", "error", "completion_tokens")
+    fields = ("created", "role", "status", "model", "content", "error", "completion_tokens")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -49,14 +49,14 @@ class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 @admin.register(Conversation)
 class ConversationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("display_title", "owner", "created", "updated", "message_count")
+    list_display = ("display_title", "owner", "model", "created", "updated", "message_count")
     list_select_related = ("owner",)
     # messages__content joins every message; the changelist de-duplicates
     # rows itself (an EXISTS subquery), so the count annotation stays right.
     search_fields = ("owner__username", "title", "messages__content")
-    list_filter = ("messages__status", "created")
+    list_filter = ("model", "messages__status", "created")
     date_hierarchy = "created"
-    readonly_fields = ("owner", "title", "system_prompt", "created", "updated")
+    readonly_fields = ("owner", "title", "model", "system_prompt", "created", "updated")
     inlines = [MessageInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
@@ -73,9 +73,9 @@ class ConversationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "conversation", "role", "status", "created", "preview")
+    list_display = ("id", "conversation", "role", "status", "model", "created", "preview")
     list_select_related = ("conversation",)
-    list_filter = ("status", "role", "created")
+    list_filter = ("status", "role", "model", "created")
     search_fields = ("content",)
     date_hierarchy = "created"
 

@@ -39,7 +39,7 @@ api = NinjaAPI(
 )
 
 # The prototypes' fields, plus the ones every other surface takes.
-FIELDS = ("message", "conversation_id", *PARAM_FIELDS)
+FIELDS = ("message", "conversation_id", "model", *PARAM_FIELDS)
 
 
 def _error(status: int, message: str, *, retry_after_s: int | None = None, **extra: Any) -> JsonResponse:
@@ -90,10 +90,13 @@ def _parse_chat(payload: dict[str, Any]) -> Submission:
         isinstance(conversation_id, bool) or not isinstance(conversation_id, int) or conversation_id < 1
     ):
         raise HttpError(400, "conversation_id: must be a positive whole number or null.")
+    model = payload.get("model") or ""
+    if not isinstance(model, str):
+        raise HttpError(400, "model: must be the name of a model (GET /v1/models) or null.")
     unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
         raise HttpError(400, f"Unknown field(s): {', '.join(unknown)}. Allowed: {', '.join(FIELDS)}.")
-    return Submission(content=message, conversation_id=conversation_id, params=payload)
+    return Submission(content=message, conversation_id=conversation_id, params=payload, model=model)
 
 
 @api.post("/chat")

@@ -13,6 +13,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from chat import delivery, selectors
 from chat.auth import UNEXPECTED
@@ -101,6 +102,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
                 "title": conversation.title,
                 "system_prompt": conversation.system_prompt,
                 "params": chat_params(params_for(conversation=conversation)),
+                "model": conversation.model or settings.MODEL_REGISTRY.default,
             },
             "messages": [
                 selectors.message_payload(m)

@@ -68,6 +68,11 @@ FAILURES: dict[str, tuple[int, str]] = {
     "worker_lost": (503, "worker_lost"),
     "queue_timeout": (503, "queue_timeout"),
     "timeout": (504, "generation_timeout"),
+    # A remote model's upstream (inference/remote.py):
+    "upstream_auth": (502, "upstream_auth"),  # it refused the key
+    "upstream_error": (502, "upstream_error"),  # it refused the request
+    "upstream_unavailable": (503, "upstream_unavailable"),  # down, failing or busy after the retries
+    "upstream_timeout": (504, "upstream_timeout"),
 }
 
 
@@ -106,6 +111,8 @@ def problem(exc: Exception, submission: Submission) -> Problem | None:
         return Problem(400, "invalid_request", str(exc), field=exc.field)
     if isinstance(exc, NothingToRegenerate):
         return Problem(400, "invalid_request", str(exc))
+    if isinstance(exc, limits.ModelNotDeclared):
+        return Problem(404, exc.code, str(exc), field="model")
     if isinstance(exc, Conversation.DoesNotExist):
         return Problem(404, "not_found", f"Conversation {submission.conversation_id} not found.")
     if isinstance(exc, limits.ConversationBusy):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
@@ -21,6 +23,9 @@ from chat.services.replies import reply_event, reply_fail
 from chat.services.usage import usage_record
 from inference.params import GenerationParams
 from inference.types import Backend, Completion, GenerationError, GenerationRequest
+
+if TYPE_CHECKING:  # it imports the openai client: the web process need not
+    from inference.remote import RemoteBackend
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +95,7 @@ def reply_generate(
     A second delivery of the same job, or a job whose reply was cancelled,
     failed or deleted meanwhile, finds no row to claim and returns quietly.
     """
-    claimed = Message.objects.filter(
-        pk=reply_id, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
-    ).update(
-        status=Message.Status.STREAMING, worker=worker, model=backend.model_name, started_at=timezone.now()
-    )
-    if claimed != 1:
-        logger.info("reply %s already claimed, finished or deleted; skipping", reply_id)
+    if not _claim(reply_id, worker, backend.model_name):
         return
     try:
         _generate(reply_id, backend, time_limit_s)
@@ -110,6 +109,50 @@ def reply_generate(
             reply_id=reply_id, code="internal", error="The worker hit an internal error while generating."
         )
         raise
+
+
+def _claim(reply_id: int, worker: str, model: str) -> bool:
+    claimed = Message.objects.filter(
+        pk=reply_id, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
+    ).update(status=Message.Status.STREAMING, worker=worker, model=model, started_at=timezone.now())
+    if claimed != 1:
+        logger.info("reply %s already claimed, finished or deleted; skipping", reply_id)
+    return claimed == 1
+
+
+async def reply_generate_remote(
+    *, reply_id: int, backend: RemoteBackend, worker: str, time_limit_s: float | None = None
+) -> None:
+    """`reply_generate` for a remote model, as a coroutine on the remote worker's loop.
+
+    It holds no thread while it waits for the upstream; its database writes
+    and events go through sync_to_async, one at a time.
+    """
+    if not await sync_to_async(_claim)(reply_id, worker, backend.model_name):
+        return
+    try:
+        reply = await Message.objects.select_related("conversation").aget(pk=reply_id)
+        await sync_to_async(send_event)(
+            reply.conversation_id, {"type": "message.started", "message_id": reply_id}
+        )
+        progress = _Progress(reply_id, DeltaCoalescer(reply.conversation_id, reply_id))
+        request = GenerationRequest(
+            turns=await sync_to_async(selectors.reply_turns)(reply=reply),
+            params=GenerationParams.from_dict(reply.params),
+            time_limit_s=time_limit_s,
+        )
+        completion = await backend.generate(
+            request, on_text=sync_to_async(progress), should_stop=sync_to_async(_CancelWatch(reply_id))
+        )
+        await sync_to_async(progress.publish.flush)()
+        await sync_to_async(_reply_finish)(reply, completion, progress.first_token_at, time_limit_s)
+    except GenerationError as exc:
+        await sync_to_async(reply_fail)(reply_id=reply_id, code=exc.code, error=str(exc))
+    except Exception:
+        logger.exception("generation failed for reply %s", reply_id)
+        await sync_to_async(reply_fail)(
+            reply_id=reply_id, code="internal", error="The worker hit an internal error while generating."
+        )
 
 
 def _generate(reply_id: int, backend: Backend, time_limit_s: float | None) -> None:

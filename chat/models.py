@@ -17,6 +17,8 @@ class Conversation(models.Model):
     # Generation parameters chosen for this conversation; unset ones come from
     # the owner's profile, then from the settings.
     params = models.JSONField(default=dict, blank=True)
+    # The declared model (settings.MODEL_REGISTRY) its replies come from; empty: the default one.
+    model = models.CharField(max_length=100, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 

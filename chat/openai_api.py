@@ -176,6 +176,7 @@ class CompletionRequest:
             content=question.content,
             params=self.params,
             new_conversation=NewConversation(system_prompt=self.system_prompt, history=tuple(history)),
+            model=self.model,
         )
 
 
@@ -347,11 +348,20 @@ def parse_completion(payload: Mapping[str, Any]) -> CompletionRequest:
 
 
 def _served_models() -> list[selectors.ServedModel]:
-    return selectors.model_list(redis_url=settings.REDIS_URL, model_path=settings.MODEL_PATH)
+    return selectors.model_list(registry=settings.MODEL_REGISTRY, redis_url=settings.REDIS_URL)
 
 
 def _model_object(model: selectors.ServedModel) -> dict[str, Any]:
-    return {"id": model.name, "object": "model", "created": int(model.since), "owned_by": "sanjai"}
+    """OpenAI's model object, with SanjAI's live state beside it (clients ignore fields they don't know)."""
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": int(model.since),
+        "owned_by": "sanjai",
+        "kind": model.kind,
+        "state": model.state,  # ready, loading or no_worker
+        "workers": model.workers,
+    }
 
 
 @api.get("/models")
@@ -363,7 +373,7 @@ def _model_not_found(name: str, served: list[selectors.ServedModel]) -> ApiError
     names = ", ".join(model.name for model in served)
     return ApiError(
         404,
-        f"The model {name!r} does not exist here. This server serves: {names} (see GET /v1/models).",
+        f"model: {name!r} does not exist here; the models are {names} (GET /v1/models).",
         param="model",
         code="model_not_found",
     )
@@ -503,9 +513,6 @@ def _sse(data: dict[str, Any]) -> str:
 @api.post("/chat/completions")
 async def chat_completions(request: HttpRequest, payload: dict[str, Any] = Body(...)) -> HttpResponseBase:
     parsed = parse_completion(payload)
-    served = await sync_to_async(_served_models)()
-    if parsed.model not in {model.name for model in served}:
-        raise _model_not_found(parsed.model, served)
     user = auth_user(request)
     try:
         posted = await delivery.submit(user=user, submission=parsed.submission())

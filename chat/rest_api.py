@@ -86,12 +86,14 @@ class ConversationOut(Schema):
     id: int
     title: str
     system_prompt: str
+    model: str = Field(description="The model its replies come from")
     created: datetime
     updated: datetime
 
 
 class ConversationIn(Schema):
     title: str = Field("", max_length=TITLE_CHARS)
+    model: str = Field("", max_length=100, description="A model from GET /v1/models; left out: the default")
     system_prompt: str | None = Field(
         None,
         description="Left out: the default system prompt from your profile. "
@@ -101,6 +103,7 @@ class ConversationIn(Schema):
 
 class ConversationPatch(Schema):
     title: str | None = Field(None, max_length=TITLE_CHARS)
+    model: str | None = Field(None, max_length=100, description="A model from GET /v1/models")
     system_prompt: str | None = Field(
         None, description=f"At most {settings.CHAT_MAX_MESSAGE_CHARS} characters"
     )
@@ -140,6 +143,9 @@ class MessageIn(ParamsIn):
     content: str = Field(
         ...,
         description=f"Not blank; at most {settings.CHAT_MAX_MESSAGE_CHARS} characters",
+    )
+    model: str = Field(
+        "", max_length=100, description="Answer with this model from now on; left out: the conversation's"
     )
 
 
@@ -205,6 +211,11 @@ def _invalid_input(request: HttpRequest, exc: limits.InvalidInput) -> JsonRespon
     return _error(400, str(exc))
 
 
+@api.exception_handler(limits.ModelNotDeclared)
+def _no_such_model(request: HttpRequest, exc: limits.ModelNotDeclared) -> JsonResponse:
+    return _error(404, str(exc))
+
+
 def _field_problem(field: str, value: Any) -> str | None:
     """The wording every surface uses for a bad message or parameter."""
     if field in PARAM_FIELDS:
@@ -267,11 +278,14 @@ def conversation_list(request: HttpRequest, query: Query[ConversationQuery]) -> 
     return _page(conversations, query)
 
 
-@api.post("/conversations", response={201: ConversationOut, **ERRORS}, tags=["conversations"])
+@api.post("/conversations", response={201: ConversationOut, **WITH_404}, tags=["conversations"])
 def conversation_create(request: HttpRequest, payload: ConversationIn) -> Status[Conversation]:
     """Start a conversation; it becomes the one `POST /chat` continues."""
     conversation = conversations.conversation_create(
-        user=auth_user(request), title=" ".join(payload.title.split()), system_prompt=payload.system_prompt
+        user=auth_user(request),
+        title=" ".join(payload.title.split()),
+        system_prompt=payload.system_prompt,
+        model=payload.model,
     )
     return Status(201, conversation)
 
@@ -299,6 +313,7 @@ def conversation_update(
             conversation_id=conversation_id,
             title=payload.title,
             system_prompt=payload.system_prompt,
+            model=payload.model,
         )
     except Conversation.DoesNotExist:
         raise _not_found("Conversation", conversation_id) from None
@@ -351,7 +366,8 @@ def message_post(
     submission = Submission(
         content=payload.content,
         conversation_id=conversation_id,
-        params=payload.dict(exclude={"content"}),
+        params=payload.dict(exclude={"content", "model"}),
+        model=payload.model,
     )
     posted = delivery.submit_sync(user=auth_user(request), submission=submission)
     posted.reply.refresh_from_db()

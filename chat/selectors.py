@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -12,6 +11,7 @@ from django.db.models import Q, QuerySet
 
 from chat.models import ApiKey, Conversation, Message
 from inference import presence
+from inference.registry import Registry
 from inference.types import Turn
 
 
@@ -52,6 +52,25 @@ def message_usage(message: Message) -> dict[str, int]:
     }
 
 
+def message_timing(message: Message) -> dict[str, float | None]:
+    """A reply's speed and wait, from its stored timestamps (None where not known).
+
+    Speed is completion tokens per second from the first token to the finish;
+    the wait runs from when the reply was queued (or claimed, if that came
+    first) to its first token.
+    """
+    tokens_per_second = None
+    if message.first_token_at and message.finished_at and message.completion_tokens:
+        seconds = (message.finished_at - message.first_token_at).total_seconds()
+        if seconds > 0:
+            tokens_per_second = round(message.completion_tokens / seconds, 3)
+    waiting_since = min((t for t in (message.queued_at, message.started_at) if t), default=None)
+    first_token_s = None
+    if waiting_since and message.first_token_at:
+        first_token_s = round(max(0.0, (message.first_token_at - waiting_since).total_seconds()), 3)
+    return {"tokens_per_second": tokens_per_second, "time_to_first_token_s": first_token_s}
+
+
 def message_payload(message: Message) -> dict[str, Any]:
     """A message as the chat page and the websocket see it."""
     return {
@@ -63,6 +82,7 @@ def message_payload(message: Message) -> dict[str, Any]:
         "error": message.error,
         "code": message.error_code,
         "usage": message_usage(message),
+        "timing": message_timing(message),
         "created": message.created.isoformat(),
     }
 
@@ -115,22 +135,10 @@ def reply_unfinished_count(*, user: User) -> int:
 # --- Models ------------------------------------------------------------------------
 
 
-# The name the worker gives the packaged model (inference.loading.DEFAULT_MODEL_NAME,
-# repeated here because that module imports torch and the web process must not).
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-
-
-def model_configured_name(*, model_path: str) -> str:
-    """The name a worker started with MODEL_PATH=`model_path` reports, computed without loading it."""
-    if not model_path:
-        return DEFAULT_MODEL_NAME
-    path = Path(model_path).expanduser()
-    return path.stem if path.suffix == ".gguf" else path.resolve().name
-
-
 @dataclass(frozen=True)
 class ServedModel:
     name: str
+    kind: str  # local or remote
     since: float  # when the oldest worker serving it started; 0 if none is up
     workers: int  # live workers, ready or loading
     ready: int = 0  # of which ready to take jobs
@@ -145,32 +153,29 @@ class ServedModel:
         return "loading" if self.workers else "no_worker"
 
 
-def model_list(*, redis_url: str, model_path: str) -> list[ServedModel]:
-    """The models live workers serve or are loading; the configured one if no worker is up.
+def model_list(*, registry: Registry, redis_url: str) -> list[ServedModel]:
+    """Every declared model with its live state, from the workers' heartbeats.
 
-    Listing the configured model while no worker runs lets clients discover
-    the name before the first worker is up (a completion then answers 503).
+    Redis being down reads as no worker anywhere: the models are still
+    listed, so clients can discover their names (a completion then answers 503).
     """
     try:
         workers = presence.live_workers(redis_url)
     except redis.RedisError:
         workers = []
-    by_name: dict[str, list[presence.WorkerInfo]] = {}
-    for worker in workers:
-        by_name.setdefault(worker.model, []).append(worker)
-    if not by_name:
-        return [ServedModel(name=model_configured_name(model_path=model_path), since=0, workers=0)]
     served = []
-    for name, group in sorted(by_name.items()):
-        furthest = max(group, key=lambda worker: worker.progress)
+    for model in registry.models:
+        group = [worker for worker in workers if worker.model == model.name]
+        furthest = max(group, key=lambda worker: worker.progress, default=None)
         served.append(
             ServedModel(
-                name=name,
-                since=min(worker.since for worker in group),
+                name=model.name,
+                kind=model.kind,
+                since=min((worker.since for worker in group), default=0),
                 workers=len(group),
                 ready=sum(worker.ready for worker in group),
-                progress=furthest.progress,
-                stage=furthest.stage,
+                progress=furthest.progress if furthest else 0,
+                stage=furthest.stage if furthest else "",
             )
         )
     return served

@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from chat.generation import reply_generate
+from chat.generation import reply_generate, reply_generate_remote
 
 
 @shared_task(
@@ -22,6 +22,19 @@ from chat.generation import reply_generate
 def generate_reply(message_id: int) -> None:
     from inference import worker
 
+    remote = worker.remote()
+    if remote is not None:
+        # Handed to the worker's event loop, and acknowledged: the reply is the
+        # worker's once claimed, and the sweeper ends it if the worker dies.
+        remote.run(
+            reply_generate_remote(
+                reply_id=message_id,
+                backend=remote.backend,
+                worker=worker.worker_id(),
+                time_limit_s=settings.GENERATION_TIME_LIMIT_S,
+            )
+        )
+        return
     reply_generate(
         reply_id=message_id,
         backend=worker.backend(),

@@ -20,7 +20,7 @@ from chat.forms import ApiKeyForm, DefaultParamsForm, ProfileForm
 from chat.models import ApiKey, Conversation
 from chat.params import CHAT_PARAM_FIELDS, FORM_FIELDS
 from chat.services import accounts, conversations, profiles
-from chat.services.limits import InvalidInput
+from chat.services.limits import InvalidInput, ModelNotDeclared
 from chat.services.replies import params_for
 from inference.params import InvalidParameter
 
@@ -40,6 +40,9 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
         "params": params_for(conversation=conversation) if conversation else None,
         "fields": FORM_FIELDS,  # the settings panel's ranges, from the one parameter schema
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+        # The settings panel's model choice; the conversation's own, or the default.
+        "models": settings.MODEL_REGISTRY.names,
+        "model": (conversation.model if conversation else "") or settings.MODEL_REGISTRY.default,
     }
     return render(request, "chat/chat.html", context)
 
@@ -56,7 +59,7 @@ def _own_conversation(request: AuthenticatedHttpRequest, conversation_id: int) -
 @login_required
 def model_status(request: AuthenticatedHttpRequest) -> JsonResponse:
     """The models and their state (ready, loading with a percentage, no worker), for the page."""
-    models = selectors.model_list(redis_url=settings.REDIS_URL, model_path=settings.MODEL_PATH)
+    models = selectors.model_list(registry=settings.MODEL_REGISTRY, redis_url=settings.REDIS_URL)
     return JsonResponse(
         {
             "models": [
@@ -121,10 +124,19 @@ def conversation_settings(request: AuthenticatedHttpRequest, conversation_id: in
             conversation_id=conversation_id,
             system_prompt=str(body.get("system_prompt", "")),
             params={field: body.get(field) for field in CHAT_PARAM_FIELDS},
+            model=str(body["model"]) if body.get("model") is not None else None,
         )
     except (InvalidParameter, InvalidInput) as exc:
         return JsonResponse({"error": str(exc), "field": exc.field}, status=400)
-    return JsonResponse({"system_prompt": conversation.system_prompt, "params": conversation.params})
+    except ModelNotDeclared as exc:
+        return JsonResponse({"error": str(exc), "field": "model"}, status=400)
+    return JsonResponse(
+        {
+            "system_prompt": conversation.system_prompt,
+            "params": conversation.params,
+            "model": conversation.model,
+        }
+    )
 
 
 @login_required

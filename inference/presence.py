@@ -29,6 +29,10 @@ class WorkerInfo:
     state: str = "ready"
     progress: int = 100
     stage: str = ""
+    # The queue only this worker takes jobs from: a conversation's next turn is
+    # sent there while this worker holds its KV cache ("" for none).
+    queue: str = ""
+    capacity: int = 1  # replies it generates at once
 
     @property
     def ready(self) -> bool:

@@ -8,30 +8,33 @@ tell when none is up and the sweeper can tell whose replies lost their worker.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from inference import metrics
 from inference.presence import Heartbeat, WorkerInfo
 from inference.types import Backend, Completion, GenerationRequest
 
-if TYPE_CHECKING:  # these import torch: the web process must not
+if TYPE_CHECKING:  # these import torch (or the openai client): the web process must not
     from inference.engine import EngineConfig
     from inference.loading import Progress
+    from inference.remote import RemoteBackend, RemoteConfig
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
+    name: str  # the model's name in the registry: what the worker announces and replies record
     model_path: str  # a model folder or a .gguf file; empty: the packaged default
     device: str  # auto | cuda | mps | cpu
     cache_dir: Path
@@ -79,6 +82,7 @@ def load_backend(config: WorkerConfig, on_progress: Progress = _quiet) -> Backen
         # The engine's fp16 weights, loaded as such: no fp32 originals beside them.
         half_weights=config.engine is not None and config.engine.weights != "fp32",
     )
+    loaded = replace(loaded, name=config.name)
     if config.engine is not None:
         on_progress("starting the engine", 90)
         try:
@@ -111,21 +115,23 @@ def start(
     redis_url: str,
     heartbeat_ttl_s: int,
     metrics_interval_s: float = 5.0,
+    queue: str = "",
 ) -> None:
     """Announce the worker, load the model with its progress visible, then take jobs.
+
+    `queue`: the worker's own queue, announced so that a conversation's next
+    turn can be sent to the worker that holds its prefix cache.
 
     The heartbeat says "loading" (with a stage and a percentage) from the
     start, so the web can tell people the model is on its way rather than
     that no worker runs; it says "ready" once the model is loaded.
     """
     global _backend, _heartbeat, _publisher, _worker_id
-    from inference.loading import source_from_path
-
     name = hostname or socket.gethostname()
     # Unique per process start: a worker restarted under the same name must
     # not vouch for replies its previous run left half-written.
     _worker_id = f"{name}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-    model = source_from_path(config.model_path).name
+    model = config.name
     info = WorkerInfo(
         id=_worker_id,
         name=name,
@@ -134,6 +140,8 @@ def start(
         since=time.time(),
         state="loading",
         progress=0,
+        queue=queue,
+        capacity=config.engine.max_batch if config.engine is not None else 1,
     )
     _heartbeat = Heartbeat(redis_url, info, ttl_s=heartbeat_ttl_s)
     _heartbeat.start()
@@ -150,14 +158,76 @@ def start(
         state="ready",
         progress=100,
         stage="",
-        model=_backend.model_name,
         device=str(getattr(loaded, "device", "")),
     )
     _publisher = metrics.start_publisher(redis_url, _worker_id, _backend.model_name, metrics_interval_s)
     logger.info("worker %s ready with %s", _worker_id, _backend.model_name)
 
 
+class _RemoteRuntime:
+    """A remote model's replies: coroutines on one event loop in a thread of its own."""
+
+    def __init__(self, backend: RemoteBackend) -> None:
+        self.backend = backend
+        self.loop = asyncio.new_event_loop()
+        self.slots = asyncio.Semaphore(backend.config.max_concurrent)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="sanjai-remote", daemon=True)
+        self.thread.start()
+
+    def run(self, reply: Coroutine[Any, Any, None]) -> None:
+        async def in_turn() -> None:
+            async with self.slots:
+                await reply
+
+        asyncio.run_coroutine_threadsafe(in_turn(), self.loop)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()  # replies in flight: the sweeper fails them once this heartbeat is gone
+            await self.backend.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+_remote: _RemoteRuntime | None = None
+
+
+def start_remote(config: RemoteConfig, *, hostname: str | None, redis_url: str, heartbeat_ttl_s: int) -> None:
+    """Announce a worker for a remote model; its replies stream on an event loop.
+
+    Raises RuntimeError when the key's environment variable is declared but unset.
+    """
+    global _heartbeat, _remote, _worker_id
+    from inference.remote import RemoteBackend
+
+    api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+    if config.api_key_env and not api_key:
+        variable = config.api_key_env
+        raise RuntimeError(f"the model {config.name} needs its key in ${variable}, which is not set")
+    name = hostname or socket.gethostname()
+    _worker_id = f"{name}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+    _remote = _RemoteRuntime(RemoteBackend(config, api_key=api_key or None))
+    info = WorkerInfo(
+        id=_worker_id, name=name, model=config.name, device=f"remote: {config.base_url}", since=time.time()
+    )
+    _heartbeat = Heartbeat(redis_url, info, ttl_s=heartbeat_ttl_s)
+    _heartbeat.start()
+    logger.info("worker %s ready for %s at %s", _worker_id, config.name, config.base_url)
+
+
+def remote() -> _RemoteRuntime | None:
+    """The remote model this worker streams from, if it serves one."""
+    return _remote
+
+
 def stop() -> None:
+    global _remote
+    if _remote is not None:
+        _remote.stop()
+        _remote = None
     if _publisher is not None:
         _publisher.stop()
     if _heartbeat is not None:

@@ -31,7 +31,6 @@ from django.views.decorators.http import require_safe
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from chat.selectors import model_configured_name
 from inference import presence
 
 logger = logging.getLogger(__name__)
@@ -60,8 +59,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def declared_models() -> list[str]:
-    """The models this deployment serves: today one, the configured MODEL_PATH's."""
-    return [model_configured_name(model_path=settings.MODEL_PATH)]
+    """The models this deployment serves (settings.MODEL_REGISTRY)."""
+    return list(settings.MODEL_REGISTRY.names)
 
 
 def _check_database() -> Check:

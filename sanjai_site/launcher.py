@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from inference.registry import Registry, queue_for
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 FIRST_DELAY_S = 1.0
@@ -58,14 +60,35 @@ def describe(returncode: int) -> str:
         return f"killed by signal {-returncode}"
 
 
-def worker_command(hostname: str) -> list[str]:
-    """A generation worker; its job threads come from settings (WORKER_CONCURRENCY)."""
+def worker_command(hostname: str, model: str) -> list[str]:
+    """A generation worker for one model: it takes that model's queue only. Start it
+    with WORKER_MODEL=`model` in its environment; its job threads come from settings
+    (WORKER_CONCURRENCY)."""
     return [
         PYTHON, "-m", "celery", "-A", "sanjai_site", "worker",
-        "--pool", "threads", "--queues", "generation",
+        "--pool", "threads", "--queues", queue_for(model),
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",
         "--hostname", hostname,
     ]  # fmt: skip
+
+
+def registry() -> Registry:
+    """The declared models, as the settings read them (MODELS_FILE or MODEL_PATH)."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sanjai_site.settings")
+    from django.conf import settings
+
+    registry: Registry = settings.MODEL_REGISTRY
+    return registry
+
+
+def run_worker(model: str | None) -> int:
+    """`make worker [MODEL=<name>]`: one worker for a declared model, in this process."""
+    declared = registry()
+    name = model or declared.default
+    if declared.get(name) is None:
+        raise SystemExit(f"{name!r} is not a declared model; declared: {', '.join(declared.names)}")
+    os.environ["WORKER_MODEL"] = name
+    os.execv(PYTHON, worker_command(f"{name}@%h", name))
 
 
 # How long the web server lets open requests finish after SIGTERM before it
@@ -272,10 +295,15 @@ def main() -> int:
         setup(env, stop)
         if stop.is_set():
             return 0
-        children.append(Command("worker", worker_command("generation@%h"), env))
+        declared = registry().models
+        for model in declared:  # one worker per declared model, local or remote
+            name = "worker" if len(declared) == 1 else f"worker {model.name}"
+            model_env = {**env, "WORKER_MODEL": model.name}
+            children.append(Command(name, worker_command(f"{model.name}@%h", model.name), model_env))
         children.append(Command("web", web_command(host, port), env))
-        for child in children[-2:]:
-            child.start()
+        for child in children:
+            if child is not redis:
+                child.start()
         shown = url_file.relative_to(ROOT) if url_file.is_relative_to(ROOT) else url_file
         say(
             f"\nSanjAI is starting at http://{host}:{port}/ (the worker loads the model first).\n"
@@ -295,4 +323,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["worker"]:
+        sys.exit(run_worker(sys.argv[2] if len(sys.argv) > 2 else None))
     sys.exit(main())

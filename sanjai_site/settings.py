@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from inference import registry as model_registry
 from sanjai_site.env import ConfigError, envbool, envchoice, envfloat, envint, envlist, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -286,6 +287,27 @@ DEVICE = envstr("DEVICE", "auto")  # auto | cuda | mps | cpu
 MODEL_CACHE_DIR = Path(envstr("MODEL_CACHE_DIR", str(DATA_DIR / "models")))
 # 0 = the model's own context window (config.max_position_embeddings).
 MODEL_CONTEXT_TOKENS = envint("MODEL_CONTEXT_TOKENS", 0, minimum=0)
+# Several models, local and remote: a TOML file declaring them (format in
+# inference/registry.py and the README). Without it, the one model above.
+MODELS_FILE = envstr("MODELS_FILE", "")
+if MODELS_FILE and envstr("MODEL_PATH", ""):
+    raise ConfigError(
+        "Set MODEL_PATH or MODELS_FILE, not both: with a models file, each model names its own path"
+    )
+try:
+    MODEL_REGISTRY = (
+        model_registry.load(Path(MODELS_FILE))
+        if MODELS_FILE
+        else model_registry.single(MODEL_PATH, DEVICE, MODEL_CONTEXT_TOKENS)
+    )
+except model_registry.RegistryError as exc:
+    raise ConfigError(str(exc)) from None
+# The model a generation worker serves (`make worker MODEL=<name>`); empty: the default one.
+WORKER_MODEL = envstr("WORKER_MODEL", "")
+if WORKER_MODEL and MODEL_REGISTRY.get(WORKER_MODEL) is None:
+    raise ConfigError(
+        f"WORKER_MODEL={WORKER_MODEL!r} is not a declared model; declared: {', '.join(MODEL_REGISTRY.names)}"
+    )
 
 GENERATION_DEFAULT_MAX_NEW_TOKENS = envint("GENERATION_DEFAULT_MAX_NEW_TOKENS", 200, minimum=1)
 GENERATION_MAX_NEW_TOKENS = envint("GENERATION_MAX_NEW_TOKENS", 1024, minimum=1)
@@ -299,6 +321,16 @@ IMPORT_MAX_BYTES = envint("IMPORT_MAX_BYTES", 20_000_000, minimum=1)
 CHAT_REPLY_TIMEOUT_S = envfloat("CHAT_REPLY_TIMEOUT_S", GENERATION_TIME_LIMIT_S + 30)
 # A worker counts as alive while its heartbeat is younger than this.
 WORKER_HEARTBEAT_TTL_S = envint("WORKER_HEARTBEAT_TTL_S", 15, minimum=2)
+
+# --- Remote models (inference/remote.py) ------------------------------------------
+# A worker for a remote model streams up to REMOTE_MAX_CONCURRENT replies at
+# once from its OpenAI-compatible upstream. Before the first token, passing
+# trouble (429, 5xx, no connection, a timeout) is retried REMOTE_RETRIES times
+# with doubling backoff; after it, never.
+REMOTE_CONNECT_TIMEOUT_S = envfloat("REMOTE_CONNECT_TIMEOUT_S", 10.0)
+REMOTE_READ_TIMEOUT_S = envfloat("REMOTE_READ_TIMEOUT_S", 60.0)
+REMOTE_RETRIES = envint("REMOTE_RETRIES", 3, minimum=0)
+REMOTE_MAX_CONCURRENT = envint("REMOTE_MAX_CONCURRENT", 64, minimum=1)
 
 # --- The generation engine (inference/engine.py) -------------------------------
 # One model copy per worker serves up to ENGINE_MAX_BATCH replies at once;
@@ -319,6 +351,10 @@ ENGINE_PREFILL_THREADS = envint("ENGINE_PREFILL_THREADS", 0, minimum=0)
 ENGINE_WEIGHTS = envchoice("ENGINE_WEIGHTS", "auto", ("auto", "fp16", "fp32"))
 if envstr("QUANTIZE", ""):
     raise ConfigError("QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16 or fp32) instead")
+# With several workers for one model, a conversation's next turn goes to the
+# worker that wrote its last reply (it holds the conversation's KV cache) while
+# that worker is alive and has a free slot; off: to whichever worker is free.
+CACHE_AFFINITY = envbool("CACHE_AFFINITY", True)
 # Job threads per worker: a batch's worth running plus as many waiting in the
 # engine's queue, where they can be told their position.
 CELERY_WORKER_POOL = "threads"

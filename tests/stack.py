@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
-from inference import presence
+from inference import presence, registry
 from sanjai_site.launcher import web_command, worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +35,7 @@ class Stack:
     web: subprocess.Popen[bytes]
     start_web: Callable[[], subprocess.Popen[bytes]]
     start_worker: Callable[[], subprocess.Popen[bytes]]
+    workers: list[subprocess.Popen[bytes]]  # one per declared model (or more); `worker` is the first
 
     def pause_worker(self) -> None:
         self.worker.send_signal(signal.SIGSTOP)
@@ -97,7 +98,7 @@ def _web_ready(url: str) -> bool:
 
 @contextmanager
 def running_stack(
-    *, name: str, database: str, redis_url: str, secret_key: str, env: dict[str, str]
+    *, name: str, database: str, redis_url: str, secret_key: str, env: dict[str, str], copies: int = 1
 ) -> Iterator[Stack]:
     ARTIFACTS.mkdir(exist_ok=True)
     port = free_port()
@@ -112,17 +113,28 @@ def running_stack(
         "HF_HUB_OFFLINE": "1",
         **env,
     }
-    with (
-        open(ARTIFACTS / f"{name}-worker.log", "wb") as worker_log,
-        open(ARTIFACTS / f"{name}-web.log", "wb") as web_log,
-    ):
+    # One worker per declared model, as `make run` starts them (`copies` of each).
+    declared = (
+        [model.name for model in registry.load(Path(env["MODELS_FILE"])).models]
+        if env.get("MODELS_FILE")
+        else [registry.name_for_path(env.get("MODEL_PATH", ""))]
+    )
+    models = [model for model in declared for _ in range(copies)]
+    with ExitStack() as logs:
+        worker_logs = [
+            logs.enter_context(
+                open(ARTIFACTS / f"{name}-worker{'' if index == 0 else '-' + str(index)}.log", "wb")
+            )
+            for index in range(len(models))
+        ]
+        web_log = logs.enter_context(open(ARTIFACTS / f"{name}-web.log", "wb"))
 
-        def start_worker() -> subprocess.Popen[bytes]:
+        def start_worker(index: int = 0) -> subprocess.Popen[bytes]:
             return subprocess.Popen(
-                worker_command(f"{name}@%h"),
+                worker_command(f"{name}{'' if index == 0 else index}@%h", models[index]),
                 cwd=ROOT,
-                env=process_env,
-                stdout=worker_log,
+                env={**process_env, "WORKER_MODEL": models[index]},
+                stdout=worker_logs[index],
                 stderr=subprocess.STDOUT,
             )
 
@@ -135,23 +147,31 @@ def running_stack(
                 stderr=subprocess.STDOUT,
             )
 
+        workers = [start_worker(index) for index in range(len(models))]
         stack = Stack(
             base_url=f"http://127.0.0.1:{port}",
             redis_url=redis_url,
-            worker=start_worker(),
+            worker=workers[0],
             web=start_web(),
             start_web=start_web,
             start_worker=start_worker,
+            workers=workers,
         )
         try:
             _wait("web server", lambda: _web_ready(stack.base_url), 60, [stack.web])
-            _wait("worker", lambda: bool(presence.ready_worker_ids(redis_url)), 300, [stack.worker])
+            _wait(
+                "workers",
+                lambda: len(presence.ready_worker_ids(redis_url)) >= len(models),
+                300,
+                stack.workers,
+            )
             yield stack
         finally:
-            for process in (stack.web, stack.worker):
+            processes = [stack.web, stack.worker, *stack.workers]
+            for process in processes:
                 process.send_signal(signal.SIGCONT)
                 process.terminate()
-            for process in (stack.web, stack.worker):
+            for process in processes:
                 try:
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
@@ -159,7 +179,7 @@ def running_stack(
 
 
 @contextmanager
-def stack_on_test_database(*, name: str, env: dict[str, str]) -> Iterator[Stack]:
+def stack_on_test_database(*, name: str, env: dict[str, str], copies: int = 1) -> Iterator[Stack]:
     """A stack with its own embedded Redis, on the test session's database.
 
     Use from a fixture that depends on `django_db_setup`; tests that talk to
@@ -177,6 +197,7 @@ def stack_on_test_database(*, name: str, env: dict[str, str]) -> Iterator[Stack]
             redis_url=f"{redis_server.connection_url}/0",
             secret_key=settings.SECRET_KEY,
             env=env,
+            copies=copies,
         ) as stack,
     ):
         yield stack

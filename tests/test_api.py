@@ -70,7 +70,8 @@ def test_a_browser_session_needs_the_csrf_token(owner: Any, no_broker: None) -> 
         ({"message": "hi", "top_p": 0}, "top_p: must be a number in (0, 1], got 0"),
         ({"message": "hi", "max_new_tokens": 100000}, "max_new_tokens: must be a whole number from 1 to"),
         ({"message": "hi", "conversation_id": "abc"}, "conversation_id: must be a positive whole number"),
-        ({"message": "hi", "model": "gpt-4"}, "Unknown field(s): model"),
+        ({"message": "hi", "modle": "tiny"}, "Unknown field(s): modle"),
+        ({"message": "hi", "model": 7}, "model: must be the name of a model"),
     ],
 )
 def test_invalid_input_gets_400_saying_what_is_wrong(
@@ -112,7 +113,7 @@ def test_no_worker_running_is_503_at_once(
 ) -> None:
     settings.REDIS_URL = redis_url  # a live broker with no worker heartbeat
     status, body = chat(client, {"message": "anyone there?"}, **bearer(owner_key))
-    assert status == 503 and "No generation worker is running" in body["error"]
+    assert status == 503 and "No generation worker serves the model" in body["error"]
     assert Message.objects.get(role="user").content == "anyone there?"
 
 
@@ -126,3 +127,12 @@ def test_reset_starts_a_new_conversation_for_the_next_message(
     assert fresh != first
     assert chat(client, {"message": "two"}, **bearer(owner_key))[1]["conversation_id"] == fresh
     assert client.post("/reset").status_code == 401
+
+
+def test_a_model_that_is_not_declared_is_404_naming_the_ones_that_are(
+    client: Client, owner: Any, owner_key: str
+) -> None:
+    status, answer = chat(client, {"message": "hi", "model": "gpt-4"}, **bearer(owner_key))
+    assert status == 404
+    assert "'gpt-4' does not exist here; the models are SmolLM2-135M-Instruct" in answer["error"]
+    assert not Message.objects.exists()

@@ -9,7 +9,10 @@ import pytest
 
 INFERENCE = Path(__file__).resolve().parent.parent / "inference"
 # The modules that touch the model: they take plain arguments, never Django settings.
-MODEL_FACING = ["engine.py", "fastpath.py", "loading.py", "prompt.py", "backend.py", "params.py", "types.py"]
+MODEL_FACING = [
+    "engine.py", "fastpath.py", "loading.py", "prompt.py", "backend.py", "params.py", "types.py",
+    "registry.py", "remote.py",
+]  # fmt: skip
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -147,6 +147,7 @@ def test_the_worker_loads_half_weights_for_an_fp16_engine_only(tiny_model_dir: P
 
     def loaded_with(weights: str) -> LoadedModel:
         config = worker.WorkerConfig(
+            name="tiny",
             model_path=str(tiny_model_dir),
             device="cpu",
             cache_dir=tmp_path,

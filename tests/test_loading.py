@@ -12,7 +12,7 @@ import pytest
 from django.test import Client
 
 from chat.models import Message
-from inference import presence
+from inference import presence, registry
 
 pytestmark = pytest.mark.django_db
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 def loading_worker(settings: Any, redis_url: str) -> Iterator[presence.Heartbeat]:
     """A worker's heartbeat as a worker announces itself while it loads its model."""
     settings.REDIS_URL = redis_url
-    settings.MODEL_PATH = "/models/tiny.gguf"
+    settings.MODEL_REGISTRY = registry.single("/models/tiny.gguf")
     info = presence.WorkerInfo(
         id="loader/1/a",
         name="loader",
@@ -104,13 +104,17 @@ def test_a_worker_announces_loading_before_ready(
         seen.append((info.state, info.progress, info.stage))
         original(self, client)
 
-    config = worker.WorkerConfig(model_path=str(tiny_model_dir), device="cpu", cache_dir=tmp_path)
+    config = worker.WorkerConfig(
+        name="tiny-one", model_path=str(tiny_model_dir), device="cpu", cache_dir=tmp_path
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(presence.Heartbeat, "_beat", record)
         worker.start(config, hostname="loader@test", redis_url=redis_url, heartbeat_ttl_s=30)
     try:
         (live,) = presence.live_workers(redis_url)
-        assert live.ready and live.model == tiny_model_dir.name and live.progress == 100
+        # It goes by its name in the registry, and so do its replies.
+        assert live.ready and live.model == "tiny-one" and live.progress == 100
+        assert worker.backend().model_name == "tiny-one"
     finally:
         worker.stop()
     assert seen[0] == ("loading", 0, "")

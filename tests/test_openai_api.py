@@ -20,7 +20,7 @@ from django.test import Client
 
 from chat.models import Conversation, Message
 from chat.services import conversations, profiles
-from inference import presence
+from inference import presence, registry
 from tests.conftest import exchange
 from tests.stack import Stack, stack_on_test_database
 
@@ -41,7 +41,7 @@ def ask(content: str = "Hello", **fields: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def configured(settings: Any, dead_redis_url: str) -> Any:
-    settings.MODEL_PATH = "/models/tiny.gguf"
+    settings.MODEL_REGISTRY = registry.single("/models/tiny.gguf")
     settings.REDIS_URL = dead_redis_url  # no broker, no worker
     return settings
 
@@ -74,7 +74,17 @@ def test_models_lists_the_configured_model_while_no_worker_is_up(
     assert response.status_code == 200
     assert response.json() == {
         "object": "list",
-        "data": [{"id": "tiny", "object": "model", "created": 0, "owned_by": "sanjai"}],
+        "data": [
+            {
+                "id": "tiny",
+                "object": "model",
+                "created": 0,
+                "owned_by": "sanjai",
+                "kind": "local",
+                "state": "no_worker",
+                "workers": 0,
+            }
+        ],
     }
     assert client.get("/v1/models/tiny", headers=bearer(owner_key)).json()["id"] == "tiny"
     missing = client.get("/v1/models/gpt-4", headers=bearer(owner_key))
@@ -83,17 +93,29 @@ def test_models_lists_the_configured_model_while_no_worker_is_up(
 
 
 @pytest.mark.django_db
-def test_models_lists_what_live_workers_serve(
+def test_models_lists_every_declared_model_with_its_live_state(
     client: Client, owner_key: str, settings: Any, redis_url: str
 ) -> None:
     settings.REDIS_URL = redis_url
-    settings.MODEL_PATH = "/models/configured-but-not-running"
+    settings.MODEL_REGISTRY = registry.parse(
+        {
+            "models": {
+                "model-a": {"kind": "local"},
+                "model-b": {"kind": "local", "path": "/models/b"},
+                "model-c": {"kind": "local", "path": "/models/c"},
+                "upstream": {"kind": "remote", "base_url": "http://gpu:8000/v1", "model": "big"},
+            }
+        }
+    )
     beats = [
-        presence.Heartbeat(redis_url, presence.WorkerInfo(f"{name}/1/x", name, model, "cpu", since), ttl_s=30)
-        for name, model, since in [
-            ("w1", "model-b", 2000.5),
-            ("w2", "model-a", 1000.0),
-            ("w3", "model-b", 1500.0),
+        presence.Heartbeat(
+            redis_url, presence.WorkerInfo(f"{name}/1/x", name, model, "cpu", since, state=state), ttl_s=30
+        )
+        for name, model, since, state in [
+            ("w1", "model-b", 2000.5, "ready"),
+            ("w2", "model-a", 1000.0, "loading"),
+            ("w3", "model-b", 1500.0, "ready"),
+            ("w4", "undeclared", 1200.0, "ready"),
         ]
     ]
     for beat in beats:
@@ -103,7 +125,12 @@ def test_models_lists_what_live_workers_serve(
     finally:
         for beat in beats:
             beat.stop()
-    assert [(m["id"], m["created"]) for m in body["data"]] == [("model-a", 1000), ("model-b", 1500)]
+    assert [(m["id"], m["kind"], m["state"], m["workers"], m["created"]) for m in body["data"]] == [
+        ("model-a", "local", "loading", 1, 1000),
+        ("model-b", "local", "ready", 2, 1500),
+        ("model-c", "local", "no_worker", 0, 0),
+        ("upstream", "remote", "no_worker", 0, 0),
+    ]
 
 
 @pytest.mark.django_db
@@ -235,7 +262,7 @@ def test_no_worker_is_503_and_the_exchange_is_stored_as_a_conversation(
     client: Client, owner: Any, owner_key: str, settings: Any, redis_url: str, stream: bool
 ) -> None:
     settings.REDIS_URL = redis_url  # a live broker with no worker heartbeat
-    settings.MODEL_PATH = "/models/tiny.gguf"
+    settings.MODEL_REGISTRY = registry.single("/models/tiny.gguf")
     body = {
         "model": MODEL,
         "stream": stream,
@@ -254,7 +281,7 @@ def test_no_worker_is_503_and_the_exchange_is_stored_as_a_conversation(
     }
     status, answer = post(client, body, **bearer(owner_key))
     assert status == 503
-    assert "No generation worker is running" in assert_error(
+    assert "No generation worker serves the model" in assert_error(
         answer, kind="server_error", code="worker_unavailable"
     )
     conversation = Conversation.objects.get(owner=owner)
@@ -275,7 +302,7 @@ def test_store_false_leaves_nothing_behind_even_on_error(
     client: Client, owner_key: str, settings: Any, redis_url: str
 ) -> None:
     settings.REDIS_URL = redis_url
-    settings.MODEL_PATH = "/models/tiny.gguf"
+    settings.MODEL_REGISTRY = registry.single("/models/tiny.gguf")
     assert post(client, ask(store=False), **bearer(owner_key))[0] == 503
     assert not Conversation.objects.exists() and not Message.objects.exists()
 

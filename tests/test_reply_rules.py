@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from chat.models import Conversation, Message, Profile, Usage
 from chat.services import conversations
+from inference import registry
 from tests.conftest import exchange, finish
 from tests.test_consumers import ORIGIN, communicator, session_cookie
 
@@ -41,7 +42,7 @@ CODE_STATUS = {
 @pytest.fixture
 def quick(settings: Any) -> None:
     settings.CHAT_REPLY_TIMEOUT_S = 0.2  # /chat and /v1 stop waiting at once: no worker runs here
-    settings.MODEL_PATH = "/models/tiny.gguf"  # the model /v1 requests name
+    settings.MODEL_REGISTRY = registry.single("/models/tiny.gguf")  # the model /v1 requests name
 
 
 @dataclass

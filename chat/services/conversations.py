@@ -10,19 +10,25 @@ from django.db import transaction
 from chat import exports, selectors
 from chat import params as chat_params
 from chat.models import Conversation, Message
-from chat.services.limits import InvalidInput, check_length
+from chat.services.limits import InvalidInput, check_length, check_model
 from chat.services.profiles import params_for_new_conversations, profile_get_or_create
 from inference.params import InvalidParameter
 
 
-def conversation_create(*, user: User, title: str = "", system_prompt: str | None = None) -> Conversation:
-    """A new conversation; it becomes the one `POST /chat` continues."""
+def conversation_create(
+    *, user: User, title: str = "", system_prompt: str | None = None, model: str = ""
+) -> Conversation:
+    """A new conversation; it becomes the one `POST /chat` continues.
+
+    `model`: a declared model's name (ModelNotDeclared otherwise); "" = the default one.
+    """
+    model = check_model(model) if model else ""
     profile = profile_get_or_create(user=user)
     if system_prompt is None:
         prompt = profile.default_system_prompt  # checked when it was saved
     else:
         prompt = check_length("system_prompt", system_prompt.strip())
-    conversation = Conversation.objects.create(owner=user, title=title, system_prompt=prompt)
+    conversation = Conversation.objects.create(owner=user, title=title, system_prompt=prompt, model=model)
     profile.current_conversation = conversation
     profile.save(update_fields=["current_conversation"])
     return conversation
@@ -34,10 +40,14 @@ def conversation_update(
     conversation_id: int,
     title: str | None = None,
     system_prompt: str | None = None,
+    model: str | None = None,
 ) -> Conversation:
-    """Rename a conversation or change its system prompt; DoesNotExist for others'."""
+    """Rename a conversation, change its system prompt or its model; DoesNotExist for others'."""
     conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
     fields = []
+    if model is not None:
+        conversation.model = check_model(model)
+        fields.append("model")
     if title is not None:
         conversation.title = " ".join(title.split())[:200]
         fields.append("title")
@@ -50,18 +60,21 @@ def conversation_update(
 
 
 def conversation_settings_update(
-    *, user: User, conversation_id: int, system_prompt: str, params: dict[str, Any]
+    *, user: User, conversation_id: int, system_prompt: str, params: dict[str, Any], model: str | None = None
 ) -> Conversation:
-    """Save a conversation's system prompt and generation parameters (the page's settings panel).
+    """Save a conversation's system prompt, generation parameters and model (the page's settings panel).
 
-    Raises InvalidParameter or InvalidInput naming the field, DoesNotExist for others'.
+    Raises InvalidParameter or InvalidInput naming the field, ModelNotDeclared,
+    DoesNotExist for others'.
     """
     conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+    if model is not None:
+        conversation.model = check_model(model)
     given = chat_params.params_in({field: params.get(field) for field in chat_params.CHAT_PARAM_FIELDS})
     resolved = chat_params.over(given, params_for_new_conversations(user=user))
     conversation.params = chat_params.chat_params(resolved)
     conversation.system_prompt = check_length("system_prompt", system_prompt.strip())
-    conversation.save(update_fields=["params", "system_prompt", "updated"])
+    conversation.save(update_fields=["params", "system_prompt", "model", "updated"])
     return conversation
 
 

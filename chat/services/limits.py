@@ -57,6 +57,10 @@ class QuotaExceeded(SubmissionRefused):
     code = "quota_exceeded"
 
 
+class ModelNotDeclared(SubmissionRefused):
+    code = "model_not_found"
+
+
 # A hint for clients over the concurrency cap: about how long a short reply takes.
 BUSY_RETRY_AFTER_S = 5
 
@@ -75,6 +79,19 @@ def check_message(field: str, text: str) -> str:
     if not text:
         raise InvalidInput(field, "must be a non-empty string.")
     return check_length(field, text)
+
+
+def check_model(name: str) -> str:
+    """A declared model's name ("" = the default one); ModelNotDeclared names the ones there are."""
+    registry = settings.MODEL_REGISTRY
+    if not name:
+        return str(registry.default)
+    if registry.get(name) is None:
+        names = ", ".join(registry.names)
+        raise ModelNotDeclared(
+            f"model: {name!r} does not exist here; the models are {names} (GET /v1/models)."
+        )
+    return name
 
 
 def check_idle(*, conversation: Conversation) -> None:

@@ -32,6 +32,7 @@ from chat.services import limits
 from chat.services.profiles import params_for_new_conversations
 from inference import presence
 from inference.params import GenerationParams
+from inference.registry import queue_for
 from inference.types import Turn
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Submission:
     conversation_id: int | None = None  # None: the user's current conversation (POST /chat)
     params: Mapping[str, Any] = field(default_factory=dict)  # as sent; left out = resolved
     new_conversation: NewConversation | None = None  # instead of conversation_id
+    model: str = ""  # a declared model, kept for the conversation's next turns; "" = the conversation's
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
 
     Raises, with nothing stored: InvalidInput or InvalidParameter (bad input,
     naming the field), Conversation.DoesNotExist (not the user's),
-    NothingToRegenerate, ConversationBusy, TooManyReplies, QuotaExceeded, RateLimited.
+    NothingToRegenerate, ModelNotDeclared, ConversationBusy, TooManyReplies, QuotaExceeded,
+    RateLimited.
     Raises WorkerUnavailable after storing, with the reply marked failed.
     """
     content = submission.content
@@ -126,6 +129,9 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         else:
             conversation = _conversation(user, profile, submission.conversation_id)
             limits.check_idle(conversation=conversation)
+        model = limits.check_model(submission.model or conversation.model)
+        if submission.model:
+            conversation.model = model
         limits.check_concurrency(user=user)
         now = timezone.now()
         limits.check_quota(user=user, profile=profile, now=now)
@@ -136,10 +142,11 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
             role=Message.Role.ASSISTANT,
             status=Message.Status.PENDING,
             params=chat_params.over(given, params_for(conversation=conversation)).as_dict(),
+            model=model,
         )
         if not conversation.title:
             conversation.title = conversation_title(question.content)
-        conversation.save(update_fields=["title", "updated"])
+        conversation.save(update_fields=["title", "model", "updated"])
         for message in (*earlier, reply):
             send_event(conversation.pk, created_event(message))
     reply_enqueue(reply=reply)
@@ -223,9 +230,10 @@ def reply_enqueue(*, reply: Message) -> None:
     """
     from chat.tasks import generate_reply  # the task module imports Celery, not torch
 
+    model = reply.model or settings.MODEL_REGISTRY.default  # replies from before models had names
     try:
-        _check_workers(reply)
-        generate_reply.apply_async(args=[reply.pk], retry=False)
+        workers = _check_workers(reply, model)
+        generate_reply.apply_async(args=[reply.pk], queue=_queue(reply, model, workers), retry=False)
     except (redis.RedisError, BrokerError, OSError) as exc:
         logger.warning("broker unreachable while queueing reply %s: %s", reply.pk, exc)
         error = WorkerUnavailable(f"The message broker at {broker_name()} is unreachable.", reply=reply)
@@ -237,22 +245,45 @@ def reply_enqueue(*, reply: Message) -> None:
     Message.objects.filter(pk=reply.pk, queued_at__isnull=True).update(queued_at=timezone.now())
 
 
-def _check_workers(reply: Message) -> None:
-    """WorkerUnavailable unless a worker is ready to take the job now."""
-    workers = presence.live_workers(settings.REDIS_URL)
+def _queue(reply: Message, model: str, workers: list[presence.WorkerInfo]) -> str:
+    """Where the job goes: to the worker that wrote the conversation's last reply while it
+    is alive and has a free slot (it holds the conversation's prefix cache, so the new
+    turn prefills only what is new); else to the model's queue, for any of its workers."""
+    if settings.CACHE_AFFINITY:
+        last = (
+            Message.objects.filter(conversation_id=reply.conversation_id, role=Message.Role.ASSISTANT)
+            .exclude(pk=reply.pk)
+            .exclude(worker="")
+            .order_by("-id")
+            .values_list("worker", flat=True)
+            .first()
+        )
+        holder = next((w for w in workers if w.id == last and w.ready and w.queue), None)
+        if holder is not None:
+            busy = Message.objects.filter(worker=holder.id, status=Message.Status.STREAMING).count()
+            if busy < holder.capacity:
+                return holder.queue
+    return queue_for(model)
+
+
+def _check_workers(reply: Message, model: str) -> list[presence.WorkerInfo]:
+    """The model's live workers; WorkerUnavailable unless one is ready to take the job now."""
+    workers = [worker for worker in presence.live_workers(settings.REDIS_URL) if worker.model == model]
     if not workers:
         raise WorkerUnavailable(
-            f"No generation worker is running. Start one with `REDIS_URL={broker_name()} make worker`.",
+            f"No generation worker serves the model {model}. "
+            f"Start one with `REDIS_URL={broker_name()} make worker MODEL={model}`.",
             reply=reply,
         )
     if not any(worker.ready for worker in workers):
         furthest = max(workers, key=lambda worker: worker.progress)
         raise WorkerUnavailable(
-            f"The model {furthest.model} is loading ({furthest.progress}%: {furthest.stage or 'starting'}). "
+            f"The model {model} is loading ({furthest.progress}%: {furthest.stage or 'starting'}). "
             "Try again in a few seconds.",
             reply=reply,
             code="model_loading",
         )
+    return workers
 
 
 def reply_cancel(*, user: User, message_id: int) -> Message:
@@ -317,5 +348,8 @@ def reply_event(reply: Message) -> dict[str, Any]:
     return {
         "type": FINISHED_EVENTS[Message.Status(reply.status)],
         "message_id": reply.pk,
-        **{field: payload[field] for field in ("content", "finish_reason", "usage", "code", "error")},
+        **{
+            field: payload[field]
+            for field in ("content", "finish_reason", "usage", "timing", "code", "error")
+        },
     }
