@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from inference.registry import Registry, queue_for
+from inference.registry import LocalModel, Model, Registry, queue_for
+from inference.sizing import ModelNotFound, available_memory, estimate_need
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -79,6 +80,31 @@ def registry() -> Registry:
 
     registry: Registry = settings.MODEL_REGISTRY
     return registry
+
+
+def plan_workers(declared: Registry, available: int | None) -> tuple[list[Model], list[str]]:
+    """The models `make run` starts a worker for, in the file's order, while the local
+    ones' estimated memory (inference.sizing) fits what is available; and a line
+    saying why for each one left out. Remote models need next to no memory."""
+    started: list[Model] = []
+    left_out: list[str] = []
+    left = available
+    for model in declared.models:
+        if isinstance(model, LocalModel) and left is not None:
+            try:
+                need = estimate_need(model)
+            except (ModelNotFound, OSError, ValueError):
+                need = 0  # its worker says what is wrong with it
+            if need > left:
+                left_out.append(
+                    f"Not starting a worker for {model.name}: it needs about {need / 2**30:.1f} GiB and "
+                    f"{left / 2**30:.1f} GiB are left. Start it on a machine with more memory: "
+                    f"make worker MODEL={model.name}"
+                )
+                continue
+            left -= need
+        started.append(model)
+    return started, left_out
 
 
 def run_worker(model: str | None) -> int:
@@ -295,8 +321,10 @@ def main() -> int:
         setup(env, stop)
         if stop.is_set():
             return 0
-        declared = registry().models
-        for model in declared:  # one worker per declared model, local or remote
+        declared, left_out = plan_workers(registry(), available_memory())
+        for line in left_out:
+            say(line)
+        for model in declared:  # one worker per declared model that fits, local or remote
             name = "worker" if len(declared) == 1 else f"worker {model.name}"
             model_env = {**env, "WORKER_MODEL": model.name}
             children.append(Command(name, worker_command(f"{model.name}@%h", model.name), model_env))

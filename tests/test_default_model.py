@@ -36,7 +36,8 @@ def default_backend():
 def test_the_gguf_is_cached_as_plain_safetensors(default_backend: Any) -> None:
     from django.conf import settings
 
-    from inference.loading import default_source, gguf_cache_folder
+    from inference.loading import gguf_cache_folder
+    from inference.sizing import default_source
 
     folder = gguf_cache_folder(default_source(), settings.MODEL_CACHE_DIR)
     assert (folder / "model.safetensors").exists()

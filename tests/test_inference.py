@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from inference.backend import TransformersBackend
-from inference.loading import ModelNotFound, dtype_for, load_model, pick_device, source_from_path
+from inference.loading import dtype_for, load_model, pick_device
 from inference.params import GenerationParams
 from inference.prompt import build_prompt
+from inference.sizing import ModelNotFound, source_from_path
 from inference.types import GenerationRequest, Turn
 
 HELLO = [

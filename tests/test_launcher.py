@@ -157,3 +157,33 @@ def test_launcher_restarts_each_child_and_stops_cleanly(launched: Launched) -> N
     assert len(pids) == 6
     assert not [pid for pid in pids if alive(pid)]
     assert not (launched.data_dir / "redis.url").exists()
+
+
+def test_make_run_starts_the_workers_whose_models_fit_and_says_which_do_not(tiny_model_dir: Path) -> None:
+    from inference import registry
+    from inference.sizing import estimate_need
+    from sanjai_site.launcher import plan_workers
+
+    declared = registry.parse(
+        {
+            "models": {
+                "first": {"kind": "local", "path": str(tiny_model_dir)},
+                "second": {"kind": "local", "path": str(tiny_model_dir), "engine": False},
+                "upstream": {"kind": "remote", "base_url": "http://gpu:8000/v1", "model": "big"},
+            }
+        }
+    )
+    first, second = (estimate_need(model) for model in declared.local)
+    assert first < second  # the second keeps fp32 weights: no engine to store them in fp16
+
+    started, left_out = plan_workers(declared, available=first + second)
+    assert [model.name for model in started] == ["first", "second", "upstream"] and left_out == []
+
+    started, left_out = plan_workers(declared, available=first + second - 1)
+    assert [model.name for model in started] == ["first", "upstream"]
+    (line,) = left_out
+    assert line.startswith("Not starting a worker for second: it needs about")
+    assert line.endswith("make worker MODEL=second")
+
+    # Where the memory cannot be read (not Linux), every worker starts and checks for itself.
+    assert len(plan_workers(declared, available=None)[0]) == 3

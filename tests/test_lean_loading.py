@@ -22,13 +22,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from inference import loading
+from inference import loading, sizing
 from inference.backend import TransformersBackend
 from inference.engine import Engine, EngineConfig
 from inference.fastpath import HalfLinear
-from inference.loading import LoadedModel, ModelTooLarge, load_model, memory_needed, weight_bytes
+from inference.loading import LoadedModel, load_model, weight_bytes
 from inference.params import GenerationParams
 from inference.prompt import build_prompt
+from inference.sizing import ModelTooLarge, memory_needed
 from inference.types import GenerationRequest, Turn
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -205,7 +206,7 @@ def test_a_model_that_fits_loads_against_the_same_figure(tiny_model_dir: Path, t
 
 
 def test_available_memory_reads_the_kernels_figure() -> None:
-    available = loading.available_memory()
+    available = sizing.available_memory()
     if Path("/proc/meminfo").exists():
         assert available is not None and available > 0
     else:
