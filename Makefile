@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run worker test test-postgres chromium typecheck lint format bench drill user apikey clean
+.PHONY: install run worker test test-postgres chromium typecheck lint format bench bench-large drill user apikey clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,9 @@ bench: install  ## the engine against raw generate() and the hardware limit, the
 	$(PY) -m bench.engine_bench $(BENCH_ARGS)
 	$(PY) -m bench.affinity_bench
 
+bench-large: install  ## 1B and 7B random-weight checkpoints (built once into var/bench-models, ~17 GB): load, memory, decode
+	$(PY) -m bench.large $(BENCH_ARGS)
+
 drill: install  ## load and faults against the real stack from a fresh start (a few minutes); DRILL_ARGS="--users 50"
 	$(PY) -m bench.drill $(DRILL_ARGS)
 
@@ -83,4 +86,4 @@ apikey: install  ## make apikey NAME=<username>
 	$(PY) manage.py create_api_key $(NAME)
 
 clean:
-	rm -rf $(VENV) test-artifacts
+	rm -rf $(VENV) test-artifacts var/bench-models
