@@ -3,7 +3,21 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpRequest
 
+from chat.models import Profile
+
 
 def site(request: HttpRequest) -> dict[str, str]:
-    """What every page's header needs to know: whether to offer sign-up (settings.SIGNUP)."""
-    return {"signup_mode": settings.SIGNUP}
+    """What every page's header needs to know: whether to offer sign-up (settings.SIGNUP),
+    and the colour theme, set on <html> by the server so a page never flashes the wrong one."""
+    return {"signup_mode": settings.SIGNUP, "theme": _theme(request)}
+
+
+def _theme(request: HttpRequest) -> str:
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return Profile.Theme.SYSTEM
+    # One small query per page; the profile's row is read through the user (and cached on it).
+    try:
+        return user.profile.theme
+    except Profile.DoesNotExist:
+        return Profile.Theme.SYSTEM

@@ -21,6 +21,10 @@ class Conversation(models.Model):
     model = models.CharField(max_length=100, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
+    # Set: shown on top of the sidebar, most recently pinned first.
+    pinned_at = models.DateTimeField(null=True, blank=True)
+    # Set: left out of the sidebar's main list, shown in its "Archived" view.
+    archived_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["owner", "-updated"], name="conversation_owner_recent")]
@@ -81,10 +85,17 @@ class Message(models.Model):
 
 
 class Profile(models.Model):
+    class Theme(models.TextChoices):
+        SYSTEM = "system", "System"
+        LIGHT = "light", "Light"
+        DARK = "dark", "Dark"
+
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="profile")
     display_name = models.CharField(max_length=100, blank=True)
     default_system_prompt = models.TextField(blank=True)
     default_params = models.JSONField(default=dict, blank=True)  # for new conversations
+    # The pages' colours; "system" follows the browser's light or dark setting.
+    theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.SYSTEM)
     # The conversation `POST /chat` continues when a caller names none.
     current_conversation = models.ForeignKey(
         Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -1,6 +1,6 @@
 """The REST API for the app's own data, under /api/v1/.
 
-Conversations (list, search, create, rename, delete), their messages (list,
+Conversations (list, search, create, rename, pin, archive, delete), their messages (list,
 post), and replies (poll, cancel). Posting a message answers 202 at once with
 the ids; the reply arrives over the conversation's websocket, or by polling
 `GET /api/v1/messages/{id}` until its status is done, failed or cancelled.
@@ -80,6 +80,9 @@ class ConversationQuery(PageQuery):
     q: str | None = Field(
         None, max_length=200, description="Only conversations whose title or messages contain this"
     )
+    archived: bool | None = Field(
+        None, description="true: only archived conversations; false: only the others; left out: all"
+    )
 
 
 class ConversationOut(Schema):
@@ -87,8 +90,18 @@ class ConversationOut(Schema):
     title: str
     system_prompt: str
     model: str = Field(description="The model its replies come from")
+    pinned: bool = Field(description="Shown on top of the chat page's list")
+    archived: bool = Field(description="Left out of the chat page's list, shown in its Archived view")
     created: datetime
     updated: datetime
+
+    @staticmethod
+    def resolve_pinned(conversation: Conversation) -> bool:
+        return conversation.pinned_at is not None
+
+    @staticmethod
+    def resolve_archived(conversation: Conversation) -> bool:
+        return conversation.archived_at is not None
 
 
 class ConversationIn(Schema):
@@ -107,6 +120,8 @@ class ConversationPatch(Schema):
     system_prompt: str | None = Field(
         None, description=f"At most {settings.CHAT_MAX_MESSAGE_CHARS} characters"
     )
+    pinned: bool | None = Field(None, description="Pin to the top of the list, or unpin")
+    archived: bool | None = Field(None, description="Archive (which also unpins), or unarchive")
 
 
 class Usage(Schema):
@@ -275,6 +290,8 @@ def conversation_list(request: HttpRequest, query: Query[ConversationQuery]) -> 
         conversations = selectors.conversation_search(user=auth_user(request), query=query.q)
     else:
         conversations = selectors.conversation_list(user=auth_user(request))
+    if query.archived is not None:
+        conversations = conversations.filter(archived_at__isnull=not query.archived)
     return _page(conversations, query)
 
 
@@ -306,7 +323,8 @@ def conversation_detail(request: HttpRequest, conversation_id: ConversationId) -
 def conversation_update(
     request: HttpRequest, conversation_id: ConversationId, payload: ConversationPatch
 ) -> Conversation:
-    """Rename a conversation or change its system prompt (used from its next reply on)."""
+    """Rename a conversation, change its system prompt (used from its next reply on) or
+    its model, pin or archive it."""
     try:
         return conversations.conversation_update(
             user=auth_user(request),
@@ -314,6 +332,8 @@ def conversation_update(
             title=payload.title,
             system_prompt=payload.system_prompt,
             model=payload.model,
+            pinned=payload.pinned,
+            archived=payload.archived,
         )
     except Conversation.DoesNotExist:
         raise _not_found("Conversation", conversation_id) from None

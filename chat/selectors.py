@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import redis
 from django.contrib.auth.models import User
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
 
 from chat.models import ApiKey, Conversation, Message
 from inference import presence
@@ -19,10 +21,111 @@ def conversation_list(*, user: User) -> QuerySet[Conversation]:
     return Conversation.objects.filter(owner=user).order_by("-updated")
 
 
+def _matching(query: str) -> Q:
+    # Exists rather than a join: no duplicate rows to remove with DISTINCT.
+    in_messages = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=query)
+    return Q(title__icontains=query) | Q(Exists(in_messages))
+
+
 def conversation_search(*, user: User, query: str) -> QuerySet[Conversation]:
     """The user's conversations whose title or any message contains `query`."""
-    matches = Q(title__icontains=query) | Q(messages__content__icontains=query)
-    return conversation_list(user=user).filter(matches).distinct()
+    return conversation_list(user=user).filter(_matching(query))
+
+
+SIDEBAR_PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class SidebarGroup:
+    key: str  # pinned, today, yesterday, week, older
+    label: str
+    conversations: list[Conversation]
+
+
+@dataclass(frozen=True)
+class SidebarPage:
+    groups: list[SidebarGroup]
+    next_cursor: str | None  # `before` for the next page; None: this is the last
+
+    @property
+    def conversations(self) -> list[Conversation]:
+        return [c for group in self.groups for c in group.conversations]
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+def sidebar_cursor(conversation: Conversation) -> str:
+    """Where a page ends: the last row's `updated` (in microseconds) and id.
+
+    A position rather than an offset: a conversation that gets a new message
+    moves to the top, and an offset would then skip or repeat rows.
+    """
+    micros = (conversation.updated - EPOCH) // timedelta(microseconds=1)
+    return f"{micros}-{conversation.pk}"
+
+
+def _parse_cursor(cursor: str) -> Q:
+    try:
+        micros, pk = (int(part) for part in cursor.split("-", 1))
+        updated = EPOCH + timedelta(microseconds=micros)
+    except (ValueError, OverflowError):
+        raise InvalidCursor(f"Not a position in the list: {cursor!r}.") from None
+    return Q(updated__lt=updated) | Q(updated=updated, pk__lt=pk)
+
+
+def _day_group(day: date, today: date) -> tuple[str, str]:
+    if day >= today:
+        return "today", "Today"
+    if day == today - timedelta(days=1):
+        return "yesterday", "Yesterday"
+    if day >= today - timedelta(days=7):
+        return "week", "Previous 7 days"
+    return "older", "Older"
+
+
+def conversation_sidebar(
+    *,
+    user: User,
+    query: str = "",
+    archived: bool = False,
+    before: str | None = None,
+    limit: int = SIDEBAR_PAGE_SIZE,
+) -> SidebarPage:
+    """One page of the sidebar: pinned conversations on top (first page only),
+    then the rest by last activity, grouped by day in the site's time zone.
+
+    `archived`: the "Archived" view instead, which has no pinned group.
+    `query`: only conversations whose title or messages contain it.
+    `before`: a page's `next_cursor` (InvalidCursor if it is not one).
+    Two queries whatever the number of conversations.
+    """
+    rows = Conversation.objects.filter(owner=user, archived_at__isnull=not archived)
+    if query:
+        rows = rows.filter(_matching(query))
+    groups = []
+    if not archived:
+        if before is None:
+            pinned = list(rows.filter(pinned_at__isnull=False).order_by("-pinned_at", "-pk"))
+            if pinned:
+                groups.append(SidebarGroup("pinned", "Pinned", pinned))
+        rows = rows.filter(pinned_at__isnull=True)
+    if before is not None:
+        rows = rows.filter(_parse_cursor(before))
+    page = list(rows.order_by("-updated", "-pk")[: limit + 1])
+    more, page = len(page) > limit, page[:limit]
+    today = timezone.localdate()
+    for conversation in page:
+        key, label = _day_group(timezone.localdate(conversation.updated), today)
+        if groups and groups[-1].key == key:
+            groups[-1].conversations.append(conversation)
+        else:
+            groups.append(SidebarGroup(key, label, [conversation]))
+    return SidebarPage(groups=groups, next_cursor=sidebar_cursor(page[-1]) if more else None)
 
 
 def conversation_get(*, user: User, conversation_id: int) -> Conversation:

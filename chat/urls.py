@@ -7,13 +7,16 @@ from chat import account_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("new/", views.conversation_new, name="conversation_new"),
+    path("new/", views.conversation_start, name="conversation_start"),
+    path("sidebar/", views.sidebar_page, name="sidebar_page"),
     path("c/<int:conversation_id>/", views.conversation_detail, name="conversation"),
     path("c/<int:conversation_id>/rename/", views.conversation_rename, name="conversation_rename"),
+    path("c/<int:conversation_id>/flags/", views.conversation_flags, name="conversation_flags"),
     path("c/<int:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
     path("c/<int:conversation_id>/settings/", views.conversation_settings, name="conversation_settings"),
     path("c/<int:conversation_id>/export/", views.conversation_export, name="conversation_export"),
     path("import/", views.conversation_import, name="conversation_import"),
+    path("profile/theme/", views.theme_update, name="theme_update"),
     path("profile/export/", views.export_all, name="export_all"),
     path("profile/delete/", account_views.account_delete, name="account_delete"),
     path("signup/", account_views.signup, name="signup"),

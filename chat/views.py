@@ -11,33 +11,44 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from chat import exports, selectors
+from chat import delivery, exports, selectors
 from chat.auth import AuthenticatedHttpRequest
 from chat.forms import ApiKeyForm, DefaultParamsForm, ProfileForm
 from chat.models import ApiKey, Conversation
 from chat.params import CHAT_PARAM_FIELDS, FORM_FIELDS
 from chat.services import accounts, conversations, profiles
 from chat.services.limits import InvalidInput, ModelNotDeclared
-from chat.services.replies import params_for
+from chat.services.replies import NewConversation, Submission, params_for
 from inference.params import InvalidParameter
 
 
+def _sidebar_view(request: AuthenticatedHttpRequest) -> tuple[str, bool]:
+    """The sidebar's search (`?q=`) and which list it shows (`?archived=1`: the archived ones)."""
+    return request.GET.get("q", "").strip(), request.GET.get("archived") == "1"
+
+
 def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | None) -> HttpResponse:
-    query = request.GET.get("q", "").strip()
-    sidebar = (
-        selectors.conversation_search(user=request.user, query=query)
-        if query
-        else selectors.conversation_list(user=request.user)
-    )
+    query, archived = _sidebar_view(request)
+    sidebar = selectors.conversation_sidebar(user=request.user, query=query, archived=archived)
+    if conversation is not None:
+        params = params_for(conversation=conversation)
+        system_prompt = conversation.system_prompt
+    else:  # the home page: a new chat, made with the first message as conversation_create makes one
+        params = profiles.params_for_new_conversations(user=request.user)
+        system_prompt = profiles.profile_get_or_create(user=request.user).default_system_prompt
     context = {
         "conversation": conversation,
-        "conversations": sidebar,
+        "sidebar": sidebar,
+        "conversations": sidebar.conversations,
         "query": query,
+        "archived": archived,
         "chat_messages": selectors.conversation_messages(conversation=conversation) if conversation else [],
-        "params": params_for(conversation=conversation) if conversation else None,
+        "params": params,
+        "system_prompt": system_prompt,
         "fields": FORM_FIELDS,  # the settings panel's ranges, from the one parameter schema
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         # The settings panel's model choice; the conversation's own, or the default.
@@ -75,10 +86,72 @@ def home(request: AuthenticatedHttpRequest) -> HttpResponse:
 
 
 @login_required
+def sidebar_page(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """One page of the sidebar's list, as HTML for the page to put in place (More, refresh)."""
+    query, archived = _sidebar_view(request)
+    try:
+        sidebar = selectors.conversation_sidebar(
+            user=request.user, query=query, archived=archived, before=request.GET.get("before")
+        )
+    except selectors.InvalidCursor as exc:
+        return HttpResponse(str(exc), status=400, content_type="text/plain")
+    context = {"sidebar": sidebar, "query": query, "archived": archived}
+    return render(request, "chat/_sidebar_page.html", context)
+
+
+def _json_object(request: AuthenticatedHttpRequest) -> dict[str, Any] | None:
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _conversation_links(conversation: Conversation) -> dict[str, Any]:
+    """What the page needs to become a conversation's page without a reload."""
+    kwargs = {"conversation_id": conversation.pk}
+    return {
+        "id": conversation.pk,
+        "title": conversation.title,
+        "url": reverse("conversation", kwargs=kwargs),
+        "ws_path": f"/ws/conversations/{conversation.pk}/",
+        "settings_url": reverse("conversation_settings", kwargs=kwargs),
+        "export_url": reverse("conversation_export", kwargs=kwargs),
+    }
+
+
+@login_required
 @require_POST
-def conversation_new(request: AuthenticatedHttpRequest) -> HttpResponse:
-    conversation = conversations.conversation_create(user=request.user)
-    return redirect("conversation", conversation_id=conversation.pk)
+def conversation_start(request: AuthenticatedHttpRequest) -> JsonResponse:
+    """The home page's first message: the conversation is created with it, never before.
+
+    Through the one submit path, so every rule and limit is the same as for the
+    next messages (which go over the conversation's websocket).
+    """
+    body = _json_object(request)
+    if body is None or not isinstance(body.get("content"), str):
+        return JsonResponse({"error": "Send the message as a JSON object with a content string."}, status=400)
+    model = body.get("model") or ""
+    if not isinstance(model, str):
+        return JsonResponse({"error": "model: must be the name of a model."}, status=400)
+    submission = Submission(
+        content=body["content"], new_conversation=NewConversation(system_prompt=None), model=model
+    )
+    try:
+        posted = delivery.submit_sync(user=request.user, submission=submission)
+    except delivery.Problem as problem:
+        answer: dict[str, Any] = {"error": problem.message, "code": problem.code}
+        if problem.conversation_id is not None:  # stored, but no worker took the reply
+            conversation = selectors.conversation_get(
+                user=request.user, conversation_id=problem.conversation_id
+            )
+            answer["conversation"] = _conversation_links(conversation)
+        response = JsonResponse(answer, status=problem.status)
+        if problem.retry_after_s is not None:
+            response["Retry-After"] = str(problem.retry_after_s)
+        return response
+    conversation = selectors.conversation_get(user=request.user, conversation_id=posted.reply.conversation_id)
+    return JsonResponse({"conversation": _conversation_links(conversation)}, status=201)
 
 
 @login_required
@@ -97,6 +170,25 @@ def conversation_rename(request: AuthenticatedHttpRequest, conversation_id: int)
         user=request.user, conversation_id=conversation_id, title=title
     )
     return JsonResponse({"title": conversation.title})
+
+
+@login_required
+@require_POST
+def conversation_flags(request: AuthenticatedHttpRequest, conversation_id: int) -> JsonResponse:
+    """Pin or unpin, archive or unarchive: a JSON object with `pinned` and/or `archived`."""
+    body = _json_object(request)
+    flags = {name: body.get(name) for name in ("pinned", "archived")} if body is not None else {}
+    if body is None or any(value is not None and not isinstance(value, bool) for value in flags.values()):
+        return JsonResponse(
+            {"error": "Send a JSON object with pinned and/or archived: true or false."}, status=400
+        )
+    _own_conversation(request, conversation_id)
+    conversation = conversations.conversation_update(
+        user=request.user, conversation_id=conversation_id, **flags
+    )
+    return JsonResponse(
+        {"pinned": conversation.pinned_at is not None, "archived": conversation.archived_at is not None}
+    )
 
 
 @login_required
@@ -228,6 +320,18 @@ def profile(request: AuthenticatedHttpRequest) -> HttpResponse:
             return redirect("profile")
         return _render_profile(request, profile_form=profile_form, params_form=params_form, status=400)
     return _render_profile(request)
+
+
+@login_required
+@require_POST
+def theme_update(request: AuthenticatedHttpRequest) -> JsonResponse:
+    """The theme toggle in every page's header: light, dark or system, kept in the profile."""
+    body = _json_object(request)
+    try:
+        profile = profiles.profile_theme_update(user=request.user, theme=str((body or {}).get("theme")))
+    except ValueError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    return JsonResponse({"theme": profile.theme})
 
 
 @never_cache  # the response carries a secret: no browser or proxy may keep it

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
+from django.utils import timezone
 
-from chat.models import Conversation, Message
+from chat import selectors
+from chat.models import Conversation, Message, Profile
 from chat.services import conversations
 from tests.conftest import exchange, submit
 
@@ -164,3 +167,134 @@ def test_the_profile_page_offers_export_import_and_account_deletion(browser: Cli
     for url in ("/profile/export/?format=json", "/profile/export/?format=md", "/import/", "/profile/delete/"):
         assert url in body
     assert body.count("<h2>Your data</h2>") == 1
+
+
+# --- The sidebar: date groups, paging, pin and archive ------------------------------------
+
+
+def _aged(conversation: Conversation, age: timedelta) -> Conversation:
+    """Last active `age` ago (auto_now cannot be set through save())."""
+    Conversation.objects.filter(pk=conversation.pk).update(updated=timezone.now() - age)
+    conversation.refresh_from_db()
+    return conversation
+
+
+def _groups(page: selectors.SidebarPage) -> list[tuple[str, list[str]]]:
+    return [(group.label, [c.title for c in group.conversations]) for group in page.groups]
+
+
+def test_the_sidebar_groups_by_day_in_the_sites_time_zone(owner: Any, other_user: Any, settings: Any) -> None:
+    settings.TIME_ZONE = "Pacific/Auckland"  # far from UTC: days must turn at local midnight
+    now = timezone.localtime()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    made = {
+        "just now": timedelta(0),
+        "this morning": now - midnight,  # local midnight, give or take the test's own run time
+        "last night": now - midnight + timedelta(minutes=1),
+        "three days ago": timedelta(days=3),
+        "a week ago": now - midnight + timedelta(days=6, hours=1),
+        "last month": timedelta(days=30),
+    }
+    for title, age in made.items():
+        _aged(conversations.conversation_create(user=owner, title=title), age)
+    conversations.conversation_create(user=other_user, title="not mine")
+
+    page = selectors.conversation_sidebar(user=owner)
+
+    assert _groups(page) == [
+        ("Today", ["just now", "this morning"]),
+        ("Yesterday", ["last night"]),
+        ("Previous 7 days", ["three days ago", "a week ago"]),
+        ("Older", ["last month"]),
+    ]
+    assert page.next_cursor is None
+
+
+def test_the_sidebar_pages_by_position_and_search_still_works(
+    owner: Any, browser: Client, django_assert_num_queries: Any
+) -> None:
+    for n in range(7):
+        _aged(conversations.conversation_create(user=owner, title=f"Chat {n}"), timedelta(days=n * 10))
+    pinned = conversations.conversation_create(user=owner, title="Pinned chat")
+    conversations.conversation_update(user=owner, conversation_id=pinned.pk, pinned=True)
+
+    with django_assert_num_queries(2):  # the pinned ones, the page
+        first = selectors.conversation_sidebar(user=owner, limit=3)
+    assert _groups(first) == [
+        ("Pinned", ["Pinned chat"]),
+        ("Today", ["Chat 0"]),
+        ("Older", ["Chat 1", "Chat 2"]),
+    ]
+    assert first.next_cursor is not None
+    # A conversation that becomes active meanwhile moves to the top: nothing is skipped or repeated.
+    conversations.conversation_update(user=owner, conversation_id=first.conversations[-1].pk, title="Chat 2")
+    second = selectors.conversation_sidebar(user=owner, limit=3, before=first.next_cursor)
+    assert _groups(second) == [("Older", ["Chat 3", "Chat 4", "Chat 5"])]  # no pinned group after page 1
+    third = selectors.conversation_sidebar(user=owner, limit=3, before=second.next_cursor)
+    assert _groups(third) == [("Older", ["Chat 6"])] and third.next_cursor is None
+
+    # The page's More link fetches the same pages as HTML, search included.
+    body = browser.get("/").content.decode()
+    assert body.count('class="conversation-item') == 8 and "data-more" not in body  # 50 a page
+    searched = selectors.conversation_sidebar(user=owner, query="chat 3")
+    assert [c.title for c in searched.conversations] == ["Chat 3"]
+    fragment = browser.get(f"/sidebar/?q=Chat&before={first.next_cursor}").content.decode()
+    assert "Chat 3" in fragment and "Chat 0" not in fragment and "Pinned chat" not in fragment
+    assert browser.get("/sidebar/?before=yesterday").status_code == 400
+    with pytest.raises(selectors.InvalidCursor):
+        selectors.conversation_sidebar(user=owner, before="12-x")
+
+
+def test_pin_and_archive_from_the_page(browser: Client, owner: Any, other_user: Any) -> None:
+    first = conversations.conversation_create(user=owner, title="First")
+    conversations.conversation_create(user=owner, title="Second")
+    _aged(first, timedelta(days=2))
+    updated = Conversation.objects.get(pk=first.pk).updated
+
+    def flags(conversation: Conversation, **body: Any) -> Any:
+        return browser.post(f"/c/{conversation.pk}/flags/", body, content_type="application/json")
+
+    assert flags(first, pinned=True).json() == {"pinned": True, "archived": False}
+    assert _groups(selectors.conversation_sidebar(user=owner)) == [
+        ("Pinned", ["First"]),
+        ("Today", ["Second"]),
+    ]
+    assert Conversation.objects.get(pk=first.pk).updated == updated  # not activity: its day group stays
+
+    # Archiving unpins and takes it out of the list, into the Archived view.
+    assert flags(first, archived=True).json() == {"pinned": False, "archived": True}
+    assert [c.title for c in selectors.conversation_sidebar(user=owner).conversations] == ["Second"]
+    archived = selectors.conversation_sidebar(user=owner, archived=True)
+    assert _groups(archived) == [("Previous 7 days", ["First"])]
+    body = browser.get("/?archived=1").content.decode()
+    assert "Unarchive First" in body and "Second" not in body and "Back to all conversations" in body
+    assert "Archived conversations" in browser.get("/").content.decode()
+
+    assert flags(first, archived=False).json() == {"pinned": False, "archived": False}
+    assert [c.title for c in selectors.conversation_sidebar(user=owner).conversations] == ["Second", "First"]
+
+    assert flags(first, pinned="yes").status_code == 400
+    theirs = conversations.conversation_create(user=other_user, title="Theirs")
+    assert flags(theirs, archived=True).status_code == 404
+    assert Conversation.objects.get(pk=theirs.pk).archived_at is None
+
+
+# --- The theme --------------------------------------------------------------------------
+
+
+def test_the_theme_is_kept_in_the_profile_and_set_on_every_page(browser: Client, owner: Any) -> None:
+    assert '<html lang="en" data-theme="system">' in browser.get("/").content.decode()
+
+    response = browser.post("/profile/theme/", {"theme": "dark"}, content_type="application/json")
+
+    assert response.json() == {"theme": "dark"}
+    assert Profile.objects.get(user=owner).theme == "dark"
+    for page in ("/", "/profile/", "/usage/"):
+        body = browser.get(page).content.decode()
+        assert '<html lang="en" data-theme="dark">' in body, page
+        assert '<option value="dark" selected>' in body, page
+    assert (
+        browser.post("/profile/theme/", {"theme": "pink"}, content_type="application/json").status_code == 400
+    )
+    assert Profile.objects.get(user=owner).theme == "dark"
+    assert '<html lang="en" data-theme="system">' in Client().get("/login/").content.decode()

@@ -218,3 +218,32 @@ def test_the_admin_shows_and_filters_by_model(stack: Stack, owner: Any, admin_cl
     conversations.conversation_create(user=owner, title="On the default", model="")
     listing = admin_client.get("/admin/chat/conversation/", {"model": "tiny-b"}).content.decode()
     assert "On model B" in listing and "On the default" not in listing
+
+
+def test_a_new_chat_on_the_home_page_starts_on_the_chosen_model(stack: Stack, owner: Any) -> None:
+    with httpx.Client(base_url=stack.base_url, timeout=60) as browser:
+        browser.get("/login/")
+        login = {
+            "username": "olivia",
+            "password": "correct horse battery",
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+        }
+        assert (
+            browser.post("/login/", data=login, headers={"Referer": f"{stack.base_url}/login/"}).status_code
+            == 302
+        )
+        home = browser.get("/").text
+        assert 'id="start-model"' in home and '<option value="tiny-b">' in home
+        csrf = {"X-CSRFToken": browser.cookies["csrftoken"]}
+        started = browser.post("/new/", json={"content": "Hello B", "model": "tiny-b"}, headers=csrf)
+        assert started.status_code == 201, started.text
+        refused = browser.post("/new/", json={"content": "Hello?", "model": "nope"}, headers=csrf)
+        assert refused.status_code == 404 and "'nope' does not exist here" in refused.json()["error"]
+    conversation = Conversation.objects.get(pk=started.json()["conversation"]["id"])
+    assert conversation.model == "tiny-b"
+    reply = conversation.messages.get(role="assistant")
+    deadline = time.monotonic() + 60
+    while not reply.is_finished and time.monotonic() < deadline:
+        time.sleep(0.2)
+        reply.refresh_from_db()
+    assert reply.status == "done" and reply.model == "tiny-b"

@@ -98,7 +98,7 @@ def test_anonymous_is_sent_to_login(client: Client, owner: User, name: str) -> N
 def test_anonymous_cannot_post_actions(client: Client, owner: User) -> None:
     api_key, _ = accounts.api_key_create(user=owner, name="k")
 
-    client.post(reverse("conversation_new"))
+    client.post(reverse("conversation_start"), {"content": "hi"}, content_type="application/json")
     client.post(reverse("api_key_new"), {"name": "sneaky"})
     client.post(reverse("api_key_revoke", kwargs={"key_id": api_key.pk}))
 
@@ -212,14 +212,70 @@ def test_home_query_count_does_not_grow_with_conversations(owner_client: Client,
     assert len(six) == len(one)
 
 
-def test_new_chat_creates_conversation_and_redirects_to_it(owner_client: Client, owner: User) -> None:
-    assert owner_client.get(reverse("conversation_new")).status_code == 405
+def test_the_home_page_is_a_new_chat_that_stores_nothing(owner_client: Client, owner: User) -> None:
+    body = owner_client.get(reverse("home")).content.decode()
 
-    response = owner_client.post(reverse("conversation_new"))
+    assert 'id="composer"' in body and "autofocus" in body
+    assert f'data-start-url="{reverse("conversation_start")}"' in body
+    assert "data-conversation-id" not in body
+    assert f'href="{reverse("home")}" class="button primary wide" id="new-chat"' in body  # a link
+    assert not Conversation.objects.exists()
 
+
+def test_the_first_message_creates_the_conversation_with_it(
+    owner_client: Client, owner: User, queued: list[int]
+) -> None:
+    assert owner_client.get(reverse("conversation_start")).status_code == 405
+
+    response = owner_client.post(
+        reverse("conversation_start"), {"content": "Plan a trip"}, content_type="application/json"
+    )
+
+    assert response.status_code == 201
     conversation = Conversation.objects.get(owner=owner)
-    assert response.status_code == 302
-    assert response["Location"] == reverse("conversation", kwargs={"conversation_id": conversation.pk})
+    assert response.json()["conversation"] == {
+        "id": conversation.pk,
+        "title": "Plan a trip",
+        "url": reverse("conversation", kwargs={"conversation_id": conversation.pk}),
+        "ws_path": f"/ws/conversations/{conversation.pk}/",
+        "settings_url": reverse("conversation_settings", kwargs={"conversation_id": conversation.pk}),
+        "export_url": reverse("conversation_export", kwargs={"conversation_id": conversation.pk}),
+    }
+    assert [(m.role, m.content) for m in conversation.messages.all()] == [
+        ("user", "Plan a trip"),
+        ("assistant", ""),
+    ]
+    assert queued == [conversation.messages.get(role="assistant").pk]
+    # It is the conversation `POST /chat` continues, as conversation_create makes it.
+    assert Profile.objects.get(user=owner).current_conversation == conversation
+
+
+def test_a_refused_first_message_stores_nothing(owner_client: Client, owner: User, queued: list[int]) -> None:
+    for body in ({"content": "   "}, {"content": 3}, ["hi"]):
+        response = owner_client.post(reverse("conversation_start"), body, content_type="application/json")
+        assert response.status_code == 400, body
+        assert response.json()["error"]
+    assert not Conversation.objects.exists()
+    assert not Message.objects.exists()
+
+
+def test_a_first_message_no_worker_takes_keeps_the_conversation(
+    owner_client: Client, owner: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference import presence
+
+    monkeypatch.setattr(presence, "live_workers", lambda url: [])
+
+    response = owner_client.post(
+        reverse("conversation_start"), {"content": "Anyone there?"}, content_type="application/json"
+    )
+
+    assert response.status_code == 503 and response["Retry-After"]
+    conversation = Conversation.objects.get(owner=owner)
+    answer = response.json()
+    assert answer["code"] == "worker_unavailable" and "No generation worker" in answer["error"]
+    assert answer["conversation"]["id"] == conversation.pk  # the page still becomes its page
+    assert conversation.messages.get(role="assistant").status == Message.Status.FAILED
 
 
 def test_owner_sees_conversation_messages_escaped(owner_client: Client, owner: User) -> None:
@@ -248,7 +304,9 @@ def test_other_user_gets_404_for_conversation(other_client: Client, owner: User)
 # --- Profile and API keys ---------------------------------------------------------
 
 
-def test_profile_update_is_saved_and_used_for_new_conversations(owner_client: Client, owner: User) -> None:
+def test_profile_update_is_saved_and_used_for_new_conversations(
+    owner_client: Client, owner: User, queued: list[int]
+) -> None:
     response = owner_client.post(
         reverse("profile"),
         {"display_name": "Alice A.", "default_system_prompt": "Answer in French.", **DEFAULTS},
@@ -258,7 +316,7 @@ def test_profile_update_is_saved_and_used_for_new_conversations(owner_client: Cl
     profile = Profile.objects.get(user=owner)
     assert (profile.display_name, profile.default_system_prompt) == ("Alice A.", "Answer in French.")
     assert "Answer in French." in owner_client.get(reverse("profile")).content.decode()
-    owner_client.post(reverse("conversation_new"))
+    owner_client.post(reverse("conversation_start"), {"content": "Hi"}, content_type="application/json")
     conversation = Conversation.objects.get(owner=owner)
     assert conversation.system_prompt == "Answer in French."
     params = params_for(conversation=conversation)

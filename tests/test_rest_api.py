@@ -87,6 +87,30 @@ def test_conversation_lists_are_paginated_newest_first_and_searchable(
         assert status == 400 and body["detail"].startswith("Invalid request."), bad
 
 
+def test_conversations_can_be_pinned_and_archived(rest: Rest, owner: Any) -> None:
+    cid = rest.call("post", "/conversations", {"title": "Keep"})[1]["id"]
+    other = rest.call("post", "/conversations", {"title": "Other"})[1]["id"]
+    status, created = rest.call("get", f"/conversations/{cid}")
+    assert status == 200 and (created["pinned"], created["archived"]) == (False, False)
+
+    status, pinned = rest.call("patch", f"/conversations/{cid}", {"pinned": True})
+    assert status == 200 and (pinned["pinned"], pinned["archived"], pinned["title"]) == (True, False, "Keep")
+    assert pinned["updated"] == created["updated"]  # pinning is not activity
+    status, archived = rest.call("patch", f"/conversations/{cid}", {"archived": True})
+    assert (archived["pinned"], archived["archived"]) == (False, True)  # archiving unpins
+
+    def ids(query: str) -> list[int]:
+        return [item["id"] for item in rest.call("get", f"/conversations{query}")[1]["items"]]
+
+    assert ids("?archived=true") == [cid]
+    assert ids("?archived=false") == [other]
+    assert sorted(ids("")) == sorted([cid, other])
+    assert rest.call("patch", f"/conversations/{cid}", {"archived": "soon"})[0] == 400
+    status, restored = rest.call("patch", f"/conversations/{cid}", {"archived": False})
+    assert (restored["pinned"], restored["archived"]) == (False, False)
+    assert Conversation.objects.get(pk=cid).archived_at is None
+
+
 def test_messages_are_listed_oldest_first_with_pagination(rest: Rest, owner: Any, queued: list[int]) -> None:
     cid = rest.call("post", "/conversations", {})[1]["id"]
     status, posted = rest.call("post", f"/conversations/{cid}/messages", {"content": "First"})

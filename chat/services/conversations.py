@@ -6,6 +6,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.utils import timezone
 
 from chat import exports, selectors
 from chat import params as chat_params
@@ -41,9 +42,21 @@ def conversation_update(
     title: str | None = None,
     system_prompt: str | None = None,
     model: str | None = None,
+    pinned: bool | None = None,
+    archived: bool | None = None,
 ) -> Conversation:
-    """Rename a conversation, change its system prompt or its model; DoesNotExist for others'."""
+    """Rename a conversation, change its system prompt or its model, pin or archive it;
+    DoesNotExist for others'.
+
+    Pinning and archiving leave `updated` alone: they are not activity, and the
+    sidebar's date groups go by activity. Archiving unpins.
+    """
     conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
+    flags = _flags(conversation, pinned=pinned, archived=archived)
+    if flags:
+        Conversation.objects.filter(pk=conversation.pk).update(**flags)
+        for name, value in flags.items():
+            setattr(conversation, name, value)
     fields = []
     if model is not None:
         conversation.model = check_model(model)
@@ -57,6 +70,19 @@ def conversation_update(
     if fields:
         conversation.save(update_fields=[*fields, "updated"])
     return conversation
+
+
+def _flags(conversation: Conversation, *, pinned: bool | None, archived: bool | None) -> dict[str, Any]:
+    """The pin and archive timestamps to change; one already in the asked state keeps its time."""
+    now = timezone.now()
+    flags: dict[str, Any] = {}
+    if archived is not None and archived != (conversation.archived_at is not None):
+        flags["archived_at"] = now if archived else None
+    if archived and conversation.pinned_at is not None:
+        flags["pinned_at"] = None
+    elif pinned is not None and pinned != (conversation.pinned_at is not None):
+        flags["pinned_at"] = now if pinned else None
+    return flags
 
 
 def conversation_settings_update(

@@ -1,4 +1,4 @@
-"""A user's profile: display name, default system prompt, default generation parameters."""
+"""A user's profile: display name, default system prompt, default generation parameters, theme."""
 
 from __future__ import annotations
 
@@ -29,6 +29,16 @@ def profile_update(*, user: User, display_name: str, default_system_prompt: str,
     profile.display_name = display_name.strip()
     profile.default_system_prompt = check_length("default_system_prompt", default_system_prompt.strip())
     profile.save(update_fields=["display_name", "default_system_prompt"])
+    return profile
+
+
+def profile_theme_update(*, user: User, theme: str) -> Profile:
+    """Save the pages' colour theme: light, dark or system (ValueError for anything else)."""
+    if theme not in Profile.Theme.values:
+        raise ValueError(f"theme: must be one of {', '.join(Profile.Theme.values)}.")
+    profile = profile_get_or_create(user=user)
+    profile.theme = theme
+    profile.save(update_fields=["theme"])
     return profile
 
 

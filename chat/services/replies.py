@@ -29,6 +29,7 @@ from chat import selectors
 from chat.events import send_event
 from chat.models import Conversation, Message, Profile
 from chat.services import limits
+from chat.services.conversations import conversation_create
 from chat.services.profiles import params_for_new_conversations
 from inference import presence
 from inference.params import GenerationParams
@@ -67,9 +68,15 @@ Action = Literal["send", "regenerate", "edit"]
 
 @dataclass(frozen=True)
 class NewConversation:
-    """The OpenAI API's exchange: a new conversation with a system prompt and earlier turns."""
+    """A conversation the submission itself creates, so none is ever stored empty.
 
-    system_prompt: str = ""
+    The OpenAI API's exchange gives a system prompt and earlier turns. The chat
+    page's new chat gives `system_prompt=None`: the conversation is made as
+    `conversation_create` makes it (the owner's default system prompt and
+    parameters), and becomes the one `POST /chat` continues.
+    """
+
+    system_prompt: str | None = ""
     history: tuple[Turn, ...] = ()  # alternating user and assistant turns before the question
 
 
@@ -110,7 +117,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         content = limits.check_message("message", content)
     given = chat_params.params_in(submission.params)
     if (new := submission.new_conversation) is not None:
-        limits.check_length("system_prompt", new.system_prompt)
+        limits.check_length("system_prompt", new.system_prompt or "")
         for index, turn in enumerate(new.history):
             limits.check_length(f"history[{index}]", turn.content)
 
@@ -168,7 +175,10 @@ def _conversation(user: User, profile: Profile, conversation_id: int | None) -> 
 
 
 def _new_conversation(user: User, new: NewConversation, content: str) -> Conversation:
-    """The OpenAI API's exchange; it does not become the conversation `POST /chat` continues."""
+    """The page's new chat, or the OpenAI API's exchange (which does not become the
+    conversation `POST /chat` continues)."""
+    if new.system_prompt is None:
+        return conversation_create(user=user)  # titled from the question by the caller
     first = new.history[0].content if new.history else content
     conversation = Conversation.objects.create(
         owner=user, title=conversation_title(first), system_prompt=new.system_prompt.strip()

@@ -2,6 +2,10 @@
 // they are generated. No framework and no build step. Everything shown comes
 // from the server (a snapshot on every (re)connect, then events), so a reload
 // or a dropped connection never loses anything.
+//
+// The home page is a new chat with no conversation yet: its first message is
+// posted over HTTP, which stores the conversation with it, and the page then
+// becomes that conversation's page (its URL, its socket) without a reload.
 "use strict";
 
 (function () {
@@ -31,6 +35,7 @@
   let lastEventAt = Date.now();
   let everOpened = false; // the socket has been open before: a snapshot now follows a reconnect
   let reconnected = false;
+  let starting = false; // the home page's first message is on its way
 
   // ---- Markdown, sanitized -------------------------------------------------
   // Model output and user text are untrusted: Markdown becomes HTML only
@@ -352,7 +357,8 @@
 
   function refreshControls() {
     const busy = activeReply() !== null;
-    sendButton.disabled = busy || modelLoading || !socket || socket.readyState !== WebSocket.OPEN;
+    const ready = chat.dataset.conversationId ? socket && socket.readyState === WebSocket.OPEN : !starting;
+    sendButton.disabled = busy || modelLoading || !ready;
     stopButton.hidden = !busy;
     for (const m of messages.values()) {
       if (m.el) m.el.querySelector(".actions")?.replaceWith(actionsFor(m));
@@ -587,6 +593,54 @@
     return true;
   }
 
+  // ---- The home page's first message ------------------------------------------------
+  async function startConversation(text) {
+    if (starting) return;
+    starting = true;
+    input.value = "";
+    hideBanner();
+    refreshControls();
+    let answer;
+    try {
+      const startModel = document.getElementById("start-model");
+      const body = startModel ? { content: text, model: startModel.value } : { content: text };
+      const response = await postJSON(chat.dataset.startUrl, body);
+      answer = await response.json();
+    } catch (error) {
+      answer = { error: "The server could not be reached." };
+    }
+    starting = false;
+    if (answer.conversation) enterConversation(answer.conversation);
+    if (answer.error) {
+      // Refused with nothing stored: the text goes back in the box.
+      if (!answer.conversation && !input.value) input.value = text;
+      showBanner(answer.error, answer.conversation ? "" : "info");
+    }
+    refreshControls();
+    input.focus();
+  }
+
+  // The page becomes the new conversation's own page: its URL (no reload), its
+  // socket (whose snapshot brings the stored message and reply), its tools.
+  function enterConversation(conversation) {
+    chat.dataset.conversationId = conversation.id;
+    chat.dataset.wsPath = conversation.ws_path;
+    history.replaceState(null, "", conversation.url);
+    title.textContent = conversation.title || "New conversation";
+    document.title = `${title.textContent} · SanjAI`;
+    settings.dataset.url = conversation.settings_url;
+    document.getElementById("export-json").href = `${conversation.export_url}?format=json`;
+    document.getElementById("export-md").href = `${conversation.export_url}?format=md`;
+    for (const tool of chat.querySelectorAll(".chat-tools [hidden]")) tool.hidden = false;
+    const startModel = document.getElementById("start-model");
+    if (startModel) {  // chosen for this conversation: from now on its settings panel says so
+      settings.elements.model.value = startModel.value;
+      document.getElementById("start-model-label").hidden = true;
+    }
+    connect();
+    refreshSidebar();
+  }
+
   // ---- Composer and controls ------------------------------------------------------
   composer.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -597,7 +651,9 @@
       return;
     }
     if (activeReply()) return;
-    if (send({ action: "send", content: text })) {
+    if (!chat.dataset.conversationId) {
+      startConversation(text);
+    } else if (send({ action: "send", content: text })) {
       unsent = text;
       input.value = "";
       hideBanner();
@@ -669,7 +725,7 @@
   for (const content of list.querySelectorAll(".bubble.assistant .content")) {
     renderMarkdownInto(content, content.textContent, false);
   }
-  connect();
+  if (chat.dataset.conversationId) connect();
 
   // ---- The model's state: "Loading <model> … NN%" while the workers load it -------------
   const modelStatus = document.getElementById("model-status");
@@ -682,7 +738,7 @@
         const { models } = await response.json();
         labelModelChoices(models);
         // The conversation's own model; on the home page, any.
-        const chosen = settings ? models.filter((model) => model.name === settings.elements.model.value) : models;
+        const chosen = models.filter((model) => model.name === currentModel());
         const loading = chosen.find((model) => model.state === "loading");
         modelLoading = loading !== undefined && !chosen.some((model) => model.state === "ready");
         if (modelLoading) {
@@ -700,11 +756,17 @@
   }
   watchModel();
 
-  // The settings panel's model choice says what each model is doing right now.
+  // The model this page sends to: the new chat's choice, else the conversation's.
+  function currentModel() {
+    const startModel = document.getElementById("start-model");
+    if (startModel && !chat.dataset.conversationId) return startModel.value;
+    return settings.elements.model.value;
+  }
+
+  // The model choices say what each model is doing right now.
   const STATE_LABELS = { ready: "ready", loading: "loading", no_worker: "no worker" };
   function labelModelChoices(models) {
-    if (!settings) return;
-    for (const option of settings.elements.model.options) {
+    for (const option of document.querySelectorAll("select[data-model-choice] option")) {
       const model = models.find((candidate) => candidate.name === option.value);
       if (!model) continue;
       const state = model.state === "loading" ? `loading ${model.progress}%` : STATE_LABELS[model.state];
@@ -728,34 +790,101 @@
         }
       }, true);
     }
-    document.querySelectorAll(".delete-form").forEach((form) => {
-      form.addEventListener("submit", (event) => {
-        const name = form.closest("li").querySelector(".conversation-link").textContent;
-        if (!confirm(`Delete “${name}” and all its messages? This cannot be undone.`)) event.preventDefault();
-      });
+    if (!sidebar) return;
+    // Delegated: the list's items are replaced by refreshes and added by More.
+    sidebar.addEventListener("submit", (event) => {
+      const form = event.target.closest(".delete-form");
+      if (!form) return;
+      const name = form.closest("li").querySelector(".conversation-link").textContent;
+      if (!confirm(`Delete “${name}” and all its messages? This cannot be undone.`)) event.preventDefault();
     });
-    document.querySelectorAll('[data-action="rename"]').forEach((b) => {
-      b.addEventListener("click", async () => {
-        const link = b.closest("li").querySelector(".conversation-link");
-        const name = prompt("Rename conversation", link.textContent);
-        if (name === null || !name.trim()) return;
-        const form = new FormData();
-        form.append("title", name);
-        const response = await fetch(b.dataset.url, {
-          method: "POST", body: form, headers: { "X-CSRFToken": csrfToken() }, credentials: "same-origin",
-        });
-        if (!response.ok) return;
-        const answer = await response.json();
-        link.textContent = answer.title;
-        const item = b.closest("li");
-        item.querySelector('[data-action="rename"]').setAttribute("aria-label", `Rename ${answer.title}`);
-        item.querySelector(".delete-form button").setAttribute("aria-label", `Delete ${answer.title}`);
-        const current = document.getElementById("chat");
-        if (current && current.dataset.conversationId === b.closest("li").dataset.id) {
-          document.getElementById("chat-title").textContent = answer.title;
-        }
-      });
+    sidebar.addEventListener("click", (event) => {
+      const more = event.target.closest("a[data-more]");
+      if (more) {
+        event.preventDefault();
+        loadMore(more);
+        return;
+      }
+      const action = event.target.closest("button[data-action]");
+      if (action && action.dataset.action === "rename") rename(action);
+      if (action && action.dataset.action === "flags") setFlag(action);
     });
+  }
+
+  async function rename(b) {
+    const item = b.closest("li");
+    const link = item.querySelector(".conversation-link");
+    const old = link.textContent;
+    const name = prompt("Rename conversation", old);
+    if (name === null || !name.trim()) return;
+    const form = new FormData();
+    form.append("title", name);
+    const response = await fetch(b.dataset.url, {
+      method: "POST", body: form, headers: { "X-CSRFToken": csrfToken() }, credentials: "same-origin",
+    });
+    if (!response.ok) return;
+    const answer = await response.json();
+    link.textContent = answer.title;
+    for (const labelled of item.querySelectorAll("button[aria-label]")) {
+      const verb = labelled.getAttribute("aria-label").split(" ")[0];
+      labelled.setAttribute("aria-label", `${verb} ${answer.title}`);
+    }
+    const current = document.getElementById("chat");
+    if (current && current.dataset.conversationId === item.dataset.id) {
+      document.getElementById("chat-title").textContent = answer.title;
+    }
+  }
+
+  // Pin, unpin, archive, unarchive; then the list is read again, so the item
+  // lands in its place (pinned on top, archived out of the list).
+  async function setFlag(b) {
+    const response = await postJSON(b.dataset.url, { [b.dataset.flag]: b.dataset.value === "true" });
+    if (response.ok) await refreshSidebar();
+  }
+
+  function sidebarFragment(html) {
+    const template = document.createElement("template");
+    template.innerHTML = html; // our own server's rendering of the list, never model output
+    return template.content;
+  }
+
+  async function refreshSidebar() {
+    const groups = document.getElementById("conversation-list");
+    if (!groups) return;
+    const response = await fetch(groups.dataset.url, { credentials: "same-origin" });
+    if (!response.ok) return;
+    groups.replaceChildren(sidebarFragment(await response.text()));
+    markActive();
+  }
+
+  // The next page: its groups join the list, the first one merged into the last
+  // group shown when both are the same day group.
+  async function loadMore(link) {
+    const groups = document.getElementById("conversation-list");
+    const response = await fetch(link.href, { credentials: "same-origin" });
+    if (!response.ok) return;
+    const fragment = sidebarFragment(await response.text());
+    link.remove();
+    for (const group of [...fragment.querySelectorAll(".conversation-group")]) {
+      const shown = groups.querySelectorAll(".conversation-group");
+      const last = shown[shown.length - 1];
+      if (last && last.dataset.group === group.dataset.group) {
+        last.querySelector("ul").append(...group.querySelectorAll("li"));
+        group.remove();
+      }
+    }
+    groups.append(fragment);
+    markActive();
+  }
+
+  function markActive() {
+    const current = document.getElementById("chat")?.dataset.conversationId;
+    for (const item of document.querySelectorAll(".conversation-item")) {
+      const active = item.dataset.id === current;
+      item.classList.toggle("active", active);
+      const link = item.querySelector(".conversation-link");
+      if (active) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
+    }
   }
 
   // The sidebar is a drawer only at phone width, where its toggle shows.
@@ -777,7 +906,7 @@
   // ---- Keyboard shortcuts on every page with the sidebar (the chat's own are above) --------
   function setUpShortcuts() {
     const help = document.getElementById("shortcuts");
-    const newChat = document.getElementById("new-chat-form");
+    const newChat = document.getElementById("new-chat");
     if (!help) return;
     const openHelp = () => { if (!help.open) help.showModal(); };
     document.getElementById("shortcuts-open").addEventListener("click", openHelp);
@@ -789,7 +918,7 @@
       const mod = event.ctrlKey || event.metaKey;
       if (mod && event.shiftKey && !event.altKey && event.code === "KeyO") {
         event.preventDefault();
-        if (newChat) newChat.requestSubmit();
+        if (newChat) location.assign(newChat.href);
       } else if (mod && !event.shiftKey && !event.altKey && (event.key === "/" || event.code === "Slash")) {
         event.preventDefault();
         if (help.open) help.close(); else openHelp();

@@ -87,15 +87,19 @@ def test_sign_up_chat_watch_it_stream_and_find_it_after_reload(page: Page) -> No
     page.fill("#id_password1", PASSWORD)
     page.fill("#id_password2", PASSWORD)
     page.click("button[type=submit]")
-    expect(page.get_by_text("Start a new chat")).to_be_visible()
-    page.get_by_role("button", name="Start a new chat").click()
-    expect(page).to_have_url(re.compile(r"/c/\d+/$"))
-    expect(page.locator("#send")).to_be_enabled()  # the socket is open
+    expect(page).to_have_url(re.compile(r"/$"))
+    expect(page.locator("#input")).to_be_focused()  # signed up, and on a new chat
     # Greedy decoding: a sampled reply from the random test model may end after a token or two.
-    page.click("#settings-toggle")
-    page.fill("input[name=temperature]", "0")
-    page.click("text=Save settings")
-    expect(page.locator("#settings-status")).to_have_text("Saved.")
+    # Set as the profile's default, which the home page's new chat takes.
+    page.goto("/profile/")
+    page.fill("#id_temperature", "0")
+    # Long enough to be still streaming once the new chat's socket is open (the
+    # first message goes over HTTP; its socket connects when the answer comes).
+    page.fill("#id_max_new_tokens", "600")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_text("Profile saved.")).to_be_visible()
+    page.goto("/")
+    expect(page.locator("#input")).to_be_focused()  # a new chat: type at once
 
     # Count how many times the reply's text changes while it streams in.
     page.evaluate(
@@ -551,10 +555,9 @@ def test_keyboard_shortcuts_stop_edit_and_start_a_new_chat(page: Page, django_us
     expect(help_dialog).to_be_hidden()
 
     page.keyboard.press("Control+Shift+O")
-    expect(page).not_to_have_url(re.compile(rf"/c/{conversation.pk}/$"))
-    expect(page).to_have_url(re.compile(r"/c/\d+/$"))
-    assert Conversation.objects.filter(owner=owner).count() == 2
+    expect(page).to_have_url(re.compile(r"/$"))  # the home page is the new chat: nothing stored yet
     expect(page.locator("#input")).to_be_focused()
+    assert Conversation.objects.filter(owner=owner).count() == 1
 
 
 def test_the_sidebar_opens_at_phone_width_on_the_home_page(page: Page, django_user_model: Any) -> None:
@@ -580,3 +583,150 @@ def test_the_sidebar_opens_at_phone_width_on_the_home_page(page: Page, django_us
     page.mouse.click(370, 600)  # beside the drawer
     expect(sidebar).not_to_be_in_viewport()
     expect(toggle).to_have_attribute("aria-expanded", "false")
+
+
+def test_the_home_page_is_a_new_chat_stored_with_its_first_message(
+    page: Page, django_user_model: Any
+) -> None:
+    from chat.services import profiles
+
+    owner = make_user(django_user_model, "lander")
+    profiles.profile_update(user=owner, display_name="Lee", default_system_prompt="Answer briefly.")
+    profiles.profile_defaults_update(user=owner, params={"max_new_tokens": 8, "temperature": 0})
+    log_in(page, "lander")
+    expect(page.locator("#input")).to_be_focused()  # type at once
+    expect(page.locator("#chat-title")).to_have_text("New chat")
+    page.goto("/profile/")  # leaving a new chat unused leaves nothing behind
+    page.goto("/")
+    expect(page.locator("#input")).to_be_focused()
+    assert not Conversation.objects.filter(owner=owner).exists()
+
+    page.screenshot(path=str(ARTIFACTS / "home-new-chat.png"))
+    page.evaluate("window.__samePage = true")  # gone if the page reloads
+    page.keyboard.type("Where do we start")
+    page.keyboard.press("Enter")
+
+    expect(page).to_have_url(re.compile(r"/c/\d+/$"))
+    conversation = Conversation.objects.get(owner=owner)
+    assert page.url.endswith(f"/c/{conversation.pk}/")
+    assert page.evaluate("window.__samePage") is True
+    assert conversation.system_prompt == "Answer briefly."  # the profile's defaults, as conversation_create
+    expect(page.locator(".bubble.user .content")).to_have_text("Where do we start")
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    reply = Message.objects.get(conversation=conversation, role="assistant")
+    assert reply.params["max_new_tokens"] == 8 and reply.params["temperature"] == 0
+    expect(page.locator("#chat-title")).to_have_text("Where do we start")
+    item = page.locator(f'.conversation-item[data-id="{conversation.pk}"]')
+    expect(item).to_have_class(re.compile(r"\bactive\b"))
+    expect(item.locator(".conversation-link")).to_have_text("Where do we start")
+    expect(page.locator("#settings-toggle")).to_be_visible()
+
+    # The page is now the conversation's: the next message goes over its socket.
+    send(page, "And then")
+    expect(page.locator(".bubble.user")).to_have_count(2)
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    assert page.evaluate("window.__samePage") is True
+    assert Conversation.objects.filter(owner=owner).count() == 1
+    assert conversation.messages.count() == 4
+
+    # "+ New chat" is the home page again, with nothing stored until a message is sent.
+    page.get_by_role("link", name="+ New chat").click()
+    expect(page).to_have_url(re.compile(r"/$"))
+    expect(page.locator("#input")).to_be_focused()
+    assert Conversation.objects.filter(owner=owner).count() == 1
+
+
+def test_a_refused_first_message_stays_in_the_box_and_stores_nothing(
+    page: Page, django_user_model: Any
+) -> None:
+    from django.utils import timezone
+
+    from chat.models import Profile, Usage
+
+    owner = make_user(django_user_model, "spent")
+    Profile.objects.update_or_create(user=owner, defaults={"daily_token_limit": 100})
+    Usage.objects.create(user=owner, day=timezone.localdate(), model="tiny", prompt_tokens=100)
+    log_in(page, "spent")
+    send(page, "One more, please")
+    expect(page.locator("#banner")).to_contain_text("used 100 of your 100 tokens for this day")
+    expect(page.locator("#input")).to_have_value("One more, please")
+    expect(page).to_have_url(re.compile(r"/$"))
+    assert not Conversation.objects.filter(owner=owner).exists()
+
+
+def test_pin_archive_and_page_the_sidebar(page: Page, django_user_model: Any) -> None:
+    owner = make_user(django_user_model, "sorter")
+    Conversation.objects.bulk_create(Conversation(owner=owner, title=f"Chat {n:02}") for n in range(53))
+    pick = Conversation.objects.get(owner=owner, title="Chat 52")  # the newest: on the first page
+    log_in(page, "sorter")
+    sidebar = page.locator("#sidebar")
+
+    # 50 at a time; More adds the rest into the same day group.
+    expect(sidebar.locator(".conversation-item")).to_have_count(50)
+    sidebar.get_by_role("link", name="More").click()
+    expect(sidebar.locator(".conversation-item")).to_have_count(53)
+    expect(sidebar.locator(".conversation-group h2")).to_have_text(["Today"])
+    expect(sidebar.get_by_role("link", name="More")).to_have_count(0)
+
+    sidebar.get_by_role("button", name="Pin Chat 10", exact=True).click()
+    pinned = sidebar.locator('.conversation-group[data-group="pinned"]')
+    expect(pinned.locator(".conversation-link")).to_have_text(["Chat 10"])
+    expect(sidebar.locator(".conversation-group h2")).to_have_text(["Pinned", "Today"])
+    page.reload()
+    expect(pinned.locator(".conversation-link")).to_have_text(["Chat 10"])
+    pinned.locator(".conversation-item").hover()
+    page.screenshot(path=str(ARTIFACTS / "sidebar-pinned.png"))
+    assert Conversation.objects.get(owner=owner, title="Chat 10").pinned_at is not None
+
+    # Archive from inside the conversation: it leaves the list, not the page.
+    page.goto(f"/c/{pick.pk}/")
+    sidebar.get_by_role("button", name="Archive Chat 52", exact=True).click()
+    expect(sidebar.locator(f'.conversation-item[data-id="{pick.pk}"]')).to_have_count(0)
+    pick.refresh_from_db()
+    assert pick.archived_at is not None
+    sidebar.get_by_role("link", name="Archived conversations").click()
+    expect(page).to_have_url(re.compile(r"/\?archived=1$"))
+    expect(sidebar.locator(".conversation-link")).to_have_text(["Chat 52"])
+    sidebar.get_by_role("button", name="Unarchive Chat 52", exact=True).click()
+    expect(sidebar.get_by_text("No archived conversations.")).to_be_visible()
+    sidebar.get_by_role("link", name="Back to all conversations").click()
+    expect(sidebar.locator(f'.conversation-item[data-id="{pick.pk}"]')).to_have_count(1)
+    expect(sidebar.locator(".conversation-link").first).to_have_text("Chat 10")  # pinned stays on top
+
+
+def test_the_theme_toggle_is_kept_across_a_reload(page: Page, django_user_model: Any) -> None:
+    from chat.models import Profile
+
+    owner = make_user(django_user_model, "nightowl")
+    page.emulate_media(color_scheme="light")
+    log_in(page, "nightowl")
+    html = page.locator("html")
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    expect(html).to_have_attribute("data-theme", "system")
+    light = page.evaluate(background)
+
+    page.get_by_label("Theme").select_option("dark")
+    expect(html).to_have_attribute("data-theme", "dark")
+    dark = page.evaluate(background)
+    assert dark != light
+    for _ in range(50):  # the choice is saved in the background
+        if Profile.objects.get(user=owner).theme == "dark":
+            break
+        time.sleep(0.1)
+    assert Profile.objects.get(user=owner).theme == "dark"
+
+    page.reload()
+    expect(html).to_have_attribute("data-theme", "dark")  # from the server: no flash of the other theme
+    expect(page.get_by_label("Theme")).to_have_value("dark")
+    assert page.evaluate(background) == dark
+    page.goto("/profile/")  # every page
+    expect(html).to_have_attribute("data-theme", "dark")
+
+    # "System" follows the browser; "Light" holds even when the system is dark.
+    page.emulate_media(color_scheme="dark")
+    page.get_by_label("Theme").select_option("system")
+    expect(html).to_have_attribute("data-theme", "system")
+    assert page.evaluate(background) == dark
+    page.get_by_label("Theme").select_option("light")
+    expect(html).to_have_attribute("data-theme", "light")
+    assert page.evaluate(background) == light
