@@ -197,3 +197,28 @@ class Invite(models.Model):
 
     def __str__(self) -> str:
         return self.note or f"Invite {self.code[:8]}…"
+
+
+class Feedback(models.Model):
+    """The owner's thumbs up or down on a reply, with an optional comment; it can be changed.
+
+    The admin's review queue starts from these (chat/admin.py).
+    """
+
+    class Rating(models.IntegerChoices):
+        UP = 1, "👍 up"
+        DOWN = -1, "👎 down"
+
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="feedback")
+    rating = models.SmallIntegerField(choices=Rating.choices)
+    comment = models.TextField(blank=True, max_length=2000)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "feedback"
+        ordering = ["-updated"]
+        indexes = [models.Index(fields=["rating", "-updated"], name="feedback_rating_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.get_rating_display()} on reply {self.message_id}"
