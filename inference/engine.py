@@ -14,12 +14,15 @@ Division of labour between the two kinds of thread:
   `should_stop` (which may query the database) and tells the engine. So every
   callback runs on the job's own thread, as with the one-at-a-time backend.
 
-Each row of the batch has its own KV cache row: a new request is prefilled
-alone into a free row, and the decode step attends over each row's own
-length with a padding mask. When a request carries a `cache_key` (the
-conversation), its KV cache is kept after it finishes, in an LRU bounded by
-bytes, and the next turn prefills only what is new after the longest common
-prefix.
+Each request holds its own KV row (fastpath.KVRow), sized to its tokens and
+grown alone: a long prompt in one row costs the other rows nothing, and a
+finished row's memory is freed (and handed back to the operating system).
+A new prompt is prefilled in chunks of at most `prefill_chunk_tokens`
+tokens, one chunk between two decode steps of the running batch, so running
+replies keep streaming while a long prompt arrives. When a request carries a
+`cache_key` (the conversation), its KV row is kept after it finishes, in an
+LRU bounded by bytes, and the next turn prefills only what is new after the
+longest common prefix.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import Any
 import torch
 
 from inference.backend import stop_token_ids_for
-from inference.fastpath import FastDecoder, KVBuffer, give_back_freed_memory, supports
+from inference.fastpath import FastDecoder, KVRow, give_back_freed_memory, supports
 from inference.loading import LoadedModel
 from inference.metrics import WorkerMetrics, worker_metrics
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
@@ -53,11 +56,24 @@ logger = logging.getLogger(__name__)
 # default) holds fp16 weights only, so its engine stores fp16 whatever this says.
 WEIGHT_CHOICES = ("auto", "fp16", "fp32")
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-INITIAL_CAPACITY = 256  # tokens per KV row; doubled on demand up to the context window
-# A grown KV buffer is kept while replies keep coming (regrowing it for every
-# turn of a long conversation cost ~90 ms of time to first token) and given
-# back after this long with nothing to do.
-SHRINK_AFTER_IDLE_S = 30.0
+# A KV row is allocated for its prompt plus this many tokens (rounded up to
+# KV_ROUND), and doubled when a reply outgrows it, never beyond what the
+# request can hold (prompt + max_new_tokens) or the context window.
+KV_HEADROOM = 128
+KV_ROUND = 64
+# Freed KV rows are handed back to the operating system (malloc_trim) once
+# this much has been freed, and whenever the engine falls idle.
+TRIM_AFTER_FREED_BYTES = 64 * 1024 * 1024
+# Prompt tokens prefilled in each decode step's pass while replies are running.
+# Prefill is compute-bound (~1 ms a token of the default model on 2 cores,
+# more as the prompt's own prefix grows), a step of 7 replies ~25 ms: 16
+# tokens keep the replies' gaps within about 3x their usual gap on a shared
+# 2-core machine (32: 3.3-5x). See README "The generation engine".
+DEFAULT_PREFILL_CHUNK_TOKENS = 16
+# With no reply decoding there is nobody to keep waiting, so a prompt is
+# prefilled in passes of up to this many tokens (per token, a pass of 1,500
+# costs ~0.75x one of 32): bounded so that activations stay small.
+PREFILL_ALONE_TOKENS = 1024
 
 
 def available_cores() -> int:
@@ -81,12 +97,11 @@ class EngineUnsupported(RuntimeError):
 @dataclass
 class _Cached:
     tokens: list[int]
-    keys: torch.Tensor  # [layers, kv_heads, tokens, head_dim]
-    values: torch.Tensor
+    kv: KVRow  # holds at least len(tokens) positions
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.keys.numel() * self.keys.element_size()
+        return self.kv.nbytes
 
 
 @dataclass
@@ -98,8 +113,9 @@ class _Job:
     events: queue.Queue[tuple[str, Any]] = field(default_factory=queue.Queue)
     cancel_requested: bool = False
     # Engine-thread state.
-    row: int = -1
-    length: int = 0  # tokens whose keys and values are in the cache row
+    slot: int = -1  # its row of the engine's seen-token matrix while admitted; -1 otherwise
+    kv: KVRow | None = None
+    length: int = 0  # tokens whose keys and values are in the KV row
     generated: list[int] = field(default_factory=list)
     text: str = ""  # decoded so far
     emitted: int = 0  # characters of `text` already handed out
@@ -137,6 +153,7 @@ class EngineConfig:
     weights: str = "auto"  # one of WEIGHT_CHOICES
     threads: int = 0  # torch threads for decode steps (0 = every core but one)
     prefill_threads: int = 0  # torch threads while prefilling (0 = every core)
+    prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS  # prompt tokens between decode steps
 
 
 @dataclass
@@ -148,6 +165,8 @@ class EngineStats:
     reused_tokens: int = 0
     max_batch_seen: int = 0
     max_prefill_rows: int = 0
+    prefill_chunks: int = 0  # forward passes over prompt tokens
+    steps_while_prefilling: int = 0  # decode steps run while a prompt was part-way prefilled
 
 
 class Engine:
@@ -165,6 +184,7 @@ class Engine:
         stream_interval_s: float = 0.05,
         threads: int = EngineConfig.threads,
         prefill_threads: int = EngineConfig.prefill_threads,
+        prefill_chunk_tokens: int = EngineConfig.prefill_chunk_tokens,
         metrics: WorkerMetrics | None = None,
     ) -> None:
         if not supports(loaded.model):
@@ -186,6 +206,9 @@ class Engine:
         # on 2 cores, 56 prompt tokens in 95-100 ms on two threads against
         # 155-160 ms on one, 1200 tokens in 1.9-2.1 s against 3.6-3.7 s.
         self.prefill_threads = prefill_threads or available_cores()
+        if prefill_chunk_tokens < 1:
+            raise ValueError(f"prefill_chunk_tokens={prefill_chunk_tokens}: expected at least 1")
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self.stop_token_ids = stop_token_ids_for(loaded)
         self.stop_strings = list(FALLBACK_STOP_STRINGS) if loaded.uses_fallback_template else []
         self.decoder = FastDecoder(loaded.model)
@@ -210,12 +233,14 @@ class Engine:
         # own, which the worker publishes; a test may pass its own.
         self.metrics = metrics if metrics is not None else worker_metrics()
 
-        self._cache: KVBuffer = self.decoder.new_buffer(max_batch, INITIAL_CAPACITY)
-        self._record_kv_buffer()
         vocab = self.decoder.embed.weight.shape[0]
+        # Tokens each admitted request has seen (prompt and reply), by its slot: for the repetition penalty.
         self._seen = torch.zeros(max_batch, vocab, dtype=torch.bool, device=self.device)
-        self._active: list[_Job] = []
+        self._free_slots = list(range(max_batch - 1, -1, -1))
+        self._active: list[_Job] = []  # decoding, one token a step
+        self._prefilling: list[_Job] = []  # admitted, prompt not yet all in its KV row
         self._waiting: list[_Job] = []
+        self._freed_bytes = 0  # KV bytes freed since memory was last handed back
         self._prefix: OrderedDict[str, _Cached] = OrderedDict()
         self._prefix_bytes = 0
         self._wake = threading.Condition()
@@ -224,13 +249,14 @@ class Engine:
         self._thread.start()
         logger.info(
             "engine: batch up to %d, %d per owner, prefix cache %d MB, %s weights, "
-            "%d torch threads (%d in prefill)",
+            "%d torch threads (%d in prefill), prefill chunks of %d tokens",
             max_batch,
             self.max_per_owner,
             prefix_cache_mb,
             self.weights,
             self.threads,
             self.prefill_threads,
+            self.prefill_chunk_tokens,
         )
 
     # --- The Backend protocol (job threads) -------------------------------------
@@ -285,6 +311,10 @@ class Engine:
     def cached_conversations(self) -> list[str]:
         return list(self._prefix)
 
+    def kv_row_bytes(self) -> dict[int, int]:
+        """Allocated KV bytes of each admitted request's row, by the request's slot."""
+        return {job.slot: job.kv.nbytes for job in [*self._active, *self._prefilling] if job.kv is not None}
+
     # --- The engine thread ----------------------------------------------------------
 
     def _run(self) -> None:
@@ -294,40 +324,41 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._wake:
-                    while not self._closing and not self._active and not self._waiting:
-                        if not self._wake.wait(timeout=SHRINK_AFTER_IDLE_S):
-                            self._shrink()
+                    while not self._closing and not self._busy() and not self._waiting:
+                        self._wake.wait()
                     if self._closing:
                         break
                     admitted = self._admit()
                 try:
-                    if admitted:
-                        torch.set_num_threads(self.prefill_threads)
-                        try:
-                            self._prefill(admitted)
-                        finally:
-                            torch.set_num_threads(self.threads)
-                    if self._active:
-                        self._step()
+                    for job in admitted:
+                        self._start(job)
+                    self._pass()
                 except Exception as exc:  # keep serving: fail the batch, not the worker
                     logger.exception("generation engine step failed")
                     self._fail_all(exc)
-                self.metrics.batch_size.set(len(self._active))
+                if self._freed_bytes >= TRIM_AFTER_FREED_BYTES or (self._freed_bytes and not self._busy()):
+                    give_back_freed_memory()
+                    self._freed_bytes = 0
+                self.metrics.batch_size.set(len(self._active) + len(self._prefilling))
                 self.metrics.kv_prefix_bytes.set(self._prefix_bytes)
         self._fail_all(RuntimeError("the engine was closed"))
 
+    def _busy(self) -> bool:
+        return bool(self._active or self._prefilling)
+
     def _admit(self) -> list[_Job]:
-        """Move waiting jobs into free rows, oldest first, within the per-owner cap."""
+        """Move waiting jobs into free slots, oldest first, within the per-owner cap."""
         admitted: list[_Job] = []
         running: dict[str | None, int] = {}
-        for job in self._active:
+        for job in [*self._active, *self._prefilling]:
             running[job.owner] = running.get(job.owner, 0) + 1
+        held = len(self._active) + len(self._prefilling)
         still_waiting: list[_Job] = []
         for job in self._waiting:
             if job.cancel_requested:
                 self._finish(job, "cancelled")
                 continue
-            free = len(self._active) + len(admitted) < self.max_batch
+            free = held + len(admitted) < self.max_batch
             under_cap = job.owner is None or running.get(job.owner, 0) < self.max_per_owner
             if free and under_cap:
                 admitted.append(job)
@@ -342,87 +373,128 @@ class Engine:
                 job.events.put(("queued", position))
         return admitted
 
-    def _prefill(self, jobs: list[_Job]) -> None:
-        """Prefill newly admitted jobs together, in one forward pass over rows padded to one length.
+    def _start(self, job: _Job) -> None:
+        """Give an admitted job a slot and a KV row (with its cached prefix, if any) to prefill into."""
+        job.admitted_at = time.monotonic()
+        limit = job.request.time_limit_s
+        job.deadline = job.admitted_at + limit if limit else None
+        seed = job.request.params.seed
+        if seed is not None:
+            job.generator = torch.Generator(device=self.device).manual_seed(seed)
+        job.slot = self._free_slots.pop()
+        self._prefilling.append(job)
+        reused = self._restore_prefix(job)
+        if job.kv is None:
+            job.kv = self.decoder.new_row(self._capacity_for(job, len(job.prompt_ids) + 1))
+        if job.request.cache_key is not None:
+            self.metrics.prefix_cache_lookups.inc()
+            if reused:
+                self.metrics.prefix_cache_hits.inc()
+        job.length = job.reused_tokens = reused
+        self.stats.reused_tokens += reused
+        self.metrics.prefix_reused_tokens.inc(reused)
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(self._active) + len(self._prefilling))
+        self._record_kv_rows()
 
-        They take consecutive free rows. A padded query sits at its row's
-        prompt length (clamped): it writes keys and values only where the
-        row's first decode step writes next, and no real query attends there.
+    def _capacity_for(self, job: _Job, needed: int, current: int = 0) -> int:
+        """A KV row's capacity for `needed` positions: headroom or doubling, within what the job can hold."""
+        most = min(len(job.prompt_ids) + job.request.params.max_new_tokens, self.loaded.context_tokens + 1)
+        wanted = max(needed + KV_HEADROOM, 2 * current)
+        wanted = -(-wanted // KV_ROUND) * KV_ROUND
+        return max(needed, min(wanted, most))
+
+    def _pass(self) -> None:
+        """One forward pass: a decode step of every running reply, plus the next chunk of waiting prompts.
+
+        The chunk holds at most prefill_chunk_tokens prompt tokens (up to
+        PREFILL_ALONE_TOKENS when no reply is decoding), oldest prompt first;
+        several short prompts may share it. Running replies and the chunk share
+        one pass, so the weights are read once for both and a long prompt
+        delays each running reply by one chunk's compute per token, not by its
+        whole prefill. A prompt completed by the chunk samples its first token
+        and decodes from the next pass on.
         """
-        rows = []
-        for job in jobs:
-            job.admitted_at = time.monotonic()
-            limit = job.request.time_limit_s
-            job.deadline = job.admitted_at + limit if limit else None
-            seed = job.request.params.seed
-            if seed is not None:
-                job.generator = torch.Generator(device=self.device).manual_seed(seed)
-            job.row = len(self._active)
+        for job in list(self._prefilling):
+            if job.cancel_requested:
+                self._finish(job, "cancelled")
+            elif job.deadline is not None and time.monotonic() >= job.deadline:
+                self._finish(job, "timeout")
+        decoding = list(self._active)
+        grew = False
+        for job in decoding:
+            assert job.kv is not None
+            if job.length >= job.kv.capacity:
+                old = job.kv
+                job.kv = self.decoder.grown(
+                    old, self._capacity_for(job, job.length + 1, old.capacity), job.length
+                )
+                self._freed_bytes += old.nbytes
+                grew = True
+        budget = (
+            self.prefill_chunk_tokens if decoding else max(self.prefill_chunk_tokens, PREFILL_ALONE_TOKENS)
+        )
+        pieces: list[tuple[_Job, int]] = []
+        for job in self._prefilling:
+            piece = min(len(job.prompt_ids) - job.length, budget)
+            if piece < 1:
+                break
+            pieces.append((job, piece))
+            budget -= piece
+        if grew or pieces:
+            self._record_kv_rows()
+        if not decoding and not pieces:
+            return
+        tokens = [job.last_token for job in decoding]
+        for job, piece in pieces:
+            tokens += job.prompt_ids[job.length : job.length + piece]
+        rows = [*decoding, *(job for job, _ in pieces)]
+        completed = [job for job, piece in pieces if job.length + piece == len(job.prompt_ids)]
+        logits_of = [*range(len(decoding)), *(rows.index(job) for job in completed)]
+        if pieces:
+            torch.set_num_threads(self.prefill_threads)
+        try:
+            logits = self.decoder(
+                torch.tensor([tokens], device=self.device),
+                [job.kv for job in rows if job.kv is not None],
+                [job.length for job in rows],
+                [1] * len(decoding) + [piece for _, piece in pieces],
+                logits_of,
+            )
+        finally:
+            if pieces:
+                torch.set_num_threads(self.threads)
+        if decoding:
+            self.stats.steps += 1
+            if pieces or self._prefilling:
+                self.stats.steps_while_prefilling += 1
+        for job in decoding:
+            job.length += 1
+        if pieces:
+            self.stats.prefill_chunks += 1
+            self.stats.max_prefill_rows = max(self.stats.max_prefill_rows, len(pieces))
+        for job, piece in pieces:
+            job.length += piece
+            self.stats.prefilled_tokens += piece
+            self.metrics.prefill_tokens.inc(piece)
+        for job in completed:
+            self._prefilling.remove(job)
             self._active.append(job)
-            self._ensure_capacity(len(job.prompt_ids) + 1)
-            reused = self._restore_prefix(job)
-            if job.request.cache_key is not None:
-                self.metrics.prefix_cache_lookups.inc()
-                if reused:
-                    self.metrics.prefix_cache_hits.inc()
-            rows.append((job, reused, job.prompt_ids[reused:]))
-        self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(self._active))
-        self.stats.max_prefill_rows = max(self.stats.max_prefill_rows, len(jobs))
-        steps = max(len(new) for _, _, new in rows)
-        attend = max(len(job.prompt_ids) for job in jobs)
-        tokens = torch.tensor([new + [0] * (steps - len(new)) for _, _, new in rows], device=self.device)
-        offsets = torch.arange(steps, device=self.device)[None]
-        starts = torch.tensor([reused for _, reused, _ in rows], device=self.device)[:, None]
-        totals = torch.tensor([len(job.prompt_ids) for job in jobs], device=self.device)[:, None]
-        positions = torch.minimum(starts + offsets, totals)
-        mask = None
-        if len(jobs) > 1 or rows[0][1]:
-            # Each query sees its row's reused prefix and, causally, the new tokens before it.
-            columns = torch.arange(attend, device=self.device)
-            mask = (columns[None, None, :] <= positions[:, :, None])[:, None]
-        last = torch.tensor([len(new) - 1 for _, _, new in rows], device=self.device)
-        logits = self.decoder(tokens, positions, self._cache, jobs[0].row, attend, mask, last)
-        for job, reused, new in rows:
-            job.length = len(job.prompt_ids)
-            job.reused_tokens = reused
-            self.stats.prefilled_tokens += len(new)
-            self.stats.reused_tokens += reused
-            self.metrics.prefill_tokens.inc(len(new))
-            self.metrics.prefix_reused_tokens.inc(reused)
-            seen = self._seen[job.row]
+            seen = self._seen[job.slot]
             seen.zero_()
             seen[torch.tensor(job.prompt_ids, device=self.device)] = True
-        for job, token in zip(jobs, self._sample(jobs, logits), strict=True):
-            self._accept(job, token)
-
-    def _step(self) -> None:
-        jobs = self._active
-        rows = len(jobs)
-        lengths = [job.length for job in jobs]
-        attend = max(lengths) + 1
-        self._ensure_capacity(attend)
-        tokens = torch.tensor([[job.last_token] for job in jobs], device=self.device)
-        positions = torch.tensor(lengths, device=self.device)[:, None]
-        mask = None
-        if rows > 1 and min(lengths) + 1 < attend:
-            columns = torch.arange(attend, device=self.device)
-            mask = (columns[None, :] <= positions)[:, None, None, :]
-        logits = self.decoder(tokens, positions, self._cache, 0, attend, mask)
-        self.stats.steps += 1
-        for job in jobs:
-            job.length += 1
-        for job, token in zip(list(jobs), self._sample(jobs, logits), strict=True):
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(self._active) + len(self._prefilling))
+        sampled = [*decoding, *completed]
+        for job, token in zip(sampled, self._sample(sampled, logits), strict=True):
             self._accept(job, token)
 
     def _sample(self, jobs: list[_Job], logits: torch.Tensor) -> list[int]:
-        rows = len(jobs)
-        first = jobs[0].row
         penalties = [job.request.params.repetition_penalty for job in jobs]
         if any(p != 1.0 for p in penalties):
             # As transformers' RepetitionPenaltyLogitsProcessor, over prompt and reply tokens.
             penalty = torch.tensor(penalties, device=logits.device)[:, None]
             penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
-            logits = torch.where(self._seen[first : first + rows], penalised, logits)
+            slots = torch.tensor([job.slot for job in jobs], device=logits.device)
+            logits = torch.where(self._seen[slots], penalised, logits)
         chosen = logits.argmax(dim=-1).tolist()
         for index, job in enumerate(jobs):
             params = job.request.params
@@ -451,7 +523,7 @@ class Engine:
         else:
             metrics.inter_token_latency.observe(now - job.last_token_at)
         job.last_token_at = now
-        self._seen[job.row, token] = True
+        self._seen[job.slot, token] = True
         if token in self.stop_token_ids:
             self._finish(job, "stop")
             return
@@ -502,7 +574,7 @@ class Engine:
             job.emitted_at = moment
 
     def _finish(self, job: _Job, reason: FinishReason, cut: int | None = None) -> None:
-        if job.row >= 0:
+        if job.slot >= 0:
             self._release(job)
         self.metrics.replies.labels(finish_reason=reason).inc()
         text = job.text
@@ -531,47 +603,37 @@ class Engine:
         )
 
     def _release(self, job: _Job) -> None:
-        """Take the job's row out of the batch, keeping its KV cache if it has a cache key."""
-        row = job.row
+        """Take the job out of the batch, keeping its KV row if it has a cache key, else freeing it."""
+        if job in self._active:
+            self._active.remove(job)
+        else:
+            self._prefilling.remove(job)
         key = job.request.cache_key
-        if key is not None and job.length > 0:
-            self._remember(key, job, row)
-        last = len(self._active) - 1
-        mover = self._active[last]
-        if mover is not job:
-            # Compact: the last row takes the freed place, so the batch is rows 0..n-1.
-            span = mover.length
-            for keys, values in zip(self._cache.keys, self._cache.values, strict=True):
-                keys[row, :, :span] = keys[last, :, :span]
-                values[row, :, :span] = values[last, :, :span]
-            self._seen[row] = self._seen[last]
-            self._active[row] = mover
-            mover.row = row
-        self._active.pop()
-        job.row = -1
+        kv, job.kv = job.kv, None
+        if kv is not None:
+            if key is not None and job.length > 0:
+                self._remember(key, job, kv)
+            else:
+                self._freed_bytes += kv.nbytes
+        self._free_slots.append(job.slot)
+        job.slot = -1
+        self._record_kv_rows()
 
-    def _shrink(self) -> None:
-        """Give a grown KV buffer's memory back (called when the engine has been idle a while)."""
-        if not self._active and self._cache.capacity > INITIAL_CAPACITY:
-            self._cache = self.decoder.new_buffer(self.max_batch, INITIAL_CAPACITY)
-            self._record_kv_buffer()
+    def _record_kv_rows(self) -> None:
+        self.metrics.kv_batch_bytes.set(sum(self.kv_row_bytes().values()))
 
-    def _record_kv_buffer(self) -> None:
-        buffer = self._cache
-        self.metrics.kv_batch_bytes.set(
-            sum(t.numel() * t.element_size() for t in (*buffer.keys, *buffer.values))
-        )
-
-    def _remember(self, key: str, job: _Job, row: int) -> None:
+    def _remember(self, key: str, job: _Job, kv: KVRow) -> None:
         length = job.length
         tokens = (job.prompt_ids + job.generated)[:length]
-        entry = _Cached(
-            tokens=tokens,
-            keys=torch.stack([k[row, :, :length] for k in self._cache.keys]),
-            values=torch.stack([v[row, :, :length] for v in self._cache.values]),
-        )
+        if kv.capacity > length + max(KV_HEADROOM, length // 4):
+            # Mostly unused room (a reply stopped early): keep a copy of what it holds.
+            old = kv
+            kv = self.decoder.grown(old, -(-length // KV_ROUND) * KV_ROUND, length)
+            self._freed_bytes += old.nbytes
+        entry = _Cached(tokens=tokens, kv=kv)
         self._forget(key)
         if entry.nbytes > self.prefix_cache_bytes:
+            self._freed_bytes += entry.nbytes
             return
         self._prefix[key] = entry
         self._prefix_bytes += entry.nbytes
@@ -582,10 +644,16 @@ class Engine:
         entry = self._prefix.pop(key, None)
         if entry is not None:
             self._prefix_bytes -= entry.nbytes
+            self._freed_bytes += entry.nbytes  # unless the caller adopts it (see _restore_prefix)
         return entry
 
     def _restore_prefix(self, job: _Job) -> int:
-        """Copy the longest reusable cached prefix into the job's row; its length."""
+        """Give the job the cached KV row of its conversation, if any; how many prompt tokens it holds.
+
+        The cached row itself becomes the job's (positions past the common
+        prefix are overwritten before anything reads them); it is copied only
+        when it is too small for the prompt.
+        """
         key = job.request.cache_key
         entry = self._forget(key) if key is not None else None
         if entry is None:
@@ -595,34 +663,28 @@ class Engine:
         common = 0
         while common < limit and entry.tokens[common] == prompt[common]:
             common += 1
-        if common:
-            for index, (keys, values) in enumerate(zip(self._cache.keys, self._cache.values, strict=True)):
-                keys[job.row, :, :common] = entry.keys[index, :, :common]
-                values[job.row, :, :common] = entry.values[index, :, :common]
+        if not common:
+            return 0
+        self._freed_bytes -= entry.nbytes  # adopted, not freed
+        if entry.kv.capacity >= len(prompt) + 1:
+            job.kv = entry.kv
+        else:
+            job.kv = self.decoder.grown(entry.kv, self._capacity_for(job, len(prompt) + 1), common)
+            self._freed_bytes += entry.nbytes
         return common
-
-    def _ensure_capacity(self, needed: int) -> None:
-        capacity = self._cache.capacity
-        if needed <= capacity:
-            return
-        new_capacity = capacity
-        while new_capacity < needed:
-            new_capacity *= 2
-        new_capacity = max(needed, min(new_capacity, self.loaded.context_tokens + 1))
-        grown = self.decoder.new_buffer(self.max_batch, new_capacity)
-        for old, new in zip(self._cache.keys + self._cache.values, grown.keys + grown.values, strict=True):
-            new[:, :, :capacity] = old
-        self._cache = grown
-        self._record_kv_buffer()
 
     def _fail_all(self, exc: Exception) -> None:
         with self._wake:
-            jobs = self._active + self._waiting
-            self._active, self._waiting = [], []
+            jobs = self._active + self._prefilling + self._waiting
+            self._active, self._prefilling, self._waiting = [], [], []
+            self._free_slots = list(range(self.max_batch - 1, -1, -1))
             self.metrics.queue_depth.set(0)
             self.metrics.batch_size.set(0)
         for job in jobs:
-            job.row = -1
+            if job.kv is not None:
+                self._freed_bytes += job.kv.nbytes
+            job.slot = -1
+            job.kv = None
             self.metrics.replies.labels(finish_reason="error").inc()
             job.events.put(("error", exc))
 
@@ -647,4 +709,5 @@ def engine_from_config(loaded: LoadedModel, config: EngineConfig) -> Engine:
         weights=config.weights,
         threads=config.threads,
         prefill_threads=config.prefill_threads,
+        prefill_chunk_tokens=config.prefill_chunk_tokens,
     )

@@ -3,8 +3,8 @@
 The engine's decode loop runs every active conversation through this once per
 token. Compared with calling the Hugging Face module tree it does less per
 step: q/k/v and gate/up projections are fused into one matrix product each,
-the KV cache is a preallocated buffer written in place (no concatenation per
-step), and the attention mask and rotary tables are built once per step for
+each sequence's KV cache is its own preallocated buffer written in place (no
+concatenation per step), and the rotary tables are built once per step for
 all layers. The weights are the model's own tensors (the fused matrices are
 the only copies), so the Hugging Face model stays usable.
 
@@ -28,8 +28,7 @@ import contextlib
 import ctypes
 import math
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import torch
@@ -301,20 +300,27 @@ class _Layer(nn.Module):
         self.k_norm: nn.Module | None = getattr(attn, "k_norm", None)
 
 
-@dataclass
-class KVBuffer:
-    """Per-row KV cache: keys[layer] is [rows, kv_heads, capacity, head_dim]."""
+class KVRow:
+    """One sequence's keys and values, in one allocation of [layers, 2, kv_heads, capacity, head_dim]
+    (2: keys, then values).
 
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    Each sequence has its own, sized to what it holds: a long prompt grows
+    only its own row, and a finished row frees all of its memory at once.
+    """
+
+    def __init__(self, data: torch.Tensor) -> None:
+        self.data = data
+        # (keys, values) of each layer, [kv_heads, capacity, head_dim]: made
+        # once here, not for every layer of every step.
+        self.layers = [(data[index, 0], data[index, 1]) for index in range(data.shape[0])]
 
     @property
     def capacity(self) -> int:
-        return self.keys[0].shape[2]
+        return int(self.data.shape[3])
 
     @property
-    def rows(self) -> int:
-        return self.keys[0].shape[0]
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
 
 
 class FastDecoder(nn.Module):
@@ -403,12 +409,17 @@ class FastDecoder(nn.Module):
         for projection in self.projections():
             projection.store_half()
 
-    def new_buffer(self, rows: int, capacity: int) -> KVBuffer:
-        shape = (rows, self.kv_heads, capacity, self.head_dim)
-        return KVBuffer(
-            keys=[torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers],
-            values=[torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers],
-        )
+    def new_row(self, capacity: int) -> KVRow:
+        """An uninitialised KV row: nothing reads a position before it is written,
+        and pages never written are never touched (a large allocation is mapped lazily)."""
+        shape = (len(self.layers), 2, self.kv_heads, capacity, self.head_dim)
+        return KVRow(torch.empty(shape, dtype=self.dtype, device=self.device))
+
+    def grown(self, row: KVRow, capacity: int, keep: int) -> KVRow:
+        """A row of `capacity` holding the first `keep` positions of `row`."""
+        new = self.new_row(capacity)
+        new.data[:, :, :, :keep] = row.data[:, :, :, :keep]
+        return new
 
     def kv_bytes_per_token(self) -> int:
         element = torch.empty((), dtype=self.dtype).element_size()
@@ -416,64 +427,98 @@ class FastDecoder(nn.Module):
 
     def forward(
         self,
-        tokens: torch.Tensor,  # [rows, steps]
-        positions: torch.Tensor,  # [rows, steps]: where each token sits in its sequence
-        cache: KVBuffer,
-        row_start: int,  # the tokens belong to cache rows row_start .. row_start+rows
-        attend: int,  # keys 0..attend-1 are read (the longest sequence after this step)
-        mask: torch.Tensor | None,  # [rows, 1, steps, attend] bool, or None for plain causal
-        last: torch.Tensor | None = None,  # [rows]: the step whose logits to return; None = the last
+        tokens: torch.Tensor,  # [1, total]: each row's tokens in turn
+        cache: Sequence[KVRow],  # each row's own KV row
+        starts: Sequence[int],  # where each row's first token sits in its sequence
+        counts: Sequence[int],  # how many of `tokens` each row has
+        logits_of: Sequence[int] | None = None,  # the rows whose last token's logits to return; None = all
     ) -> torch.Tensor:
-        """Logits of one token of each row (`last`), [rows, vocab]; writes the new keys and values."""
-        rows, steps = tokens.shape
-        hidden = self.embed(tokens)
-        cos, sin = self.rotary_at(positions)  # [rows, steps, 1, head_dim]
+        """Logits of the last token of each row in `logits_of`, [len(logits_of), vocab].
+
+        Rows are ragged: a decode step's rows have one token each, a prompt
+        being prefilled has a chunk of its tokens, and one pass may mix them
+        (the weights are read once for all). Row i's tokens go to positions
+        starts[i] .. starts[i]+counts[i]-1 of its KV row, which must have the
+        capacity, and attend causally to everything before them.
+
+        Attention runs row by row, each over its own length: no row reads (or
+        holds) keys for another row's length. Measured on 2 cores, 8 rows of
+        ~200 tokens of the default model: ~10 ms a step against ~7.5 ms for one
+        masked product over a dense padded batch, which reads and holds every
+        row at the longest row's length.
+        """
+        device = tokens.device
+        total = tokens.shape[1]
+        rows = len(counts)
+        spans: list[tuple[int, int, int]] = []  # (offset in tokens, start, count) of each row
+        offset = 0
+        for start, count in zip(starts, counts, strict=True):
+            spans.append((offset, int(start), int(count)))
+            offset += int(count)
+        assert offset == total, f"{total} tokens for rows of {list(counts)}"
+        positions = torch.tensor(
+            [position for _, start, count in spans for position in range(start, start + count)], device=device
+        )[None]
+        hidden = self.embed(tokens)[0]  # [total, hidden]
+        cos, sin = self.rotary_at(positions)  # [1, total, 1, head_dim]
+        cos, sin = cos[0], sin[0]
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         q_size, kv_size = heads * head_dim, kv_heads * head_dim
         half = head_dim // 2
-        # Where the new keys go in the flattened [rows*kv_heads*capacity, head_dim] buffer.
-        capacity = cache.capacity
-        row_ids = torch.arange(row_start, row_start + rows, device=tokens.device)
-        head_ids = torch.arange(kv_heads, device=tokens.device)
-        slots = ((row_ids[:, None, None] * kv_heads + head_ids[None, :, None]) * capacity) + positions[
-            :, None, :
-        ]
-        slots = slots.reshape(-1)
-        rows_end = row_start + rows
         qk_heads = heads + kv_heads
+        # Per row: the attention mask; None for plain causal attention from
+        # position 0, or for one token (which sees every key before it).
+        masks: list[torch.Tensor | None] = []
+        for _, start, count in spans:
+            if count == 1 or start == 0:
+                masks.append(None)
+            else:
+                columns = torch.arange(start + count, device=device)
+                rows_at = torch.arange(start, start + count, device=device)
+                masks.append(columns[None, :] <= rows_at[:, None])
+        gqa = heads != kv_heads
         for index, layer in enumerate(self.decoder_layers()):
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.norm1, self.eps)
             qkv = layer.qkv(x)
-            qk = qkv[..., : q_size + kv_size].view(rows, steps, qk_heads, head_dim)
+            qk = qkv[:, : q_size + kv_size].view(total, qk_heads, head_dim)
             if layer.q_norm is not None and layer.k_norm is not None:
-                qk = torch.cat(
-                    (layer.q_norm(qk[:, :, :heads]), layer.k_norm(qk[:, :, heads:])),
-                    dim=2,
-                )
+                qk = torch.cat((layer.q_norm(qk[:, :heads]), layer.k_norm(qk[:, heads:])), dim=1)
             # Rotary embedding of q and k at once: x*cos + rotate_half(x)*sin,
             # with rotate_half's sign folded into the sin table (exact: a negation).
             swapped = torch.cat((qk[..., half:], qk[..., :half]), dim=-1)
             qk = torch.addcmul(qk * cos, swapped, sin)
-            q = qk[:, :, :heads].transpose(1, 2)
-            k = qk[:, :, heads:]
-            v = qkv[..., q_size + kv_size :].view(rows, steps, kv_heads, head_dim)
-            keys, values = cache.keys[index], cache.values[index]
-            keys.view(-1, head_dim).index_copy_(0, slots, k.transpose(1, 2).reshape(-1, head_dim))
-            values.view(-1, head_dim).index_copy_(0, slots, v.transpose(1, 2).reshape(-1, head_dim))
-            attn = F.scaled_dot_product_attention(
-                q,
-                keys[row_start:rows_end, :, :attend],
-                values[row_start:rows_end, :, :attend],
-                attn_mask=mask,
-                is_causal=mask is None and steps > 1,
-                scale=self.scale,
-                enable_gqa=heads != kv_heads,
-            )
-            hidden = hidden + layer.o(attn.transpose(1, 2).reshape(rows, steps, q_size))
+            q, k = qk[:, :heads], qk[:, heads:]  # [total, heads or kv_heads, head_dim]
+            v = qkv[:, q_size + kv_size :].view(total, kv_heads, head_dim)
+            outputs = []
+            for row, (at, start, count) in enumerate(spans):
+                keys, values = cache[row].layers[index]
+                if count == 1:
+                    keys.select(1, start).copy_(k[at])
+                    values.select(1, start).copy_(v[at])
+                else:
+                    keys[:, start : start + count].copy_(k[at : at + count].transpose(0, 1))
+                    values[:, start : start + count].copy_(v[at : at + count].transpose(0, 1))
+                mask = masks[row]
+                out = F.scaled_dot_product_attention(
+                    q[at : at + count].transpose(0, 1)[None],
+                    keys[None, :, : start + count],
+                    values[None, :, : start + count],
+                    attn_mask=mask,
+                    is_causal=mask is None and count > 1,
+                    scale=self.scale,
+                    enable_gqa=gqa,
+                )  # [1, heads, count, head_dim]
+                outputs.append(out[0].transpose(0, 1).reshape(count, q_size))
+            attn = outputs[0] if rows == 1 else torch.cat(outputs)
+            hidden = hidden + layer.o(attn)
             x = F.rms_norm(hidden, (hidden.shape[-1],), layer.norm2, self.eps)
             gate, up = layer.gate_up(x).chunk(2, dim=-1)
             hidden = hidden + layer.down(F.silu(gate) * up)
-        final = hidden[:, -1] if last is None else hidden[torch.arange(rows, device=hidden.device), last]
+        wanted = range(rows) if logits_of is None else logits_of
+        lasts = [spans[row][0] + spans[row][2] - 1 for row in wanted]
+        if not lasts:  # a chunk in the middle of a prompt: nothing to sample yet
+            return hidden.new_empty(0, self.lm_head.out_features)
+        final = hidden[-1:] if lasts == [total - 1] else hidden[torch.tensor(lasts, device=device)]
         final = F.rms_norm(final, (hidden.shape[-1],), self.final_norm, self.eps)
         return self.lm_head(final).float()
 

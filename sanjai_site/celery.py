@@ -55,6 +55,7 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
         weights=model.weights or settings.ENGINE_WEIGHTS,
         threads=settings.ENGINE_THREADS,
         prefill_threads=settings.ENGINE_PREFILL_THREADS,
+        prefill_chunk_tokens=settings.ENGINE_PREFILL_CHUNK_TOKENS,
     )
     config = worker.WorkerConfig(
         name=model.name,

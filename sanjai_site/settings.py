@@ -317,6 +317,12 @@ CHAT_MAX_MESSAGE_CHARS = envint("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
 # Other request bodies are held to Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB).
 # Both are refused before the body is read (sanjai_site/uploads.py).
 IMPORT_MAX_BYTES = envint("IMPORT_MAX_BYTES", 20_000_000, minimum=1)
+# Voice (inference/speech.py): a dictated recording may last this long and
+# weigh this much (the page sends 16 kHz mono WAV: 32 kB a second); a reply
+# read aloud by the server may be this long.
+VOICE_MAX_SECONDS = envint("VOICE_MAX_SECONDS", 60, minimum=1)
+VOICE_MAX_BYTES = envint("VOICE_MAX_BYTES", 4_000_000, minimum=1000)
+VOICE_MAX_READ_CHARS = envint("VOICE_MAX_READ_CHARS", 5000, minimum=1)
 # How long POST /chat waits for the worker before answering 504.
 CHAT_REPLY_TIMEOUT_S = envfloat("CHAT_REPLY_TIMEOUT_S", GENERATION_TIME_LIMIT_S + 30)
 # A worker counts as alive while its heartbeat is younger than this.
@@ -346,6 +352,9 @@ ENGINE_PREFIX_CACHE_MB = envint("ENGINE_PREFIX_CACHE_MB", 512, minimum=0)
 ENGINE_THREADS = envint("ENGINE_THREADS", 0, minimum=0)
 # torch threads while prefilling prompts (0 = every core).
 ENGINE_PREFILL_THREADS = envint("ENGINE_PREFILL_THREADS", 0, minimum=0)
+# Prompt tokens prefilled alongside each decode step of the running replies, so
+# they keep streaming while a long prompt arrives (measured default: README).
+ENGINE_PREFILL_CHUNK_TOKENS = envint("ENGINE_PREFILL_CHUNK_TOKENS", 16, minimum=1)
 # How the engine stores weights: "auto" (fp16 on x86-64 CPUs for an fp32 model,
 # else as loaded), "fp16" or "fp32". See inference/engine.py.
 ENGINE_WEIGHTS = envchoice("ENGINE_WEIGHTS", "auto", ("auto", "fp16", "fp32"))

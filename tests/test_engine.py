@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from inference import engine as engine_module
 from inference.engine import Engine, _held_back
 from inference.loading import LoadedModel, load_model
 from inference.params import GenerationParams
@@ -426,3 +427,114 @@ def test_the_default_model_answers_the_same_through_the_engine_alone_and_batched
         assert batched == expected
     finally:
         engine.close()
+
+
+LONG = [Turn("user", "Please repeat these words back to me: " + " ".join(f"item{i}" for i in range(15)))]
+
+
+def test_chunked_prefill_gives_greedy_tokens_equal_to_generate_while_other_rows_decode(
+    make_engine: Callable[..., Engine], weights: str, same_math: LoadedModel
+) -> None:
+    engine = make_engine(max_batch=3, weights=weights, prefill_chunk_tokens=8)
+    long_ids = build_prompt(same_math.tokenizer, LONG, context_tokens=256, max_new_tokens=12).input_ids
+    assert len(long_ids) > 6 * 8  # several chunks
+    decoding = threading.Event()
+    results: dict[str, Completion] = {}
+    first, _ = in_thread(
+        lambda: results.setdefault(
+            "running",
+            engine.generate(
+                GenerationRequest(turns=PROMPTS[0], params=greedy(120)), on_text=lambda _: decoding.set()
+            ),
+        )
+    )
+    decoding.wait(10)
+    steps_before = engine.stats.steps
+    results["long"] = engine.generate(GenerationRequest(turns=LONG, params=greedy(12)))
+    first.join()
+    assert results["long"].text == reference_text(same_math, LONG, 12)
+    assert results["running"].text == reference_text(same_math, PROMPTS[0], 120)
+    assert engine.stats.prefill_chunks >= 1 + len(long_ids) // 8  # the running prompt's, then the long one's
+    # The running reply kept decoding between the long prompt's chunks, not after them.
+    assert engine.stats.steps_while_prefilling >= len(long_ids) // 8 - 1
+    assert engine.stats.steps > steps_before
+
+
+def test_a_long_prompt_alone_is_prefilled_in_bounded_passes_and_answers_as_generate(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "PREFILL_ALONE_TOKENS", 20)
+    engine = make_engine(prefill_chunk_tokens=4)
+    completion = engine.generate(GenerationRequest(turns=LONG, params=greedy(12)))
+    assert completion.text == reference_text(engine.loaded, LONG, 12)
+    assert engine.stats.prefill_chunks == -(-completion.prompt_tokens // 20)
+
+
+def test_a_chunk_stays_within_its_token_budget_while_replies_decode(
+    make_engine: Callable[..., Engine],
+) -> None:
+    engine = make_engine(max_batch=6, prefill_chunk_tokens=16)
+    passes: list[tuple[int, int]] = []  # (prompt tokens, replies decoding) of each pass with prompt tokens
+    forward = engine.decoder.forward
+
+    def spy(tokens: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        decoding = len(engine._active)
+        if tokens.shape[1] > decoding:
+            passes.append((tokens.shape[1] - decoding, decoding))
+        return forward(tokens, *args, **kwargs)
+
+    engine.decoder.forward = spy  # type: ignore[method-assign]
+    decoding = threading.Event()
+    running, _ = in_thread(
+        lambda: engine.generate(
+            GenerationRequest(turns=HELLO, params=greedy(100)), on_text=lambda _: decoding.set()
+        )
+    )
+    decoding.wait(10)
+    threads = [
+        in_thread(lambda turns=turns: engine.generate(GenerationRequest(turns=turns, params=greedy(3))))[0]
+        for turns in [LONG, *PROMPTS]
+    ]
+    for thread in [*threads, running]:
+        thread.join()
+    alone, *beside = passes
+    assert alone[1] == 0 and alone[0] > 16  # nobody decoding: the first prompt in one pass
+    assert len(beside) > len(PROMPTS)
+    assert all(decoding and prompt_tokens <= 16 for prompt_tokens, decoding in beside)
+
+
+def test_one_long_row_does_not_grow_the_kv_memory_of_the_others(make_engine: Callable[..., Engine]) -> None:
+    engine = make_engine(max_batch=2)
+    per_token = engine.decoder.kv_bytes_per_token()
+    tokenizer = engine.loaded.tokenizer
+    short_ids = build_prompt(tokenizer, PROMPTS[3], context_tokens=256, max_new_tokens=60).input_ids
+    long_ids = build_prompt(tokenizer, LONG, context_tokens=256, max_new_tokens=20).input_ids
+    assert len(long_ids) > 3 * len(short_ids)
+    snapshots: list[dict[int, int]] = []
+    short_running = threading.Event()
+    short, short_result = in_thread(
+        lambda: engine.generate(
+            GenerationRequest(turns=PROMPTS[3], params=greedy(60)),
+            on_text=lambda _: (snapshots.append(engine.kv_row_bytes()), short_running.set()),
+        )
+    )
+    short_running.wait(10)
+    alone = snapshots[0]
+    assert list(alone) == [0]
+    # Sized to what the short reply can hold (its prompt and up to 60 new tokens), not to the context.
+    assert alone[0] <= (len(short_ids) + 60) * per_token
+    long_running: list[dict[int, int]] = []
+    engine.generate(
+        GenerationRequest(turns=LONG, params=greedy(20)),
+        on_text=lambda _: long_running or long_running.append(engine.kv_row_bytes()),
+    )
+    short.join()
+    assert short_result[0].completion_tokens == 60
+    together = long_running[0]
+    if 0 in together:  # the short reply was still running when the long one began
+        assert together[0] == alone[0]
+    assert (len(long_ids) + 1) * per_token <= together[1] <= (len(long_ids) + 20) * per_token
+    assert all(snapshot.get(0, alone[0]) == alone[0] for snapshot in snapshots)
+    # Finished rows hold nothing.
+    assert engine.kv_row_bytes() == {}
+    assert engine.metrics.kv_batch_bytes._value.get() == 0
