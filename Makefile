@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run worker test test-postgres chromium typecheck lint format bench bench-large drill user apikey clean
+.PHONY: install run worker test test-postgres chromium espeak typecheck lint format bench bench-large drill user apikey clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 install: $(STAMP)
 
-run: install  ## web + worker + embedded Redis at http://127.0.0.1:$(PORT or 8000)
+run: install espeak  ## web + worker + embedded Redis at http://127.0.0.1:$(PORT or 8000)
 	$(PY) -m sanjai_site.launcher
 
 # Beside `make run` in this checkout it finds the embedded Redis through var/redis.url;
@@ -31,7 +31,7 @@ worker: install  ## one more generation worker, for MODEL=<name> (default: the d
 # pytest exits 5 when a selection holds no test: that is not a failure. The
 # browser tests run in a second pytest process: Playwright's sync API keeps an
 # event loop on the main thread, which the other tests' async code cannot share.
-test: install chromium
+test: install chromium espeak
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest --ignore=tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
@@ -56,6 +56,14 @@ chromium:
 	@command -v chromium >/dev/null || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+# Debian's eSpeak NG reads replies aloud where the browser has no voices, and
+# speaks the voice tests' sentences. Without it (no apt), reading aloud hides itself.
+espeak:
+	@command -v espeak-ng >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng; } || \
+		echo "espeak-ng could not be installed: reading replies aloud falls back to the browser's own voices"
 
 typecheck: install  ## mypy with django-stubs over chat/, inference/ and sanjai_site/ (see pyproject.toml)
 	$(PY) -m mypy

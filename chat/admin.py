@@ -16,11 +16,14 @@ from django import forms
 from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.template.defaultfilters import linebreaksbr
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
-from chat.models import ApiKey, Conversation, Invite, Message, Profile, Usage
+from chat import selectors
+from chat.models import ApiKey, Conversation, Feedback, Invite, Message, Profile, Usage
 from chat.services import usage
 
 
@@ -35,9 +38,15 @@ class ReadOnlyAdminMixin:
         return request.user.is_superuser
 
 
+def follows(obj: Message) -> str:
+    """The message's parent, by id: messages that follow the same one are alternatives
+    (a regenerated reply, an edited question), each on its own branch."""
+    return "—" if obj.parent_id is None else f"#{obj.parent_id}"
+
+
 class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Message
-    fields = ("created", "role", "status", "model", "content", "error", "completion_tokens")
+    fields = ("id", "follows", "created", "role", "status", "model", "content", "error", "completion_tokens")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -45,6 +54,10 @@ class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="Follows")
+    def follows(self, obj: Message) -> str:
+        return follows(obj)
 
 
 @admin.register(Conversation)
@@ -56,7 +69,7 @@ class ConversationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("owner__username", "title", "messages__content")
     list_filter = ("model", "messages__status", "created")
     date_hierarchy = "created"
-    readonly_fields = ("owner", "title", "model", "system_prompt", "created", "updated")
+    readonly_fields = ("owner", "title", "model", "system_prompt", "current_leaf", "created", "updated")
     inlines = [MessageInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
@@ -73,7 +86,7 @@ class ConversationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "conversation", "role", "status", "model", "created", "preview")
+    list_display = ("id", "follows", "conversation", "role", "status", "model", "created", "preview")
     list_select_related = ("conversation",)
     list_filter = ("status", "role", "model", "created")
     search_fields = ("content",)
@@ -82,6 +95,10 @@ class MessageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="Content")
     def preview(self, obj: Message) -> str:
         return obj.content[:80]
+
+    @admin.display(description="Follows")
+    def follows(self, obj: Message) -> str:
+        return follows(obj)
 
 
 @admin.register(ApiKey)
@@ -196,3 +213,80 @@ class InviteAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return obj is None or obj.used_at is None
+
+
+# How many messages before the rated reply the review shows.
+CONTEXT_MESSAGES = 4
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """The review queue: replies people rated, newest first, with the conversation around each."""
+
+    list_display = ("updated", "rating", "user", "reply_model", "reply", "comment")
+    list_select_related = ("message__conversation__owner",)
+    list_filter = (
+        "rating",
+        "message__model",
+        ("message__conversation__owner", admin.RelatedOnlyFieldListFilter),
+        "updated",
+    )
+    search_fields = ("comment", "message__content", "message__conversation__owner__username")
+    date_hierarchy = "updated"
+    fields = ("rating", "comment", "user", "reply_model", "updated", "context")
+    readonly_fields = fields
+    actions = ["export_csv"]
+
+    @admin.display(description="User", ordering="message__conversation__owner__username")
+    def user(self, obj: Feedback) -> str:
+        return str(obj.message.conversation.owner)
+
+    @admin.display(description="Model", ordering="message__model")
+    def reply_model(self, obj: Feedback) -> str:
+        return obj.message.model
+
+    @admin.display(description="Reply")
+    def reply(self, obj: Feedback) -> str:
+        return obj.message.content[:80]
+
+    @admin.display(description="The conversation up to the reply")
+    def context(self, obj: Feedback) -> str:
+        reply = obj.message
+        shown = selectors.message_branch(message=reply)[-(CONTEXT_MESSAGES + 1) :]  # its own branch only
+        rows = format_html_join(
+            "",
+            '<div class="review-turn"><p><strong>{}</strong>{}</p><p>{}</p></div>',
+            (
+                (m.role, " (the rated reply)" if m.pk == reply.pk else "", linebreaksbr(m.content or m.error))
+                for m in shown
+            ),
+        )
+        link = reverse("admin:chat_conversation_change", args=[reply.conversation_id])
+        return format_html('{}<p><a href="{}">The whole conversation</a></p>', rows, link)
+
+    @admin.action(description="Export the selected feedback as CSV")
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[Feedback]) -> HttpResponse:
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="sanjai-feedback.csv"'
+        writer = csv.writer(response)
+        writer.writerow(
+            ["updated", "rating", "user", "model", "conversation_id", "message_id", "reply", "comment"]
+        )
+        for feedback in queryset.select_related("message__conversation__owner").order_by("-updated"):
+            message = feedback.message
+            writer.writerow(
+                [
+                    feedback.updated.isoformat(),
+                    "up" if feedback.rating > 0 else "down",
+                    message.conversation.owner.get_username(),
+                    message.model,
+                    message.conversation_id,
+                    message.pk,
+                    message.content,
+                    feedback.comment,
+                ]
+            )
+        return response
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # people's own ratings: they take them back themselves

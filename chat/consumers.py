@@ -2,8 +2,9 @@
 
 Thin: it authenticates, checks ownership, relays the conversation's events and
 turns the page's actions into service calls (sending, regenerating and
-editing all go through the one submit path). Nothing is kept only here: a
-page that reconnects gets a fresh snapshot from the database.
+editing all go through the one submit path; switching to another branch is
+stored too). Nothing is kept only here: a page that reconnects gets a fresh
+snapshot from the database.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from chat.auth import UNEXPECTED
 from chat.events import conversation_group, user_group
 from chat.models import Conversation, Message
 from chat.params import chat_params
+from chat.services.conversations import branch_switch
+from chat.services.limits import ConversationBusy
 from chat.services.replies import NotCancellable, Submission, params_for, reply_cancel
 
 logger = logging.getLogger(__name__)
@@ -104,10 +107,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
                 "params": chat_params(params_for(conversation=conversation)),
                 "model": conversation.model or settings.MODEL_REGISTRY.default,
             },
-            "messages": [
-                selectors.message_payload(m)
-                for m in selectors.conversation_messages(conversation=conversation)
-            ],
+            # The branch being viewed; each message lists its alternatives.
+            "messages": selectors.branch_payloads(selectors.conversation_branch(conversation=conversation)),
         }
 
     # Actions, run in a worker thread by receive_json.
@@ -140,6 +141,17 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             )
         )
 
+    def _switch(self, content: dict[str, Any]) -> None:
+        message_id = content.get("message_id")
+        if not isinstance(message_id, int) or isinstance(message_id, bool):
+            raise ActionError("message_id must be a number.")
+        try:
+            branch_switch(user=self.user, message_id=message_id, conversation_id=self.conversation_id)
+        except Message.DoesNotExist:
+            raise ActionError("No such message in this conversation.") from None
+        except ConversationBusy as exc:
+            raise ActionError(str(exc), exc.code, exc.retry_after_s) from None
+
     def _cancel(self, content: dict[str, Any]) -> None:
         message_id = content.get("message_id")
         if not isinstance(message_id, int):
@@ -170,4 +182,5 @@ ACTIONS = {
     "cancel": ConversationConsumer._cancel,
     "regenerate": ConversationConsumer._regenerate,
     "edit": ConversationConsumer._edit,
+    "switch": ConversationConsumer._switch,
 }

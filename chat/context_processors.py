@@ -4,12 +4,19 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from chat.models import Profile
+from inference import speech
 
 
-def site(request: HttpRequest) -> dict[str, str]:
+def site(request: HttpRequest) -> dict[str, object]:
     """What every page's header needs to know: whether to offer sign-up (settings.SIGNUP),
-    and the colour theme, set on <html> by the server so a page never flashes the wrong one."""
-    return {"signup_mode": settings.SIGNUP, "theme": _theme(request)}
+    the colour theme, set on <html> by the server so a page never flashes the wrong one,
+    and which voice features this server has (inference/speech.py)."""
+    return {
+        "signup_mode": settings.SIGNUP,
+        "theme": _theme(request),
+        "voice": speech.available(),
+        "voice_max_seconds": settings.VOICE_MAX_SECONDS,
+    }
 
 
 def _theme(request: HttpRequest) -> str:

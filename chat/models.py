@@ -25,6 +25,12 @@ class Conversation(models.Model):
     pinned_at = models.DateTimeField(null=True, blank=True)
     # Set: left out of the sidebar's main list, shown in its "Archived" view.
     archived_at = models.DateTimeField(null=True, blank=True)
+    # The last message of the branch being viewed (messages form a tree, see
+    # Message.parent): the page shows its ancestors, and the next message
+    # continues from it. Empty: the newest message.
+    current_leaf = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         indexes = [models.Index(fields=["owner", "-updated"], name="conversation_owner_recent")]
@@ -48,6 +54,12 @@ class Message(models.Model):
         CANCELLED = "cancelled"
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # The message this one follows; None for a first message. Regenerating a
+    # reply or editing a question adds a sibling (a new child of the same
+    # parent) instead of replacing anything, so every version is kept.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DONE)

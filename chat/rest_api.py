@@ -1,9 +1,10 @@
 """The REST API for the app's own data, under /api/v1/.
 
-Conversations (list, search, create, rename, pin, archive, delete), their messages (list,
-post), and replies (poll, cancel). Posting a message answers 202 at once with
-the ids; the reply arrives over the conversation's websocket, or by polling
-`GET /api/v1/messages/{id}` until its status is done, failed or cancelled.
+Conversations (list, search, create, rename, pin, archive, delete), their messages (list
+the branch being viewed or every branch, post, switch branch), and replies (poll,
+cancel). Posting a message answers 202 at once with the ids; the reply arrives over
+the conversation's websocket, or by polling `GET /api/v1/messages/{id}` until its
+status is done, failed or cancelled.
 
 The OpenAPI schema is served at /api/v1/openapi.json and browsable at
 /api/v1/docs. Programs authenticate with `Authorization: Bearer <api key>`;
@@ -35,7 +36,7 @@ from chat.auth import (
 )
 from chat.models import Conversation, Message
 from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
-from chat.services import conversations, limits
+from chat.services import conversations, feedback, limits
 from chat.services.replies import NotCancellable, Submission, reply_cancel
 
 api = NinjaAPI(
@@ -85,6 +86,14 @@ class ConversationQuery(PageQuery):
     )
 
 
+class MessageQuery(PageQuery):
+    branches: Literal["current", "all"] = Field(
+        "current",
+        description="current: the branch being viewed (as the chat page shows it); "
+        "all: every message of every branch, oldest first (follow `parent_id` for the tree)",
+    )
+
+
 class ConversationOut(Schema):
     id: int
     title: str
@@ -129,9 +138,25 @@ class Usage(Schema):
     completion_tokens: int
 
 
+class FeedbackOut(Schema):
+    rating: Literal["up", "down"]
+    comment: str
+
+
+class FeedbackIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    rating: Literal["up", "down"]
+    comment: str = Field("", max_length=feedback.COMMENT_CHARS)
+
+
 class MessageOut(Schema):
     id: int
     conversation_id: int
+    parent_id: int | None = Field(
+        description="The message this one follows (null: a first message). Regenerated replies "
+        "and edited messages are siblings: they share a parent"
+    )
     role: Literal["system", "user", "assistant"]
     content: str = Field(description="For a reply being generated: the text saved so far")
     status: Literal["pending", "streaming", "done", "failed", "cancelled"]
@@ -139,6 +164,7 @@ class MessageOut(Schema):
     error_code: str
     error: str = Field(description="Why a failed reply failed, readable")
     usage: Usage | None = Field(description="Token counts of a finished reply")
+    feedback: FeedbackOut | None = Field(description="Your rating of this reply, if any")
     created: datetime
     finished_at: datetime | None
 
@@ -147,6 +173,10 @@ class MessageOut(Schema):
         if message.prompt_tokens is None and message.completion_tokens is None:
             return None
         return selectors.message_usage(message)
+
+    @staticmethod
+    def resolve_feedback(message: Message) -> dict[str, str] | None:
+        return selectors.message_feedback(message)
 
 
 class MessageIn(ParamsIn):
@@ -358,14 +388,17 @@ def conversation_delete(request: HttpRequest, conversation_id: ConversationId) -
     tags=["messages"],
 )
 def message_list(
-    request: HttpRequest, conversation_id: ConversationId, page: Query[PageQuery]
+    request: HttpRequest, conversation_id: ConversationId, page: Query[MessageQuery]
 ) -> dict[str, Any]:
-    """A conversation's messages, oldest first."""
+    """A conversation's messages, oldest first: the branch being viewed, or with
+    `branches=all` every branch's."""
     try:
         conversation = selectors.conversation_get(user=auth_user(request), conversation_id=conversation_id)
     except Conversation.DoesNotExist:
         raise _not_found("Conversation", conversation_id) from None
-    return _page(selectors.conversation_messages(conversation=conversation), page)
+    if page.branches == "all":
+        return _page(selectors.conversation_messages(conversation=conversation), page)
+    return _page(selectors.conversation_branch_messages(conversation=conversation), page)
 
 
 @api.post(
@@ -408,6 +441,44 @@ def message_detail(request: HttpRequest, message_id: MessageId) -> Message:
         return selectors.message_get(user=auth_user(request), message_id=message_id)
     except Message.DoesNotExist:
         raise _not_found("Message", message_id) from None
+
+
+@api.put("/messages/{message_id}/feedback", response={200: FeedbackOut, **WITH_404}, tags=["messages"])
+def feedback_put(request: HttpRequest, message_id: MessageId, payload: FeedbackIn) -> dict[str, str] | None:
+    """Rate a finished reply up or down, with an optional comment; rating again changes it."""
+    try:
+        feedback.feedback_set(
+            user=auth_user(request), message_id=message_id, rating=payload.rating, comment=payload.comment
+        )
+    except Message.DoesNotExist:
+        raise _not_found("Message", message_id) from None
+    return selectors.message_feedback(selectors.message_get(user=auth_user(request), message_id=message_id))
+
+
+@api.delete("/messages/{message_id}/feedback", response={204: None, **WITH_404}, tags=["messages"])
+def feedback_delete(request: HttpRequest, message_id: MessageId) -> Status[None]:
+    """Take your rating of a reply back."""
+    try:
+        feedback.feedback_clear(user=auth_user(request), message_id=message_id)
+    except Message.DoesNotExist:
+        raise _not_found("Message", message_id) from None
+    return Status(204, None)
+
+
+@api.post(
+    "/messages/{message_id}/branch",
+    response={200: ConversationOut, **WITH_404, 409: ErrorOut},
+    tags=["messages"],
+)
+def message_branch(request: HttpRequest, message_id: MessageId) -> Conversation:
+    """Make the branch through this message the one viewed (and continued by the next
+    message): it ends down the message's newest replies. 409 while a reply is being written."""
+    try:
+        return conversations.branch_switch(user=auth_user(request), message_id=message_id)
+    except Message.DoesNotExist:
+        raise _not_found("Message", message_id) from None
+    except limits.ConversationBusy as exc:
+        raise HttpError(409, str(exc)) from None
 
 
 @api.post("/messages/{message_id}/cancel", response={200: MessageOut, **WITH_404}, tags=["messages"])

@@ -11,7 +11,8 @@ from django.contrib.auth.models import User
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from chat.models import ApiKey, Conversation, Message
+from chat.branches import Tree
+from chat.models import ApiKey, Conversation, Feedback, Message
 from inference import presence
 from inference.registry import Registry
 from inference.types import Turn
@@ -138,7 +139,47 @@ def message_get(*, user: User, message_id: int) -> Message:
 
 
 def conversation_messages(*, conversation: Conversation) -> QuerySet[Message]:
-    return conversation.messages.order_by("created", "id")
+    """Every message, of every branch, oldest first."""
+    return conversation.messages.select_related("feedback").order_by("created", "id")
+
+
+@dataclass(frozen=True)
+class Branch:
+    """The branch of a conversation being viewed (see chat.branches)."""
+
+    messages: list[Message]  # from the first message to the current leaf
+    siblings: dict[int, list[int]]  # each one's own and its alternatives' ids, oldest first
+
+
+def conversation_branch(*, conversation: Conversation) -> Branch:
+    """The branch being viewed: the current leaf and its ancestors. Two queries."""
+    tree = Tree.of(conversation.messages.values_list("id", "parent_id"))
+    path = tree.path(tree.leaf(conversation.current_leaf_id))
+    messages = list(conversation_messages(conversation=conversation).filter(pk__in=path).order_by("id"))
+    return Branch(messages=messages, siblings=tree.siblings(path))
+
+
+def conversation_branch_messages(*, conversation: Conversation) -> QuerySet[Message]:
+    """The branch being viewed, as a query (for paging), oldest first."""
+    tree = Tree.of(conversation.messages.values_list("id", "parent_id"))
+    path = tree.path(tree.leaf(conversation.current_leaf_id))
+    return conversation_messages(conversation=conversation).filter(pk__in=path).order_by("id")
+
+
+def message_branch(*, message: Message) -> list[Message]:
+    """The message and its ancestors, oldest first: the conversation as it stood at it."""
+    tree = Tree.of(message.conversation.messages.filter(id__lte=message.pk).values_list("id", "parent_id"))
+    return list(Message.objects.filter(pk__in=tree.path(message.pk)).order_by("id"))
+
+
+def branch_payloads(branch: Branch) -> list[dict[str, Any]]:
+    """The branch's messages as the page sees them, each with its place in the tree."""
+    return [message_branch_payload(m, branch.siblings.get(m.pk, [m.pk])) for m in branch.messages]
+
+
+def message_branch_payload(message: Message, siblings: list[int]) -> dict[str, Any]:
+    """`message_payload` plus its parent and its alternatives (the page's "< n/m >")."""
+    return {**message_payload(message), "parent_id": message.parent_id, "siblings": siblings}
 
 
 def reply_in_progress(*, conversation: Conversation) -> bool:
@@ -186,22 +227,29 @@ def message_payload(message: Message) -> dict[str, Any]:
         "code": message.error_code,
         "usage": message_usage(message),
         "timing": message_timing(message),
+        "feedback": message_feedback(message),
         "created": message.created.isoformat(),
     }
 
 
+def message_feedback(message: Message) -> dict[str, Any] | None:
+    """The owner's rating of a reply ({"rating": "up" or "down", "comment"}), or None."""
+    try:
+        feedback = message.feedback
+    except Feedback.DoesNotExist:
+        return None
+    return {"rating": "up" if feedback.rating > 0 else "down", "comment": feedback.comment}
+
+
 def reply_turns(*, reply: Message) -> list[Turn]:
-    """The prompt for an assistant placeholder: system prompt and the turns before it.
+    """The prompt for an assistant placeholder: system prompt and the turns of its branch before it.
 
     Failed or empty replies are left out together with the user message they
     answered, so roles keep alternating (many chat templates insist on it);
     the newest user message is always kept.
     """
-    earlier = list(
-        reply.conversation.messages.filter(id__lt=reply.id)
-        .exclude(role=Message.Role.SYSTEM)
-        .order_by("created", "id")
-    )
+    # Only the reply's own branch: its ancestors, not the alternatives beside them.
+    earlier = [m for m in message_branch(message=reply)[:-1] if m.role != Message.Role.SYSTEM]
     turns: list[Turn] = []
     for index, message in enumerate(earlier):
         if message.role == Message.Role.USER:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from chat import account_views, views
+from chat import account_views, views, voice_views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -15,6 +15,7 @@ urlpatterns = [
     path("c/<int:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
     path("c/<int:conversation_id>/settings/", views.conversation_settings, name="conversation_settings"),
     path("c/<int:conversation_id>/export/", views.conversation_export, name="conversation_export"),
+    path("m/<int:message_id>/feedback/", views.message_feedback, name="message_feedback"),
     path("import/", views.conversation_import, name="conversation_import"),
     path("profile/theme/", views.theme_update, name="theme_update"),
     path("profile/export/", views.export_all, name="export_all"),
@@ -25,6 +26,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("profile/password/", account_views.PasswordChangeView.as_view(), name="password_change"),
     path("usage/", account_views.usage_page, name="usage"),
+    path("voice/dictation/", voice_views.dictation, name="dictation"),
+    path("voice/read/<int:message_id>/", voice_views.read_aloud, name="read_aloud"),
     # Password reset by email (EMAIL_BACKEND; the console by default): Django's views, our pages.
     path(
         "password-reset/",

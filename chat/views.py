@@ -18,9 +18,9 @@ from django.views.decorators.http import require_POST
 from chat import delivery, exports, selectors
 from chat.auth import AuthenticatedHttpRequest
 from chat.forms import ApiKeyForm, DefaultParamsForm, ProfileForm
-from chat.models import ApiKey, Conversation
+from chat.models import ApiKey, Conversation, Message
 from chat.params import CHAT_PARAM_FIELDS, FORM_FIELDS
-from chat.services import accounts, conversations, profiles
+from chat.services import accounts, conversations, feedback, profiles
 from chat.services.limits import InvalidInput, ModelNotDeclared
 from chat.services.replies import NewConversation, Submission, params_for
 from inference.params import InvalidParameter
@@ -34,6 +34,7 @@ def _sidebar_view(request: AuthenticatedHttpRequest) -> tuple[str, bool]:
 def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | None) -> HttpResponse:
     query, archived = _sidebar_view(request)
     sidebar = selectors.conversation_sidebar(user=request.user, query=query, archived=archived)
+    branch = selectors.conversation_branch(conversation=conversation) if conversation else None
     if conversation is not None:
         params = params_for(conversation=conversation)
         system_prompt = conversation.system_prompt
@@ -46,7 +47,8 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
         "conversations": sidebar.conversations,
         "query": query,
         "archived": archived,
-        "chat_messages": selectors.conversation_messages(conversation=conversation) if conversation else [],
+        # The branch being viewed; the socket's snapshot adds the "< n/m >" controls.
+        "chat_messages": branch.messages if branch else [],
         "params": params,
         "system_prompt": system_prompt,
         "fields": FORM_FIELDS,  # the settings panel's ranges, from the one parameter schema
@@ -391,3 +393,28 @@ def _render_profile(
         "new_key_record": new_key_record,
     }
     return render(request, "chat/profile.html", context, status=status)
+
+
+@login_required
+@require_POST
+def message_feedback(request: AuthenticatedHttpRequest, message_id: int) -> JsonResponse:
+    """Thumbs up or down on a reply, with an optional comment: `{"rating": "up" | "down" | null,
+    "comment": "..."}`; a null rating takes it back."""
+    body = _json_object(request)
+    if body is None or not isinstance(body.get("comment", ""), str):
+        expected = 'Send {"rating": "up" or "down" or null, "comment": "..."}.'
+        return JsonResponse({"error": expected}, status=400)
+    try:
+        if body.get("rating") is None:
+            feedback.feedback_clear(user=request.user, message_id=message_id)
+        else:
+            comment = body.get("comment", "")
+            feedback.feedback_set(
+                user=request.user, message_id=message_id, rating=body["rating"], comment=comment
+            )
+    except Message.DoesNotExist:
+        raise Http404("No such reply.") from None
+    except InvalidInput as exc:
+        return JsonResponse({"error": str(exc), "field": exc.field}, status=400)
+    message = selectors.message_get(user=request.user, message_id=message_id)
+    return JsonResponse({"feedback": selectors.message_feedback(message)})

@@ -30,7 +30,12 @@ application = ProtocolTypeRouter(
                     settings.IMPORT_MAX_BYTES + MULTIPART_OVERHEAD_BYTES,
                     f"The file is larger than {settings.IMPORT_MAX_BYTES / 1_000_000:g} MB, "
                     "the most an import may be.",
-                )
+                ),
+                reverse("dictation"): PathLimit(
+                    settings.VOICE_MAX_BYTES,
+                    f"The recording is larger than {settings.VOICE_MAX_BYTES / 1_000_000:g} MB, "
+                    "the most dictation takes.",
+                ),
             },
         ),
         "websocket": websocket_application,  # only this site's own pages may open one

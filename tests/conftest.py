@@ -99,13 +99,22 @@ def submit(user: Any, content: str = "What is the capital of France?", **fields:
 
 
 def exchange(conversation: Any, question: str, answer: str) -> tuple[Any, Any]:
-    """A finished question and reply, stored as earlier turns are (test setup)."""
-    from chat.models import Message
+    """A finished question and reply, stored as earlier turns are (test setup): they
+    continue the branch being viewed, and the reply becomes its leaf."""
+    from chat import selectors
+    from chat.models import Conversation, Message
 
-    return (
-        Message.objects.create(conversation=conversation, role="user", content=question),
-        Message.objects.create(conversation=conversation, role="assistant", content=answer),
+    conversation.refresh_from_db(fields=["current_leaf"])
+    branch = selectors.conversation_branch(conversation=conversation).messages
+    asked = Message.objects.create(
+        conversation=conversation, parent=branch[-1] if branch else None, role="user", content=question
     )
+    answered = Message.objects.create(
+        conversation=conversation, parent=asked, role="assistant", content=answer
+    )
+    Conversation.objects.filter(pk=conversation.pk).update(current_leaf=answered)
+    conversation.current_leaf = answered
+    return asked, answered
 
 
 def finish(reply: Any, content: str = "An answer.") -> None:

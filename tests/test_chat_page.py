@@ -143,6 +143,87 @@ def test_a_bad_import_says_why_and_creates_nothing(browser: Client, owner: Any) 
     assert not Conversation.objects.filter(owner=owner).exists()
 
 
+def branched(owner: Any) -> Conversation:
+    """Q1 A1, then Q2 answered twice (A2, then A2'), then Q2 edited into Q2' with its A3;
+    the branch viewed: Q1 A1 Q2 A2'."""
+    conversation = conversations.conversation_create(user=owner, title="Branches")
+    _, a1 = exchange(conversation, "Q1", "A1")
+    q2, _ = exchange(conversation, "Q2", "A2")
+    again = Message.objects.create(conversation=conversation, parent=q2, role="assistant", content="A2'")
+    edited = Message.objects.create(conversation=conversation, parent=a1, role="user", content="Q2'")
+    Message.objects.create(conversation=conversation, parent=edited, role="assistant", content="A3")
+    Conversation.objects.filter(pk=conversation.pk).update(current_leaf=again)
+    conversation.refresh_from_db()
+    return conversation
+
+
+def tree_of(conversation: Conversation) -> list[tuple[str, str, str | None]]:
+    """(role, content, parent's content) of every message, oldest first: ids aside, the tree."""
+    return [
+        (m.role, m.content, m.parent.content if m.parent else None)
+        for m in conversation.messages.select_related("parent").order_by("id")
+    ]
+
+
+def test_export_and_import_keep_every_branch_and_the_one_viewed(browser: Client, owner: Any) -> None:
+    conversation = branched(owner)
+    data = json.loads(browser.get(f"/c/{conversation.pk}/export/?format=json").content)
+    assert data["version"] == 2 and data["current_id"] == conversation.current_leaf_id
+    assert [(m["content"], m["parent_id"]) for m in data["messages"]][:3] == [
+        ("Q1", None),
+        ("A1", data["messages"][0]["id"]),
+        ("Q2", data["messages"][1]["id"]),
+    ]
+    markdown = browser.get(f"/c/{conversation.pk}/export/?format=md").content.decode()
+    viewed, others = markdown.split("## Other branches")
+    assert "A2'" in viewed and "_(version 2 of 2)_" in viewed and "A3" not in viewed
+    assert "### Branch 1, after “Q2”" in others and "A2\n" in others
+    assert "### Branch 2, after “A1”" in others and "Q2'" in others and "A3" in others
+
+    upload = SimpleUploadedFile("c.json", json.dumps(data).encode(), content_type="application/json")
+    browser.post("/import/", {"file": upload})
+    copy = Conversation.objects.exclude(pk=conversation.pk).get(owner=owner)
+    assert tree_of(copy) == tree_of(conversation)
+    branch = selectors.conversation_branch(conversation=copy).messages
+    assert [m.content for m in branch] == ["Q1", "A1", "Q2", "A2'"]
+
+
+def test_an_export_from_before_branches_imports_as_one_branch(browser: Client, owner: Any) -> None:
+    old = {
+        "format": "sanjai.conversation",
+        "version": 1,
+        "title": "Old",
+        "messages": [
+            {"role": "user", "content": "Q1", "status": "done"},
+            {"role": "assistant", "content": "A1", "status": "done"},
+            {"role": "user", "content": "Q2", "status": "done"},
+        ],
+    }
+    upload = SimpleUploadedFile("old.json", json.dumps(old).encode(), content_type="application/json")
+    browser.post("/import/", {"file": upload})
+    copy = Conversation.objects.get(owner=owner, title="Old")
+    assert tree_of(copy) == [("user", "Q1", None), ("assistant", "A1", "Q1"), ("user", "Q2", "A1")]
+    assert [m.content for m in selectors.conversation_branch(conversation=copy).messages] == [
+        "Q1",
+        "A1",
+        "Q2",
+    ]
+
+
+def test_an_import_whose_parents_do_not_hold_together_is_refused(browser: Client, owner: Any) -> None:
+    for messages, reason in [
+        (
+            [{"id": 1, "parent_id": 2, "role": "user", "content": "x"}],
+            "must be null or a message listed before",
+        ),
+        ([{"parent_id": None, "role": "user", "content": "x"}], "of its own (a number or text)"),
+    ]:
+        data = {"format": "sanjai.conversation", "version": 2, "messages": messages}
+        upload = SimpleUploadedFile("x.json", json.dumps(data).encode())
+        assert reason in browser.post("/import/", {"file": upload}, follow=True).content.decode()
+    assert not Conversation.objects.filter(owner=owner).exists()
+
+
 def test_export_everything_is_only_mine(browser: Client, conversation: Any, other_user: Any) -> None:
     conversations.conversation_create(user=other_user, title="Secret plans")
     data = json.loads(browser.get("/profile/export/?format=json").content)

@@ -199,35 +199,81 @@ def test_cancel_from_the_page_stops_a_queued_reply(owner: Any, other_user: Any, 
     assert their_reply.status == Message.Status.PENDING  # untouched
 
 
-def test_regenerate_and_edit_replace_the_last_reply(owner: Any, no_broker: None) -> None:
+def test_regenerate_and_edit_make_branches_the_page_can_switch_between(owner: Any, no_broker: None) -> None:
     conversation = conversations.conversation_create(user=owner)
-    _, old_reply = exchange(conversation, "First try", "Old answer")
+    question, old_reply = exchange(conversation, "First try", "Old answer")
+    cookie = session_cookie(owner)
+
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+        ws = communicator(conversation.pk, ORIGIN, cookie)
+        await ws.connect()
+        await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"action": "regenerate"})
+        events = [await ws.receive_json_from(timeout=5) for _ in range(2)]
+        await ws.send_json_to({"action": "edit", "content": "Second try"})
+        events += [await ws.receive_json_from(timeout=5) for _ in range(3)]
+        # Back to the first question's branch, and the page asks for it.
+        await ws.send_json_to({"action": "switch", "message_id": question.pk})
+        events.append(await ws.receive_json_from(timeout=5))
+        await ws.send_json_to({"action": "sync"})
+        snapshot = await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"action": "switch", "message_id": "x"})
+        refused = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return events, snapshot, refused
+
+    events, snapshot, refused = run(scenario)
+    assert [e["type"] for e in events] == [
+        "message.created",
+        "message.failed",  # regenerate (no worker here)
+        "message.created",
+        "message.created",
+        "message.failed",  # edit
+        "branch.switched",
+    ]
+    regenerated, edited = events[0]["message"], events[2]["message"]
+    assert regenerated["parent_id"] == question.pk and regenerated["siblings"] == [
+        old_reply.pk,
+        regenerated["id"],
+    ]
+    assert edited["parent_id"] is None and edited["siblings"] == [question.pk, edited["id"]]
+    assert events[3]["message"]["parent_id"] == edited["id"]
+    # Nothing was deleted: both questions and all three replies are kept.
+    assert conversation.messages.count() == 5
+    # The first question's branch ends down its newest reply, the regenerated one.
+    shown = snapshot["messages"]
+    assert [(m["id"], m["parent_id"]) for m in shown] == [
+        (question.pk, None),
+        (regenerated["id"], question.pk),
+    ]
+    assert shown[0]["siblings"] == [question.pk, edited["id"]]
+    assert shown[1]["siblings"] == [old_reply.pk, regenerated["id"]]
+    assert refused["type"] == "error" and refused["action"] == "switch"
+
+
+def test_switching_to_another_conversations_message_is_refused(owner: Any, other_user: Any) -> None:
+    conversation = conversations.conversation_create(user=owner)
+    exchange(conversation, "Mine", "Yours")
+    theirs = conversations.conversation_create(user=other_user)
+    _, their_reply = exchange(theirs, "Theirs", "Private")
+    elsewhere = conversations.conversation_create(user=owner)
+    _, my_other_reply = exchange(elsewhere, "Elsewhere", "Other")
     cookie = session_cookie(owner)
 
     async def scenario() -> list[dict[str, Any]]:
         ws = communicator(conversation.pk, ORIGIN, cookie)
         await ws.connect()
         await ws.receive_json_from(timeout=5)
-        await ws.send_json_to({"action": "regenerate"})
-        events = [await ws.receive_json_from(timeout=5) for _ in range(3)]
-        await ws.send_json_to({"action": "edit", "content": "Second try"})
-        events += [await ws.receive_json_from(timeout=5) for _ in range(4)]
+        answers = []
+        for message_id in (their_reply.pk, my_other_reply.pk):
+            await ws.send_json_to({"action": "switch", "message_id": message_id})
+            answers.append(await ws.receive_json_from(timeout=5))
         await ws.disconnect()
-        return events
+        return answers
 
-    events = run(scenario)
-    assert [e["type"] for e in events] == [
-        "message.deleted",
-        "message.created",
-        "message.failed",  # regenerate (no worker here)
-        "message.edited",
-        "message.deleted",
-        "message.created",
-        "message.failed",  # edit
-    ]
-    assert events[0]["message_id"] == old_reply.pk
-    messages = list(conversation.messages.all())
-    assert [(m.role, m.content) for m in messages] == [("user", "Second try"), ("assistant", "")]
+    answers = run(scenario)
+    assert [a["type"] for a in answers] == ["error", "error"]
+    assert all("No such message" in a["error"] for a in answers)
 
 
 def test_a_second_message_waits_for_the_running_reply(owner: Any, queued: list[int]) -> None:

@@ -61,11 +61,15 @@ def superuser_client() -> Client:
 
 def _conversation(user: User, title: str, *contents: str, failed_error: str = "") -> Conversation:
     conversation = conversations.conversation_create(user=user, title=title)
+    last = None  # one branch
     for content in contents:
-        Message.objects.create(conversation=conversation, role=Message.Role.USER, content=content)
+        last = Message.objects.create(
+            conversation=conversation, parent=last, role=Message.Role.USER, content=content
+        )
     if failed_error:
         Message.objects.create(
             conversation=conversation,
+            parent=last,
             role=Message.Role.ASSISTANT,
             status=Message.Status.FAILED,
             error_code="worker_unavailable",

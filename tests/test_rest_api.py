@@ -129,6 +129,41 @@ def test_messages_are_listed_oldest_first_with_pagination(rest: Rest, owner: Any
     ]
 
 
+def test_messages_are_the_branch_viewed_unless_all_branches_are_asked_for(
+    rest: Rest, owner: Any, queued: list[int]
+) -> None:
+    cid = rest.call("post", "/conversations", {})[1]["id"]
+    first = rest.call("post", f"/conversations/{cid}/messages", {"content": "Tell me a joke"})[1]
+    Message.objects.filter(pk=first["reply"]["id"]).update(status=Message.Status.DONE, content="Joke one")
+    again = submit(owner, "", action="regenerate", conversation_id=cid).reply
+    Message.objects.filter(pk=again.pk).update(status=Message.Status.DONE, content="Joke two")
+    question = first["user_message"]["id"]
+
+    status, page = rest.call("get", f"/conversations/{cid}/messages")
+    assert status == 200 and page["count"] == 2
+    assert [(m["content"], m["parent_id"]) for m in page["items"]] == [
+        ("Tell me a joke", None),
+        ("Joke two", question),
+    ]
+    status, page = rest.call("get", f"/conversations/{cid}/messages?branches=all")
+    assert status == 200 and page["count"] == 3
+    assert [(m["content"], m["parent_id"]) for m in page["items"]] == [
+        ("Tell me a joke", None),
+        ("Joke one", question),
+        ("Joke two", question),
+    ]
+    assert rest.call("get", f"/conversations/{cid}/messages?branches=some")[0] == 400
+
+    # Switching is stored: the default view follows it.
+    status, conversation = rest.call("post", f"/messages/{first['reply']['id']}/branch")
+    assert status == 200 and conversation["id"] == cid
+    items = rest.call("get", f"/conversations/{cid}/messages")[1]["items"]
+    assert [m["content"] for m in items] == ["Tell me a joke", "Joke one"]
+    rest.call("post", f"/conversations/{cid}/messages", {"content": "Another"})
+    status, answer = rest.call("post", f"/messages/{again.pk}/branch")
+    assert status == 409 and "still answering" in answer["detail"]
+
+
 def test_posting_a_message_answers_202_with_ids_and_the_reply_can_be_polled_and_cancelled(
     rest: Rest, owner: Any, queued: list[int]
 ) -> None:
@@ -239,6 +274,7 @@ def test_another_users_ids_are_404_and_stay_untouched(
         ("post", f"/conversations/{theirs.pk}/messages", {"content": "hi"}),
         ("get", f"/messages/{reply}", None),
         ("post", f"/messages/{reply}/cancel", None),
+        ("post", f"/messages/{reply}/branch", None),
         ("get", "/messages/999999", None),
     ]:
         status, answer = rest.call(method, path, body)
@@ -281,6 +317,8 @@ def test_the_openapi_schema_and_docs_are_served(client: Client) -> None:
         f"{API}/conversations/{{conversation_id}}/messages",
         f"{API}/messages/{{message_id}}",
         f"{API}/messages/{{message_id}}/cancel",
+        f"{API}/messages/{{message_id}}/branch",
+        f"{API}/messages/{{message_id}}/feedback",
     }
     post = schema["paths"][f"{API}/conversations/{{conversation_id}}/messages"]["post"]
     assert set(post["responses"]) >= {"202", "400", "401", "404", "409", "429", "503"}

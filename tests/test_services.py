@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 from chat import selectors
 from chat.generation import reply_generate
 from chat.models import ApiKey, Conversation, Message
-from chat.services import accounts, conversations
+from chat.services import accounts, conversations, limits
 from chat.services.replies import NotCancellable, PostedMessage, reply_cancel, reply_fail
 from chat.services.sweeper import fail_lost_replies
 from inference.types import Turn
@@ -355,3 +356,142 @@ def test_deleting_the_conversation_mid_reply_stops_the_job_quietly(owner: Any, t
         conversations.conversation_delete(user=owner, conversation_id=reply.conversation_id)
     assert failures == []
     assert not Message.objects.filter(pk=reply.pk).exists()
+
+
+# --- Branches ----------------------------------------------------------------------
+
+
+def branch_of(conversation: Conversation) -> list[tuple[str, str]]:
+    conversation.refresh_from_db()
+    return [(m.role, m.content) for m in selectors.conversation_branch(conversation=conversation).messages]
+
+
+def test_regenerating_keeps_the_old_reply_as_a_sibling(
+    owner: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    conversation = conversations.conversation_create(user=owner)
+    first = post(owner, "Capital of France?", conversation_id=conversation.pk)
+    finish(first.reply, "Lyon")
+    with captured_events(conversation.pk) as events, django_capture_on_commit_callbacks(execute=True):
+        again = post(owner, "", action="regenerate", conversation_id=conversation.pk)
+    assert again.user_message.pk == first.user_message.pk  # the same question, answered again
+    assert again.reply.parent_id == first.user_message.pk == first.reply.parent_id
+    assert Message.objects.filter(pk=first.reply.pk, content="Lyon").exists()  # nothing deleted
+    assert branch_of(conversation) == [("user", "Capital of France?"), ("assistant", "")]
+    branch = selectors.conversation_branch(conversation=conversation)
+    assert branch.siblings[again.reply.pk] == [first.reply.pk, again.reply.pk]
+    created = [e for e in events if e["type"] == "message.created"]
+    assert [e["message"]["siblings"] for e in created] == [[first.reply.pk, again.reply.pk]]
+    assert not [e for e in events if e["type"] == "message.deleted"]
+
+
+def test_editing_keeps_the_old_question_and_its_reply(owner: Any) -> None:
+    conversation = conversations.conversation_create(user=owner)
+    one = post(owner, "Hello", conversation_id=conversation.pk)
+    finish(one.reply, "Hi!")
+    two = post(owner, "Capital of Frnace?", conversation_id=conversation.pk)
+    finish(two.reply, "Which country?")
+    edited = post(owner, "Capital of France?", action="edit", conversation_id=conversation.pk)
+    # A sibling of the edited question, under the same earlier reply, with its own new reply.
+    assert edited.user_message.pk != two.user_message.pk
+    assert edited.user_message.parent_id == two.user_message.parent_id == one.reply.pk
+    assert edited.reply.parent_id == edited.user_message.pk
+    two.user_message.refresh_from_db()
+    assert two.user_message.content == "Capital of Frnace?"
+    assert Message.objects.get(pk=two.reply.pk).content == "Which country?"
+    assert branch_of(conversation) == [
+        ("user", "Hello"),
+        ("assistant", "Hi!"),
+        ("user", "Capital of France?"),
+        ("assistant", ""),
+    ]
+    assert conversation.messages.count() == 6
+    # Editing a first message makes a second first message.
+    fresh = conversations.conversation_create(user=owner)
+    finish(post(owner, "Bonjour", conversation_id=fresh.pk).reply)
+    root = post(owner, "Hello", action="edit", conversation_id=fresh.pk)
+    assert root.user_message.parent_id is None
+    assert branch_of(fresh) == [("user", "Hello"), ("assistant", "")]
+    assert fresh.messages.count() == 4
+
+
+def test_the_prompt_of_a_reply_holds_only_its_own_branch(owner: Any) -> None:
+    conversation = conversations.conversation_create(user=owner, system_prompt="Be brief.")
+    one = post(owner, "Q1", conversation_id=conversation.pk)
+    finish(one.reply, "A1")
+    two = post(owner, "Q2", conversation_id=conversation.pk)
+    finish(two.reply, "A2")
+    edited = post(owner, "Q2 again", action="edit", conversation_id=conversation.pk)
+    assert selectors.reply_turns(reply=edited.reply) == [
+        Turn("system", "Be brief."),
+        Turn("user", "Q1"),
+        Turn("assistant", "A1"),
+        Turn("user", "Q2 again"),
+    ]
+    finish(edited.reply, "A2 again")
+    # Back on the first version of Q2, the next question continues that branch.
+    conversations.branch_switch(user=owner, message_id=two.user_message.pk)
+    three = post(owner, "Q3", conversation_id=conversation.pk)
+    assert three.user_message.parent_id == two.reply.pk
+    assert selectors.reply_turns(reply=three.reply) == [
+        Turn("system", "Be brief."),
+        Turn("user", "Q1"),
+        Turn("assistant", "A1"),
+        Turn("user", "Q2"),
+        Turn("assistant", "A2"),
+        Turn("user", "Q3"),
+    ]
+
+
+def test_switching_branches_is_stored_and_refused_while_a_reply_runs(
+    owner: Any, other_user: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    conversation = conversations.conversation_create(user=owner)
+    first = post(owner, "Tell me a joke", conversation_id=conversation.pk)
+    finish(first.reply, "Joke one")
+    second = post(owner, "", action="regenerate", conversation_id=conversation.pk)
+    with pytest.raises(limits.ConversationBusy):  # the new reply would go on out of sight
+        conversations.branch_switch(user=owner, message_id=first.reply.pk)
+    finish(second.reply, "Joke two")
+    before = Conversation.objects.get(pk=conversation.pk).updated
+    with captured_events(conversation.pk) as events, django_capture_on_commit_callbacks(execute=True):
+        conversations.branch_switch(user=owner, message_id=first.reply.pk, conversation_id=conversation.pk)
+    assert events == [{"type": "branch.switched", "leaf_id": first.reply.pk}]
+    fresh = Conversation.objects.get(pk=conversation.pk)  # as a reload reads it
+    assert fresh.current_leaf_id == first.reply.pk and fresh.updated == before  # not activity
+    assert branch_of(fresh) == [("user", "Tell me a joke"), ("assistant", "Joke one")]
+    # Switching at the question goes down its newest reply.
+    conversations.branch_switch(user=owner, message_id=first.user_message.pk)
+    assert branch_of(conversation)[-1] == ("assistant", "Joke two")
+    elsewhere = conversations.conversation_create(user=owner)
+    for user, kwargs in [(other_user, {}), (owner, {"conversation_id": elsewhere.pk})]:
+        with pytest.raises(Message.DoesNotExist):
+            conversations.branch_switch(user=user, message_id=first.reply.pk, **kwargs)
+
+
+def test_the_migration_keeps_each_existing_conversation_as_one_branch(owner: Any) -> None:
+    from django.apps import apps
+
+    migration = importlib.import_module("chat.migrations.0008_branches")
+    a = conversations.conversation_create(user=owner)
+    b = conversations.conversation_create(user=owner)
+    rows = [  # interleaved, and unlinked, as they were before branches
+        Message.objects.create(conversation=conversation, role=role, content=content)
+        for conversation, role, content in [
+            (a, "user", "a1"),
+            (b, "user", "b1"),
+            (a, "assistant", "a2"),
+            (a, "user", "a3"),
+            (b, "assistant", "b2"),
+        ]
+    ]
+    empty = conversations.conversation_create(user=owner)
+    for _ in range(2):  # safe to run twice
+        migration.link_as_single_branch(apps, None)
+    parents = {m.content: m.parent_id for m in Message.objects.all()}
+    assert parents == {"a1": None, "a2": rows[0].pk, "a3": rows[2].pk, "b1": None, "b2": rows[1].pk}
+    assert branch_of(a) == [("user", "a1"), ("assistant", "a2"), ("user", "a3")]
+    assert branch_of(b) == [("user", "b1"), ("assistant", "b2")]
+    assert (a.current_leaf_id, b.current_leaf_id) == (rows[3].pk, rows[4].pk)
+    empty.refresh_from_db()
+    assert empty.current_leaf_id is None

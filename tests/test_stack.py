@@ -118,6 +118,11 @@ def test_an_oversized_import_is_refused_before_its_body_is_read(stack: Stack, ow
     )
     assert status == 413
     assert "larger than 20 MB" in answer.decode()
+    # Dictation has its own limit, refused the same way.
+    status, _, answer = raw_post(
+        stack, "/voice/dictation/", {"Content-Type": "audio/wav", "Content-Length": str(50_000_000)}, b"RIFF"
+    )
+    assert status == 413 and "the most dictation takes" in answer.decode()
 
 
 def test_an_oversized_api_body_is_refused_unread_in_the_apis_own_format(stack: Stack, owner_key: str) -> None:

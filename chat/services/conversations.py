@@ -1,4 +1,4 @@
-"""Conversations: create, rename, change settings, delete, import."""
+"""Conversations: create, rename, change settings, switch branches, delete, import."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from django.utils import timezone
 
 from chat import exports, selectors
 from chat import params as chat_params
+from chat.branches import Tree
+from chat.events import send_event
 from chat.models import Conversation, Message
-from chat.services.limits import InvalidInput, check_length, check_model
+from chat.services.limits import InvalidInput, check_idle, check_length, check_model
 from chat.services.profiles import params_for_new_conversations, profile_get_or_create
 from inference.params import InvalidParameter
 
@@ -104,6 +106,28 @@ def conversation_settings_update(
     return conversation
 
 
+def branch_switch(*, user: User, message_id: int, conversation_id: int | None = None) -> Conversation:
+    """Show the branch through a message (one of the "< n/m >" alternatives): it ends
+    down that message's newest replies, and stays chosen until the next switch or message.
+
+    Message.DoesNotExist for anyone else's message, or one outside `conversation_id`;
+    ConversationBusy while a reply is being written (it would go on in a branch not shown).
+    """
+    message = selectors.message_get(user=user, message_id=message_id)
+    conversation = message.conversation
+    if conversation_id is not None and conversation.pk != conversation_id:
+        raise Message.DoesNotExist("No such message in this conversation.")
+    with transaction.atomic():
+        check_idle(conversation=conversation)
+        tree = Tree.of(conversation.messages.values_list("id", "parent_id"))
+        leaf = tree.newest_leaf_under(message.pk)
+        # Not activity: `updated` (the sidebar's order) stays as it is.
+        Conversation.objects.filter(pk=conversation.pk).update(current_leaf_id=leaf)
+        conversation.current_leaf_id = leaf
+        send_event(conversation.pk, {"type": "branch.switched", "leaf_id": leaf})
+    return conversation
+
+
 def conversation_delete(*, user: User, conversation_id: int) -> None:
     """Delete a conversation and its messages; DoesNotExist for others'.
 
@@ -132,8 +156,20 @@ def conversation_import(*, user: User, data: Any) -> Conversation:
     if imported.params:
         conversation.params = chat_params.chat_params(chat_params.over(given, chat_params.site_defaults()))
         conversation.save(update_fields=["params"])
-    Message.objects.bulk_create(
+    rows = Message.objects.bulk_create(
         Message(conversation=conversation, role=m.role, content=m.content, status=Message.Status.DONE)
         for m in imported.messages
     )
+    if any(row.pk is None for row in rows):  # a database that does not return ids from bulk inserts
+        rows = list(conversation.messages.order_by("id"))
+    # Parents come before children in an export, so ids grow along every branch here too.
+    for row, message in zip(rows, imported.messages, strict=True):
+        row.parent_id = None if message.parent is None else rows[message.parent].pk
+    linked = [row for row in rows if row.parent_id is not None]
+    Message.objects.bulk_update(linked, ["parent"], batch_size=500)
+    if rows:
+        chosen = rows[-1] if imported.current is None else rows[imported.current]
+        tree = Tree.of((row.pk, row.parent_id) for row in rows)
+        conversation.current_leaf_id = tree.newest_leaf_under(chosen.pk)
+        conversation.save(update_fields=["current_leaf"])
     return conversation

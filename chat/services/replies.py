@@ -146,6 +146,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         question, earlier = _question(conversation, submission.action, content)
         reply = Message.objects.create(
             conversation=conversation,
+            parent=question,
             role=Message.Role.ASSISTANT,
             status=Message.Status.PENDING,
             params=chat_params.over(given, params_for(conversation=conversation)).as_dict(),
@@ -153,7 +154,8 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         )
         if not conversation.title:
             conversation.title = conversation_title(question.content)
-        conversation.save(update_fields=["title", "model", "updated"])
+        conversation.current_leaf = reply  # the new reply's branch is the one shown
+        conversation.save(update_fields=["title", "model", "current_leaf", "updated"])
         for message in (*earlier, reply):
             send_event(conversation.pk, created_event(message))
     reply_enqueue(reply=reply)
@@ -183,44 +185,60 @@ def _new_conversation(user: User, new: NewConversation, content: str) -> Convers
     conversation = Conversation.objects.create(
         owner=user, title=conversation_title(first), system_prompt=new.system_prompt.strip()
     )
-    Message.objects.bulk_create(
-        Message(conversation=conversation, role=turn.role, content=turn.content, status=Message.Status.DONE)
-        for turn in new.history
-    )
+    parent = None
+    for turn in new.history:  # one branch; the question follows its last turn
+        parent = Message.objects.create(
+            conversation=conversation, parent=parent, role=turn.role, content=turn.content
+        )
+    conversation.current_leaf = parent
     return conversation
 
 
 def _question(conversation: Conversation, action: Action, content: str) -> tuple[Message, list[Message]]:
-    """The user message the new reply answers, and the new messages to announce."""
+    """The user message the new reply answers, and the new messages to announce.
+
+    Nothing is replaced: a regenerated reply becomes a sibling of the one on
+    the branch being viewed, an edited question a sibling of the question
+    (with its new reply below it), and both versions stay in the tree.
+    """
+    branch = selectors.conversation_branch(conversation=conversation).messages
     if action == "send":
         question = Message.objects.create(
-            conversation=conversation, role=Message.Role.USER, content=content, status=Message.Status.DONE
+            conversation=conversation,
+            parent=branch[-1] if branch else None,
+            role=Message.Role.USER,
+            content=content,
+            status=Message.Status.DONE,
         )
         return question, [question]
-    found = conversation.messages.filter(role=Message.Role.USER).order_by("-id").first()
+    found = next((m for m in reversed(branch) if m.role == Message.Role.USER), None)
     if action == "regenerate":
-        last = conversation.messages.order_by("-id").first()
-        if found is None or last is None or last.role != Message.Role.ASSISTANT:
+        if found is None or branch[-1].role != Message.Role.ASSISTANT:
             raise NothingToRegenerate("There is no reply to regenerate yet.")
-    elif found is None:
+        return found, []
+    if found is None:
         raise NothingToRegenerate("There is no message to edit yet.")
-    else:
-        Message.objects.filter(pk=found.pk).update(content=content)
-        found.content = content
-        send_event(conversation.pk, {"type": "message.edited", "message_id": found.pk, "content": content})
-    stale = list(conversation.messages.filter(id__gt=found.pk).values_list("id", flat=True))
-    for message_id in stale:
-        send_event(conversation.pk, {"type": "message.deleted", "message_id": message_id})
-    conversation.messages.filter(id__in=stale).delete()
-    return found, []
+    question = Message.objects.create(
+        conversation=conversation,
+        parent_id=found.parent_id,
+        role=Message.Role.USER,
+        content=content,
+        status=Message.Status.DONE,
+    )
+    return question, [question]
 
 
 def created_event(message: Message) -> dict[str, Any]:
+    """A new message, with its parent and its siblings: a page showing the parent hides
+    what followed it there (another branch now) and shows this one, "n/m"."""
+    siblings = Message.objects.filter(conversation_id=message.conversation_id, parent_id=message.parent_id)
     return {
         "type": "message.created",
         "message_id": message.pk,
         "role": message.role,
-        "message": selectors.message_payload(message),
+        "message": selectors.message_branch_payload(
+            message, list(siblings.order_by("id").values_list("id", flat=True))
+        ),
     }
 
 

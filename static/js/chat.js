@@ -331,9 +331,16 @@
     actions.className = "actions";
     const finished = !["pending", "streaming"].includes(message.status);
     const busy = activeReply() !== null;
+    const versions = branchNav(message, busy);
+    if (versions) actions.append(versions);
     if (message.role === "assistant" && finished && message.content) {
       actions.append(button("Copy", () => copyText(message.content, "Reply copied."), "Copy this reply"));
     }
+    if (message.role === "assistant" && finished && message.content) {
+      const reading = window.SanjaiVoice && window.SanjaiVoice.readAloudButton(message);
+      if (reading) actions.append(reading);
+    }
+    if (message.role === "assistant" && finished && message.id) actions.append(feedbackFor(message));
     if (!busy && message.role === "assistant" && finished && message === lastOf("assistant")) {
       actions.append(button("Regenerate", () => send({ action: "regenerate" }), "Regenerate the last reply"));
     }
@@ -341,6 +348,104 @@
       actions.append(button("Edit", () => startEdit(message), "Edit your last message and resend"));
     }
     return actions;
+  }
+
+  // ---- Feedback: thumbs up or down on a reply, with an optional comment, changeable -----
+  function feedbackFor(message) {
+    const wrap = document.createElement("span");
+    wrap.className = "feedback";
+    const current = message.feedback || null;
+    for (const [rating, label, name] of [["up", "👍", "Good reply"], ["down", "👎", "Bad reply"]]) {
+      const chosen = current !== null && current.rating === rating;
+      const b = button(label, () => rate(message, chosen ? null : rating, current ? current.comment : ""), name);
+      b.className = `rate rate-${rating}`;
+      b.setAttribute("aria-pressed", String(chosen));
+      wrap.append(b);
+    }
+    if (current) {
+      const comment = button(current.comment ? "Edit comment" : "Add a comment", () => editComment(message));
+      comment.className = "rate-comment";
+      wrap.append(comment);
+    }
+    return wrap;
+  }
+
+  async function rate(message, rating, comment) {
+    const url = chat.dataset.feedbackUrl.replace("/0/", `/${message.id}/`);
+    const response = await postJSON(url, { rating, comment });
+    const answer = await response.json();
+    if (!response.ok) {
+      showBanner(answer.error || "The rating was not saved.", "info");
+      return;
+    }
+    message.feedback = answer.feedback;
+    render(message);
+    announce(rating ? "Thanks: your rating was saved." : "Rating removed.");
+  }
+
+  function editComment(message) {
+    const form = document.createElement("form");
+    form.className = "feedback-comment";
+    const area = document.createElement("textarea");
+    area.rows = 2;
+    area.maxLength = 2000;
+    area.value = message.feedback.comment || "";
+    area.setAttribute("aria-label", "What was good or bad about this reply?");
+    area.placeholder = "What was good or bad about this reply? (optional)";
+    const save = document.createElement("button");
+    save.type = "submit";
+    save.textContent = "Save comment";
+    form.append(area, save);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      rate(message, message.feedback.rating, area.value);
+    });
+    message.el.querySelector(".actions").after(form);
+    area.focus();
+  }
+
+  // ---- Branches: "‹ n/m ›" on a message with alternatives (a regenerated reply,
+  // an edited question). Switching is stored, so a reload shows the same branch;
+  // the server then announces it and every open page asks for the branch again.
+  function branchNav(message, busy) {
+    const siblings = message.siblings || [];
+    if (siblings.length < 2) return null;
+    const index = siblings.indexOf(message.id);
+    const nav = document.createElement("span");
+    nav.className = "branch-nav";
+    const kind = message.role === "assistant" ? "reply" : "message";
+    const go = (to) => () => {
+      if (send({ action: "switch", message_id: siblings[to] })) {
+        announce(`Showing version ${to + 1} of ${siblings.length}.`);
+      }
+    };
+    const previous = button("‹", go(index - 1), `Previous version of this ${kind}`);
+    const next = button("›", go(index + 1), `Next version of this ${kind}`);
+    previous.disabled = busy || index <= 0;
+    next.disabled = busy || index >= siblings.length - 1;
+    const position = document.createElement("span");
+    position.className = "branch-position";
+    position.textContent = `${index + 1}/${siblings.length}`;
+    nav.append(previous, position, next);
+    return nav;
+  }
+
+  // A new message follows `parentId`: what the page showed after that message
+  // is another branch now, and leaves the page. False if the parent is not
+  // shown (this page shows another branch): the caller asks for the conversation again.
+  function showBranchAt(parentId) {
+    if (parentId !== null && !messages.has(parentId)) return false;
+    let after = parentId === null; // a first message: nothing shown stays
+    for (const [id, m] of [...messages]) {
+      if (after) {
+        if (m.el) m.el.remove();
+        renderQueued.delete(m);
+        messages.delete(id);
+      } else if (id === parentId) {
+        after = true;
+      }
+    }
+    return true;
   }
 
   function renderSoon(message) {
@@ -464,6 +569,11 @@
       }
     },
     "message.created"(event) {
+      const parentId = event.message.parent_id ?? null;
+      if (!messages.has(event.message.id) && !showBranchAt(parentId)) {
+        socket.send(JSON.stringify({ action: "sync" }));
+        return;
+      }
       const message = upsert(event.message);
       withScroll(() => render(message));
       if (message.role === "user") unsent = null;
@@ -507,16 +617,9 @@
         showBanner(`${event.error} Your message is saved: once a worker runs, use Regenerate.`);
       }
     },
-    "message.deleted"(event) {
-      const message = messages.get(event.message_id);
-      if (message && message.el) message.el.remove();
-      messages.delete(event.message_id);
-    },
-    "message.edited"(event) {
-      const message = messages.get(event.message_id);
-      if (!message) return;
-      message.content = event.content;
-      render(message);
+    "branch.switched"() {
+      // Another branch is shown now (switched here or in another tab): ask for it.
+      socket.send(JSON.stringify({ action: "sync" }));
     },
     error(event) {
       if (event.action === "send" && unsent !== null && !input.value) input.value = unsent;

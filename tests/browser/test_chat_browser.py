@@ -7,9 +7,11 @@ an event loop of its own on the main thread.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -222,8 +224,11 @@ def test_stop_keeps_the_partial_reply_then_regenerate(page: Page, django_user_mo
     last_reply(page).get_by_role("button", name="Regenerate the last reply").click()
     expect(page.locator(f'.bubble[data-id="{reply.pk}"]')).to_have_count(0)
     expect(last_reply(page)).to_have_attribute("data-status", "done")
-    regenerated = Message.objects.get(conversation=conversation, role="assistant")
-    assert regenerated.pk != reply.pk and regenerated.completion_tokens <= 20
+    regenerated = (
+        Message.objects.filter(conversation=conversation, role="assistant").exclude(pk=reply.pk).get()
+    )
+    assert regenerated.completion_tokens <= 20
+    assert Message.objects.filter(pk=reply.pk).exists()  # kept, on its own branch
 
 
 def test_edit_the_last_message_and_resend(page: Page, django_user_model: Any) -> None:
@@ -241,7 +246,80 @@ def test_edit_the_last_message_and_resend(page: Page, django_user_model: Any) ->
     page.click("text=Save and resend")
     expect(page.locator(".bubble.user .content")).to_have_text("Better wording")
     expect(last_reply(page)).to_have_attribute("data-status", "done")
-    assert [m.content for m in conversation.messages.filter(role="user")] == ["Better wording"]
+    # The first wording is kept, on its own branch.
+    assert [m.content for m in conversation.messages.filter(role="user")] == [
+        "First wording",
+        "Better wording",
+    ]
+
+
+def test_branches_are_made_switched_between_kept_across_a_reload_and_exported(
+    page: Page, django_user_model: Any
+) -> None:
+    owner = make_user(django_user_model, "brancher")
+    conversation = conversations.conversation_create(user=owner, title="Branches")
+    conversations.conversation_settings_update(
+        user=owner, conversation_id=conversation.pk, system_prompt="", params={"max_new_tokens": 8}
+    )
+    log_in(page, "brancher")
+    page.goto(f"/c/{conversation.pk}/")
+    send(page, "First wording")
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    expect(page.locator(".branch-nav")).to_have_count(0)  # one version: no control
+    first_reply = Message.objects.get(conversation=conversation, role="assistant")
+
+    last_reply(page).get_by_role("button", name="Regenerate the last reply").click()
+    expect(last_reply(page)).not_to_have_attribute("data-id", str(first_reply.pk))
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    expect(last_reply(page).locator(".branch-position")).to_have_text("2/2")
+    expect(page.locator(".bubble")).to_have_count(2)  # the old reply is not shown beside it
+    second_reply = Message.objects.filter(role="assistant").exclude(pk=first_reply.pk).get()
+
+    last_reply(page).get_by_role("button", name="Previous version of this reply").click()
+    expect(last_reply(page)).to_have_attribute("data-id", str(first_reply.pk))
+    expect(last_reply(page).locator(".branch-position")).to_have_text("1/2")
+    expect(last_reply(page).get_by_role("button", name="Previous version of this reply")).to_be_disabled()
+    page.reload()  # the switch was stored
+    expect(last_reply(page)).to_have_attribute("data-id", str(first_reply.pk))
+    expect(last_reply(page).locator(".branch-position")).to_have_text("1/2")
+
+    page.get_by_role("button", name="Edit your last message and resend").click()
+    page.fill(".edit-box textarea", "Better wording")
+    page.click("text=Save and resend")
+    question = page.locator(".bubble.user")
+    expect(question.locator(".content")).to_have_text("Better wording")
+    expect(question.locator(".branch-position")).to_have_text("2/2")
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    expect(last_reply(page).locator(".branch-nav")).to_have_count(0)  # the new question's only reply
+
+    question.get_by_role("button", name="Previous version of this message").click()
+    expect(question.locator(".content")).to_have_text("First wording")
+    expect(question.locator(".branch-position")).to_have_text("1/2")
+    # That question's branch goes on down its newest reply.
+    expect(last_reply(page)).to_have_attribute("data-id", str(second_reply.pk))
+    expect(last_reply(page).locator(".branch-position")).to_have_text("2/2")
+    page.screenshot(path=str(ARTIFACTS / "branches-desktop.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()  # at phone width from the start: the sidebar drawer is closed, not sliding shut
+    expect(last_reply(page).locator(".branch-position")).to_have_text("2/2")
+    expect(question.locator(".branch-position")).to_have_text("1/2")
+    page.screenshot(path=str(ARTIFACTS / "branches-phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 800})  # the export links show at desktop width
+
+    with page.expect_download() as download_info:
+        page.click("#export-json")
+    exported = json.loads(Path(download_info.value.path()).read_text())
+    by_id = {m["id"]: m for m in exported["messages"]}
+    assert [(m["role"], m["content"]) for m in exported["messages"] if m["role"] == "user"] == [
+        ("user", "First wording"),
+        ("user", "Better wording"),
+    ]
+    assert len(exported["messages"]) == 5 and exported["current_id"] == second_reply.pk
+    assert by_id[first_reply.pk]["parent_id"] == by_id[second_reply.pk]["parent_id"]
+    with page.expect_download() as download_info:
+        page.click("#export-md")
+    markdown = Path(download_info.value.path()).read_text()
+    assert "## Other branches" in markdown and "Better wording" in markdown
 
 
 def test_rename_and_delete_from_the_sidebar(page: Page, django_user_model: Any) -> None:
@@ -281,7 +359,7 @@ def test_model_markdown_renders_but_never_runs_script_or_loads_remote_content(
     conversation = conversations.conversation_create(user=owner, title="Markdown")
     # Rows written directly: services would publish events from this thread,
     # where Playwright's event loop runs.
-    Message.objects.create(
+    question = Message.objects.create(
         conversation=conversation, role="user", content="<b>hi</b><script>window.__pwned='user'</script>"
     )
     hostile = (
@@ -294,7 +372,9 @@ def test_model_markdown_renders_but_never_runs_script_or_loads_remote_content(
         # Markup that would dress up as the app's own interface.
         '<div id="composer" class="banner" style="position:fixed;inset:0">Session expired</div>'
     )
-    Message.objects.create(conversation=conversation, role="assistant", status="done", content=hostile)
+    Message.objects.create(
+        conversation=conversation, parent=question, role="assistant", status="done", content=hostile
+    )
     remote_requests: list[str] = []
     page.on("request", lambda r: remote_requests.append(r.url) if "127.0.0.1" not in r.url else None)
     log_in(page, "reader")
@@ -440,8 +520,10 @@ def test_code_is_highlighted_with_a_copy_button_and_math_is_rendered(
         "Shell: `echo $HOME$`"
     )
     # Rows written directly: services would publish events from this thread.
-    Message.objects.create(conversation=conversation, role="user", content="Show me")
-    Message.objects.create(conversation=conversation, role="assistant", status="done", content=reply)
+    question = Message.objects.create(conversation=conversation, role="user", content="Show me")
+    Message.objects.create(
+        conversation=conversation, parent=question, role="assistant", status="done", content=reply
+    )
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.base_url)
     remote_requests: list[str] = []
     blocked: list[str] = []
@@ -730,3 +812,43 @@ def test_the_theme_toggle_is_kept_across_a_reload(page: Page, django_user_model:
     page.get_by_label("Theme").select_option("light")
     expect(html).to_have_attribute("data-theme", "light")
     assert page.evaluate(background) == light
+
+
+def test_feedback_on_a_reply_reaches_the_admin_review_queue(
+    page: Page, browser: Browser, stack: Stack, django_user_model: Any
+) -> None:
+    from chat.models import Feedback
+
+    owner = make_user(django_user_model, "critic")
+    conversation = conversations.conversation_create(user=owner, title="Capitals")
+    question = Message.objects.create(
+        conversation=conversation, role="user", content="What is the capital of France?"
+    )
+    reply = Message.objects.create(
+        conversation=conversation, role="assistant", status="done", content="Lyon.", parent=question
+    )
+    log_in(page, "critic")
+    page.goto(f"/c/{conversation.pk}/")
+    page.get_by_role("button", name="Bad reply").click()
+    expect(page.get_by_role("button", name="Bad reply")).to_have_attribute("aria-pressed", "true")
+    page.get_by_role("button", name="Add a comment").click()
+    page.get_by_label("What was good or bad about this reply?").fill("The capital is Paris.")
+    page.get_by_role("button", name="Save comment").click()
+    expect(page.get_by_role("button", name="Edit comment")).to_be_visible()
+    page.reload()  # kept: the snapshot carries it
+    expect(page.get_by_role("button", name="Bad reply")).to_have_attribute("aria-pressed", "true")
+    feedback = Feedback.objects.get(message=reply)
+    assert (feedback.rating, feedback.comment) == (Feedback.Rating.DOWN, "The capital is Paris.")
+
+    django_user_model.objects.create_superuser("reviewer", password=PASSWORD)
+    admin = browser.new_context(base_url=stack.base_url).new_page()
+    admin.goto("/admin/login/")
+    admin.fill("#id_username", "reviewer")
+    admin.fill("#id_password", PASSWORD)
+    admin.click("input[type=submit]")
+    admin.goto("/admin/chat/feedback/?rating__exact=-1")
+    expect(admin.get_by_text("The capital is Paris.")).to_be_visible()
+    admin.goto(f"/admin/chat/feedback/{feedback.pk}/change/")  # the review: the conversation around it
+    expect(admin.get_by_text("What is the capital of France?")).to_be_visible()
+    expect(admin.get_by_text("(the rated reply)")).to_be_visible()
+    admin.context.close()
