@@ -355,9 +355,11 @@
     const wrap = document.createElement("span");
     wrap.className = "feedback";
     const current = message.feedback || null;
-    for (const [rating, label, name] of [["up", "👍", "Good reply"], ["down", "👎", "Bad reply"]]) {
+    for (const [rating, name] of [["up", "Good reply"], ["down", "Bad reply"]]) {
       const chosen = current !== null && current.rating === rating;
-      const b = button(label, () => rate(message, chosen ? null : rating, current ? current.comment : ""), name);
+      const b = button("", () => rate(message, chosen ? null : rating, current ? current.comment : ""), name);
+      b.append(thumb(rating));
+      b.title = name;
       b.className = `rate rate-${rating}`;
       b.setAttribute("aria-pressed", String(chosen));
       wrap.append(b);
@@ -368,6 +370,20 @@
       wrap.append(comment);
     }
     return wrap;
+  }
+
+  // A thumb drawn as SVG (Feather's thumbs-up, MIT): no emoji font needed, no inline style.
+  function thumb(rating) {
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    for (const [name, value] of Object.entries({
+      viewBox: "0 0 24 24", width: "16", height: "16", fill: "none", stroke: "currentColor",
+      "stroke-width": "2", "stroke-linecap": "round", "stroke-linejoin": "round", "aria-hidden": "true",
+    })) svg.setAttribute(name, value);
+    const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    if (rating === "down") path.setAttribute("transform", "rotate(180 12 12)");
+    path.setAttribute("d", "M14 9V5a3 3 0 0 0-3-3l-4 9v11h11.28a2 2 0 0 0 2-1.7l1.38-9a2 2 0 0 0-2-2.3zM7 22H4a2 2 0 0 1-2-2v-7a2 2 0 0 1 2-2h3");
+    svg.append(path);
+    return svg;
   }
 
   async function rate(message, rating, comment) {

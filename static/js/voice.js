@@ -53,7 +53,7 @@ window.SanjaiVoice = (function () {
       stream.getTracks().forEach((track) => track.stop());
       recorder = null;
       mic.setAttribute("aria-pressed", "false");
-      mic.textContent = "🎤 Dictate";
+      mic.textContent = "Dictate";
       await transcribe(new Blob(chunks, { type: chunks[0]?.type || "audio/webm" }));
     });
     recorder.start();

@@ -852,3 +852,74 @@ def test_feedback_on_a_reply_reaches_the_admin_review_queue(
     expect(admin.get_by_text("What is the capital of France?")).to_be_visible()
     expect(admin.get_by_text("(the rated reply)")).to_be_visible()
     admin.context.close()
+
+
+def test_a_conversation_with_branches_feedback_code_math_and_usage_on_desktop_and_phone(
+    page: Page, django_user_model: Any
+) -> None:
+    """One conversation with everything a reply can show, screenshotted at both widths."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat.models import Conversation, Feedback
+
+    owner = make_user(django_user_model, "showcase")
+    conversation = conversations.conversation_create(user=owner, title="Sorting and sums")
+    question = Message.objects.create(
+        conversation=conversation,
+        role="user",
+        content="How do I sort a list in Python, and what is 1 + 2 + … + n?",
+    )
+    started = timezone.now() - timedelta(seconds=10)
+    timing = {
+        "queued_at": started,
+        "started_at": started,
+        "first_token_at": started + timedelta(milliseconds=180),
+        "finished_at": started + timedelta(seconds=3),
+    }
+    Message.objects.create(
+        conversation=conversation,
+        parent=question,
+        role="assistant",
+        status="done",
+        content="Use `sorted()`.",
+        prompt_tokens=31,
+        completion_tokens=6,
+        **timing,
+    )
+    answer = (
+        "Use `sorted()` for a new list, or `.sort()` in place:\n\n"
+        "```python\nnumbers = [3, 1, 2]\nprint(sorted(numbers))  # [1, 2, 3]\n"
+        "numbers.sort(reverse=True)\n```\n\n"
+        "And the sum is Gauss's formula, $\\sum_{k=1}^{n} k = \\frac{n(n+1)}{2}$:\n\n"
+        "$$1 + 2 + \\dots + 100 = \\frac{100 \\cdot 101}{2} = 5050$$"
+    )
+    regenerated = Message.objects.create(
+        conversation=conversation,
+        parent=question,
+        role="assistant",
+        status="done",
+        content=answer,
+        prompt_tokens=31,
+        completion_tokens=92,
+        **timing,
+    )
+    Conversation.objects.filter(pk=conversation.pk).update(current_leaf=regenerated)
+    Feedback.objects.create(
+        message=regenerated, rating=Feedback.Rating.UP, comment="Clear, with the formula."
+    )
+    log_in(page, "showcase")
+    page.goto(f"/c/{conversation.pk}/")
+    reply = last_reply(page)
+    expect(reply.locator(".branch-position")).to_have_text("2/2")
+    expect(reply.locator("code.hljs .hljs-built_in").first).to_be_visible()
+    expect(reply.locator("math")).to_have_count(2)
+    expect(reply.locator(".usage")).to_contain_text("31 prompt + 92 completion tokens")
+    expect(reply.get_by_role("button", name="Good reply")).to_have_attribute("aria-pressed", "true")
+    page.screenshot(path=str(ARTIFACTS / "showcase-desktop.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    expect(last_reply(page).locator("math")).to_have_count(2)
+    expect(page.locator("#sidebar")).not_to_be_in_viewport()  # the drawer is closed at phone width
+    page.screenshot(path=str(ARTIFACTS / "showcase-phone.png"), full_page=True)
