@@ -408,8 +408,13 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"quiet_websockets": {"()": "sanjai_site.log.QuietWebsockets"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    "loggers": {
+        # The web server's own lines: start-up, shutdown and errors, not one per websocket.
+        "uvicorn.error": {"handlers": ["console"], "filters": ["quiet_websockets"], "propagate": False},
+    },
 }
 
 # --- Health and metrics: /healthz, /readyz (sanjai_site/health.py), /metrics (sanjai_site/metrics.py) ---

@@ -187,3 +187,19 @@ def test_make_run_starts_the_workers_whose_models_fit_and_says_which_do_not(tiny
 
     # Where the memory cannot be read (not Linux), every worker starts and checks for itself.
     assert len(plan_workers(declared, available=None)[0]) == 3
+
+
+def test_the_web_servers_log_leaves_out_a_line_per_websocket() -> None:
+    import logging
+
+    from sanjai_site.log import QuietWebsockets
+
+    def kept(message: str, *args: object) -> bool:
+        return QuietWebsockets().filter(
+            logging.LogRecord("uvicorn.error", logging.INFO, "", 0, message, args, None)
+        )
+
+    assert not kept("connection open") and not kept("connection closed")
+    assert not kept('%s - "WebSocket %s" [accepted]', "127.0.0.1:50312", "/ws/conversations/3/")
+    assert kept("Uvicorn running on %s://%s:%d (Press CTRL+C to quit)", "http", "127.0.0.1", 8000)
+    assert kept("Cancel %s running task(s), timeout graceful shutdown exceeded", 3)
