@@ -218,8 +218,8 @@ class Feedback(models.Model):
     """
 
     class Rating(models.IntegerChoices):
-        UP = 1, "👍 up"
-        DOWN = -1, "👎 down"
+        UP = 1, "up"
+        DOWN = -1, "down"
 
     message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="feedback")
     rating = models.SmallIntegerField(choices=Rating.choices)
