@@ -16,4 +16,4 @@ class QuietWebsockets(logging.Filter):
         message = record.getMessage()
         if message in WEBSOCKET_CHATTER:
             return False
-        return not (message.startswith('"WebSocket ') or "- \"WebSocket " in message)
+        return not (message.startswith('"WebSocket ') or '- "WebSocket ' in message)

@@ -1,0 +1,94 @@
+"""The engine's fused and shortcut operations against their unfused references (issue 13, item 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from inference.fastpath import FastDecoder, _fp16_linear_op, fp16_linear, rotate
+
+pytestmark = pytest.mark.skipif(
+    "fbgemm" not in torch.backends.quantized.supported_engines, reason="fbgemm's fp16 GEMM is x86-64 only"
+)
+
+
+def test_rotate_matches_the_reference_rotary_embedding() -> None:
+    torch.manual_seed(0)
+    heads, kv_heads, tokens, head_dim = 4, 2, 3, 16
+    q = torch.randn(1, heads, tokens, head_dim)
+    k = torch.randn(1, kv_heads, tokens, head_dim)
+    angles = torch.randn(1, tokens, head_dim // 2)
+    cos = torch.cat((angles, angles), dim=-1).cos()
+    sin = torch.cat((angles, angles), dim=-1).sin()
+    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos, sin)
+    half = head_dim // 2
+    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    # The engine's layout: [tokens, q heads + kv heads, head_dim], rotated in one call.
+    qk = torch.cat((q[0].transpose(0, 1), k[0].transpose(0, 1)), dim=1)
+    rotated = rotate(qk, cos[0][:, None], signed_sin[0][:, None])
+    torch.testing.assert_close(rotated[:, :heads], expected_q[0].transpose(0, 1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rotated[:, heads:], expected_k[0].transpose(0, 1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(1, 24), (5, 24), (2, 3, 24)])
+def test_scripted_fp16_product_equals_the_plain_call(bias: bool, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(40, 24)
+    packed = torch.ops.quantized.linear_prepack_fp16(weight, torch.randn(40) if bias else None)
+    x = torch.randn(shape)
+    assert torch.equal(fp16_linear(x, packed), _fp16_linear_op(x, packed))
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny_model_dir: Path) -> FastDecoder:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    decoder = FastDecoder(model)
+    decoder.store_half_weights()
+    return decoder
+
+
+def test_single_reply_step_matches_the_general_pass(decoder: FastDecoder) -> None:
+    """decode_one (one row, one token) against the same token run through the ragged pass."""
+    torch.manual_seed(0)
+    vocab = decoder.embed.weight.shape[0]
+    prompt = torch.randint(0, vocab, (1, 9))
+    fast, general = decoder.new_row(16), decoder.new_row(16)
+    with torch.inference_mode():
+        decoder(prompt, [fast], [0], [9])
+        decoder(prompt, [general], [0], [9])
+        for position, token in enumerate([5, 17, 3], start=9):
+            tokens = torch.tensor([[token]])
+            one = decoder.decode_one(tokens, fast, position)
+            # Two rows force the general pass; the second is a throwaway copy.
+            spare = decoder.grown(general, 16, position)
+            both = decoder(torch.tensor([[token, token]]), [general, spare], [position, position], [1, 1])
+            torch.testing.assert_close(one, both[:1], rtol=1e-5, atol=1e-5)
+            assert torch.equal(one.argmax(-1), both[:1].argmax(-1))
+        held = slice(0, 12)
+        torch.testing.assert_close(
+            fast.data[:, :, :, held], general.data[:, :, :, held], rtol=1e-5, atol=1e-5
+        )
+
+
+def test_forward_takes_the_single_reply_path_for_one_decoding_row(
+    decoder: FastDecoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    original = decoder.decode_one
+
+    def spy(tokens: torch.Tensor, row: object, start: int) -> torch.Tensor:
+        calls.append(start)
+        return original(tokens, row, start)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decoder, "decode_one", spy)
+    row = decoder.new_row(8)
+    with torch.inference_mode():
+        decoder(torch.tensor([[1, 2, 3]]), [row], [0], [3])  # prefill: the general pass
+        decoder(torch.tensor([[4]]), [row], [3], [1], [0])  # a decode step, as the engine asks
+        decoder(torch.tensor([[5]]), [row], [4], [1], [])  # a one-token prompt chunk: no logits
+    assert calls == [3]
