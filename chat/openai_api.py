@@ -36,6 +36,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from chat import delivery, selectors
 from chat.auth import JsonObjectParser, api_key_auth, auth_user, install_error_handlers
 from chat.models import Conversation, Message
+from chat.services import limits
 from chat.services.conversations import conversation_delete
 from chat.services.replies import NewConversation, PostedMessage, Submission, reply_cancel
 from inference.types import Turn
@@ -369,23 +370,14 @@ def models(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"object": "list", "data": [_model_object(model) for model in _served_models()]})
 
 
-def _model_not_found(name: str, served: list[selectors.ServedModel]) -> ApiError:
-    names = ", ".join(model.name for model in served)
-    return ApiError(
-        404,
-        f"model: {name!r} does not exist here; the models are {names} (GET /v1/models).",
-        param="model",
-        code="model_not_found",
-    )
-
-
 @api.get("/models/{model_id}")
 def model_detail(request: HttpRequest, model_id: str) -> JsonResponse:
-    served = _served_models()
-    for model in served:
-        if model.name == model_id:
-            return JsonResponse(_model_object(model))
-    raise _model_not_found(model_id, served)
+    try:
+        limits.check_model(model_id)  # the one wording for a model that is not declared
+    except limits.ModelNotDeclared as exc:
+        raise ApiError(404, str(exc), param="model", code="model_not_found") from None
+    (model,) = [served for served in _served_models() if served.name == model_id]
+    return JsonResponse(_model_object(model))
 
 
 # --- Completions ---------------------------------------------------------------
