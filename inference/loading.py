@@ -17,12 +17,16 @@ machine has, and a model that does not fit is refused with both figures.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import logging
 import os
 import shutil
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,13 +93,17 @@ def dtype_for(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def storage_dtype(device: torch.device, config: Any, *, half_weights: bool) -> torch.dtype:
+def storage_dtype(
+    device: torch.device, config: Any, *, half_weights: bool, dtype: torch.dtype | None = None
+) -> torch.dtype:
     """The dtype the weights are loaded and kept in.
 
-    fp16 for half storage (fp16 weights, fp32 arithmetic: see
+    `dtype` where one is asked for; fp16 for half storage (fp16 weights, fp32 arithmetic: see
     fastpath.store_half_model) where it is asked for, the CPU has fbgemm's
     fp16 kernel and the engine supports the architecture; else dtype_for(device).
     """
+    if dtype is not None:
+        return dtype
     if half_weights and can_store_half_on(device) and supports_config(config):
         return torch.float16
     return dtype_for(device)
@@ -160,6 +168,75 @@ def _tied_output_bytes(config: Any, dtype: torch.dtype) -> int:
     return int(config.vocab_size) * int(config.hidden_size) * _element_size(dtype)
 
 
+# madvise(2) advice: drop this process's mapping of the pages (file pages stay in the page cache).
+MADV_DONTNEED = 4
+# How often the checkpoint's mapped pages are let go of while a model loads.
+UNMAP_INTERVAL_S = 0.2
+
+
+def unmap_read_pages(files: set[str]) -> int:
+    """Let go of this process's resident pages of its mappings of `files`; bytes let go of.
+
+    transformers maps every safetensors shard and keeps each mapping until
+    the whole load ends. Each page read stays mapped, and counts in the
+    process's RSS, next to the converted copy: measured on the 7B benchmark
+    model, 5.3 GB of file pages at the load's peak on top of 15.9 GB of
+    weights. MADV_DONTNEED on a file mapping only unmaps a page nobody wrote
+    to: it stays in the page cache, and a later read maps it again with the
+    same bytes, so a tensor still being copied from the mapping reads what it
+    would have. safetensors maps privately (copy-on-write), so a mapping
+    holding any written page (smaps' "Anonymous") is left alone: there the
+    advice would throw the writes away. A no-op off Linux.
+    """
+    if not sys.platform.startswith("linux") or not files:
+        return 0
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    candidates: list[tuple[int, int]] = []
+    current: tuple[int, int] | None = None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if not fields[0].endswith(":"):  # a mapping's header: range perms offset dev inode [path]
+                current = None
+                if len(fields) >= 6 and " ".join(fields[5:]) in files:
+                    start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                    current = (start, end)
+            elif current is not None and fields[0] == "Anonymous:":
+                if fields[1] == "0":
+                    candidates.append(current)
+                current = None
+    released = 0
+    for start, end in candidates:
+        if madvise(start, end - start, MADV_DONTNEED) == 0:
+            released += end - start
+    return released
+
+
+@contextlib.contextmanager
+def unmapping_read_pages(paths: Iterable[Path], interval_s: float = UNMAP_INTERVAL_S) -> Iterator[None]:
+    """While the body runs, unmap the read pages of the `paths` every `interval_s` (see unmap_read_pages).
+
+    The load's peak RSS is then the converted weights plus what is read in
+    one interval, not plus the whole checkpoint.
+    """
+    files = {str(path.resolve()) for path in paths}
+    done = threading.Event()
+
+    def run() -> None:
+        while not done.wait(interval_s):
+            unmap_read_pages(files)
+
+    thread = threading.Thread(target=run, name="unmap-checkpoint", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        unmap_read_pages(files)
+
+
 def load_model(
     model_path: str,
     *,
@@ -168,6 +245,7 @@ def load_model(
     context_tokens: int = 0,
     on_progress: Progress = _no_progress,
     half_weights: bool = False,
+    dtype: torch.dtype | None = None,
     available_bytes: int | None = None,
 ) -> LoadedModel:
     """Load a model, telling `on_progress` the stages: converting (a GGUF, once), then loading.
@@ -177,7 +255,9 @@ def load_model(
 
     `half_weights`: keep the weights in fp16 and compute in fp32 where that is
     possible (see storage_dtype); the one-at-a-time backend and the engine
-    then share those weights. `available_bytes`: the memory to judge the load
+    then share those weights. `dtype`: load and compute in this dtype
+    instead, on any device (bf16: a GPU's format, and its arithmetic on a
+    CPU). `available_bytes`: the memory to judge the load
     against (default: MemAvailable); ModelTooLarge is raised before any weight
     is read when memory_needed exceeds it.
     """
@@ -188,10 +268,10 @@ def load_model(
     loading_at = 10
     if source.gguf_file is not None:
         folder = gguf_cache_folder(source, cache_dir, torch.float16)
-        if not (half_weights and can_store_half_on(target) and folder.exists()):
+        if not (dtype is None and half_weights and can_store_half_on(target) and folder.exists()):
             # Which cache depends on the architecture: read from the file's metadata.
             gguf_config = AutoConfig.from_pretrained(source.folder, gguf_file=source.gguf_file)
-            converted_dtype = storage_dtype(target, gguf_config, half_weights=half_weights)
+            converted_dtype = storage_dtype(target, gguf_config, half_weights=half_weights, dtype=dtype)
             folder = gguf_cache_folder(source, cache_dir, converted_dtype)
             if not folder.exists():
                 # The converted model is held while it is saved: twice the weights.
@@ -207,8 +287,8 @@ def load_model(
                         raise
                 loading_at = 70
     config = AutoConfig.from_pretrained(folder)
-    dtype = storage_dtype(target, config, half_weights=half_weights)
-    half = dtype == torch.float16 and half_weights and target.type == "cpu"
+    dtype = storage_dtype(target, config, half_weights=half_weights, dtype=dtype)
+    half = dtype == torch.float16 and half_weights and can_store_half_on(target)
     weights = weight_bytes(folder, dtype)
     extra = _tied_output_bytes(config, dtype) if half else 0
     ensure_fits(f"{source.name} in {dtype}", memory_needed(weights, extra), available)
@@ -216,7 +296,8 @@ def load_model(
     on_progress("loading the weights", loading_at)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     # Each tensor is cast to `dtype` as it is read: the checkpoint's own dtype is never held whole.
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    with unmapping_read_pages(folder.glob("*.safetensors")):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     # transformers declares PreTrainedModel.to with @wraps(nn.Module.to), which
     # typeshed turns into an unbound signature that wants the model as its first argument.
     model = model.to(target)  # type: ignore[arg-type]

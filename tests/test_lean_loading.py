@@ -228,3 +228,50 @@ def test_the_default_model_loads_in_fp16_and_answers_as_before(tmp_path: Path) -
         assert TransformersBackend(loaded).generate(request) == answer
     finally:
         engine.close()
+
+
+def mapped_resident_bytes(path: Path) -> int:
+    """Resident bytes of this process's mappings of `path`, from /proc/self/smaps."""
+    resident, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
+            inside = len(fields) >= 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            resident += int(fields[1]) * 1024
+    return resident
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc/self/smaps")
+def test_read_checkpoint_pages_are_unmapped_while_loading_and_still_read_the_same(tmp_path: Path) -> None:
+    """transformers keeps every shard mapped until a load ends; the pages it has
+    read must not stay in RSS beside the converted weights."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = (tmp_path / "model.safetensors").resolve()
+    weights = torch.randn(4096, 2048, dtype=torch.bfloat16)  # 16 MiB
+    save_file({"w": weights}, path)
+    with safe_open(str(path), framework="pt") as checkpoint:  # mapped, as transformers opens it
+        with loading.unmapping_read_pages([path], interval_s=3600):  # only the final pass runs
+            first = checkpoint.get_slice("w")[:2048].float()
+            assert mapped_resident_bytes(path) >= 8 * 2**20  # what was read is mapped
+        assert mapped_resident_bytes(path) < 2**20
+        # The mapping stays valid: reading again gives the same values.
+        assert torch.equal(checkpoint.get_slice("w")[:2048].float(), first)
+        assert torch.equal(checkpoint.get_tensor("w"), weights)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc/self/smaps")
+def test_a_mapping_with_written_pages_is_left_alone(tmp_path: Path) -> None:
+    """Copy-on-write pages hold what was written: unmapping them would lose it."""
+    import mmap
+
+    path = (tmp_path / "written.bin").resolve()
+    path.write_bytes(bytes(4 * mmap.PAGESIZE))
+    with path.open("r+b") as file:
+        mapped = mmap.mmap(file.fileno(), 0, flags=mmap.MAP_PRIVATE)
+        mapped[0] = 7  # this process's own copy of the first page
+        assert loading.unmap_read_pages({str(path)}) == 0
+        assert mapped[0] == 7
+        mapped.close()
