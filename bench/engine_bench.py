@@ -82,18 +82,27 @@ def record(name: str, value: float, unit: str = "tok/s", kind: str = "tok/s", no
 # --- Hardware ------------------------------------------------------------------------
 
 
-def memory_bandwidth() -> tuple[float, float]:
-    """Read and copy bandwidth in bytes/s, best of five passes over 512 MiB."""
-    source = torch.ones(128 * 1024 * 1024, dtype=torch.float32)
+def memory_bandwidth(device: torch.device | None = None) -> tuple[float, float]:
+    """Read and copy bandwidth in bytes/s of `device`'s memory (default: the CPU's),
+    best of five passes over 512 MiB (2 GiB on a GPU, whose caches are larger)."""
+    device = device or torch.device("cpu")
+    elements = (512 if device.type == "cuda" else 128) * 1024 * 1024
+    source = torch.ones(elements, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
+
+    def timed(work: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - started
+
     reads, copies = [], []
     for _ in range(5):
-        started = time.perf_counter()
-        source.sum()
-        reads.append(source.nbytes / (time.perf_counter() - started))
-        started = time.perf_counter()
-        target.copy_(source)
-        copies.append(2 * source.nbytes / (time.perf_counter() - started))
+        reads.append(source.nbytes / timed(source.sum))
+        copies.append(2 * source.nbytes / timed(lambda: target.copy_(source)))
     return max(reads), max(copies)
 
 

@@ -44,17 +44,19 @@ from inference.fastpath import FastDecoder, KVRow, give_back_freed_memory, suppo
 from inference.loading import LoadedModel
 from inference.metrics import WorkerMetrics, worker_metrics
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
+from inference.registry import WEIGHT_CHOICES
 from inference.types import Completion, FinishReason, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
 # How the engine stores the projection weights: "fp16" (fp32 arithmetic on
 # weights rounded to fp16: half the bytes per token, see Projection.store_half),
-# "fp32" (the model's weights as loaded), or "auto": fp16 where the CPU has
-# fbgemm's kernel and the model is fp32, else as loaded (a GPU model is
-# already bf16/fp16). A model loaded with half_weights=True (the worker's
-# default) holds fp16 weights only, so its engine stores fp16 whatever this says.
-WEIGHT_CHOICES = ("auto", "fp16", "fp32")
+# "fp32" (the model's weights as loaded), "bf16" (bf16 weights and arithmetic,
+# for a model loaded in bf16: a GPU's format, and the CUDA path's arithmetic
+# on a CPU), or "auto": fp16 where the CPU has fbgemm's kernel and the model
+# is fp32, else as loaded (a GPU model is already bf16/fp16). A model loaded
+# with half_weights=True (the worker's default) holds fp16 weights only, so
+# its engine stores fp16 whatever this says. The choices: registry.WEIGHT_CHOICES.
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # A KV row is allocated for its prompt plus this many tokens (rounded up to
 # KV_ROUND), and doubled when a reply outgrows it, never beyond what the
@@ -212,7 +214,11 @@ class Engine:
         self.stop_token_ids = stop_token_ids_for(loaded)
         self.stop_strings = list(FALLBACK_STOP_STRINGS) if loaded.uses_fallback_template else []
         self.decoder = FastDecoder(loaded.model)
-        half = weights != "fp32" and self.decoder.can_store_half()
+        half = weights in ("auto", "fp16") and self.decoder.can_store_half()
+        if weights == "bf16" and self.decoder.dtype != torch.bfloat16:
+            logger.warning(
+                "bf16 weights need a model loaded in bf16 (the worker's ENGINE_WEIGHTS=bf16 does it)"
+            )
         if self.decoder.half_stored:
             # Loaded in fp16 (load_model(half_weights=True)): there are no fp32 originals to use.
             if weights == "fp32":

@@ -467,8 +467,13 @@ class FastDecoder(nn.Module):
             ]
         return self._plan
 
-    def rotary_at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotary_at(
+        self, positions: torch.Tensor, last: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin for `positions` [rows, steps], as [rows, steps, 1, head_dim].
+
+        `last`: the highest of the positions, where the caller knows it (on a
+        GPU, reading it from the tensor waits for the device).
 
         Looked up in a table the model's own rotary module filled once (each
         entry is computed elementwise, so a table entry equals what the module
@@ -481,7 +486,7 @@ class FastDecoder(nn.Module):
             cos, sin = self.rotary(probe, positions)
             sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
             return cos.unsqueeze(2), sin.unsqueeze(2)
-        needed = int(positions.max()) + 1
+        needed = (int(positions.max()) if last is None else last) + 1
         if needed > self._cos.shape[0]:
             size = max(needed, 2 * self._cos.shape[0], 256)
             table = torch.arange(size, device=self.device)[None]
@@ -572,7 +577,8 @@ class FastDecoder(nn.Module):
             [position for _, start, count in spans for position in range(start, start + count)], device=device
         )[None]
         hidden = self.embed(tokens)[0]  # [total, hidden]
-        cos, sin = self.rotary_at(positions)  # [1, total, 1, head_dim]
+        last = max(start + count - 1 for _, start, count in spans)
+        cos, sin = self.rotary_at(positions, last)  # [1, total, 1, head_dim]
         cos, sin = cos[0], sin[0]
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         q_size, kv_size = heads * head_dim, kv_heads * head_dim
@@ -643,7 +649,7 @@ class FastDecoder(nn.Module):
         """
         hidden = self.embed(tokens)[0]  # [1, hidden]
         if start >= self._cos.shape[0]:
-            self.rotary_at(torch.tensor([[start]], device=self.device))  # grows the table
+            self.rotary_at(torch.tensor([[start]], device=self.device), start)  # grows the table
         cos, sin = self._cos[start], self._sin[start]  # [head_dim]
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         qk_size = (heads + kv_heads) * head_dim

@@ -237,6 +237,14 @@ def unmapping_read_pages(paths: Iterable[Path], interval_s: float = UNMAP_INTERV
         unmap_read_pages(files)
 
 
+def memory_available_on(device: torch.device) -> int | None:
+    """Memory a model loaded onto `device` may take: the GPU's free memory, else the machine's."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return available_memory()
+
+
 def load_model(
     model_path: str,
     *,
@@ -263,7 +271,7 @@ def load_model(
     """
     source = source_from_path(model_path)
     target = pick_device(device)
-    available = available_bytes if available_bytes is not None else available_memory()
+    available = available_bytes if available_bytes is not None else memory_available_on(target)
     folder = source.folder
     loading_at = 10
     if source.gguf_file is not None:
@@ -297,7 +305,10 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(folder)
     # Each tensor is cast to `dtype` as it is read: the checkpoint's own dtype is never held whole.
     with unmapping_read_pages(folder.glob("*.safetensors")):
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        # An accelerator's weights go straight to it, tensor by tensor: no copy in host memory.
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, device_map=None if target.type == "cpu" else target
+        )
     # transformers declares PreTrainedModel.to with @wraps(nn.Module.to), which
     # typeshed turns into an unbound signature that wants the model as its first argument.
     model = model.to(target)  # type: ignore[arg-type]

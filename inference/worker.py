@@ -65,14 +65,15 @@ def _quiet(stage: str, percent: int) -> None:
 
 
 def load_backend(config: WorkerConfig, on_progress: Progress = _quiet) -> Backend:
+    import torch
+
     from inference.backend import TransformersBackend
     from inference.engine import EngineUnsupported, engine_from_config
     from inference.loading import load_model
 
     if config.engine is not None and config.engine.threads:
-        import torch
-
         torch.set_num_threads(config.engine.threads)
+    weights = config.engine.weights if config.engine is not None else "fp32"
     loaded = load_model(
         config.model_path,
         device=config.device,
@@ -80,7 +81,8 @@ def load_backend(config: WorkerConfig, on_progress: Progress = _quiet) -> Backen
         context_tokens=config.context_tokens,
         on_progress=on_progress,
         # The engine's fp16 weights, loaded as such: no fp32 originals beside them.
-        half_weights=config.engine is not None and config.engine.weights != "fp32",
+        half_weights=weights in ("auto", "fp16"),
+        dtype=torch.bfloat16 if weights == "bf16" else None,
     )
     loaded = replace(loaded, name=config.name)
     if config.engine is not None:

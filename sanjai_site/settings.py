@@ -355,11 +355,11 @@ ENGINE_PREFILL_THREADS = envint("ENGINE_PREFILL_THREADS", 0, minimum=0)
 # Prompt tokens prefilled alongside each decode step of the running replies, so
 # they keep streaming while a long prompt arrives (measured default: README).
 ENGINE_PREFILL_CHUNK_TOKENS = envint("ENGINE_PREFILL_CHUNK_TOKENS", 16, minimum=1)
-# How the engine stores weights: "auto" (fp16 on x86-64 CPUs for an fp32 model,
-# else as loaded), "fp16" or "fp32". See inference/engine.py.
-ENGINE_WEIGHTS = envchoice("ENGINE_WEIGHTS", "auto", ("auto", "fp16", "fp32"))
+# How the engine stores weights: "auto" (fp16 on x86-64 CPUs, bf16 on a GPU),
+# "fp16", "fp32" or "bf16". See inference/engine.py.
+ENGINE_WEIGHTS = envchoice("ENGINE_WEIGHTS", "auto", model_registry.WEIGHT_CHOICES)
 if envstr("QUANTIZE", ""):
-    raise ConfigError("QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16 or fp32) instead")
+    raise ConfigError("QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16, fp32 or bf16) instead")
 # With several workers for one model, a conversation's next turn goes to the
 # worker that wrote its last reply (it holds the conversation's KV cache) while
 # that worker is alive and has a free slot; off: to whichever worker is free.
