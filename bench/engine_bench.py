@@ -574,6 +574,7 @@ def main() -> int:
     plain_x1 = record("fp32 engine x1: per request, decode", statistics.median(r[1] for r in plain1))
     runs = [summarise(engine_run(plain, 8, tokens)) for _ in range(max(1, args.rounds - 1))]
     record("fp32 engine x8: aggregate", statistics.median(r[0] for r in runs))
+    int4_checks = int4_rows(engine, plain, args)
     plain.close()
     del plain
 
@@ -611,9 +612,50 @@ def main() -> int:
         checks.append(
             ("full stack x1 >= 0.95x engine x1 (end to end)", stack_e2e_1 / engine_e2e_1, 0.95, True)
         )
-    print_checks([*checks, *long_checks])
+    print_checks([*checks, *int4_checks, *long_checks])
     print(f"  (the same engine with fp32 weights, x1 decode: {plain_x1 / raw:.2f}x raw generate() batch 1)")
     return 0
+
+
+def int4_rows(
+    engine: Engine, plain: Engine, args: argparse.Namespace
+) -> list[tuple[str, float, float, bool]]:
+    """ENGINE_WEIGHTS=int4 (a model of its own, loaded as the worker loads it):
+    agreement with the fp32 engine, the facts, and decode against the fp16 `engine`, in turn."""
+    tokens = args.tokens
+    loaded = load_model("", device="cpu", cache_dir=settings.MODEL_CACHE_DIR, half_weights=True)
+    four_bit = Engine(loaded, max_batch=8, max_per_owner=0, weights="int4")
+    streamed = sum(projection.weight_bytes() for projection in four_bit.decoder.projections())
+    record("int4 engine: weight bytes read per token", streamed / 1e6, "MB", kind="")
+    agree = record(
+        "int4 engine: greedy tokens equal to the fp32 engine's",
+        greedy_agreement(four_bit, plain, tokens),
+        "%",
+        kind="",
+    )
+    facts = record(
+        "int4 engine answers the benchmark's facts (1 = yes)", float(answers_facts(four_bit)), "", kind=""
+    )
+    four_bit.stop_token_ids = []
+    engine_run(four_bit, 1, 8)  # warm-up
+    fp16_1, int4_1 = [], []
+    for _ in range(args.rounds):  # in turn: drift on a shared machine hits both alike
+        fp16_1.append(summarise(engine_run(engine, 1, tokens))[1])
+        int4_1.append(summarise(engine_run(four_bit, 1, tokens))[1])
+    fp16_x1 = statistics.median(fp16_1)
+    int4_x1 = record("int4 engine x1: per request, decode", statistics.median(int4_1))
+    runs = [summarise(engine_run(four_bit, 8, tokens)) for _ in range(max(1, args.rounds - 1))]
+    record("int4 engine x8: aggregate", statistics.median(r[0] for r in runs))
+    four_bit.close()
+    print(
+        f"  (int4 engine x1 decode in turn with the {engine.weights} engine's: "
+        f"{int4_x1:.1f} against {fp16_x1:.1f} tok/s)"
+    )
+    return [
+        ("int4 engine x1 decode > fp16 engine x1, in turn", int4_x1 / fp16_x1, 1.0, True),
+        ("int4 engine greedy agreement with fp32 >= 95%", agree / 95, 1.0, True),
+        ("int4 engine answers the facts", facts, 1.0, True),
+    ]
 
 
 def long_prompt_rows(args: argparse.Namespace) -> int:

@@ -161,7 +161,9 @@ def build_checkpoint(name: str, seed: int = 0) -> Path:
     return folder
 
 
-def measure(folder: Path | None, tokens: int, batches: list[int], device: str) -> dict[str, float]:
+def measure(
+    folder: Path | None, tokens: int, batches: list[int], device: str, weights: str
+) -> dict[str, Any]:
     """Load as the worker does and decode; runs in a process of its own (peak RSS is per process).
 
     `folder` None: the packaged default model.
@@ -186,12 +188,12 @@ def measure(folder: Path | None, tokens: int, batches: list[int], device: str) -
     # The default model's GGUF converts once into the workers' own cache (make run's, the tests').
     cache_dir = MODELS_DIR / "cache" if folder else Path(settings.MODEL_CACHE_DIR)
     loaded = load_model(str(folder or ""), device=device, cache_dir=cache_dir, half_weights=True)
-    engine = Engine(loaded, max_batch=max(batches), max_per_owner=0)
+    engine = Engine(loaded, max_batch=max(batches), max_per_owner=0, weights=weights)
     load_s = time.monotonic() - started
     streamed = sum(projection.weight_bytes() for projection in engine.decoder.projections())
     engine.stop_token_ids = []  # every request runs to `tokens`
     engine_run(engine, 1, 4)  # warm-up
-    results = {
+    results: dict[str, Any] = {
         "load_s": load_s,
         "stored_bytes": stored,
         "streamed_bytes": streamed,
@@ -206,6 +208,7 @@ def measure(folder: Path | None, tokens: int, batches: list[int], device: str) -
         # The engine thread takes up its decode thread count after each prefill.
         engine.threads = available_cores()
         _, results["x1_all_cores"], _, _ = summarise(engine_run(engine, 1, tokens))
+    results["rss_serving_bytes"] = _resident_bytes()
     engine.close()
     peaks.stop()
     results["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -226,10 +229,10 @@ def report(rows: list[tuple[str, float, dict[str, Any]]], device: str) -> None:
     gpu = device != "cpu"
     memory = "peak GPU memory" if gpu else "peak RSS"
     print(
-        f"\n| model | weights | stored | load | {memory} | anon / stored | decode x1 | x1 / bound "
-        "| x1 all cores | x8 | x8 steps / bound |"
+        f"\n| model | weights | stored | load | {memory} | anon / stored | RSS serving | decode x1 "
+        "| x1 / bound | x1 all cores | x8 | x8 steps / bound |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, _, r in rows:
         stored, bound = r["stored_bytes"], r["bound"]
         peak = r["peak_gpu_bytes"] if gpu else r["peak_rss_bytes"]
@@ -241,7 +244,8 @@ def report(rows: list[tuple[str, float, dict[str, Any]]], device: str) -> None:
         x8_ratio = f"{r['x8_aggregate'] / 8 / bound:.2f}x" if "x8_aggregate" in r else ""
         print(
             f"| {name} | {r['weights']} | {stored / 1e9:.2f} GB | {r['load_s']:.1f} s | {peak / 1e9:.2f} GB "
-            f"| {anon} | {r['x1_per_request']:.2f} tok/s | {r['x1_per_request'] / bound:.2f}x "
+            f"| {anon} | {r['rss_serving_bytes'] / 1e9:.2f} GB | {r['x1_per_request']:.2f} tok/s "
+            f"| {r['x1_per_request'] / bound:.2f}x "
             f"| {all_cores} | {x8} | {x8_ratio} |"
         )
     first = rows[0][2]
@@ -265,6 +269,13 @@ def report(rows: list[tuple[str, float, dict[str, Any]]], device: str) -> None:
                 f"  7b: decode x1 {ratios[0]:.2f}x its bound [{verdicts[0]}], "
                 f"{ratios[1]:.2f}x on every core [{verdicts[1]}]"
             )
+
+
+def _resident_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 class _PeakMemory:
@@ -301,6 +312,7 @@ def main() -> int:
     parser.add_argument("--models", default="1b,7b", help="of 1b, 7b and default (the packaged model)")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--weights", default="auto", help="the engine's weights, as ENGINE_WEIGHTS")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: measure one folder, print JSON
     parser.add_argument("--batches", default="1", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -308,7 +320,7 @@ def main() -> int:
     if args.measure:
         batches = [int(b) for b in args.batches.split(",")]
         folder = None if args.measure == "default" else Path(args.measure)
-        print(json.dumps(measure(folder, args.tokens, batches, args.device)))
+        print(json.dumps(measure(folder, args.tokens, batches, args.device, args.weights)))
         return 0
 
     rows = []
@@ -326,6 +338,8 @@ def main() -> int:
                 folder,
                 "--device",
                 args.device,
+                "--weights",
+                args.weights,
                 "--tokens",
                 str(args.tokens),
                 "--batches",

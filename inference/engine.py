@@ -53,8 +53,10 @@ logger = logging.getLogger(__name__)
 # weights rounded to fp16: half the bytes per token, see Projection.store_half),
 # "fp32" (the model's weights as loaded), "bf16" (bf16 weights and arithmetic,
 # for a model loaded in bf16: a GPU's format, and the CUDA path's arithmetic
-# on a CPU), or "auto": fp16 where the CPU has fbgemm's kernel and the model
-# is fp32, else as loaded (a GPU model is already bf16/fp16). A model loaded
+# on a CPU), "int4" (the layers' weights in 4 bits, on a CPU where fp16 is
+# possible: see fastpath.quantize_int4; opt-in, since it changes answers more
+# than fp16 does), or "auto": fp16 where the CPU has fbgemm's kernel and the
+# model is fp32, else as loaded (a GPU model is already bf16/fp16). A model loaded
 # with half_weights=True (the worker's default) holds fp16 weights only, so
 # its engine stores fp16 whatever this says. The choices: registry.WEIGHT_CHOICES.
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -214,7 +216,7 @@ class Engine:
         self.stop_token_ids = stop_token_ids_for(loaded)
         self.stop_strings = list(FALLBACK_STOP_STRINGS) if loaded.uses_fallback_template else []
         self.decoder = FastDecoder(loaded.model)
-        half = weights in ("auto", "fp16") and self.decoder.can_store_half()
+        half = weights in ("auto", "fp16", "int4") and self.decoder.can_store_half()
         if weights == "bf16" and self.decoder.dtype != torch.bfloat16:
             logger.warning(
                 "bf16 weights need a model loaded in bf16 (the worker's ENGINE_WEIGHTS=bf16 does it)"
@@ -230,9 +232,20 @@ class Engine:
             self.decoder.store_half_weights()
         elif max_batch > 1:
             self.decoder.pack_for_batches(max_batch)
+        four_bit = weights == "int4" and half and self.decoder.store_int4_weights() > 0
+        if weights == "int4" and not four_bit:
+            logger.warning(
+                "int4 weights need fp16 storage (x86-64) and suitable shapes; keeping them as they are"
+            )
         give_back_freed_memory()  # what the packing's transients freed
         # What the weights are stored as, for the log and the benchmark.
-        self.weights = "fp16" if half else DTYPE_NAMES.get(self.decoder.dtype, str(self.decoder.dtype))
+        self.weights = (
+            "int4"
+            if four_bit
+            else "fp16"
+            if half
+            else DTYPE_NAMES.get(self.decoder.dtype, str(self.decoder.dtype))
+        )
         self.device = loaded.device
         self.stats = EngineStats()
         # Prometheus metrics (inference/metrics.py): by default the process's

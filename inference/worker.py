@@ -81,7 +81,7 @@ def load_backend(config: WorkerConfig, on_progress: Progress = _quiet) -> Backen
         context_tokens=config.context_tokens,
         on_progress=on_progress,
         # The engine's fp16 weights, loaded as such: no fp32 originals beside them.
-        half_weights=weights in ("auto", "fp16"),
+        half_weights=weights in ("auto", "fp16", "int4"),
         dtype=torch.bfloat16 if weights == "bf16" else None,
     )
     loaded = replace(loaded, name=config.name)

@@ -356,10 +356,10 @@ ENGINE_PREFILL_THREADS = envint("ENGINE_PREFILL_THREADS", 0, minimum=0)
 # they keep streaming while a long prompt arrives (measured default: README).
 ENGINE_PREFILL_CHUNK_TOKENS = envint("ENGINE_PREFILL_CHUNK_TOKENS", 16, minimum=1)
 # How the engine stores weights: "auto" (fp16 on x86-64 CPUs, bf16 on a GPU),
-# "fp16", "fp32" or "bf16". See inference/engine.py.
+# "fp16", "fp32", "bf16" or "int4" (4-bit, CPU). See inference/engine.py.
 ENGINE_WEIGHTS = envchoice("ENGINE_WEIGHTS", "auto", model_registry.WEIGHT_CHOICES)
 if envstr("QUANTIZE", ""):
-    raise ConfigError("QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16, fp32 or bf16) instead")
+    raise ConfigError("QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16, fp32, bf16 or int4) instead")
 # With several workers for one model, a conversation's next turn goes to the
 # worker that wrote its last reply (it holds the conversation's KV cache) while
 # that worker is alive and has a free slot; off: to whichever worker is free.

@@ -9,7 +9,16 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from inference.fastpath import FastDecoder, _fp16_linear_op, fp16_linear, rotate
+from inference.fastpath import (
+    FastDecoder,
+    HalfLinear,
+    Projection,
+    _fp16_linear_op,
+    fp16_linear,
+    int4_linear,
+    quantize_int4,
+    rotate,
+)
 
 pytestmark = pytest.mark.skipif(
     "fbgemm" not in torch.backends.quantized.supported_engines, reason="fbgemm's fp16 GEMM is x86-64 only"
@@ -92,3 +101,49 @@ def test_forward_takes_the_single_reply_path_for_one_decoding_row(
         decoder(torch.tensor([[4]]), [row], [3], [1], [0])  # a decode step, as the engine asks
         decoder(torch.tensor([[5]]), [row], [4], [1], [])  # a one-token prompt chunk: no logits
     assert calls == [3]
+
+
+def int4_reference(weight: torch.Tensor, group: int) -> torch.Tensor:
+    """The 4-bit format written out: each run of `group` columns of a row mapped onto
+    0..15 between its min and max, stored as (q - 8) * scale + zero with bf16 scale and zero."""
+    rows, columns = weight.shape
+    grouped = weight.reshape(rows, columns // group, group)
+    low, high = grouped.amin(-1, keepdim=True), grouped.amax(-1, keepdim=True)
+    scale = ((high - low) / 15).clamp(min=1e-6)
+    q = torch.round((grouped - low) / scale).clamp(0, 15)
+    zero = (low + 8 * scale).bfloat16().float()
+    return ((q - 8) * scale.bfloat16().float() + zero).reshape(rows, columns)
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (7, 64), (2, 3, 64)])
+def test_int4_product_matches_the_dequantized_weights_within_bf16_rounding(shape: tuple[int, ...]) -> None:
+    """The kernel reads bf16 rows and rounds its result to bf16; the reference does the same in fp32."""
+    torch.manual_seed(0)
+    weight = torch.randn(48, 64) * 0.02
+    x = torch.randn(*shape)
+    packed, scales_and_zeros = quantize_int4(weight, 32)
+    got = int4_linear(x, packed, scales_and_zeros, 32)
+    expected = x.bfloat16().float() @ int4_reference(weight, 32).t()
+    assert got.shape == (*shape[:-1], 48) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-3)
+    # 4 bits cost accuracy: about 4% of the fp32 product here, not more.
+    exact = x @ weight.t()
+    assert (got - exact).norm() / exact.norm() < 0.1
+
+
+def test_a_projection_keeps_4_bit_weights_only_where_the_kernel_takes_its_shape() -> None:
+    torch.manual_seed(0)
+    suits = HalfLinear(torch.nn.Linear(64, 32, bias=True))
+    odd = HalfLinear(torch.nn.Linear(64, 24, bias=False))  # 24 output rows: not in sixteens
+    for linear in (suits, odd):
+        linear.unpacked = (linear.unpacked * 0.02).half()
+    projection, unsuited = Projection([suits]), Projection([odd])
+    x = torch.randn(3, 64)
+    before = projection(x)
+    assert projection.store_int4() and projection.int4 is not None and projection.packed_fp16 is None
+    assert projection.weight_bytes() == 64 * 32 // 2 + (64 // 32) * 32 * 2 * 2  # 4 bits + bf16 scale and zero
+    assert torch.allclose(projection(x), before, rtol=0.1, atol=0.02)  # the bias is still added
+    # The plain module computes through the 4-bit weights; its weight reads back as they are used.
+    torch.testing.assert_close(suits(x), projection(x))
+    assert suits.half_weight().shape == (32, 64)
+    assert not unsuited.store_int4() and unsuited.packed_fp16 is not None

@@ -14,6 +14,7 @@ Tiny real models saved in bf16, fp16 and fp32 are loaded with half_weights=True
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,57 @@ def test_the_engine_keeps_each_weight_once_and_both_paths_answer_as_rounded_fp32
         after = fallback.generate(GenerationRequest(turns=HELLO, params=greedy(30)))
         assert alone.text == before.text == after.text
         assert reference_ids(loaded, 30) == expected
+    finally:
+        engine.close()
+
+
+def test_int4_weights_take_under_a_third_of_fp16_and_the_engine_batched_answers_as_generate(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """ENGINE_WEIGHTS=int4: the worker loads fp16, the engine keeps each layer's
+    weights in 4 bits only, and the plain model computes through them, so
+    generate() (the fallback) is the reference the engine must equal token for
+    token, batched and with prompts prefilled in chunks."""
+    from inference import worker
+
+    config = worker.WorkerConfig(
+        name="tiny",
+        model_path=str(tiny_model_dir),
+        device="cpu",
+        cache_dir=tmp_path,
+        engine=EngineConfig(max_batch=3, weights="int4", prefill_chunk_tokens=8),
+    )
+    engine = worker.load_backend(config)
+    assert isinstance(engine, Engine)
+    engine.stop_token_ids = []
+    try:
+        assert engine.weights == "int4"
+        layers = [
+            p
+            for layer in engine.decoder.decoder_layers()
+            for p in (layer.qkv, layer.o, layer.gate_up, layer.down)
+        ]
+        for projection in layers:
+            assert projection.int4 is not None and projection.packed_fp16 is None
+            assert projection.weight_t.numel() == 0
+        fp16_bytes = sum(p.in_features * p.out_features * 2 for p in layers)
+        assert sum(p.weight_bytes() for p in layers) == fp16_bytes * 5 // 16  # 4 bits + a bf16 pair per 32
+        fallback = TransformersBackend(engine.loaded)
+        fallback.stop_token_ids = []
+        prompts = [HELLO, [Turn("user", "Tell me a short story about a cat who learns to fly.")], HELLO * 3]
+        expected = [fallback.generate(GenerationRequest(turns=t, params=greedy(30))).text for t in prompts]
+        results: dict[int, str] = {}
+
+        def run(index: int) -> None:
+            results[index] = engine.generate(GenerationRequest(turns=prompts[index], params=greedy(30))).text
+
+        threads = [threading.Thread(target=run, args=(index,)) for index in range(len(prompts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert [results[index] for index in range(len(prompts))] == expected
+        assert engine.stats.max_batch_seen > 1
     finally:
         engine.close()
 

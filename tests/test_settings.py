@@ -30,8 +30,8 @@ def test_a_choice_is_read_case_blind_and_an_unknown_one_names_what_is_allowed(
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("ENGINE_WEIGHTS", "int8", "ENGINE_WEIGHTS='int8': expected one of auto, fp16, fp32, bf16"),
-        ("QUANTIZE", "int8", "QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16, fp32 or bf16) instead"),
+        ("ENGINE_WEIGHTS", "int8", "ENGINE_WEIGHTS='int8': expected one of auto, fp16, fp32, bf16, int4"),
+        ("QUANTIZE", "int8", "QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16, fp32, bf16 or int4) instead"),
     ],
 )
 def test_the_site_refuses_to_start_with_a_bad_engine_setting(
