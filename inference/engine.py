@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from inference.backend import stop_token_ids_for
-from inference.fastpath import FastDecoder, KVRow, give_back_freed_memory, supports
+from inference.fastpath import INT4_GROUP, FastDecoder, KVRow, give_back_freed_memory, supports
 from inference.loading import LoadedModel
 from inference.metrics import WorkerMetrics, worker_metrics
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
@@ -215,7 +215,7 @@ class Engine:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.stop_token_ids = stop_token_ids_for(loaded)
         self.stop_strings = list(FALLBACK_STOP_STRINGS) if loaded.uses_fallback_template else []
-        self.decoder = FastDecoder(loaded.model)
+        self.decoder = FastDecoder(loaded.model, int4_group=INT4_GROUP if weights == "int4" else 0)
         half = weights in ("auto", "fp16", "int4") and self.decoder.can_store_half()
         if weights == "bf16" and self.decoder.dtype != torch.bfloat16:
             logger.warning(

@@ -154,12 +154,16 @@ class Projection(nn.Module):
     F.linear on the usual [out, in] layout (prefill and batches are unaffected).
     """
 
-    def __init__(self, modules: list[nn.Linear] | list[HalfLinear], *, private: bool = False) -> None:
+    def __init__(
+        self, modules: list[nn.Linear] | list[HalfLinear], *, private: bool = False, int4_group: int = 0
+    ) -> None:
         """`private`: the modules are this projection's own copies, which nothing
         else reads, so storing the weight in fp16 may free the fp32 one.
 
         HalfLinear modules (a half-stored model) are packed for fbgemm at once
-        and then compute through this projection: the weights stay in one place.
+        (or, with `int4_group`, quantized to 4 bits straight from fp16 where the
+        shape suits: see store_int4) and then compute through this projection:
+        the weights stay in one place.
         """
         super().__init__()
         self.bias: nn.Parameter | None = None
@@ -172,7 +176,7 @@ class Projection(nn.Module):
         self.int4: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self.private = private
         if modules and all(isinstance(m, HalfLinear) for m in modules):
-            self._pack_half(cast("list[HalfLinear]", modules))
+            self._pack_half(cast("list[HalfLinear]", modules), int4_group)
             return
         modules = cast("list[nn.Linear]", modules)
         # One [in, sum(out)] matrix for several projections that read the same input.
@@ -194,14 +198,18 @@ class Projection(nn.Module):
                 m.bias.data = self.bias.data[start:end]
             start = end
 
-    def _pack_half(self, modules: list[HalfLinear]) -> None:
+    def _pack_half(self, modules: list[HalfLinear], int4_group: int) -> None:
         # [sum(out), in] in fp16 is the layout fbgemm packs from: no fp32 step.
         weight = torch.cat([m.half_weight() for m in modules], dim=0)
         self.out_features, self.in_features = weight.shape
         if any(m.bias is not None for m in modules):
             parts = [m.bias if m.bias is not None else weight.new_zeros(m.out_features) for m in modules]
             self.bias = nn.Parameter(torch.cat(parts).float(), requires_grad=False)
-        self.packed_fp16 = torch.ops.quantized.linear_prepack_fp16(weight, self.bias)
+        if int4_group and can_store_int4(self.out_features, self.in_features, int4_group):
+            # Measured on a 7B gate/up matrix: 0.9 s against 2.7 s through fbgemm's packing and back.
+            self.int4 = (*quantize_int4(weight, int4_group), int4_group)
+        else:
+            self.packed_fp16 = torch.ops.quantized.linear_prepack_fp16(weight, self.bias)
         self.weight_t = nn.Parameter(weight.new_empty(0), requires_grad=False)
         del weight
         start = 0
@@ -417,13 +425,13 @@ def half_stored(model: Any) -> bool:
 
 
 class _Layer(nn.Module):
-    def __init__(self, layer: Any) -> None:
+    def __init__(self, layer: Any, int4_group: int = 0) -> None:
         super().__init__()
         attn, mlp = layer.self_attn, layer.mlp
-        self.qkv = Projection([attn.q_proj, attn.k_proj, attn.v_proj])
-        self.o = Projection([attn.o_proj])
-        self.gate_up = Projection([mlp.gate_proj, mlp.up_proj])
-        self.down = Projection([mlp.down_proj])
+        self.qkv = Projection([attn.q_proj, attn.k_proj, attn.v_proj], int4_group=int4_group)
+        self.o = Projection([attn.o_proj], int4_group=int4_group)
+        self.gate_up = Projection([mlp.gate_proj, mlp.up_proj], int4_group=int4_group)
+        self.down = Projection([mlp.down_proj], int4_group=int4_group)
         self.norm1: torch.Tensor = layer.input_layernorm.weight.detach()
         self.norm2: torch.Tensor = layer.post_attention_layernorm.weight.detach()
         # Qwen3 normalises q and k per head.
@@ -510,7 +518,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torc
 
 
 class FastDecoder(nn.Module):
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, *, int4_group: int = 0) -> None:
+        """`int4_group`: a half-stored model's layer weights go straight to 4 bits
+        (see Projection.store_int4) instead of fbgemm's fp16 packing."""
         super().__init__()
         config = model.config
         inner = model.model
@@ -519,7 +529,7 @@ class FastDecoder(nn.Module):
         self.half_stored = half_stored(model)
         self.layers = nn.ModuleList()
         for layer in inner.layers:
-            self.layers.append(_Layer(layer))
+            self.layers.append(_Layer(layer, int4_group))
             if self.half_stored:
                 give_back_freed_memory()  # packing's transients, layer by layer: a flat peak
         self.final_norm = inner.norm.weight.detach()
