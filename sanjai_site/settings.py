@@ -354,7 +354,7 @@ ENGINE_THREADS = envint("ENGINE_THREADS", 0, minimum=0)
 ENGINE_PREFILL_THREADS = envint("ENGINE_PREFILL_THREADS", 0, minimum=0)
 # Prompt tokens prefilled alongside each decode step of the running replies, so
 # they keep streaming while a long prompt arrives (measured default: README).
-ENGINE_PREFILL_CHUNK_TOKENS = envint("ENGINE_PREFILL_CHUNK_TOKENS", 16, minimum=1)
+ENGINE_PREFILL_CHUNK_TOKENS = envint("ENGINE_PREFILL_CHUNK_TOKENS", 12, minimum=1)
 # How the engine stores weights: "auto" (fp16 on x86-64 CPUs, bf16 on a GPU),
 # "fp16", "fp32", "bf16" or "int4" (4-bit, CPU). See inference/engine.py.
 ENGINE_WEIGHTS = envchoice("ENGINE_WEIGHTS", "auto", model_registry.WEIGHT_CHOICES)
