@@ -215,13 +215,13 @@ async def via_chat(client: httpx.AsyncClient, user: dict[str, Any], conversation
 
 def error_code(message: str) -> str:
     """/chat and /api/v1 carry no code: name the documented reason from the message."""
-    for code, words in {
-        "worker_lost": "worker stopped",
-        "worker_unavailable": "worker is running",
-        "model_loading": "is loading",
-        "queue_timeout": "No worker started",
-        "timeout": "time limit",
-    }.items():
+    for code, words in (
+        ("worker_lost", "worker stopped"),
+        ("worker_unavailable", "No generation worker serves"),
+        ("model_loading", "is loading"),
+        ("queue_timeout", "No worker started"),
+        ("timeout", "time limit"),
+    ):
         if words in message:
             return code
     return "worker_unavailable" if "broker" in message else message[:60]
@@ -301,6 +301,8 @@ async def via_page(client: httpx.AsyncClient, user: dict[str, Any], conversation
                         await ws.send(json.dumps({"action": "sync"}))
                         continue
                     if event["type"] == "snapshot":
+                        if reply is None:  # its message.created went missing (a broker outage)
+                            reply = _reply_to(event["messages"], text)
                         mine = [m for m in event["messages"] if m["id"] == reply]
                         if mine and mine[0]["status"] in {"done", "failed", "cancelled"}:
                             return f"{mine[0]['status']} {mine[0]['code']}".strip()
