@@ -216,36 +216,9 @@ class Engine:
         self.stop_token_ids = stop_token_ids_for(loaded)
         self.stop_strings = list(FALLBACK_STOP_STRINGS) if loaded.uses_fallback_template else []
         self.decoder = FastDecoder(loaded.model, int4_group=INT4_GROUP if weights == "int4" else 0)
-        half = weights in ("auto", "fp16", "int4") and self.decoder.can_store_half()
-        if weights == "bf16" and self.decoder.dtype != torch.bfloat16:
-            logger.warning(
-                "bf16 weights need a model loaded in bf16 (the worker's ENGINE_WEIGHTS=bf16 does it)"
-            )
-        if self.decoder.half_stored:
-            # Loaded in fp16 (load_model(half_weights=True)): there are no fp32 originals to use.
-            if weights == "fp32":
-                logger.warning("the model was loaded with fp16 weights; fp32 weights need an fp32 load")
-            half = True
-        elif weights == "fp16" and not half:
-            logger.warning("fp16 weights need an fp32 model on an x86-64 CPU; keeping the weights as loaded")
-        if half:
-            self.decoder.store_half_weights()
-        elif max_batch > 1:
-            self.decoder.pack_for_batches(max_batch)
-        four_bit = weights == "int4" and half and self.decoder.store_int4_weights() > 0
-        if weights == "int4" and not four_bit:
-            logger.warning(
-                "int4 weights need fp16 storage (x86-64) and suitable shapes; keeping them as they are"
-            )
-        give_back_freed_memory()  # what the packing's transients freed
         # What the weights are stored as, for the log and the benchmark.
-        self.weights = (
-            "int4"
-            if four_bit
-            else "fp16"
-            if half
-            else DTYPE_NAMES.get(self.decoder.dtype, str(self.decoder.dtype))
-        )
+        self.weights = self._store_weights(weights, max_batch)
+        give_back_freed_memory()  # what the packing's transients freed
         self.device = loaded.device
         self.stats = EngineStats()
         # Prometheus metrics (inference/metrics.py): by default the process's
@@ -277,6 +250,37 @@ class Engine:
             self.prefill_threads,
             self.prefill_chunk_tokens,
         )
+
+    def _store_weights(self, weights: str, max_batch: int) -> str:
+        """Store the projection weights as `weights` asks, where the model and the
+        device allow it (see WEIGHT_CHOICES); returns what they are stored as."""
+        decoder = self.decoder
+        half = weights in ("auto", "fp16", "int4") and decoder.can_store_half()
+        if decoder.half_stored:
+            # Loaded in fp16 (load_model(half_weights=True)): there are no originals in another format.
+            if weights in ("fp32", "bf16"):
+                logger.warning(
+                    "the model was loaded with fp16 weights; %s weights need a %s load", weights, weights
+                )
+            half = True
+        elif weights in ("fp16", "int4") and not half:
+            logger.warning(
+                "%s weights need an fp32 or fp16 model on an x86-64 CPU; keeping them as loaded", weights
+            )
+        elif weights == "bf16" and decoder.dtype != torch.bfloat16:
+            logger.warning(
+                "bf16 weights need a model loaded in bf16 (the worker's ENGINE_WEIGHTS=bf16 does it)"
+            )
+        if not half:
+            if max_batch > 1:
+                decoder.pack_for_batches(max_batch)
+            return DTYPE_NAMES.get(decoder.dtype, str(decoder.dtype))
+        decoder.store_half_weights()
+        if weights == "int4":
+            if decoder.store_int4_weights():
+                return "int4"
+            logger.warning("no layer's shapes suit the int4 kernel; keeping fp16 weights")
+        return "fp16"
 
     # --- The Backend protocol (job threads) -------------------------------------
 
