@@ -173,7 +173,7 @@ def measure(
 
     from bench.engine_bench import engine_run, memory_bandwidth, summarise
     from inference.engine import Engine, available_cores
-    from inference.loading import load_model, pick_device
+    from inference.loading import load_model, load_options, pick_device
     from inference.sizing import default_source, gguf_parameters, weight_bytes
 
     target = pick_device(device)
@@ -187,7 +187,10 @@ def measure(
     started = time.monotonic()
     # The default model's GGUF converts once into the workers' own cache (make run's, the tests').
     cache_dir = MODELS_DIR / "cache" if folder else Path(settings.MODEL_CACHE_DIR)
-    loaded = load_model(str(folder or ""), device=device, cache_dir=cache_dir, half_weights=True)
+    half_weights, dtype = load_options(weights)  # as the worker loads for these engine weights
+    loaded = load_model(
+        str(folder or ""), device=device, cache_dir=cache_dir, half_weights=half_weights, dtype=dtype
+    )
     engine = Engine(loaded, max_batch=max(batches), max_per_owner=0, weights=weights)
     load_s = time.monotonic() - started
     streamed = sum(projection.weight_bytes() for projection in engine.decoder.projections())

@@ -57,8 +57,9 @@ logger = logging.getLogger(__name__)
 # possible: see fastpath.quantize_int4; opt-in, since it changes answers more
 # than fp16 does), or "auto": fp16 where the CPU has fbgemm's kernel and the
 # model is fp32, else as loaded (a GPU model is already bf16/fp16). A model loaded
-# with half_weights=True (the worker's default) holds fp16 weights only, so
-# its engine stores fp16 whatever this says. The choices: registry.WEIGHT_CHOICES.
+# with half_weights=True (the worker's default for auto, fp16 and int4) holds
+# fp16 weights only, so its engine stores fp16 (or int4, if asked) whatever
+# this says. The choices: registry.WEIGHT_CHOICES; see Engine._store_weights.
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # A KV row is allocated for its prompt plus this many tokens (rounded up to
 # KV_ROUND), and doubled when a reply outgrows it, never beyond what the

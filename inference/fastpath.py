@@ -25,8 +25,9 @@ built over a model whose weights were already packed).
 layer's fp16 projections with 4-bit weights in groups of 32 input columns,
 each group with its own bf16 scale and offset (asymmetric, as gpt-fast and
 torchao quantize), multiplied by torch's own int4 CPU kernel on bf16
-activations. A quarter of the fp16 weight bytes plus an eighth for the
-scales; the output layer keeps fp16, as llama.cpp keeps it above 4 bits.
+activations. A quarter of the fp16 weight bytes plus a sixteenth for the
+scales (5/16 in all); the output layer keeps fp16, as llama.cpp keeps it
+above 4 bits.
 """
 
 from __future__ import annotations
@@ -121,8 +122,9 @@ def can_store_int4(out_features: int, in_features: int, group: int = INT4_GROUP)
 def int4_linear(
     x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group: int
 ) -> torch.Tensor:
-    """x @ W^T for 4-bit W (see quantize_int4): the kernel takes bf16 rows and
-    sums in fp32; the result is widened back to fp32 (measured ~25x slower fed fp32)."""
+    """x @ W^T for 4-bit W (see quantize_int4): the kernel takes bf16 rows
+    (measured ~25x slower fed fp32), sums in fp32 and rounds its result to
+    bf16, which is widened back to fp32."""
     rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
     out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group, scales_and_zeros)
     return out.float().view(*x.shape[:-1], out.shape[-1])
@@ -581,7 +583,7 @@ class FastDecoder(nn.Module):
         """cos and signed sin for `positions` [rows, steps], as [rows, steps, 1, head_dim].
 
         `last`: the highest of the positions, where the caller knows it (on a
-        GPU, reading it from the tensor waits for the device).
+        GPU, reading it from the tensor would wait for the device once more).
 
         Looked up in a table the model's own rotary module filled once (each
         entry is computed elementwise, so a table entry equals what the module

@@ -109,6 +109,12 @@ def storage_dtype(
     return dtype_for(device)
 
 
+def load_options(weights: str) -> tuple[bool, torch.dtype | None]:
+    """load_model's `half_weights` and `dtype` for an engine that keeps `weights` (ENGINE_WEIGHTS):
+    fp16 storage for the weights an engine packs from fp16, bf16 where asked, else the device's own."""
+    return weights in ("auto", "fp16", "int4"), (torch.bfloat16 if weights == "bf16" else None)
+
+
 def gguf_cache_folder(source: ModelSource, cache_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
     assert source.gguf_file is not None
     gguf = source.folder / source.gguf_file
@@ -168,54 +174,49 @@ def _tied_output_bytes(config: Any, dtype: torch.dtype) -> int:
     return int(config.vocab_size) * int(config.hidden_size) * _element_size(dtype)
 
 
-# madvise(2) advice: drop this process's mapping of the pages (file pages stay in the page cache).
-MADV_DONTNEED = 4
-# How often the checkpoint's mapped pages are let go of while a model loads.
-UNMAP_INTERVAL_S = 0.2
+# madvise(2) advice (Linux 5.4 and later): reclaim the pages now. A clean file
+# page is dropped (a later read brings the same bytes back from the file); a
+# page this process wrote is swapped out or stays: nothing is ever lost, even
+# if the range has been unmapped and reused meanwhile. (MADV_DONTNEED would
+# zero such a reused range, and throw away a copy-on-write page's writes.)
+MADV_PAGEOUT = 21
+# How often the checkpoint's resident pages are reclaimed while a model loads.
+PAGE_OUT_INTERVAL_S = 0.2
 
 
-def unmap_read_pages(files: set[str]) -> int:
-    """Let go of this process's resident pages of its mappings of `files`; bytes let go of.
+def page_out_read_pages(files: set[str]) -> int:
+    """Reclaim this process's resident pages of its mappings of `files`; the bytes of the ranges advised.
 
-    transformers maps every safetensors shard and keeps each mapping until
-    the whole load ends. Each page read stays mapped, and counts in the
-    process's RSS, next to the converted copy: measured on the 7B benchmark
-    model, 5.3 GB of file pages at the load's peak on top of 15.9 GB of
-    weights. MADV_DONTNEED on a file mapping only unmaps a page nobody wrote
-    to: it stays in the page cache, and a later read maps it again with the
-    same bytes, so a tensor still being copied from the mapping reads what it
-    would have. safetensors maps privately (copy-on-write), so a mapping
-    holding any written page (smaps' "Anonymous") is left alone: there the
-    advice would throw the writes away. A no-op off Linux.
+    transformers maps every safetensors shard and keeps the mappings for most
+    of a load. Each page read stays mapped, and counts in the process's RSS,
+    next to the converted copy: measured on the 7B benchmark model, 5.3 GB of
+    file pages at the load's peak on top of 15.9 GB of weights. Reclaimed
+    pages come back from the file, with the same bytes, if anything reads
+    them again (a tensor still being copied, or a zero-copy view of a
+    checkpoint already in the storage dtype). A no-op off Linux, and where
+    the kernel does not know the advice.
     """
     if not sys.platform.startswith("linux") or not files:
         return 0
     madvise = ctypes.CDLL(None, use_errno=True).madvise
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    candidates: list[tuple[int, int]] = []
-    current: tuple[int, int] | None = None
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            fields = line.split()
-            if not fields[0].endswith(":"):  # a mapping's header: range perms offset dev inode [path]
-                current = None
-                if len(fields) >= 6 and " ".join(fields[5:]) in files:
-                    start, end = (int(bound, 16) for bound in fields[0].split("-"))
-                    current = (start, end)
-            elif current is not None and fields[0] == "Anonymous:":
-                if fields[1] == "0":
-                    candidates.append(current)
-                current = None
-    released = 0
-    for start, end in candidates:
-        if madvise(start, end - start, MADV_DONTNEED) == 0:
-            released += end - start
-    return released
+    ranges: list[tuple[int, int]] = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)  # range perms offset dev inode [path]
+            if len(fields) == 6 and fields[5].rstrip("\n") in files:
+                start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                ranges.append((start, end))
+    advised = 0
+    for start, end in ranges:
+        if madvise(start, end - start, MADV_PAGEOUT) == 0:
+            advised += end - start
+    return advised
 
 
 @contextlib.contextmanager
-def unmapping_read_pages(paths: Iterable[Path], interval_s: float = UNMAP_INTERVAL_S) -> Iterator[None]:
-    """While the body runs, unmap the read pages of the `paths` every `interval_s` (see unmap_read_pages).
+def paging_out_read_pages(paths: Iterable[Path], interval_s: float = PAGE_OUT_INTERVAL_S) -> Iterator[None]:
+    """While the body runs, reclaim the `paths` read pages every `interval_s` (see page_out_read_pages).
 
     The load's peak RSS is then the converted weights plus what is read in
     one interval, not plus the whole checkpoint.
@@ -225,16 +226,16 @@ def unmapping_read_pages(paths: Iterable[Path], interval_s: float = UNMAP_INTERV
 
     def run() -> None:
         while not done.wait(interval_s):
-            unmap_read_pages(files)
+            page_out_read_pages(files)
 
-    thread = threading.Thread(target=run, name="unmap-checkpoint", daemon=True)
+    thread = threading.Thread(target=run, name="page-out-checkpoint", daemon=True)
     thread.start()
     try:
         yield
     finally:
         done.set()
         thread.join()
-        unmap_read_pages(files)
+        page_out_read_pages(files)
 
 
 def memory_available_on(device: torch.device) -> int | None:
@@ -285,7 +286,9 @@ def load_model(
                 # The converted model is held while it is saved: twice the weights.
                 gguf_path = source.folder / source.gguf_file
                 converted = gguf_parameters(gguf_path) * _element_size(converted_dtype)
-                ensure_fits(f"converting {source.gguf_file}", memory_needed(converted, converted), available)
+                # Converted on the CPU, whatever the device: the machine's memory.
+                host = available_bytes if available_bytes is not None else available_memory()
+                ensure_fits(f"converting {source.gguf_file}", memory_needed(converted, converted), host)
                 on_progress("converting the GGUF file (once)", 5)
                 cache_dir.mkdir(parents=True, exist_ok=True)
                 try:
@@ -304,7 +307,7 @@ def load_model(
     on_progress("loading the weights", loading_at)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     # Each tensor is cast to `dtype` as it is read: the checkpoint's own dtype is never held whole.
-    with unmapping_read_pages(folder.glob("*.safetensors")):
+    with paging_out_read_pages(folder.glob("*.safetensors")):
         # An accelerator's weights go straight to it, tensor by tensor: no copy in host memory.
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, device_map=None if target.type == "cpu" else target

@@ -69,20 +69,20 @@ def load_backend(config: WorkerConfig, on_progress: Progress = _quiet) -> Backen
 
     from inference.backend import TransformersBackend
     from inference.engine import EngineUnsupported, engine_from_config
-    from inference.loading import load_model
+    from inference.loading import load_model, load_options
 
     if config.engine is not None and config.engine.threads:
         torch.set_num_threads(config.engine.threads)
-    weights = config.engine.weights if config.engine is not None else "fp32"
+    # The engine's weights, loaded as it keeps them: no fp32 originals beside fp16 ones.
+    half_weights, dtype = load_options(config.engine.weights if config.engine is not None else "fp32")
     loaded = load_model(
         config.model_path,
         device=config.device,
         cache_dir=config.cache_dir,
         context_tokens=config.context_tokens,
         on_progress=on_progress,
-        # The engine's fp16 weights, loaded as such: no fp32 originals beside them.
-        half_weights=weights in ("auto", "fp16", "int4"),
-        dtype=torch.bfloat16 if weights == "bf16" else None,
+        half_weights=half_weights,
+        dtype=dtype,
     )
     loaded = replace(loaded, name=config.name)
     if config.engine is not None:

@@ -85,7 +85,8 @@ def test_decode_rows_and_prefill_chunks_in_bf16_are_as_close_to_fp32_as_transfor
 ) -> None:
     """One row decodes while another's prompt is prefilled in chunks of 8, both in the same passes."""
     loaded = bf16_engine.loaded
-    decoder = bf16_engine.decoder  # idle: nothing else is running it
+    assert not bf16_engine.kv_row_bytes()  # the engine is idle: its decoder is this test's to run
+    decoder = bf16_engine.decoder
     running, chunked = prompt(loaded, HELLO), prompt(loaded, LONG)
     continuation = [5, 17, 42, 99, 7, 250]
     rows = [decoder.new_row(256), decoder.new_row(256)]

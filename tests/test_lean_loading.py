@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -295,8 +296,8 @@ def mapped_resident_bytes(path: Path) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc/self/smaps")
-def test_read_checkpoint_pages_are_unmapped_while_loading_and_still_read_the_same(tmp_path: Path) -> None:
-    """transformers keeps every shard mapped until a load ends; the pages it has
+def test_read_checkpoint_pages_are_reclaimed_while_loading_and_still_read_the_same(tmp_path: Path) -> None:
+    """transformers keeps the shards mapped for most of a load; the pages it has
     read must not stay in RSS beside the converted weights."""
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -305,18 +306,22 @@ def test_read_checkpoint_pages_are_unmapped_while_loading_and_still_read_the_sam
     weights = torch.randn(4096, 2048, dtype=torch.bfloat16)  # 16 MiB
     save_file({"w": weights}, path)
     with safe_open(str(path), framework="pt") as checkpoint:  # mapped, as transformers opens it
-        with loading.unmapping_read_pages([path], interval_s=3600):  # only the final pass runs
+        with loading.paging_out_read_pages([path], interval_s=0.05):
             first = checkpoint.get_slice("w")[:2048].float()
-            assert mapped_resident_bytes(path) >= 8 * 2**20  # what was read is mapped
-        assert mapped_resident_bytes(path) < 2**20
+            assert mapped_resident_bytes(path) >= 8 * 2**20  # what was just read is resident
+            for _ in range(100):  # the periodic pass, while the body runs
+                if mapped_resident_bytes(path) < 2**20:
+                    break
+                time.sleep(0.05)
+            assert mapped_resident_bytes(path) < 2**20
         # The mapping stays valid: reading again gives the same values.
         assert torch.equal(checkpoint.get_slice("w")[:2048].float(), first)
         assert torch.equal(checkpoint.get_tensor("w"), weights)
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc/self/smaps")
-def test_a_mapping_with_written_pages_is_left_alone(tmp_path: Path) -> None:
-    """Copy-on-write pages hold what was written: unmapping them would lose it."""
+def test_a_page_this_process_wrote_keeps_what_was_written(tmp_path: Path) -> None:
+    """A copy-on-write page of a private file mapping holds the only copy of what was written."""
     import mmap
 
     path = (tmp_path / "written.bin").resolve()
@@ -324,6 +329,19 @@ def test_a_mapping_with_written_pages_is_left_alone(tmp_path: Path) -> None:
     with path.open("r+b") as file:
         mapped = mmap.mmap(file.fileno(), 0, flags=mmap.MAP_PRIVATE)
         mapped[0] = 7  # this process's own copy of the first page
-        assert loading.unmap_read_pages({str(path)}) == 0
-        assert mapped[0] == 7
+        assert loading.page_out_read_pages({str(path)}) == 4 * mmap.PAGESIZE
+        assert mapped[0] == 7 and mapped[1:4] == bytes(3)
         mapped.close()
+
+
+def test_a_load_reclaims_the_pages_of_its_own_checkpoint_files(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passed: list[set[str]] = []
+    real = loading.page_out_read_pages
+    monkeypatch.setattr(
+        loading, "page_out_read_pages", lambda files: passed.append(set(files)) or real(files)
+    )
+    load_half(tiny_model_dir, tmp_path)
+    expected = {str(path.resolve()) for path in tiny_model_dir.glob("*.safetensors")}
+    assert expected and passed and all(files == expected for files in passed)
