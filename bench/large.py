@@ -171,7 +171,7 @@ def measure(
     import torch
     from django.conf import settings
 
-    from bench.engine_bench import engine_run, memory_bandwidth, summarise
+    from bench.engine_bench import engine_run, memory_bandwidth, rss_bytes, summarise
     from inference.engine import Engine, available_cores
     from inference.loading import load_model, load_options, pick_device
     from inference.sizing import default_source, gguf_parameters, weight_bytes
@@ -211,7 +211,7 @@ def measure(
         # The engine thread takes up its decode thread count after each prefill.
         engine.threads = available_cores()
         _, results["x1_all_cores"], _, _ = summarise(engine_run(engine, 1, tokens))
-    results["rss_serving_bytes"] = _resident_bytes()
+    results["rss_serving_bytes"] = rss_bytes()
     engine.close()
     peaks.stop()
     results["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -272,13 +272,6 @@ def report(rows: list[tuple[str, float, dict[str, Any]]], device: str) -> None:
                 f"  7b: decode x1 {ratios[0]:.2f}x its bound [{verdicts[0]}], "
                 f"{ratios[1]:.2f}x on every core [{verdicts[1]}]"
             )
-
-
-def _resident_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 class _PeakMemory:

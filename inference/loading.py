@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -184,6 +185,14 @@ MADV_PAGEOUT = 21
 PAGE_OUT_INTERVAL_S = 0.2
 
 
+@functools.cache
+def _madvise() -> Any:
+    """libc's madvise(2), looked up once (the pages are paged out five times a second)."""
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return madvise
+
+
 def page_out_read_pages(files: set[str]) -> int:
     """Reclaim this process's resident pages of its mappings of `files`; the bytes of the ranges advised.
 
@@ -198,8 +207,7 @@ def page_out_read_pages(files: set[str]) -> int:
     """
     if not sys.platform.startswith("linux") or not files:
         return 0
-    madvise = ctypes.CDLL(None, use_errno=True).madvise
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise = _madvise()
     ranges: list[tuple[int, int]] = []
     with open("/proc/self/maps") as maps:
         for line in maps:
