@@ -25,6 +25,7 @@ application = ProtocolTypeRouter(
         "http": BodyLimit(
             django_application,
             default=settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
+            timeout_s=settings.REQUEST_BODY_TIMEOUT_S,
             paths={
                 reverse("conversation_import"): PathLimit(
                     settings.IMPORT_MAX_BYTES + MULTIPART_OVERHEAD_BYTES,

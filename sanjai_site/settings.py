@@ -317,6 +317,11 @@ CHAT_MAX_MESSAGE_CHARS = envint("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
 # Other request bodies are held to Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB).
 # Both are refused before the body is read (sanjai_site/uploads.py).
 IMPORT_MAX_BYTES = envint("IMPORT_MAX_BYTES", 20_000_000, minimum=1)
+# The longest a request's body may take to arrive, from its head to its last
+# byte (20 MB at 1 MB/s takes 20 s); a slower body is cut off with 408.
+REQUEST_BODY_TIMEOUT_S = envfloat("REQUEST_BODY_TIMEOUT_S", 60.0)
+if REQUEST_BODY_TIMEOUT_S <= 0:
+    raise ConfigError(f"REQUEST_BODY_TIMEOUT_S={REQUEST_BODY_TIMEOUT_S:g}: must be above 0")
 # Voice (inference/speech.py): a dictated recording may last this long and
 # weigh this much (the page sends 16 kHz mono WAV: 32 kB a second); a reply
 # read aloud by the server may be this long.

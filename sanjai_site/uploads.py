@@ -1,4 +1,4 @@
-"""Request bodies over their limit are refused before any of them is stored.
+"""Request bodies over their limits are refused before any of them is stored.
 
 Django's ASGI handler reads a whole body into a temporary file before a view
 runs, and only then can a view look at its size: a 1 GB upload would be on
@@ -6,17 +6,25 @@ disk first. `BodyLimit` sits in front of it. The ASGI server (uvicorn) reads
 a body only as fast as the application asks for it, so what this refuses is
 never read into memory or onto disk beyond the server's small buffer.
 
+- A request that declares both Content-Length and Transfer-Encoding is
+  refused with 400 (RFC 9112 section 6.1: it is how requests are smuggled,
+  and uvicorn's h11 frames such a body as chunked, so the declared length
+  would say nothing about what follows).
 - A body whose Content-Length is over the path's limit never reaches Django:
   on a path with its own limit (the import) it is answered with 413 here; on
   any other path Django gets an empty body with the declared length, and its
   own check (DATA_UPLOAD_MAX_MEMORY_SIZE) refuses it in the surface's own
   format (the APIs' JSON 413s, see chat.auth.install_error_handlers).
-- A body without a Content-Length (chunked) is counted as it streams and cut
+- Every other body is counted as it streams, whatever its head says, and cut
   off with 413 once it passes the limit.
+- Every body has a time limit from the request's head to its last byte: a
+  slow drip is cut off with 408 when it runs out, so no client holds a
+  request open by sending a byte at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +36,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+DISCONNECT: Message = {"type": "http.disconnect"}  # what makes Django stop reading and answer nothing
+
 
 @dataclass(frozen=True)
 class PathLimit:
@@ -38,26 +48,34 @@ class PathLimit:
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, *, default: int, paths: Mapping[str, PathLimit]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, default: int, paths: Mapping[str, PathLimit], timeout_s: float
+    ) -> None:
         self.app = app
         self.default = default
         self.paths = dict(paths)  # exact path -> its own limit, answered here
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        headers = {name for name, _ in scope.get("headers", ())}
+        if b"content-length" in headers and b"transfer-encoding" in headers:
+            await _refuse(
+                send,
+                400,
+                "A request may declare Content-Length or Transfer-Encoding, not both.",
+            )
             return
         own_limit = self.paths.get(scope["path"])
         limit = self.default if own_limit is None else own_limit.bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             if own_limit is not None:
-                await _too_large(send, own_limit.message)
+                await _refuse(send, 413, own_limit.message)
             else:
                 await self.app(scope, _without_body(receive), send)
-            return
-        if declared is not None:
-            await self.app(scope, receive, send)
             return
         message = (
             own_limit.message if own_limit else f"Request bodies are limited to {limit / 1_000_000:g} MB."
@@ -66,29 +84,39 @@ class BodyLimit:
 
     async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int, message: str) -> None:
         received = 0
-        over = False
+        refusal: tuple[int, str] | None = None
+        body_done = False  # any method may carry a body, and Django reads whichever comes
         started = False
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
 
         async def counting_receive() -> Message:
-            nonlocal received, over
-            if over:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+            nonlocal received, refusal, body_done
+            if refusal is not None:
+                return DISCONNECT
+            if body_done:  # Django listening for a disconnect while it answers: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    incoming = await receive()
+            except TimeoutError:
+                refusal = (408, f"The request's body did not arrive within {self.timeout_s:g} s.")
+                return DISCONNECT
+            if incoming["type"] == "http.request":
+                received += len(incoming.get("body", b""))
+                body_done = not incoming.get("more_body", False)
                 if received > limit:
-                    over = True
-                    return {"type": "http.disconnect"}  # Django stops reading and answers nothing
-            return message
+                    refusal = (413, message)
+                    return DISCONNECT
+            return incoming
 
-        async def watching_send(message: Message) -> None:
+        async def watching_send(outgoing: Message) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+            started = started or outgoing["type"] == "http.response.start"
+            await send(outgoing)
 
         await self.app(scope, counting_receive, watching_send)
-        if over and not started:
-            await _too_large(send, message)
+        if refusal is not None and not started:
+            await _refuse(send, *refusal)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -119,17 +147,19 @@ def _without_body(receive: Receive) -> Receive:
     return empty_body
 
 
-async def _too_large(send: Send, message: str) -> None:
+async def _refuse(send: Send, status: int, message: str) -> None:
+    title = {400: "Bad request", 408: "Too slow", 413: "Too large"}[status]
     body = (
-        f'<!doctype html><title>Too large</title><p>{html.escape(message)} <a href="/">Back to SanjAI</a></p>'
+        f'<!doctype html><title>{title}</title><p>{html.escape(message)} <a href="/">Back to SanjAI</a></p>'
     ).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"text/html; charset=utf-8"),
                 (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),  # the rest of the body is never read
             ],
         }
     )

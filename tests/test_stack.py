@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup: None, tiny_model_dir: Path) -> Iterator[Stack]:
-    env = {"MODEL_PATH": str(tiny_model_dir), "CHAT_REPLY_TIMEOUT_S": "5"}
+    env = {"MODEL_PATH": str(tiny_model_dir), "CHAT_REPLY_TIMEOUT_S": "5", "REQUEST_BODY_TIMEOUT_S": "3"}
     with stack_on_test_database(name="tiny", env=env) as running:
         yield running
 
@@ -139,6 +139,39 @@ def test_an_oversized_api_body_is_refused_unread_in_the_apis_own_format(stack: S
         stack, "/api/v1/conversations", {**auth, "Transfer-Encoding": "chunked"}, chunked
     )
     assert status == 413
+
+
+def test_a_body_framed_two_ways_is_refused_from_its_head(stack: Stack) -> None:
+    # Content-Length says 10 bytes; Transfer-Encoding makes the server read
+    # chunks, which could go on for gigabytes uncounted. A few chunks are sent
+    # and no last one: an answer means the head alone was judged.
+    chunk = b"x" * 1_000_000
+    chunks = b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(3))
+    status, _, answer = raw_post(
+        stack, "/healthz", {"Content-Length": "10", "Transfer-Encoding": "chunked"}, chunks
+    )
+    assert status == 400
+    assert "Content-Length or Transfer-Encoding, not both" in answer.decode()
+
+
+def test_a_body_that_drips_in_is_cut_off_at_its_time_limit(stack: Stack, owner_key: str) -> None:
+    address = urlsplit(stack.base_url)
+    head = (
+        f"POST /chat HTTP/1.1\r\nHost: {address.netloc}\r\nAuthorization: Bearer {owner_key}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with socket.create_connection((address.hostname, address.port), timeout=20) as connection:
+        connection.sendall(head.encode() + b'{"message": "')
+        connection.settimeout(0.5)
+        received = b""
+        for _ in range(40):  # a byte every half second, for up to 20 s (the limit is 3 s)
+            try:
+                received = connection.recv(65536)
+                break
+            except TimeoutError:
+                connection.sendall(b"a")
+    assert received.startswith(b"HTTP/1.1 408"), received[:200]
+    assert b"did not arrive within 3 s" in received
 
 
 def test_a_stalled_worker_gives_504_and_the_reply_arrives_later(
