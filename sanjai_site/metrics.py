@@ -9,10 +9,10 @@ Two parts, one exposition:
 
 Not public. Served to clients whose address is in METRICS_ALLOWED_NETWORKS,
 or that send `Authorization: Bearer <METRICS_TOKEN>` when a token is set;
-anyone else gets 403. The address is REMOTE_ADDR, the direct peer of the ASGI
-server: behind a reverse proxy that is the proxy itself, so there allow the
-proxy's address only if everyone who can reach the proxy may read metrics,
-or use the token.
+anyone else gets 403. The address is the direct peer of the ASGI server, or
+behind TLS_PROXY the client address the proxy appended to X-Forwarded-For, as
+the login throttle counts it: the proxy itself is on 127.0.0.1, so judging
+its address would open /metrics to everyone who reaches the proxy.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, REGISTRY, generate_latest
 
 from inference.metrics import WorkerSnapshots
+from sanjai_site.middleware import client_ip_behind_proxy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -51,7 +52,8 @@ def metrics_allowed(request: HttpRequest) -> bool:
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
             return True
     try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+        peer = client_ip_behind_proxy(request) if settings.TLS_PROXY else request.META.get("REMOTE_ADDR")
+        address = ipaddress.ip_address(peer or "")
     except ValueError:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

@@ -426,8 +426,8 @@ LOGGING = {
 # /metrics is not public: it answers clients whose address is in one of these
 # networks (comma-separated CIDRs), or that send `Authorization: Bearer
 # <METRICS_TOKEN>` (empty: no token access); anyone else gets 403. The address
-# is the direct peer (REMOTE_ADDR): behind a reverse proxy that is the proxy,
-# so allow the proxy's address only if all who reach the proxy may read metrics.
+# is the direct peer (REMOTE_ADDR), or under TLS_PROXY the client address the
+# proxy appended to X-Forwarded-For (so the proxy's own 127.0.0.1 opens nothing).
 
 
 def _networks(name: str, default: list[str]) -> list[str]:

@@ -229,6 +229,25 @@ def test_metrics_are_served_to_localhost_and_listed_networks(
     assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 403
 
 
+def test_metrics_behind_the_tls_proxy_judge_the_forwarded_client(
+    client: Any, settings: Any, dead_redis_url: str
+) -> None:
+    # The README's nginx recipe: the proxy is on 127.0.0.1 and appends the
+    # client's address to X-Forwarded-For.
+    settings.REDIS_URL = dead_redis_url
+    settings.TLS_PROXY = True
+    through_proxy = {"REMOTE_ADDR": "127.0.0.1"}
+    assert client.get("/metrics", **through_proxy, HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 403
+    # What the client wrote is left of the proxy's own entry, and is not believed.
+    forged = "127.0.0.1, 203.0.113.9"
+    assert client.get("/metrics", **through_proxy, HTTP_X_FORWARDED_FOR=forged).status_code == 403
+    # A scraper on this machine that talks to the server directly is still let in.
+    assert client.get("/metrics", **through_proxy).status_code == 200
+    settings.METRICS_TOKEN = "scrape-me-please"
+    outside = {**through_proxy, "HTTP_X_FORWARDED_FOR": "203.0.113.9"}
+    assert client.get("/metrics", **outside, HTTP_AUTHORIZATION="Bearer scrape-me-please").status_code == 200
+
+
 def test_metrics_are_served_with_the_token(client: Any, settings: Any, dead_redis_url: str) -> None:
     settings.REDIS_URL = dead_redis_url
     settings.METRICS_TOKEN = "scrape-me-please"
