@@ -29,20 +29,26 @@ def _close_sockets(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
         end_sessions(user.pk)
 
 
-def _note_password_change(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
-    if instance.pk is None or (update_fields is not None and "password" not in update_fields):
+def _note_credentials_change(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
+    if instance.pk is None:
         return
-    stored = sender.objects.filter(pk=instance.pk).values_list("password", flat=True).first()
-    instance._sanjai_password_changed = stored is not None and stored != instance.password
+    watched = {"password", "is_active"}
+    if update_fields is not None and not watched & set(update_fields):
+        return
+    stored = sender.objects.filter(pk=instance.pk).values("password", "is_active").first()
+    instance._sanjai_sessions_end = stored is not None and (
+        stored["password"] != instance.password or (stored["is_active"] and not instance.is_active)
+    )
 
 
-def _close_sockets_on_password_change(sender: Any, instance: Any, **kwargs: Any) -> None:
-    """A changed password (by the user, a reset or an admin) closes the user's open
-    sockets: other sessions stop working for HTTP, and must for the sockets too."""
+def _close_sockets_on_credentials_change(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """A changed password (by the user, a reset or an admin) or a deactivated account
+    closes the user's open sockets: other sessions stop working for HTTP, and must
+    for the sockets too."""
     from chat.events import end_sessions
 
-    if getattr(instance, "_sanjai_password_changed", False):
-        instance._sanjai_password_changed = False
+    if getattr(instance, "_sanjai_sessions_end", False):
+        instance._sanjai_sessions_end = False
         end_sessions(instance.pk)
 
 
@@ -54,7 +60,6 @@ class ChatConfig(AppConfig):
         connection_created.connect(_private_sqlite_files, dispatch_uid="sanjai-private-sqlite")
         user_logged_out.connect(_close_sockets, dispatch_uid="sanjai-logout-closes-sockets")
         user_model = get_user_model()
-        pre_save.connect(_note_password_change, sender=user_model, dispatch_uid="sanjai-password-change")
-        post_save.connect(
-            _close_sockets_on_password_change, sender=user_model, dispatch_uid="sanjai-password-change"
-        )
+        uid = "sanjai-credentials-change"
+        pre_save.connect(_note_credentials_change, sender=user_model, dispatch_uid=uid)
+        post_save.connect(_close_sockets_on_credentials_change, sender=user_model, dispatch_uid=uid)

@@ -74,6 +74,11 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         await self.close(code=CLOSE_UNAUTHENTICATED)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        # Deactivating closes the user's sockets (chat/apps.py); this also
+        # catches a deactivation that bypassed the signal (a queryset update).
+        if not await database_sync_to_async(selectors.user_is_active)(user_id=self.user.pk):
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
         action = content.get("action") if isinstance(content, dict) else None
         if action == "sync":
             # The page asks again when a reply has been quiet for a while: an

@@ -18,6 +18,11 @@ from inference.registry import Registry
 from inference.types import Turn
 
 
+def user_is_active(*, user_id: int) -> bool:
+    """Whether the account still exists and may act (an admin can deactivate it at any time)."""
+    return User.objects.filter(pk=user_id, is_active=True).exists()
+
+
 def conversation_list(*, user: User) -> QuerySet[Conversation]:
     return Conversation.objects.filter(owner=user).order_by("-updated")
 

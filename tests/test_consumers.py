@@ -10,6 +10,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 
 from chat.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
@@ -324,9 +325,10 @@ def test_a_quiet_page_can_ask_for_the_conversation_again(owner: Any, queued: lis
 
 
 @pytest.mark.parametrize(
-    "ending", ["logout", "password change", "password set by an admin", "account deletion"]
+    "ending",
+    ["logout", "password change", "password set by an admin", "account deletion", "deactivation"],
 )
-def test_logging_out_a_new_password_or_deleting_the_account_closes_the_users_sockets(
+def test_logging_out_a_new_password_deactivating_or_deleting_the_account_closes_the_users_sockets(
     owner: Any, ending: str
 ) -> None:
     from django.test import Client
@@ -348,6 +350,9 @@ def test_logging_out_a_new_password_or_deleting_the_account_closes_the_users_soc
         elif ending == "password set by an admin":
             owner.set_password("reset by the admin")
             owner.save()
+        elif ending == "deactivation":
+            owner.is_active = False  # as the admin's "active" checkbox saves it
+            owner.save()
         else:
             account_delete(user=owner)
 
@@ -359,3 +364,21 @@ def test_logging_out_a_new_password_or_deleting_the_account_closes_the_users_soc
         return await ws.receive_output(timeout=5)
 
     assert run(scenario) == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+
+
+def test_a_socket_of_an_account_deactivated_without_signals_stores_nothing(owner: Any) -> None:
+    # A queryset update sends no signal, so the socket stays open: the consumer
+    # itself must see that the account may no longer act.
+    conversation = conversations.conversation_create(user=owner)
+    cookie = session_cookie(owner)
+
+    async def scenario() -> dict[str, Any]:
+        ws = communicator(conversation.pk, ORIGIN, cookie)
+        assert (await ws.connect())[0]
+        await ws.receive_json_from(timeout=5)
+        await database_sync_to_async(User.objects.filter(pk=owner.pk).update)(is_active=False)
+        await ws.send_json_to({"action": "send", "content": "Still here?"})
+        return await ws.receive_output(timeout=5)
+
+    assert run(scenario) == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+    assert not Message.objects.filter(conversation=conversation).exists()
