@@ -16,6 +16,12 @@ the upstream it holds no thread, so one worker streams many replies at once.
   5xx, a refused connection and a timeout, but only before the first token:
   after it, a retry would repeat text the reader already has.
 - Cancelling closes the upstream stream, so the server stops generating.
+- Bounds of its own, against an upstream that ignores `max_tokens` or is not
+  an OpenAI server at all: the reply is cut as "length" at REPLY_CHARS_PER_TOKEN
+  characters a token of max_new_tokens (there is no tokenizer here to count
+  with); one SSE event over MAX_EVENT_BYTES is an UpstreamError before it is
+  held (the SDK's decoder would buffer a line without end whole); after its
+  finish, an upstream that never sends [DONE] is let go after FINISH_GRACE_S.
 - Errors become GenerationErrors whose message a person can act on; a
   refused key names the environment variable, never the key.
 """
@@ -25,11 +31,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import openai
+from openai._streaming import ServerSentEvent, SSEDecoder
 
 from inference.types import Completion, ContextOverflow, FinishReason, GenerationError, GenerationRequest
 
@@ -39,6 +46,18 @@ logger = logging.getLogger(__name__)
 CANCEL_POLL_S = 0.25
 MAX_RETRY_AFTER_S = 30.0
 FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "stop"}
+# The most characters a reply may have for each token of its max_new_tokens. A remote model
+# has no tokenizer here, and the upstream's pieces are not tokens (some servers send several
+# tokens a piece, some a character or a word), so the bound is on characters: no tokenizer
+# averages above about 8 a token over a reply, even on indented code, and CJK is 1 to 2; 32
+# is four times that. Only an upstream that ignores `max_tokens` reaches it.
+REPLY_CHARS_PER_TOKEN = 32
+# The most one SSE event (up to the blank line that ends it) may take: a streamed piece is a
+# few hundred bytes, and a server that sends the whole reply as one piece still fits.
+MAX_EVENT_BYTES = 1 << 20
+# How long to wait, once the upstream has finished, for the usage and [DONE] it still owes
+# (a server sends them at once): one that holds the stream open must not keep the reply.
+FINISH_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +86,7 @@ class RemoteBackend:
     def __init__(self, config: RemoteConfig, *, api_key: str | None) -> None:
         self.config = config
         self.model_name = config.name
-        self._client = openai.AsyncOpenAI(
+        self._client = _Client(
             base_url=config.base_url,
             # The client insists on a key; a server that needs none ignores it.
             api_key=api_key or "no-key",
@@ -117,23 +136,19 @@ class RemoteBackend:
     ) -> None:
         stream = await self._open(request)
         try:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    state.prompt_tokens = chunk.usage.prompt_tokens
-                    state.completion_tokens = chunk.usage.completion_tokens
-                for choice in chunk.choices:
-                    piece = choice.delta.content if choice.delta else None
-                    if piece:
-                        state.parts.append(piece)
-                        state.pieces += 1
-                        await on_text(piece)
-                    if choice.finish_reason:
-                        state.finish_reason = FINISH_REASONS.get(choice.finish_reason, "stop")
+            await self._take(stream, request.params.max_new_tokens, on_text, state)
         except openai.APITimeoutError:
             raise UpstreamError(
                 "upstream_timeout",
                 f"The model server at {self.config.base_url} stopped sending for "
                 f"{self.config.read_timeout_s:g} s in the middle of the reply.",
+            ) from None
+        except _Oversized:
+            raise UpstreamError(
+                "upstream_error",
+                f"The model server at {self.config.base_url} sent a piece of the reply over "
+                f"{MAX_EVENT_BYTES >> 20} MiB long, where pieces are a few hundred bytes: check that "
+                "base_url is its OpenAI-compatible API (often ending in /v1); if so, the server is broken.",
             ) from None
         except Exception as exc:  # the transport's own errors too (the client does not wrap them mid-stream)
             raise UpstreamError(
@@ -141,7 +156,48 @@ class RemoteBackend:
                 f"The model server at {self.config.base_url} broke off the reply: {_describe(exc)}",
             ) from None
         finally:
-            await stream.close()
+            await stream.close()  # before the end: the connection closes, and the upstream stops generating
+
+    async def _take(
+        self, stream: Any, max_new_tokens: int, on_text: Callable[[str], Awaitable[None]], state: _Stream
+    ) -> None:
+        """Read the stream's chunks into `state` until it ends, or the reply is longer than it may be."""
+        max_chars = max_new_tokens * REPLY_CHARS_PER_TOKEN
+        chunks = aiter(stream)
+        while True:
+            try:
+                async with asyncio.timeout(FINISH_GRACE_S if state.finished else None):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if not state.finished:
+                    raise
+                logger.info(
+                    "%s: no [DONE] %g s after the finish; ending the reply", self.model_name, FINISH_GRACE_S
+                )
+                return
+            if chunk.usage is not None:
+                state.prompt_tokens = chunk.usage.prompt_tokens
+                state.completion_tokens = chunk.usage.completion_tokens
+            for choice in chunk.choices:
+                piece = choice.delta.content if choice.delta else None
+                if piece:
+                    kept = piece[: max_chars - state.chars]
+                    if kept:
+                        state.parts.append(kept)
+                        state.chars += len(kept)
+                        state.pieces += 1
+                        await on_text(kept)
+                    if len(kept) < len(piece):
+                        # More than max_new_tokens can be, whatever the tokenizer: the upstream
+                        # is ignoring max_tokens. Its own count will not come; it had them all.
+                        state.finish_reason = "length"
+                        state.completion_tokens = max_new_tokens
+                        return
+                if choice.finish_reason:
+                    state.finish_reason = FINISH_REASONS.get(choice.finish_reason, "stop")
+                    state.finished = True
 
     async def _open(self, request: GenerationRequest) -> Any:
         """The upstream's stream, retried on passing trouble before any token came."""
@@ -211,12 +267,52 @@ class RemoteBackend:
         return arguments
 
 
+class _Client(openai.AsyncOpenAI):
+    """The SDK's client, its SSE decoder bounded (`_make_sse_decoder` is its hook for a decoder)."""
+
+    def _make_sse_decoder(self) -> SSEDecoder:
+        return _BoundedDecoder()
+
+
+class _Oversized(Exception):
+    """One SSE event over MAX_EVENT_BYTES."""
+
+
+class _BoundedDecoder(SSEDecoder):
+    """The SDK's decoder, fed only while the event it holds is within MAX_EVENT_BYTES.
+
+    It buffers a line, and an event's lines, until they end, however long: one line
+    without end would take all memory before a chunk reached us. The bytes are counted
+    as decoded (after gzip, say), as the decoder holds them.
+    """
+
+    async def aiter_bytes(self, iterator: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent]:
+        async for event in super().aiter_bytes(_bounded(iterator)):
+            yield event
+
+
+async def _bounded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    held = 0  # bytes since the last blank line: the event the decoder holds
+    before = b""  # the byte before this chunk: a blank line may straddle two
+    async for chunk in chunks:
+        seen = before + chunk
+        # A blank line is two line ends in a row, CRLF being one end ("\r\n" alone is none).
+        end = max(seen.rfind(b"\n\n"), seen.rfind(b"\r\r"), seen.rfind(b"\n\r"))
+        held = len(seen) - end - 2 if end >= 0 else held + len(chunk)
+        if held > MAX_EVENT_BYTES:
+            raise _Oversized
+        before = chunk[-1:]
+        yield chunk
+
+
 class _Stream:
     """What has come in so far."""
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+        self.chars = 0
         self.pieces = 0
+        self.finished = False  # the upstream has sent its finish_reason
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finish_reason: FinishReason = "stop"

