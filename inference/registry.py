@@ -192,6 +192,7 @@ def _entry(name: str, entry: Any, where: str) -> Model:
             base_url=values["base_url"].rstrip("/"),
             upstream_model=values["model"],
             api_key_env=key_env,
+            repetition_penalty=values.get("repetition_penalty", False),
         )
     raise RegistryError(f'{at}: kind = {kind!r}; use kind = "local" or kind = "remote".')
 

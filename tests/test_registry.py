@@ -31,6 +31,7 @@ kind = "remote"
 base_url = "http://gpu-box:8000/v1/"
 model = "mistralai/Mistral-7B-Instruct-v0.3"
 api_key_env = "GPU_BOX_KEY"
+repetition_penalty = true
 """
 
 
@@ -55,6 +56,7 @@ def test_a_models_file_declares_local_and_remote_models(tmp_path: Path) -> None:
         base_url="http://gpu-box:8000/v1",
         upstream_model="mistralai/Mistral-7B-Instruct-v0.3",
         api_key_env="GPU_BOX_KEY",
+        repetition_penalty=True,
     )
     assert [model.name for model in declared.local] == ["smollm", "tiny-two"]
     assert registry.queue_for("tiny-two") != registry.queue_for("smollm")

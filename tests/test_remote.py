@@ -366,7 +366,12 @@ def good() -> Iterator[bytes]:
     yield event(finish="stop") + event(usage=(7, len(GOOD_PIECES))) + DONE
 
 
+def echo() -> Iterator[bytes]:
+    yield event("ok", finish="stop") + event(usage=(3, 1)) + DONE
+
+
 STREAMS: dict[str, Callable[[], Iterator[bytes]]] = {
+    "echo": echo,
     "endless": endless,
     "huge-deltas": huge_deltas,
     "one-line-without-end": one_line_without_end,
@@ -493,3 +498,46 @@ def test_the_bounds_leave_a_long_reply_of_code_and_cjk_whole(hostile: HostileUps
     assert outcome.text == "".join(GOOD_PIECES)
     assert outcome.result.completion_tokens == len(GOOD_PIECES)
     assert not outcome.hung_up  # read to its end
+
+
+def test_repetition_penalty_reaches_the_upstream_only_where_the_models_file_allows_it(
+    hostile: HostileUpstream, tmp_path: Path, settings: Any
+) -> None:
+    from inference import worker
+    from sanjai_site.celery import _start_remote
+
+    path = tmp_path / "models.toml"
+    path.write_text(
+        f"""
+[models.takes-it]
+kind = "remote"
+base_url = "{hostile.url}"
+model = "echo"
+repetition_penalty = true
+
+[models.refuses-it]
+kind = "remote"
+base_url = "{hostile.url}"
+model = "echo"
+"""
+    )
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # for the heartbeat, which nothing reads here
+    declared = registry.load(path)
+    request = GenerationRequest(turns=[Turn("user", "Hi")], params=GenerationParams(repetition_penalty=1.3))
+
+    async def ignore(piece: str) -> None:
+        pass
+
+    sent = {}
+    for name in ("takes-it", "refuses-it"):
+        _start_remote(declared.get(name), hostname="test")  # what a worker for the model runs as it starts
+        try:
+            runtime = worker.remote()
+            assert runtime is not None
+            reply = asyncio.run_coroutine_threadsafe(runtime.backend.generate(request, ignore), runtime.loop)
+            assert reply.result(timeout=10).text == "ok"
+        finally:
+            worker.stop()
+        sent[name] = hostile.asked[-1].body
+    assert sent["takes-it"]["repetition_penalty"] == 1.3
+    assert "repetition_penalty" not in sent["refuses-it"]
