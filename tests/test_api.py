@@ -136,3 +136,15 @@ def test_a_model_that_is_not_declared_is_404_naming_the_ones_that_are(
     assert status == 404
     assert "'gpt-4' does not exist here; the models are SmolLM2-135M-Instruct" in answer["error"]
     assert not Message.objects.exists()
+
+
+@pytest.mark.parametrize("conversation_id", [2**63, 2**70])
+def test_an_id_past_the_databases_integers_is_not_found(
+    client: Client, owner_key: str, conversation_id: int
+) -> None:
+    # Such a number breaks the database driver (SQLite's OverflowError,
+    # PostgreSQL's "integer out of range"); it names no conversation.
+    status, body = chat(client, {"message": "hi", "conversation_id": conversation_id}, **bearer(owner_key))
+    assert status == 404
+    assert body["error"] == f"Conversation {conversation_id} not found."
+    assert not Message.objects.exists()  # nothing stored on the way

@@ -382,3 +382,26 @@ def test_a_socket_of_an_account_deactivated_without_signals_stores_nothing(owner
 
     assert run(scenario) == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
     assert not Message.objects.filter(conversation=conversation).exists()
+
+
+def test_ids_past_the_databases_integers_are_not_found_on_the_socket(owner: Any) -> None:
+    conversation = conversations.conversation_create(user=owner)
+    cookie = session_cookie(owner)
+
+    async def scenario() -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        refused = communicator(2**70, ORIGIN, cookie)
+        closed = await refused.connect()
+        ws = communicator(conversation.pk, ORIGIN, cookie)
+        assert (await ws.connect())[0]
+        await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"action": "switch", "message_id": 2**70})
+        switched = await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"action": "cancel", "message_id": 2**70})
+        cancelled = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return closed, switched, cancelled
+
+    closed, switched, cancelled = run(scenario)
+    assert closed == (False, CLOSE_NOT_FOUND)
+    assert switched["error"] == "No such message in this conversation."
+    assert cancelled["type"] == "error" and cancelled["code"] == "invalid_request"

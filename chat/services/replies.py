@@ -127,7 +127,10 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         # transaction: it asks Redis, and the write lock must not wait on that.
         from chat.services.sweeper import fail_lost_replies
 
-        fail_lost_replies(conversation_id=submission.conversation_id, user=user)
+        # Looked up first: a foreign key filter with an id past the database's
+        # integers fails in the driver instead of matching nothing (a 500).
+        continued = selectors.conversation_get(user=user, conversation_id=submission.conversation_id)
+        fail_lost_replies(conversation_id=continued.pk, user=user)
 
     with transaction.atomic():
         profile = limits.lock_profile(user=user)
