@@ -20,6 +20,10 @@ class InvalidImport(ValueError):
     pass
 
 
+def import_too_large(max_bytes: int) -> str:
+    return f"The file is larger than {max_bytes / 1_000_000:g} MB, the most an import may be."
+
+
 def conversation_to_dict(conversation: Conversation, messages: list[Message]) -> dict[str, Any]:
     """Every message of every branch, parents before children, each naming its parent."""
     messages = sorted(messages, key=lambda m: m.pk)

@@ -292,10 +292,7 @@ def conversation_import(request: AuthenticatedHttpRequest) -> HttpResponse:
         if upload is None:
             raise exports.InvalidImport("Choose an exported .json file to import.")
         if upload.size is not None and upload.size > settings.IMPORT_MAX_BYTES:
-            limit_mb = settings.IMPORT_MAX_BYTES / 1_000_000
-            raise exports.InvalidImport(
-                f"The file is larger than {limit_mb:g} MB, the most an import may be."
-            )
+            raise exports.InvalidImport(exports.import_too_large(settings.IMPORT_MAX_BYTES))
         try:
             data = json.loads(upload.read())
         except ValueError:
@@ -305,9 +302,13 @@ def conversation_import(request: AuthenticatedHttpRequest) -> HttpResponse:
         conversation = conversations.conversation_import(user=request.user, data=data)
     except exports.InvalidImport as exc:
         messages.error(request, f"Import failed: {exc}")
-        return redirect("home")
+        return redirect("profile")  # the import form's page
     messages.success(request, "Conversation imported.")
     return redirect("conversation", conversation_id=conversation.pk)
+
+
+# The query the body limit sends a browser back with when its import was too large.
+IMPORT_REFUSED = "import=too-large"
 
 
 @login_required
@@ -321,6 +322,8 @@ def profile(request: AuthenticatedHttpRequest) -> HttpResponse:
             messages.success(request, "Profile saved.")
             return redirect("profile")
         return _render_profile(request, profile_form=profile_form, params_form=params_form, status=400)
+    if request.GET.urlencode() == IMPORT_REFUSED:  # sent back by the body limit (sanjai_site/uploads.py)
+        messages.error(request, f"Import failed: {exports.import_too_large(settings.IMPORT_MAX_BYTES)}")
     return _render_profile(request)
 
 

@@ -12,8 +12,10 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.urls import reverse  # noqa: E402
 
+from chat.exports import import_too_large  # noqa: E402
 from chat.routing import websocket_application  # noqa: E402
 from chat.services.sweeper import start_sweeper  # noqa: E402
+from chat.views import IMPORT_REFUSED  # noqa: E402
 from sanjai_site.uploads import BodyLimit, PathLimit  # noqa: E402
 
 # Multipart framing and the CSRF field around an imported file.
@@ -27,10 +29,11 @@ application = ProtocolTypeRouter(
             default=settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
             timeout_s=settings.REQUEST_BODY_TIMEOUT_S,
             paths={
+                # The form is on the profile page, which then says why.
                 reverse("conversation_import"): PathLimit(
                     settings.IMPORT_MAX_BYTES + MULTIPART_OVERHEAD_BYTES,
-                    f"The file is larger than {settings.IMPORT_MAX_BYTES / 1_000_000:g} MB, "
-                    "the most an import may be.",
+                    import_too_large(settings.IMPORT_MAX_BYTES),
+                    refused_url=f"{reverse('profile')}?{IMPORT_REFUSED}",
                 ),
                 reverse("dictation"): PathLimit(
                     settings.VOICE_MAX_BYTES,

@@ -11,12 +11,18 @@ never read into memory or onto disk beyond the server's small buffer.
   and uvicorn's h11 frames such a body as chunked, so the declared length
   would say nothing about what follows).
 - A body whose Content-Length is over the path's limit never reaches Django:
-  on a path with its own limit (the import) it is answered with 413 here; on
-  any other path Django gets an empty body with the declared length, and its
-  own check (DATA_UPLOAD_MAX_MEMORY_SIZE) refuses it in the surface's own
-  format (the APIs' JSON 413s, see chat.auth.install_error_handlers).
+  on a path with its own limit it is answered here, with 413 (dictation,
+  whose page script shows the message) or by sending the browser to a page
+  that says why (the import form's own page); on any other path Django gets
+  an empty body with the declared length, and its own check
+  (DATA_UPLOAD_MAX_MEMORY_SIZE) refuses it in the surface's own format (the
+  APIs' JSON 413s, see chat.auth.install_error_handlers).
 - Every other body is counted as it streams, whatever its head says, and cut
-  off with 413 once it passes the limit.
+  off the same way once it passes the limit.
+- Before a browser is sent elsewhere, the rest of its upload is read and
+  thrown away (up to DRAIN_FACTOR times the limit, within the time limit):
+  a browser that is still sending when the connection closes shows "connection
+  reset" rather than the answer. Nothing drained is kept.
 - Every body has a time limit from the request's head to its last byte: a
   slow drip is cut off with 408 when it runs out, so no client holds a
   request open by sending a byte at a time.
@@ -25,6 +31,7 @@ never read into memory or onto disk beyond the server's small buffer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -37,14 +44,17 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DISCONNECT: Message = {"type": "http.disconnect"}  # what makes Django stop reading and answer nothing
+DRAIN_FACTOR = 4  # how much of a refused upload is read and dropped, in times its limit
 
 
 @dataclass(frozen=True)
 class PathLimit:
-    """A path's own body limit, and what its 413 page tells the user."""
+    """A path's own body limit, and what its 413 page tells the user, or where a
+    browser is sent instead (303: a page that shows the reason itself)."""
 
     bytes: int
     message: str
+    refused_url: str | None = None
 
 
 class BodyLimit:
@@ -73,21 +83,26 @@ class BodyLimit:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             if own_limit is not None:
-                await _refuse(send, 413, own_limit.message)
+                await self._turn_away(receive, send, own_limit, deadline=self._deadline())
             else:
                 await self.app(scope, _without_body(receive), send)
             return
-        message = (
-            own_limit.message if own_limit else f"Request bodies are limited to {limit / 1_000_000:g} MB."
-        )
-        await self._counted(scope, receive, send, limit, message)
+        await self._counted(scope, receive, send, limit, own_limit)
 
-    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int, message: str) -> None:
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.timeout_s
+
+    async def _counted(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, own_limit: PathLimit | None
+    ) -> None:
         received = 0
         refusal: tuple[int, str] | None = None
         body_done = False  # any method may carry a body, and Django reads whichever comes
         started = False
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        deadline = self._deadline()
+        message = (
+            own_limit.message if own_limit else f"Request bodies are limited to {limit / 1_000_000:g} MB."
+        )
 
         async def counting_receive() -> Message:
             nonlocal received, refusal, body_done
@@ -115,8 +130,42 @@ class BodyLimit:
             await send(outgoing)
 
         await self.app(scope, counting_receive, watching_send)
-        if refusal is not None and not started:
+        if refusal is None or started:
+            return
+        if refusal[0] == 413 and own_limit is not None:
+            await self._turn_away(receive, send, own_limit, deadline=deadline, drained=received)
+        else:
             await _refuse(send, *refusal)
+
+    async def _turn_away(
+        self, receive: Receive, send: Send, own_limit: PathLimit, *, deadline: float, drained: int = 0
+    ) -> None:
+        """Refuse a body over its path's own limit, as that path asks."""
+        if own_limit.refused_url is None:
+            await _refuse(send, 413, own_limit.message)
+            return
+        cap = DRAIN_FACTOR * own_limit.bytes
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                while drained <= cap:
+                    incoming = await receive()
+                    if incoming["type"] != "http.request":
+                        return  # the client went away: nobody to answer
+                    drained += len(incoming.get("body", b""))
+                    if not incoming.get("more_body", False):
+                        break
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 303,
+                "headers": [
+                    (b"location", own_limit.refused_url.encode()),
+                    (b"content-length", b"0"),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -6,6 +6,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from chat.models import Message, Usage
+from chat.models import Conversation, Message, Usage
 from tests.stack import Stack, stack_on_test_database
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
@@ -65,15 +66,7 @@ def test_chat_answers_through_the_worker_and_remembers(stack: Stack, owner: Any,
 
 
 def test_a_browser_session_with_csrf_works_over_http(stack: Stack, owner: Any) -> None:
-    with httpx.Client(base_url=stack.base_url, timeout=60) as browser:
-        browser.get("/login/")
-        token = browser.cookies["csrftoken"]
-        login = browser.post(
-            "/login/",
-            data={"username": "olivia", "password": "correct horse battery", "csrfmiddlewaretoken": token},
-            headers={"Referer": f"{stack.base_url}/login/"},
-        )
-        assert login.status_code == 302
+    with logged_in(stack) as browser:
         token = browser.cookies["csrftoken"]  # rotated at login
         refused = browser.post("/chat", json={"message": "hi"})
         assert refused.status_code == 403 and "CSRF" in refused.json()["error"]
@@ -107,18 +100,40 @@ def raw_post(
     return int(status_line.split()[1]), answer_headers, answer
 
 
-def test_an_oversized_import_is_refused_before_its_body_is_read(stack: Stack, owner: Any) -> None:
-    # The head promises 50 MB; only 100 kB follow. An answer now means the
+@contextmanager
+def logged_in(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.base_url, timeout=60) as browser:
+        browser.get("/login/")
+        login = browser.post(
+            "/login/",
+            data={
+                "username": "olivia",
+                "password": "correct horse battery",
+                "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+            },
+            headers={"Referer": f"{stack.base_url}/login/"},
+        )
+        assert login.status_code == 302
+        yield browser
+
+
+def test_an_oversized_import_is_turned_away_to_the_profile_page_saying_why(stack: Stack, owner: Any) -> None:
+    with logged_in(stack) as browser:
+        refused = browser.post(
+            "/import/",
+            data={"csrfmiddlewaretoken": browser.cookies["csrftoken"]},
+            files={"file": ("big.json", b"x" * 21_000_000, "application/json")},
+            headers={"Referer": f"{stack.base_url}/profile/"},
+        )
+        assert refused.status_code == 303 and refused.headers["location"] == "/profile/?import=too-large"
+        page = browser.get(refused.headers["location"]).text
+    assert "Import failed: The file is larger than 20 MB, the most an import may be." in page
+    assert not Conversation.objects.filter(owner=owner).exists()
+
+
+def test_an_oversized_recording_is_refused_before_its_body_is_read(stack: Stack) -> None:
+    # The head promises 50 MB; only 4 bytes follow. An answer now means the
     # server did not wait to store the rest: the refusal came from the head.
-    status, _, answer = raw_post(
-        stack,
-        "/import/",
-        {"Content-Type": "multipart/form-data; boundary=x", "Content-Length": str(50_000_000)},
-        b"x" * 100_000,
-    )
-    assert status == 413
-    assert "larger than 20 MB" in answer.decode()
-    # Dictation has its own limit, refused the same way.
     status, _, answer = raw_post(
         stack, "/voice/dictation/", {"Content-Type": "audio/wav", "Content-Length": str(50_000_000)}, b"RIFF"
     )

@@ -352,6 +352,23 @@ def test_another_user_cannot_open_my_conversation(page: Page, django_user_model:
     expect(page.get_by_text("Private")).to_have_count(0)
 
 
+def test_an_import_over_the_limit_returns_to_the_profile_page_saying_why(
+    page: Page, django_user_model: Any, tmp_path: Path
+) -> None:
+    owner = make_user(django_user_model, "importer")
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * 21_000_000)  # 1 MB over the 20 MB limit
+    log_in(page, "importer")
+    page.goto("/profile/")
+    page.set_input_files("#import-file", str(big))
+    page.get_by_role("button", name="Import", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/profile/\?import=too-large$"))
+    expect(page.locator(".messages")).to_contain_text(
+        "Import failed: The file is larger than 20 MB, the most an import may be."
+    )
+    assert not Conversation.objects.filter(owner=owner).exists()
+
+
 def test_model_markdown_renders_but_never_runs_script_or_loads_remote_content(
     page: Page, django_user_model: Any
 ) -> None:
