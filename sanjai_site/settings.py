@@ -328,6 +328,18 @@ if REQUEST_BODY_TIMEOUT_S <= 0:
 VOICE_MAX_SECONDS = envint("VOICE_MAX_SECONDS", 60, minimum=1)
 VOICE_MAX_BYTES = envint("VOICE_MAX_BYTES", 4_000_000, minimum=1000)
 VOICE_MAX_READ_CHARS = envint("VOICE_MAX_READ_CHARS", 5000, minimum=1)
+# Both run in VOICE_WORKERS processes of their own per web process
+# (inference/speech_pool.py); VOICE_BACKLOG more jobs may wait, and the next
+# is refused with 503. A job past VOICE_JOB_TIMEOUT_S is stopped and its
+# process replaced (504): 60 s of noise, the slowest legal recording, took
+# 32-58 s to decode. Each user runs one job at a time and starts at most
+# VOICE_JOBS_PER_MINUTE (0: no limit), counted in Redis (429 beyond).
+VOICE_WORKERS = envint("VOICE_WORKERS", 2, minimum=1)
+VOICE_BACKLOG = envint("VOICE_BACKLOG", 4, minimum=0)
+VOICE_JOB_TIMEOUT_S = envfloat("VOICE_JOB_TIMEOUT_S", 120.0)
+if VOICE_JOB_TIMEOUT_S <= 0:
+    raise ConfigError(f"VOICE_JOB_TIMEOUT_S={VOICE_JOB_TIMEOUT_S:g}: must be above 0")
+VOICE_JOBS_PER_MINUTE = envint("VOICE_JOBS_PER_MINUTE", 12, minimum=0)
 # How long POST /chat waits for the worker before answering 504.
 CHAT_REPLY_TIMEOUT_S = envfloat("CHAT_REPLY_TIMEOUT_S", GENERATION_TIME_LIMIT_S + 30)
 # A worker counts as alive while its heartbeat is younger than this.
