@@ -103,7 +103,7 @@ def _parse_chat(payload: dict[str, Any]) -> Submission:
 async def chat(request: HttpRequest, payload: dict[str, Any] = Body(...)) -> JsonResponse:
     submission = _parse_chat(payload)
     user = auth_user(request)
-    posted = await delivery.submit(user=user, submission=submission)
+    posted = await delivery.submit(user=user, submission=submission, prefer=request.headers.get("Prefer", ""))
     ids = {"conversation_id": posted.reply.conversation_id, "message_id": posted.reply.pk}
     try:
         async with delivery.ReplyWatch(user, posted.reply) as watch:

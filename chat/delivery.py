@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -122,8 +122,24 @@ def problem(exc: Exception, submission: Submission) -> Problem | None:
     return None
 
 
-def submit_sync(*, user: User, submission: Submission) -> PostedMessage:
-    """`reply_submit`, with every refusal and outage raised as a Problem."""
+def waits_for_model(prefer: str) -> bool:
+    """Whether a request's `Prefer` header (RFC 7240) lets its reply wait for a model
+    that is still loading: `Prefer: wait=0` asks for an answer now, 503 model_loading
+    with Retry-After, instead."""
+    for preference in prefer.split(","):
+        name, _, value = preference.split(";")[0].partition("=")
+        if name.strip().lower() == "wait" and value.strip().strip('"') == "0":
+            return False
+    return True
+
+
+def submit_sync(*, user: User, submission: Submission, prefer: str = "") -> PostedMessage:
+    """`reply_submit`, with every refusal and outage raised as a Problem.
+
+    `prefer`: the HTTP request's Prefer header, if it came over HTTP.
+    """
+    if not waits_for_model(prefer):
+        submission = replace(submission, wait_for_model=False)
     try:
         return reply_submit(user=user, submission=submission)
     except Exception as exc:
@@ -133,9 +149,9 @@ def submit_sync(*, user: User, submission: Submission) -> PostedMessage:
         raise found from None
 
 
-async def submit(*, user: User, submission: Submission) -> PostedMessage:
+async def submit(*, user: User, submission: Submission, prefer: str = "") -> PostedMessage:
     """`submit_sync` for an async view."""
-    return await sync_to_async(submit_sync)(user=user, submission=submission)
+    return await sync_to_async(submit_sync)(user=user, submission=submission, prefer=prefer)
 
 
 # How long a waiter trusts a quiet channel before it re-reads the reply's row.

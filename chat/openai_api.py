@@ -527,7 +527,9 @@ async def chat_completions(request: HttpRequest, payload: dict[str, Any] = Body(
     parsed = parse_completion(payload)
     user = auth_user(request)
     try:
-        posted = await delivery.submit(user=user, submission=parsed.submission())
+        posted = await delivery.submit(
+            user=user, submission=parsed.submission(), prefer=request.headers.get("Prefer", "")
+        )
     except delivery.Problem as problem:
         if not parsed.store and problem.conversation_id is not None:
             with suppress(Conversation.DoesNotExist):

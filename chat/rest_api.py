@@ -422,7 +422,9 @@ def message_post(
         params=payload.dict(exclude={"content", "model"}),
         model=payload.model,
     )
-    posted = delivery.submit_sync(user=auth_user(request), submission=submission)
+    posted = delivery.submit_sync(
+        user=auth_user(request), submission=submission, prefer=request.headers.get("Prefer", "")
+    )
     posted.reply.refresh_from_db()
     return Status(
         202,

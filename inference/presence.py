@@ -33,6 +33,7 @@ class WorkerInfo:
     # sent there while this worker holds its KV cache ("" for none).
     queue: str = ""
     capacity: int = 1  # replies it generates at once
+    pid: int = 0  # its process, by which the launcher that started it knows it has announced itself
 
     @property
     def ready(self) -> bool:

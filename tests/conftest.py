@@ -77,7 +77,7 @@ def queued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     ids: list[int] = []
 
-    def publish(*, reply: Any) -> None:
+    def publish(*, reply: Any, wait_for_model: bool = True) -> None:
         ids.append(reply.pk)
         Message.objects.filter(pk=reply.pk).update(queued_at=timezone.now())
 

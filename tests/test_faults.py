@@ -166,7 +166,7 @@ def test_a_job_lost_between_commit_and_enqueue_is_completed_or_failed_in_bound(
     from chat.services import replies
 
     # A web process that died right after committing: the row is there, the job never published.
-    monkeypatch.setattr(replies, "reply_enqueue", lambda *, reply: None)
+    monkeypatch.setattr(replies, "reply_enqueue", lambda *, reply, wait_for_model: None)
     posted = replies.reply_submit(
         user=owner,
         submission=replies.Submission(content="Did you get this?", params={"max_new_tokens": 8}),

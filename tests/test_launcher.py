@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -36,8 +37,20 @@ class Launched:
     data_dir: Path
     base_url: str
 
+    env: dict[str, str]
+
     def wait(self, what: str, ready, timeout_s: float = 60) -> None:
         _wait(what, ready, timeout_s, [self.process])
+
+    def api_key(self, username: str) -> str:
+        """A new user of the launched app's database, and an API key of theirs."""
+        manage = [sys.executable, "manage.py"]
+        make_user = f"from django.contrib.auth.models import User; User.objects.create_user({username!r})"
+        subprocess.run([*manage, "shell", "-c", make_user], cwd=ROOT, env=self.env, check=True)
+        made = subprocess.run(
+            [*manage, "create_api_key", username], cwd=ROOT, env=self.env, check=True, capture_output=True
+        )
+        return made.stdout.decode().split()[-1]
 
 
 def log_text() -> str:
@@ -103,7 +116,7 @@ def launched(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Launched]:
             start_new_session=True,  # out of reach of a Ctrl-C meant for pytest
         )
     try:
-        yield Launched(process, tmp_path / "data", f"http://127.0.0.1:{port}")
+        yield Launched(process, tmp_path / "data", f"http://127.0.0.1:{port}", env)
     finally:
         if process.poll() is None:
             process.kill()
@@ -128,8 +141,19 @@ def test_launcher_restarts_each_child_and_stops_cleanly(launched: Launched) -> N
     assert "More workers:       make worker (they find this Redis through" in log_text()
     redis_url = (launched.data_dir / "redis.url").read_text().strip()
     assert redis_url.startswith("redis://127.0.0.1:")
+    key = launched.api_key("early")
     launched.wait("the web server", lambda: _web_ready(launched.base_url), 120)
+    # Sent the moment the site serves, while the worker still imports or loads:
+    # it waits for the worker instead of being told to start one.
+    first = httpx.post(
+        f"{launched.base_url}/chat",
+        json={"message": "Hello?", "max_new_tokens": 4},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=120,
+    )
+    assert first.status_code == 200 and first.json()["success"] is True, first.text
     launched.wait("the worker", lambda: count(WORKER_READY) == 1 and bool(workers(redis_url)), 120)
+    launched.wait("the ready line", lambda: f"ready: {launched.base_url}" in log_text())
 
     before = workers(redis_url)
     kill_and_see_restarted(launched, "worker")

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from chat import delivery
 from chat.models import Message
+from chat.services import conversations
 from inference import presence, registry
 
 pytestmark = pytest.mark.django_db
@@ -38,10 +40,37 @@ def loading_worker(settings: Any, redis_url: str) -> Iterator[presence.Heartbeat
     heartbeat.stop()
 
 
-def test_chat_and_v1_answer_503_with_retry_after_while_the_model_loads(
+def test_a_message_sent_while_the_model_loads_waits_in_the_queue_for_it(
+    client: Client,
+    owner: Any,
+    owner_key: str,
+    loading_worker: presence.Heartbeat,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chat.tasks import generate_reply
+
+    published: list[tuple[Any, str]] = []  # the broker's part runs in the stack tests
+    monkeypatch.setattr(
+        generate_reply, "apply_async", lambda args, queue, retry: published.append((args, queue))
+    )
+    conversation = conversations.conversation_create(user=owner)
+    posted = client.post(
+        f"/api/v1/conversations/{conversation.pk}/messages",
+        json.dumps({"content": "Hi"}),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {owner_key}"},
+    )
+    assert posted.status_code == 202
+    reply = Message.objects.get(pk=posted.json()["reply"]["id"])
+    # Queued for the model's workers, which take it once loaded (the browser test follows it there).
+    assert reply.status == Message.Status.PENDING and reply.queued_at is not None and reply.error_code == ""
+    assert published == [([reply.pk], registry.queue_for("tiny"))]
+
+
+def test_a_client_that_asks_not_to_wait_gets_503_with_retry_after_while_the_model_loads(
     client: Client, owner_key: str, loading_worker: presence.Heartbeat
 ) -> None:
-    headers = {"Authorization": f"Bearer {owner_key}"}
+    headers = {"Authorization": f"Bearer {owner_key}", "Prefer": "wait=0"}
     chat = client.post(
         "/chat", json.dumps({"message": "Hi"}), content_type="application/json", headers=headers
     )
@@ -59,6 +88,14 @@ def test_chat_and_v1_answer_503_with_retry_after_while_the_model_loads(
     assert set(Message.objects.filter(role="assistant").values_list("error_code", flat=True)) == {
         "model_loading"
     }
+
+
+@pytest.mark.parametrize(
+    ("prefer", "waits"),
+    [("", True), ("wait=0", False), ("respond-async, wait=0", False), ('wait="0"', False), ("wait=10", True)],
+)
+def test_the_prefer_header_says_whether_a_reply_waits_for_its_model(prefer: str, waits: bool) -> None:
+    assert delivery.waits_for_model(prefer) is waits
 
 
 def test_the_page_status_says_loading_with_the_percentage_then_ready(

@@ -90,6 +90,9 @@ class Submission:
     params: Mapping[str, Any] = field(default_factory=dict)  # as sent; left out = resolved
     new_conversation: NewConversation | None = None  # instead of conversation_id
     model: str = ""  # a declared model, kept for the conversation's next turns; "" = the conversation's
+    # While the model's workers are still loading it (or starting), the reply
+    # waits in the queue for them; False: refuse it at once (503 model_loading).
+    wait_for_model: bool = True
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         conversation.save(update_fields=["title", "model", "current_leaf", "updated"])
         for message in (*earlier, reply):
             send_event(conversation.pk, created_event(message))
-    reply_enqueue(reply=reply)
+    reply_enqueue(reply=reply, wait_for_model=submission.wait_for_model)
     return PostedMessage(user_message=question, reply=reply)
 
 
@@ -251,8 +254,14 @@ def broker_name() -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
 
 
-def reply_enqueue(*, reply: Message) -> None:
+def reply_enqueue(*, reply: Message, wait_for_model: bool = True) -> None:
     """Queue generation of a committed pending reply; WorkerUnavailable if nobody can run it.
+
+    A worker that is still loading the model (or one a launcher has started
+    and that has not announced itself yet) takes the job once it is ready;
+    until then the job waits in the model's queue, within REPLY_QUEUE_LIMIT_S
+    (the sweeper fails it past that). With `wait_for_model` False a loading
+    model is refused at once instead.
 
     Publishes at once rather than on commit: the caller needs to know now
     whether the job reached the broker, to answer 503 instead of waiting. A
@@ -263,7 +272,7 @@ def reply_enqueue(*, reply: Message) -> None:
 
     model = reply.model or settings.MODEL_REGISTRY.default  # replies from before models had names
     try:
-        workers = _check_workers(reply, model)
+        workers = _check_workers(reply, model, wait_for_model=wait_for_model)
         generate_reply.apply_async(args=[reply.pk], queue=_queue(reply, model, workers), retry=False)
     except (redis.RedisError, BrokerError, OSError) as exc:
         logger.warning("broker unreachable while queueing reply %s: %s", reply.pk, exc)
@@ -297,16 +306,18 @@ def _queue(reply: Message, model: str, workers: list[presence.WorkerInfo]) -> st
     return queue_for(model)
 
 
-def _check_workers(reply: Message, model: str) -> list[presence.WorkerInfo]:
-    """The model's live workers; WorkerUnavailable unless one is ready to take the job now."""
+def _check_workers(reply: Message, model: str, *, wait_for_model: bool) -> list[presence.WorkerInfo]:
+    """The model's live workers, loading or ready; WorkerUnavailable if there are none,
+    or if none is ready and the caller will not wait."""
     workers = [worker for worker in presence.live_workers(settings.REDIS_URL) if worker.model == model]
     if not workers:
+        # Nobody is running or starting one (a launcher announces the workers it starts).
         raise WorkerUnavailable(
             f"No generation worker serves the model {model}. "
             f"Start one with `REDIS_URL={broker_name()} make worker MODEL={model}`.",
             reply=reply,
         )
-    if not any(worker.ready for worker in workers):
+    if not wait_for_model and not any(worker.ready for worker in workers):
         furthest = max(workers, key=lambda worker: worker.progress)
         raise WorkerUnavailable(
             f"The model {model} is loading ({furthest.progress}%: {furthest.stage or 'starting'}). "

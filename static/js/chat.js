@@ -31,7 +31,7 @@
   // Text sent but not yet stored: put back in the box if the server refuses it
   // (too long, too many replies at once), so nothing the user wrote is lost.
   let unsent = null;
-  let modelLoading = false; // the workers are still loading the model: sending waits
+  let modelLoading = ""; // "Loading <model> … NN%" while the workers load it; a reply sent now waits for it
   let lastEventAt = Date.now();
   let everOpened = false; // the socket has been open before: a snapshot now follows a reconnect
   let reconnected = false;
@@ -263,7 +263,7 @@
     if (message.role === "assistant") {
       renderMarkdownInto(content, message.content || "", !["pending", "streaming"].includes(message.status));
       if ((message.status === "pending" || message.status === "streaming") && !message.content) {
-        content.append(typingIndicator(message.position));
+        content.append(typingIndicator(message.position, message.status === "pending" ? modelLoading : ""));
       }
     } else {
       content.textContent = message.content;
@@ -303,15 +303,17 @@
     return line;
   }
 
-  function typingIndicator(position) {
+  function typingIndicator(position, loading) {
     const wrap = document.createElement("span");
     wrap.className = "typing";
-    wrap.setAttribute("aria-label", position ? `Waiting, position ${position} in the queue` : "SanjAI is typing");
+    const waiting = loading ? `${loading}: the reply starts once it is ready` :
+      position ? `queued (#${position})` : "";
+    wrap.setAttribute("aria-label", waiting || "SanjAI is typing");
     for (let i = 0; i < 3; i++) wrap.append(document.createElement("span"));
-    if (position) {
+    if (waiting) {
       const text = document.createElement("small");
-      text.className = "muted";
-      text.textContent = ` queued (#${position})`;
+      text.className = "muted waiting";
+      text.textContent = ` ${waiting}`;
       wrap.append(text);
     }
     return wrap;
@@ -479,7 +481,7 @@
   function refreshControls() {
     const busy = activeReply() !== null;
     const ready = chat.dataset.conversationId ? socket && socket.readyState === WebSocket.OPEN : !starting;
-    sendButton.disabled = busy || modelLoading || !ready;
+    sendButton.disabled = busy || !ready;
     stopButton.hidden = !busy;
     for (const m of messages.values()) {
       if (m.el) m.el.querySelector(".actions")?.replaceWith(actionsFor(m));
@@ -859,14 +861,16 @@
         // The conversation's own model; on the home page, any.
         const chosen = models.filter((model) => model.name === currentModel());
         const loading = chosen.find((model) => model.state === "loading");
-        modelLoading = loading !== undefined && !chosen.some((model) => model.state === "ready");
+        const wasLoading = modelLoading;
+        modelLoading = loading === undefined || chosen.some((model) => model.state === "ready") ? "" :
+          `Loading ${loading.name} … ${loading.progress}%` + (loading.stage ? ` (${loading.stage})` : "");
         if (modelLoading) {
-          modelStatus.textContent = `Loading ${loading.name} … ${loading.progress}%` +
-            (loading.stage ? ` (${loading.stage})` : "");
+          modelStatus.textContent = modelLoading;
           next = 2000;
         }
         modelStatus.hidden = !modelLoading;
-        refreshControls();
+        const waiting = activeReply();
+        if (waiting && waiting.status === "pending" && modelLoading !== wasLoading) renderSoon(waiting);
       }
     } catch (error) {
       next = 5000;  // the server is restarting: the socket says so

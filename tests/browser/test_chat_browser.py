@@ -448,7 +448,7 @@ def test_a_down_worker_is_explained_and_the_message_kept(
     assert Message.objects.get(conversation=conversation, role="user").content == "Is anyone there?"
 
 
-def test_while_the_model_loads_the_page_says_so_and_waits(
+def test_a_message_sent_while_the_model_loads_waits_for_it_showing_the_progress(
     page: Page, stack: Stack, django_user_model: Any
 ) -> None:
     import redis
@@ -478,16 +478,24 @@ def test_while_the_model_loads_the_page_says_so_and_waits(
         page.goto(f"/c/{conversation.pk}/")
         status = page.locator("#model-status")
         expect(status).to_have_text(f"Loading {worker.model} … 40% (converting the GGUF file (once))")
-        expect(page.locator("#send")).to_be_disabled()
+        # A message sent now waits for the model, its reply saying how far the loading is.
+        send(page, "Are you there yet?")
+        expect(last_reply(page)).to_have_attribute("data-status", "pending")
+        expect(last_reply(page).locator(".waiting")).to_contain_text(f"Loading {worker.model} … 40%")
+        loading.update(progress=80, stage="loading the weights")
+        expect(last_reply(page).locator(".waiting")).to_contain_text("80% (loading the weights)")
         loading.update(state="ready", progress=100, stage="")
         expect(status).to_be_hidden()
-        expect(page.locator("#send")).to_be_enabled()
     finally:
         loading.stop()
         stack.resume_worker()
         deadline = time.monotonic() + 30
         while not ready_worker_ids(stack.redis_url) and time.monotonic() < deadline:
             time.sleep(0.2)
+    # The worker takes the job it has waited for: the reply comes, nothing to regenerate.
+    expect(last_reply(page)).to_have_attribute("data-status", "done", timeout=30_000)
+    reply = Message.objects.get(conversation=conversation, role="assistant")
+    assert reply.status == "done" and reply.error_code == ""
 
 
 def test_a_lost_connection_is_shown_and_the_page_recovers(
