@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run worker test test-postgres chromium espeak typecheck lint format bench bench-large drill user apikey clean
+.PHONY: install run worker test test-postgres docs chromium espeak typecheck lint format bench bench-large drill user apikey clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,7 @@ worker: install  ## one more generation worker, for MODEL=<name> (default: the d
 test: install chromium espeak
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	$(MAKE) --no-print-directory docs
 	$(PY) -m pytest --ignore=tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(PY) -m pytest tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(MAKE) --no-print-directory test-postgres
@@ -50,6 +51,12 @@ test-postgres: install
 	scripts/postgres.sh start $$dir $(PG_PORT) && \
 	DATABASE_URL=postgres://postgres@127.0.0.1:$(PG_PORT)/sanjai \
 		$(PY) -m pytest $(POSTGRES_TESTS) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link or
+# anchor, or a page left out of the nav, fails. The variable hides Material's
+# end-of-life banner, printed on every build.
+docs: install  ## build the docs site into site/ (warnings are errors)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 # Debian's Chromium for the browser tests (Playwright drives it; no browser download).
 chromium:
