@@ -26,9 +26,8 @@ from django.conf import settings as django_settings
 from django.core.asgi import get_asgi_application
 from django.test import Client
 
-from chat import voice_views
 from chat.models import Message
-from chat.services import conversations
+from chat.services import conversations, voice
 from inference import speech, speech_pool
 
 pytestmark = pytest.mark.django_db
@@ -223,7 +222,7 @@ def test_a_long_dictation_holds_up_nobody_else(owner: Any, other_user: Any) -> N
     (before issue 26) PocketSphinx held the GIL, and everything waited for A."""
     long, sentence = noise(10), spoken_wav(SPOKEN)
     sessions = session_of(owner), session_of(other_user)
-    pool = voice_views.voice_pool()
+    pool = voice.voice_pool()
     done: list[str] = []
 
     async def scenario() -> dict[str, httpx.Response]:
@@ -307,7 +306,7 @@ def test_a_full_pool_answers_503_and_a_caller_that_leaves_frees_its_worker(
     owner: Any, other_user: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     small = speech_pool.SpeechPool(workers=1, backlog=0)
-    monkeypatch.setattr(voice_views, "voice_pool", lambda: small)
+    monkeypatch.setattr(voice, "voice_pool", lambda: small)
     long, sentence = noise(5), spoken_wav(SPOKEN)
     sessions = session_of(owner), session_of(other_user)
 
