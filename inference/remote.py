@@ -222,9 +222,7 @@ class RemoteBackend:
                 ) from None
             except openai.BadRequestError as exc:
                 message = _describe(exc)
-                if "context" in message.lower() and (
-                    "length" in message.lower() or "window" in message.lower()
-                ):
+                if _too_long(message):
                     raise ContextOverflow(
                         f"The conversation is too long for {config.name}: {message}"
                     ) from None

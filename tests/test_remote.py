@@ -36,7 +36,7 @@ from chat.models import Message
 from inference import registry, remote
 from inference.params import GenerationParams
 from inference.remote import RemoteBackend, RemoteConfig, UpstreamError
-from inference.types import Completion, GenerationRequest, Turn
+from inference.types import Completion, ContextOverflow, GenerationRequest, Turn
 from tests.stack import ROOT, Stack, free_port, running_stack, stack_on_test_database
 
 WRONG_KEY = "sanjai-00000000-not-a-real-key-but-secret-looking"
@@ -388,6 +388,23 @@ class _Streams(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         asked = Asked(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         self.server.asked.append(asked)
+        if asked.body["model"] == "too-long":  # vLLM's words for a prompt over the context window
+            refusal = {
+                "error": {
+                    "message": "This model's maximum context length is 2048 tokens. However, you "
+                    "requested 4100 tokens (4000 in the messages, 100 in the completion).",
+                    "type": "BadRequestError",
+                    "code": 400,
+                }
+            }
+            body = json.dumps(refusal).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            asked.over.set()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -541,3 +558,21 @@ model = "echo"
         sent[name] = hostile.asked[-1].body
     assert sent["takes-it"]["repetition_penalty"] == 1.3
     assert "repetition_penalty" not in sent["refuses-it"]
+
+
+def test_a_prompt_over_the_upstreams_context_is_a_context_overflow(hostile: HostileUpstream) -> None:
+    async def run() -> None:
+        config = RemoteConfig(name="big", base_url=hostile.url, upstream_model="too-long", retries=0)
+        backend = RemoteBackend(config, api_key=None)
+        request = GenerationRequest(turns=[Turn("user", "Hi")], params=GenerationParams())
+
+        async def ignore(piece: str) -> None:
+            pass
+
+        try:
+            with pytest.raises(ContextOverflow, match="The conversation is too long for big: 400: This"):
+                await backend.generate(request, ignore)
+        finally:
+            await backend.close()
+
+    asyncio.run(run())
