@@ -76,8 +76,7 @@ INSTALLED_APPS = [
     "corsheaders",
     "ninja",  # the API docs' Swagger UI from this server's static files, not a CDN the CSP blocks
     "axes",  # login throttling on every login form, the admin's included
-    "chat",
-    "inference",
+    "chat",  # inference/ is a plain package: no models, templates or commands of its own
 ]
 
 MIDDLEWARE = [
