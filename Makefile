@@ -101,4 +101,4 @@ apikey: install  ## make apikey NAME=<username>
 	$(PY) manage.py create_api_key $(NAME)
 
 clean:
-	rm -rf $(VENV) test-artifacts var/bench-models
+	rm -rf $(VENV) test-artifacts site var/bench-models

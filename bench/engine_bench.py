@@ -4,7 +4,7 @@ One run, one model, one machine; every figure is also given as a ratio to the
 raw generate() baseline and to the memory-bandwidth bound measured in the same
 run, because absolute numbers on a shared machine drift from minute to minute.
 Noisy measurements are interleaved (baseline, engine, baseline, ...) and the
-median of the rounds is reported. See README "Benchmark" for how to read it.
+median of the rounds is reported. See docs/benchmarks/engine.md for how to read it.
 
     .venv/bin/python -m bench.engine_bench [--tokens 64] [--rounds 3] [--skip-stack]
         [--prefill-chunks 64,128,256] [--rss-idle-s 60]

@@ -73,7 +73,7 @@ TRIM_AFTER_FREED_BYTES = 64 * 1024 * 1024
 # Prefill is compute-bound (~1 ms a token of the default model on 2 cores,
 # more as the prompt's own prefix grows), a step of 7 replies ~25 ms: 12
 # tokens keep the replies' p99 gap at 2.2-2.3x their usual gap on a shared
-# 2-core machine (16: 2.5-3.4x over five runs, 32: 3.3-5x). See README "The generation engine".
+# 2-core machine (16: 2.5-3.4x over five runs, 32: 3.3-5x). See docs/models/engine.md.
 DEFAULT_PREFILL_CHUNK_TOKENS = 12
 # With no reply decoding there is nobody to keep waiting, so a prompt is
 # prefilled in passes of up to this many tokens (per token, a pass of 1,500

@@ -51,7 +51,7 @@ DEBUG = envbool("DEBUG", False)
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 
-# Behind a TLS proxy (README "Operating SanjAI"): TLS_PROXY=true trusts the
+# Behind a TLS proxy (docs/operating/tls-proxy.md): TLS_PROXY=true trusts the
 # proxy's X-Forwarded-Proto, makes the session and CSRF cookies Secure and
 # sends HSTS (a year unless SECURE_HSTS_SECONDS says otherwise). Each can
 # also be set on its own. Only set it when the proxy is the only way in: the
@@ -177,7 +177,7 @@ AXES_VERBOSE = False  # its start-up banner; lockouts are still logged
 AXES_CLIENT_IP_CALLABLE = "sanjai_site.middleware.client_ip_behind_proxy" if TLS_PROXY else None
 
 # Password reset mails go through this. The default prints them on the web
-# process's console (README "Running SanjAI for other people"); set EMAIL_HOST
+# process's console (docs/operating/shared-server.md); set EMAIL_HOST
 # and friends to send real mail.
 EMAIL_BACKEND = envstr(
     "EMAIL_BACKEND",
@@ -287,7 +287,7 @@ MODEL_CACHE_DIR = Path(envstr("MODEL_CACHE_DIR", str(DATA_DIR / "models")))
 # 0 = the model's own context window (config.max_position_embeddings).
 MODEL_CONTEXT_TOKENS = envint("MODEL_CONTEXT_TOKENS", 0, minimum=0)
 # Several models, local and remote: a TOML file declaring them (format in
-# inference/registry.py and the README). Without it, the one model above.
+# inference/registry.py and docs/models/index.md). Without it, the one model above.
 MODELS_FILE = envstr("MODELS_FILE", "")
 if MODELS_FILE and envstr("MODEL_PATH", ""):
     raise ConfigError(
@@ -369,7 +369,7 @@ ENGINE_THREADS = envint("ENGINE_THREADS", 0, minimum=0)
 # torch threads while prefilling prompts (0 = every core).
 ENGINE_PREFILL_THREADS = envint("ENGINE_PREFILL_THREADS", 0, minimum=0)
 # Prompt tokens prefilled alongside each decode step of the running replies, so
-# they keep streaming while a long prompt arrives (measured default: README).
+# they keep streaming while a long prompt arrives (measured default: docs/benchmarks/engine.md).
 ENGINE_PREFILL_CHUNK_TOKENS = envint("ENGINE_PREFILL_CHUNK_TOKENS", 12, minimum=1)
 # How the engine stores weights: "auto" (fp16 on x86-64 CPUs, bf16 on a GPU),
 # "fp16", "fp32", "bf16" or "int4" (4-bit, CPU). See inference/engine.py.

@@ -232,7 +232,7 @@ def test_metrics_are_served_to_localhost_and_listed_networks(
 def test_metrics_behind_the_tls_proxy_judge_the_forwarded_client(
     client: Any, settings: Any, dead_redis_url: str
 ) -> None:
-    # The README's nginx recipe: the proxy is on 127.0.0.1 and appends the
+    # The nginx recipe in docs/operating/tls-proxy.md: the proxy is on 127.0.0.1 and appends the
     # client's address to X-Forwarded-For.
     settings.REDIS_URL = dead_redis_url
     settings.TLS_PROXY = True
