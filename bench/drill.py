@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -155,11 +156,9 @@ def _running(pid: int) -> bool:
 def wait_until(what: str, ready: Any, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(Exception):  # not up yet
             if ready():
                 return
-        except Exception:
-            pass  # not up yet
         time.sleep(0.5)
     raise SystemExit(f"{what}: not within {timeout_s:g} s (see {WORK / 'launcher.log'})")
 

@@ -708,10 +708,10 @@ def long_prompt_checks(engine: Engine, args: argparse.Namespace) -> list[tuple[s
     record("worker RSS after the mixed load", probe["after"] / gb, "GB", kind="")
     record(f"worker RSS {probe['idle_s']:.0f} s after the load", probe["later"] / gb, "GB", kind="")
     allowed = probe["stored"] * 1.15 + probe["kv_held"] + 1024**3
-    for what in ("after", "later", "peak"):
-        checks.append(
-            (f"worker RSS ({what}) <= 1.15x weights + KV held + 1 GiB", probe[what] / allowed, 1.0, False)
-        )
+    checks.extend(
+        (f"worker RSS ({what}) <= 1.15x weights + KV held + 1 GiB", probe[what] / allowed, 1.0, False)
+        for what in ("after", "later", "peak")
+    )
     return checks
 
 

@@ -92,7 +92,7 @@ def install_error_handlers(api: NinjaAPI, error: ErrorFormat) -> None:
     """Answers every JSON API gives in its own envelope: nothing escapes as Django's HTML page."""
 
     def unexpected(request: HttpRequest, exc: Any) -> JsonResponse:
-        logger.exception("unexpected error answering %s", request.path)
+        logger.error("unexpected error answering %s", request.path, exc_info=exc)
         return error(500, UNEXPECTED, "internal_error")
 
     def too_large(request: HttpRequest, exc: Any) -> JsonResponse:

@@ -318,6 +318,7 @@ class Engine:
             elif kind == "queued" and request.on_queued is not None:
                 request.on_queued(payload)
             elif kind == "done":
+                assert isinstance(payload, Completion)
                 return payload
             elif kind == "error":
                 raise payload

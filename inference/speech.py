@@ -86,7 +86,7 @@ def read_wav(wav: bytes, *, max_seconds: float) -> Recording:
     and the samples are a view of `wav`, not a copy.
     """
     view = memoryview(wav)
-    if len(view) < 12 or view[:4] != b"RIFF" or view[8:12] != b"WAVE":
+    if len(wav) < 12 or wav[:4] != b"RIFF" or wav[8:12] != b"WAVE":
         raise SpeechError(
             f"The recording is not a WAV file this server can read: it does not start with "
             f"a RIFF/WAVE header. {ALLOWED}"
@@ -194,7 +194,8 @@ def _mono_16k(recording: Recording) -> np.ndarray:
     if rate != SAMPLE_RATE:  # linear resampling: speech holds little energy near the new Nyquist
         count = max(int(len(audio) * SAMPLE_RATE / rate), 1)
         audio = np.interp(np.linspace(0, len(audio) - 1, count), np.arange(len(audio)), audio)
-    return np.clip(audio, -32768, 32767).astype("<i2")
+    samples: np.ndarray = np.clip(audio, -32768, 32767).astype("<i2")
+    return samples
 
 
 # --- Reading aloud -----------------------------------------------------------------

@@ -213,9 +213,7 @@ def test_a_remote_reply_streams_to_the_openai_api_as_a_local_one_does(front: Sta
         timeout=90,
     ) as response:
         assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("data: {"):
-                pieces.append(line)
+        pieces.extend(line for line in response.iter_lines() if line.startswith("data: {"))
     chunks = [json.loads(line.removeprefix("data: ")) for line in pieces]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert len([c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]) >= 2
