@@ -25,6 +25,16 @@ def _in_memory_channel_layer(settings: Any) -> None:
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(request: pytest.FixtureRequest, settings: Any) -> None:
+    # PBKDF2 at Django's 1,000,000 iterations costs ~0.3 s a password: most of this
+    # suite's time went to hashing its personas'. In-process tests hash with MD5; a
+    # stack test's web server (another process, the real settings) checks the
+    # passwords it is given, so users made for it keep the real hasher.
+    if request.node.get_closest_marker("stack") is None:
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_model import build_tiny_model
