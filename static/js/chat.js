@@ -871,6 +871,7 @@
         modelStatus.hidden = !modelLoading;
         const waiting = activeReply();
         if (waiting && waiting.status === "pending" && modelLoading !== wasLoading) renderSoon(waiting);
+        refreshControls();
       }
     } catch (error) {
       next = 5000;  // the server is restarting: the socket says so
