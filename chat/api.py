@@ -12,34 +12,15 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
-from ninja import Body, NinjaAPI
-from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja import Body
+from ninja.errors import HttpError, ValidationError
 
 from chat import delivery, selectors
-from chat.auth import (
-    JsonObjectParser,
-    api_key_auth,
-    auth_user,
-    http_error_message,
-    install_error_handlers,
-    session_auth,
-)
+from chat.auth import auth_user, http_error_message, json_api
 from chat.models import Message
 from chat.params import PARAM_FIELDS
 from chat.services import conversations
 from chat.services.replies import Submission
-
-api = NinjaAPI(
-    parser=JsonObjectParser(),
-    title="SanjAI chat (prototype-compatible)",
-    urls_namespace="legacy",
-    auth=[api_key_auth, session_auth],
-    docs_url=None,
-    openapi_url=None,
-)
-
-# The prototypes' fields, plus the ones every other surface takes.
-FIELDS = ("message", "conversation_id", "model", *PARAM_FIELDS)
 
 
 def _error(status: int, message: str, *, retry_after_s: int | None = None, **extra: Any) -> JsonResponse:
@@ -49,10 +30,16 @@ def _error(status: int, message: str, *, retry_after_s: int | None = None, **ext
     return response
 
 
-@api.exception_handler(AuthenticationError)
-def _unauthenticated(request: HttpRequest, exc: Exception) -> JsonResponse:
-    return _error(401, "Authentication required: log in, or send 'Authorization: Bearer <api key>'.")
+api = json_api(
+    error=lambda status, message, code: _error(status, message),
+    title="SanjAI chat (prototype-compatible)",
+    urls_namespace="legacy",
+    docs_url=None,
+    openapi_url=None,
+)
 
+# The prototypes' fields, plus the ones every other surface takes.
+FIELDS = ("message", "conversation_id", "model", *PARAM_FIELDS)
 
 NOT_A_JSON_OBJECT = 'The request body must be a JSON object, for example {"message": "Hello"}.'
 
@@ -65,9 +52,6 @@ def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
 @api.exception_handler(ValidationError)
 def _invalid(request: HttpRequest, exc: ValidationError) -> JsonResponse:
     return _error(400, NOT_A_JSON_OBJECT)
-
-
-install_error_handlers(api, lambda status, message, code: _error(status, message))
 
 
 @api.exception_handler(delivery.Problem)

@@ -16,7 +16,7 @@ from django.contrib.auth.models import User
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from ninja import NinjaAPI
-from ninja.errors import HttpError
+from ninja.errors import AuthenticationError, HttpError
 from ninja.parser import Parser
 from ninja.security import APIKeyCookie, HttpBearer
 
@@ -86,6 +86,35 @@ class JsonObjectParser(Parser):
 
 # An API's own error envelope: (status, message, code) -> its JSON response.
 ErrorFormat = Callable[[int, str, str], JsonResponse]
+
+
+UNAUTHENTICATED = "Authentication required: log in, or send 'Authorization: Bearer <api key>'."
+
+
+def json_api(
+    *,
+    error: ErrorFormat,
+    sessions: bool = True,
+    unauthenticated: str = UNAUTHENTICATED,
+    **options: Any,
+) -> NinjaAPI:
+    """A JSON API as SanjAI's are made: bodies must be JSON objects; callers send an API
+    key, or (with `sessions`) come from a logged-in browser; a refused caller and every
+    unexpected error are answered in the API's own envelope (`error`).
+
+    `options` go to NinjaAPI (title, urls_namespace, docs). Each API adds the handlers
+    whose wording is its own (ninja's HttpError and ValidationError).
+    """
+    api = NinjaAPI(
+        parser=JsonObjectParser(),
+        auth=[api_key_auth, session_auth] if sessions else api_key_auth,
+        **options,
+    )
+    api.add_exception_handler(
+        AuthenticationError, lambda request, exc: error(401, unauthenticated, "invalid_api_key")
+    )
+    install_error_handlers(api, error)
+    return api
 
 
 def install_error_handlers(api: NinjaAPI, error: ErrorFormat) -> None:

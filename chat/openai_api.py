@@ -30,11 +30,11 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
-from ninja import Body, NinjaAPI
-from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja import Body
+from ninja.errors import HttpError, ValidationError
 
 from chat import delivery, selectors
-from chat.auth import JsonObjectParser, api_key_auth, auth_user, install_error_handlers
+from chat.auth import auth_user, json_api
 from chat.models import Conversation, Message
 from chat.services import limits
 from chat.services.conversations import conversation_delete
@@ -43,15 +43,6 @@ from inference.types import Turn
 
 logger = logging.getLogger(__name__)
 
-api = NinjaAPI(
-    parser=JsonObjectParser(),
-    title="SanjAI OpenAI-compatible API",
-    version="1",
-    urls_namespace="openai",
-    auth=api_key_auth,  # programs only: no browser session, so no CSRF to think about
-    docs_url=None,  # OpenAI's own API reference documents this surface
-    openapi_url=None,
-)
 
 # While a streamed reply waits in the queue, an SSE comment every so often
 # keeps proxies from closing a connection that looks idle.
@@ -86,7 +77,6 @@ def _invalid(message: str, param: str | None = None, code: str | None = None) ->
     return ApiError(400, message, param=param, code=code)
 
 
-@api.exception_handler(ApiError)
 def _api_error(request: HttpRequest | None, exc: ApiError) -> JsonResponse:
     response = JsonResponse(exc.body, status=exc.status)
     if exc.retry_after_s is not None:
@@ -94,26 +84,23 @@ def _api_error(request: HttpRequest | None, exc: ApiError) -> JsonResponse:
     return response
 
 
-@api.exception_handler(AuthenticationError)
-def _unauthenticated(request: HttpRequest, exc: Exception) -> JsonResponse:
-    error = ApiError(
-        401,
-        "Missing or invalid API key: send 'Authorization: Bearer <api key>' "
-        "(keys are made on the profile page or with `make apikey`).",
-        code="invalid_api_key",
-    )
-    return _api_error(request, error)
+def _envelope(status: int, message: str, code: str) -> JsonResponse:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return _api_error(None, ApiError(status, message, kind=kind, code=code))
 
 
-install_error_handlers(
-    api,
-    lambda status, message, code: _api_error(
-        None,
-        ApiError(
-            status, message, kind="server_error" if status >= 500 else "invalid_request_error", code=code
-        ),
-    ),
+api = json_api(
+    error=_envelope,
+    sessions=False,  # programs only: no browser session, so no CSRF to think about
+    unauthenticated="Missing or invalid API key: send 'Authorization: Bearer <api key>' "
+    "(keys are made on the profile page or with `make apikey`).",
+    title="SanjAI OpenAI-compatible API",
+    version="1",
+    urls_namespace="openai",
+    docs_url=None,  # OpenAI's own API reference documents this surface
+    openapi_url=None,
 )
+api.exception_handler(ApiError)(_api_error)
 
 
 NOT_A_JSON_OBJECT = "The request body must be a JSON object."

@@ -21,26 +21,24 @@ from typing import Annotated, Any, Literal
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
-from ninja import Field, NinjaAPI, Path, Query, Schema, Status
-from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja import Field, Path, Query, Schema, Status
+from ninja.errors import HttpError, ValidationError
 from pydantic import ConfigDict
 
 from chat import delivery, selectors
-from chat.auth import (
-    JsonObjectParser,
-    api_key_auth,
-    auth_user,
-    http_error_message,
-    install_error_handlers,
-    session_auth,
-)
+from chat.auth import auth_user, http_error_message, json_api
 from chat.models import Conversation, Message
 from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
 from chat.services import conversations, feedback, limits
 from chat.services.replies import NotCancellable, Submission, reply_cancel
 
-api = NinjaAPI(
-    parser=JsonObjectParser(),
+
+def _error(status: int, detail: str) -> JsonResponse:
+    return JsonResponse({"detail": detail}, status=status)
+
+
+api = json_api(
+    error=lambda status, message, code: _error(status, message),
     title="SanjAI REST API",
     version="1",
     description=(
@@ -50,7 +48,6 @@ api = NinjaAPI(
         "202 at once; poll `GET /api/v1/messages/{id}` (or listen on the websocket) for the reply."
     ),
     urls_namespace="rest_api",
-    auth=[api_key_auth, session_auth],
     docs_url="/docs",
     openapi_url="/openapi.json",
 )
@@ -222,22 +219,10 @@ WITH_404 = {**ERRORS, 404: ErrorOut}
 # --- Errors --------------------------------------------------------------------
 
 
-def _error(status: int, detail: str) -> JsonResponse:
-    return JsonResponse({"detail": detail}, status=status)
-
-
-@api.exception_handler(AuthenticationError)
-def _unauthenticated(request: HttpRequest, exc: Exception) -> JsonResponse:
-    return _error(401, "Authentication required: log in, or send 'Authorization: Bearer <api key>'.")
-
-
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
     message = http_error_message(exc, not_a_json_object="The request body must be a JSON object.")
     return _error(exc.status_code, message)
-
-
-install_error_handlers(api, lambda status, message, code: _error(status, message))
 
 
 @api.exception_handler(delivery.Problem)
