@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from inference.beacon import Beacon
 from inference.types import Backend, Completion, GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -203,29 +204,29 @@ def _client(redis_url: str) -> redis.Redis:
     )
 
 
-class Publisher:
+class Publisher(Beacon):
     """Writes a worker's metrics to Redis every `interval_s` until stopped; a daemon thread."""
 
     def __init__(
         self, redis_url: str, worker_id: str, model: str, interval_s: float, metrics: WorkerMetrics
     ) -> None:
-        if interval_s <= 0:
-            raise ValueError(f"interval_s={interval_s!r}: must be positive")
-        self._url = redis_url
+        super().__init__(
+            redis_url,
+            interval_s=interval_s,
+            expiry_ms=max(1000, int(interval_s * EXPIRY_INTERVALS * 1000)),
+            client=_client,
+            thread_name="sanjai-metrics",
+        )
         self.worker_id = worker_id
         self.model = model
-        self.interval_s = interval_s
         self.metrics = metrics
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sanjai-metrics", daemon=True)
 
     @property
     def key(self) -> str:
         return KEY_PREFIX + self.worker_id
 
-    def publish(self, client: redis.Redis | None = None) -> None:
-        """Write one snapshot now. Raises redis.RedisError if Redis is unreachable."""
-        payload = json.dumps(
+    def payload(self) -> str:
+        return json.dumps(
             {
                 "worker": self.worker_id,
                 "model": self.model,
@@ -233,45 +234,10 @@ class Publisher:
                 "exposition": self.metrics.exposition().decode(),
             }
         )
-        expiry_ms = max(1000, int(self.interval_s * EXPIRY_INTERVALS * 1000))
-        own = client is None
-        client = client if client is not None else _client(self._url)
-        try:
-            client.set(self.key, payload, px=expiry_ms)
-        finally:
-            if own:
-                client.close()
 
-    def start(self) -> None:
-        try:
-            self.publish()
-        except redis.RedisError as exc:  # metrics never keep a worker from starting
-            logger.warning("could not publish worker metrics yet: %s", exc)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop publishing and delete the snapshot, so the web stops listing this worker at once."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        client = _client(self._url)
-        try:
-            client.delete(self.key)
-        except redis.RedisError:
-            pass  # Redis is going away too; the key expires by itself.
-        finally:
-            client.close()
-
-    def _run(self) -> None:
-        client = _client(self._url)
-        try:
-            while not self._stop.wait(self.interval_s):
-                try:
-                    self.publish(client)
-                except redis.RedisError as exc:  # Redis restarting: try again next interval
-                    logger.debug("could not publish worker metrics: %s", exc)
-        finally:
-            client.close()
+    def publish(self, client: redis.Redis | None = None) -> None:
+        """Write one snapshot now. Raises redis.RedisError if Redis is unreachable."""
+        self.write_now(client)
 
 
 def start_publisher(

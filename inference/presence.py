@@ -8,11 +8,12 @@ job sit in the queue until the request times out. Torch-free.
 from __future__ import annotations
 
 import json
-import threading
 from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
 
 import redis
+
+from inference.beacon import Beacon
 
 KEY_PREFIX = "sanjai:worker:"
 
@@ -82,58 +83,29 @@ def redis_uptime_s(redis_url: str) -> float:
         client.close()
 
 
-class Heartbeat:
-    """Announces a worker until stopped; runs in a daemon thread."""
+class Heartbeat(Beacon):
+    """Announces a worker until stopped: its WorkerInfo under its key, refreshed three
+    times a TTL from a daemon thread, and at once on each `update()`."""
 
     def __init__(self, redis_url: str, info: WorkerInfo, ttl_s: int) -> None:
-        self._url = redis_url
+        super().__init__(
+            redis_url,
+            interval_s=max(ttl_s / 3, 0.5),
+            expiry_ms=ttl_s * 1000,
+            client=_client,
+            thread_name="sanjai-heartbeat",
+        )
         self._info = info
-        self._ttl_s = ttl_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sanjai-heartbeat", daemon=True)
 
     @property
     def key(self) -> str:
         return KEY_PREFIX + self._info.id
 
-    def start(self) -> None:
-        # Be visible before the first job can arrive; with Redis down, from its first beat once back.
-        with suppress(redis.RedisError):
-            self._beat(_client(self._url))
-        self._thread.start()
+    def payload(self) -> str:
+        return json.dumps(asdict(self._info))
 
     def update(self, **changes: object) -> None:
         """Announce a change (loading progress, ready) now rather than at the next beat."""
         self._info = replace(self._info, **changes)  # type: ignore[arg-type]
-        client = _client(self._url)
-        try:
-            self._beat(client)
-        except redis.RedisError:
-            pass  # the next beat carries it
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        client = _client(self._url)
-        try:
-            client.delete(self.key)
-        except redis.RedisError:
-            pass  # Redis is going away too; the key expires by itself.
-        finally:
-            client.close()
-
-    def _beat(self, client: redis.Redis) -> None:
-        payload = json.dumps(asdict(self._info))
-        client.set(self.key, payload, ex=self._ttl_s)
-
-    def _run(self) -> None:
-        client = _client(self._url)
-        interval = max(self._ttl_s / 3, 0.5)
-        while not self._stop.wait(interval):
-            # Redis restarting: the next beat, one interval on, writes the key again.
-            with suppress(redis.RedisError):
-                self._beat(client)
-        client.close()
+        with suppress(redis.RedisError):  # the next beat carries it
+            self.write_now()

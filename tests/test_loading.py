@@ -134,7 +134,7 @@ def test_a_worker_announces_loading_before_ready(
     from inference import worker
 
     seen: list[tuple[str, int, str]] = []
-    original = presence.Heartbeat._beat
+    original = presence.Heartbeat._write
 
     def record(self: presence.Heartbeat, client: Any) -> None:
         info = self._info
@@ -145,7 +145,7 @@ def test_a_worker_announces_loading_before_ready(
         name="tiny-one", model_path=str(tiny_model_dir), device="cpu", cache_dir=tmp_path
     )
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(presence.Heartbeat, "_beat", record)
+        patch.setattr(presence.Heartbeat, "_write", record)
         worker.start(config, hostname="loader@test", redis_url=redis_url, heartbeat_ttl_s=30)
     try:
         (live,) = presence.live_workers(redis_url)
