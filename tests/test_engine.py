@@ -17,6 +17,7 @@ from inference.loading import LoadedModel, load_model
 from inference.params import GenerationParams
 from inference.prompt import build_prompt
 from inference.types import Completion, GenerationRequest, Turn
+from tests.tiny_model import greedy_reference
 
 HELLO = [
     Turn("system", "You are a helpful assistant."),
@@ -87,22 +88,7 @@ def make_engine(tiny_loaded: LoadedModel) -> Iterator[Callable[..., Engine]]:
 
 def reference(loaded: LoadedModel, turns: list[Turn], max_new_tokens: int) -> list[int]:
     """Unbatched greedy generate() of the same prompt, never stopping early."""
-    ids = build_prompt(
-        loaded.tokenizer, turns, context_tokens=loaded.context_tokens, max_new_tokens=max_new_tokens
-    ).input_ids
-    with torch.inference_mode():
-        output = loaded.model.generate(
-            torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=loaded.tokenizer.pad_token_id,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
-    return output[0, len(ids) :].tolist()
+    return greedy_reference(loaded, turns, max_new_tokens)
 
 
 def reference_text(loaded: LoadedModel, turns: list[Turn], max_new_tokens: int) -> str:

@@ -30,9 +30,9 @@ from inference.engine import Engine, EngineConfig
 from inference.fastpath import HalfLinear
 from inference.loading import LoadedModel, load_model, weight_bytes
 from inference.params import GenerationParams
-from inference.prompt import build_prompt
 from inference.sizing import ModelTooLarge, memory_needed
 from inference.types import GenerationRequest, Turn
+from tests.tiny_model import greedy_reference
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 HELLO = [Turn("user", "Hello! What is the capital of France?")]
@@ -71,22 +71,7 @@ def rounded_reference(folder: Path, tmp_path: Path) -> LoadedModel:
 
 
 def reference_ids(loaded: LoadedModel, max_new_tokens: int) -> list[int]:
-    ids = build_prompt(
-        loaded.tokenizer, HELLO, context_tokens=loaded.context_tokens, max_new_tokens=max_new_tokens
-    ).input_ids
-    with torch.inference_mode():
-        output = loaded.model.generate(  # type: ignore[operator]
-            torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=loaded.tokenizer.pad_token_id,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
-    return output[0, len(ids) :].tolist()
+    return greedy_reference(loaded, HELLO, max_new_tokens)
 
 
 def held_tensors(model: Any) -> Iterator[tuple[str, torch.Tensor]]:

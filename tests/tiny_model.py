@@ -9,6 +9,7 @@ code; its replies are gibberish, which is all the tests need.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -99,3 +100,29 @@ def build_endless_model(folder: Path, *, layers: int = 16) -> Path:
         model.get_input_embeddings().weight[tokenizer.all_special_ids] = 0
     model.save_pretrained(folder)
     return folder
+
+
+def greedy_reference(loaded: Any, turns: list[Any], max_new_tokens: int) -> list[int]:
+    """What plain unbatched greedy generate() answers to `turns`, never stopping early:
+    the tokens the engine's batched, chunked and cached paths must reproduce."""
+    import torch
+
+    from inference.prompt import build_prompt
+
+    ids = build_prompt(
+        loaded.tokenizer, turns, context_tokens=loaded.context_tokens, max_new_tokens=max_new_tokens
+    ).input_ids
+    with torch.inference_mode():
+        output = loaded.model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+    tokens: list[int] = output[0, len(ids) :].tolist()
+    return tokens
