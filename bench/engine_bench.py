@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sanjai_site.settings")
@@ -41,6 +41,7 @@ django.setup()
 import torch  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from bench import plots  # noqa: E402
 from inference.engine import Engine, EngineConfig, engine_from_config  # noqa: E402
 from inference.loading import LoadedModel, load_model  # noqa: E402
 from inference.params import GenerationParams  # noqa: E402
@@ -574,7 +575,7 @@ def main() -> int:
     engine_e2e_1 = record("engine x1: end to end (tokens / request time)", results[1][3])
     plain_x1 = record("fp32 engine x1: per request, decode", statistics.median(r[1] for r in plain1))
     runs = [summarise(engine_run(plain, 8, tokens)) for _ in range(max(1, args.rounds - 1))]
-    record("fp32 engine x8: aggregate", statistics.median(r[0] for r in runs))
+    plain_x8 = record("fp32 engine x8: aggregate", statistics.median(r[0] for r in runs))
     int4_checks += int4_speed(four_bit, engine, args)
     plain.close()
     del plain
@@ -588,6 +589,7 @@ def main() -> int:
     long_checks = long_prompt_checks(engine, args)
 
     stack_e2e_1 = None
+    stack: dict[int, tuple[float, float]] = {}
     if not args.skip_stack:
         stack, beside = stack_rates(
             tokens, [1, 8], args.rounds, alongside=lambda: summarise(engine_run(engine, 1, tokens))[3]
@@ -601,6 +603,23 @@ def main() -> int:
             if concurrent == 1:
                 stack_e2e_1 = value
     engine.close()
+
+    series = {
+        f"engine, {engine.weights} weights": {c: aggregate for c, (aggregate, *_) in results.items()},
+        "engine, fp32 weights": {1: plain_x1, 8: plain_x8},
+    }
+    if stack:
+        series["full stack, POST /chat over HTTP"] = {c: aggregate for c, (aggregate, _) in stack.items()}
+    saved = plots.write_results(
+        "engine",
+        [asdict(row) for row in ROWS],
+        series,
+        **{"raw generate() batch 1": raw, f"bandwidth bound, batch 1, {engine.weights}": engine_bound},
+    )
+    drawn = plots.throughput_plot(
+        saved, plots.IMAGES / "engine-throughput.svg", title="SanjAI's engine, default model (SmolLM2-135M)"
+    )
+    print(f"\nResults in {saved.relative_to(ROOT)}, drawn in {drawn.relative_to(ROOT)}")
 
     print_table(raw, bound)
     print("\nTargets (ratios from this run):")
