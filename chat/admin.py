@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from chat import selectors
-from chat.models import ApiKey, Conversation, Feedback, Invite, Message, Profile, Usage
+from chat.models import ApiKey, Conversation, Feedback, Invite, Message, Profile, Share, Usage
 from chat.services import usage
 from chat.spreadsheets import csv_response
 
@@ -186,6 +186,33 @@ def _report_csv(rows: list[usage.ReportRow], since: date, until: date) -> HttpRe
             for row in rows
         ),
     )
+
+
+@admin.register(Share)
+class ShareAdmin(admin.ModelAdmin):
+    """Conversations shared by link: who shares what since when. Deleting one revokes its link."""
+
+    list_display = ("__str__", "owner", "show_owner", "created", "updated", "link")
+    list_select_related = ("conversation__owner",)
+    list_filter = ("show_owner", "updated")
+    search_fields = ("title", "conversation__owner__username")
+    fields = ("conversation", "owner", "title", "show_owner", "created", "updated", "link")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # only its owner shares a conversation
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="owner")
+    def owner(self, share: Share) -> str:
+        return share.conversation.owner.get_username()
+
+    @admin.display(description="link")
+    def link(self, share: Share) -> str:
+        url = reverse("shared", kwargs={"token": share.token})
+        return format_html('<a href="{}" rel="noreferrer">{}</a>', url, url)
 
 
 @admin.register(Invite)

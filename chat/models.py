@@ -234,3 +234,20 @@ class Feedback(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_rating_display()} on reply {self.message_id}"
+
+
+class Share(models.Model):
+    """A read-only snapshot of a conversation's branch, public at /s/<token>/ (chat/services/sharing.py)."""
+
+    conversation = models.OneToOneField(Conversation, on_delete=models.CASCADE, related_name="share")
+    token = models.CharField(max_length=64, unique=True)  # secrets.token_urlsafe(32): 256 bits
+    title = models.CharField(max_length=200, blank=True)
+    # The branch's finished messages when the share was made or last updated:
+    # [{"role": "user" | "assistant", "content": "..."}], oldest first.
+    messages = models.JSONField(default=list)
+    show_owner = models.BooleanField(default=False)  # the owner's name on the page
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Share of {self.conversation}"

@@ -29,8 +29,9 @@ from chat import delivery, selectors
 from chat.auth import auth_user, http_error_message, json_api
 from chat.models import Conversation, Message
 from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
-from chat.services import conversations, feedback, limits
+from chat.services import conversations, feedback, limits, sharing
 from chat.services.replies import NotCancellable, Submission, reply_cancel
+from chat.share_views import share_url
 
 
 def _error(status: int, detail: str) -> JsonResponse:
@@ -138,6 +139,19 @@ class Usage(Schema):
 class FeedbackOut(Schema):
     rating: Literal["up", "down"]
     comment: str
+
+
+class ShareIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    show_owner: bool = Field(False, description="Show your name on the shared page")
+
+
+class ShareOut(Schema):
+    url: str = Field(description="The read-only page anyone with this link may read, no login needed")
+    show_owner: bool
+    created: datetime
+    updated: datetime = Field(description="When the snapshot was last taken")
 
 
 class FeedbackIn(Schema):
@@ -361,6 +375,51 @@ def conversation_delete(request: HttpRequest, conversation_id: ConversationId) -
         conversations.conversation_delete(user=auth_user(request), conversation_id=conversation_id)
     except Conversation.DoesNotExist:
         raise _not_found("Conversation", conversation_id) from None
+    return Status(204, None)
+
+
+@api.post(
+    "/conversations/{conversation_id}/share",
+    response={200: ShareOut, **WITH_404, 403: ErrorOut, 409: ErrorOut},
+    tags=["conversations"],
+)
+def conversation_share(
+    request: HttpRequest, conversation_id: ConversationId, payload: ShareIn
+) -> Status[dict[str, Any]]:
+    """Share the branch shown as a read-only page, or bring the share up to it (same URL).
+
+    403 when this server does not share (SHARING=off); 409 when nothing is finished yet.
+    """
+    try:
+        share = sharing.share_save(
+            user=auth_user(request), conversation_id=conversation_id, show_owner=payload.show_owner
+        )
+    except Conversation.DoesNotExist:
+        raise _not_found("Conversation", conversation_id) from None
+    except (sharing.SharingOff, sharing.NothingToShare) as exc:
+        raise HttpError(403 if isinstance(exc, sharing.SharingOff) else 409, str(exc)) from None
+    return Status(
+        200,
+        {
+            "url": share_url(request, share),
+            "show_owner": share.show_owner,
+            "created": share.created,
+            "updated": share.updated,
+        },
+    )
+
+
+@api.delete(
+    "/conversations/{conversation_id}/share", response={204: None, **WITH_404}, tags=["conversations"]
+)
+def conversation_unshare(request: HttpRequest, conversation_id: ConversationId) -> Status[None]:
+    """Stop sharing: the link answers 404 from now on."""
+    try:
+        revoked = sharing.share_revoke(user=auth_user(request), conversation_id=conversation_id)
+    except Conversation.DoesNotExist:
+        raise _not_found("Conversation", conversation_id) from None
+    if not revoked:
+        raise HttpError(404, f"Conversation {conversation_id} is not shared.")
     return Status(204, None)
 
 

@@ -7,12 +7,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from chat.branches import Tree
-from chat.models import ApiKey, Conversation, Feedback, Message
+from chat.models import ApiKey, Conversation, Feedback, Message, Share
 from inference import presence
 from inference.registry import Registry
 from inference.types import Turn
@@ -137,6 +138,19 @@ def conversation_sidebar(
 def conversation_get(*, user: User, conversation_id: int) -> Conversation:
     """The user's conversation; Conversation.DoesNotExist for anyone else's."""
     return Conversation.objects.get(pk=conversation_id, owner=user)
+
+
+def share_get(*, token: str) -> Share:
+    """A shared conversation, for anyone with its link; Share.DoesNotExist if there is
+    none (revoked, or its conversation deleted) or sharing is off."""
+    if not settings.SHARING:
+        raise Share.DoesNotExist
+    return Share.objects.select_related("conversation__owner__profile").get(token=token)
+
+
+def conversation_share(*, conversation: Conversation) -> Share | None:
+    """The conversation's share, if it has one (the caller has checked it is the user's)."""
+    return Share.objects.filter(conversation=conversation).first()
 
 
 def message_get(*, user: User, message_id: int) -> Message:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from chat import account_views, views, voice_views
+from chat import account_views, share_views, views, voice_views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -15,6 +15,9 @@ urlpatterns = [
     path("c/<int:conversation_id>/delete/", views.conversation_delete, name="conversation_delete"),
     path("c/<int:conversation_id>/settings/", views.conversation_settings, name="conversation_settings"),
     path("c/<int:conversation_id>/export/", views.conversation_export, name="conversation_export"),
+    path("c/<int:conversation_id>/share/", share_views.conversation_share, name="conversation_share"),
+    path("s/<str:token>/", share_views.shared, name="shared"),
+    path("s/<str:token>/continue/", share_views.shared_continue, name="shared_continue"),
     path("m/<int:message_id>/feedback/", views.message_feedback, name="message_feedback"),
     path("import/", views.conversation_import, name="conversation_import"),
     path("profile/theme/", views.theme_update, name="theme_update"),

@@ -56,6 +56,9 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
         # The settings panel's model choice; the conversation's own, or the default.
         "models": settings.MODEL_REGISTRY.names,
         "model": (conversation.model if conversation else "") or settings.MODEL_REGISTRY.default,
+        "sharing": settings.SHARING,
+        # The conversation's share link, if it has one (the Share panel shows it).
+        "share": selectors.conversation_share(conversation=conversation) if conversation else None,
     }
     return render(request, "chat/chat.html", context)
 
@@ -119,6 +122,7 @@ def _conversation_links(conversation: Conversation) -> dict[str, Any]:
         "ws_path": f"/ws/conversations/{conversation.pk}/",
         "settings_url": reverse("conversation_settings", kwargs=kwargs),
         "export_url": reverse("conversation_export", kwargs=kwargs),
+        "share_url": reverse("conversation_share", kwargs=kwargs),
     }
 
 

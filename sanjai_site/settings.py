@@ -339,6 +339,10 @@ VOICE_JOB_TIMEOUT_S = envfloat("VOICE_JOB_TIMEOUT_S", 120.0)
 if VOICE_JOB_TIMEOUT_S <= 0:
     raise ConfigError(f"VOICE_JOB_TIMEOUT_S={VOICE_JOB_TIMEOUT_S:g}: must be above 0")
 VOICE_JOBS_PER_MINUTE = envint("VOICE_JOBS_PER_MINUTE", 12, minimum=0)
+# Share by link (chat/services/sharing.py): on, anyone a user gives a link to
+# reads that snapshot without logging in; off, no share can be made and every
+# link answers 404.
+SHARING = envbool("SHARING", True)
 # How long POST /chat waits for the worker before answering 504.
 CHAT_REPLY_TIMEOUT_S = envfloat("CHAT_REPLY_TIMEOUT_S", GENERATION_TIME_LIMIT_S + 30)
 # A worker counts as alive while its heartbeat is younger than this.

@@ -244,6 +244,7 @@ def test_the_first_message_creates_the_conversation_with_it(
         "ws_path": f"/ws/conversations/{conversation.pk}/",
         "settings_url": reverse("conversation_settings", kwargs={"conversation_id": conversation.pk}),
         "export_url": reverse("conversation_export", kwargs={"conversation_id": conversation.pk}),
+        "share_url": reverse("conversation_share", kwargs={"conversation_id": conversation.pk}),
     }
     assert [(m.role, m.content) for m in conversation.messages.all()] == [
         ("user", "Plan a trip"),

@@ -948,3 +948,50 @@ def test_a_conversation_with_branches_feedback_code_math_and_usage_on_desktop_an
     expect(last_reply(page).locator("math")).to_have_count(2)
     expect(page.locator("#sidebar")).not_to_be_in_viewport()  # the drawer is closed at phone width
     page.screenshot(path=str(ARTIFACTS / "showcase-phone.png"), full_page=True)
+
+
+def test_a_conversation_shared_by_link_reads_anonymously_and_runs_nothing_from_it(
+    page: Page, browser: Browser, stack: Stack, django_user_model: Any
+) -> None:
+    from tests.conftest import exchange
+
+    owner = make_user(django_user_model, "sharer")
+    conversation = conversations.conversation_create(user=owner, title="A shared one")
+    hostile = (
+        "Here is **bold** text.\n\n```python\nprint('hi')\n```\n\n"
+        '<img src="x" onerror="window.pwned = 1"><script>window.pwned = 2</script>'
+        '<a href="javascript:window.pwned = 3">a link</a>'
+    )
+    exchange(conversation, "Show me something", hostile)
+    log_in(page, "sharer")
+    page.goto(f"/c/{conversation.pk}/")
+    page.get_by_role("button", name="Share", exact=True).click()
+    page.get_by_role("button", name="Create a link").click()
+    link = page.locator("#share-url")
+    expect(link).to_have_value(re.compile(r"^http://127\.0\.0\.1:\d+/s/[A-Za-z0-9_-]{43}/$"))
+    url = link.input_value()
+
+    viewer = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        shared = viewer.new_page()
+        errors: list[str] = []
+        shared.on("pageerror", lambda error: errors.append(str(error)))
+        shared.goto(url)
+        reply = shared.locator(".bubble.assistant .content")
+        expect(reply.locator("strong")).to_have_text("bold")  # rendered as the chat page renders it
+        expect(reply.locator(".code-block .copy-code")).to_be_visible()
+        expect(shared.get_by_text("A shared conversation, as it was on")).to_be_visible()  # no name
+        assert shared.evaluate("window.pwned") is None
+        assert reply.locator("img, script").count() == 0
+        assert reply.locator("a").get_attribute("href") is None
+        expect(shared.get_by_role("link", name="Log in to continue this conversation")).to_be_visible()
+        assert errors == []
+        shared.screenshot(path=str(ARTIFACTS / "share-desktop.png"), full_page=True)
+        shared.set_viewport_size({"width": 390, "height": 844})
+        shared.screenshot(path=str(ARTIFACTS / "share-phone.png"), full_page=True)
+
+        page.get_by_role("button", name="Stop sharing").click()
+        expect(link).to_be_hidden()
+        assert shared.goto(url).status == 404
+    finally:
+        viewer.close()
