@@ -85,7 +85,7 @@ class BodyLimit:
             if own_limit is not None:
                 await self._turn_away(receive, send, own_limit, deadline=self._deadline())
             else:
-                await self.app(scope, _without_body(receive), send)
+                await self.app(scope, _without_body(receive, self._deadline()), _closing(send))
             return
         await self._counted(scope, receive, send, limit, own_limit)
 
@@ -178,9 +178,10 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _without_body(receive: Receive) -> Receive:
+def _without_body(receive: Receive, deadline: float) -> Receive:
     """An empty body for the application; the client's is dropped, never stored, as it
-    arrives, while the application listens for a disconnect (as Django does)."""
+    arrives, while the application listens for a disconnect (as Django does), and only
+    until the body's deadline: then the application hears that the client went away."""
     delivered = False
 
     async def empty_body() -> Message:
@@ -188,12 +189,29 @@ def _without_body(receive: Receive) -> Receive:
         if not delivered:
             delivered = True
             return {"type": "http.request", "body": b"", "more_body": False}
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return message
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return message
+        except TimeoutError:
+            return DISCONNECT
 
     return empty_body
+
+
+def _closing(send: Send) -> Send:
+    """`send`, the response saying Connection: close: the rest of the client's body is
+    never read, so the connection must not wait for it to serve another request."""
+
+    async def send_closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return send_closing
 
 
 async def _refuse(send: Send, status: int, message: str) -> None:

@@ -192,6 +192,39 @@ def test_a_body_that_drips_in_is_cut_off_at_its_time_limit(stack: Stack, owner_k
     assert b"did not arrive within 3 s" in received
 
 
+def test_a_refused_body_that_keeps_coming_is_cut_off_with_its_connection(
+    stack: Stack, owner_key: str
+) -> None:
+    # Refused from its head (a gigabyte declared), answered at once; the client
+    # goes on sending. The server drops what comes only until the body's time
+    # limit, then closes the connection: it is never held open by a drip.
+    address = urlsplit(stack.base_url)
+    head = (
+        f"POST /api/v1/conversations HTTP/1.1\r\nHost: {address.netloc}\r\n"
+        f"Authorization: Bearer {owner_key}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000000000\r\n\r\n"
+    )
+    with socket.create_connection((address.hostname, address.port), timeout=20) as connection:
+        connection.sendall(head.encode() + b"{")
+        answer = connection.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"connection: close" in answer.lower()
+        connection.settimeout(0.5)
+        closed = False
+        for _ in range(40):  # a byte every half second, for up to 20 s (the limit is 3 s)
+            try:
+                connection.sendall(b"x")
+                if connection.recv(65536) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:  # reset: closed
+                closed = True
+                break
+    assert closed
+
+
 def test_a_stalled_worker_gives_504_and_the_reply_arrives_later(
     stack: Stack, owner: Any, owner_key: str
 ) -> None:
