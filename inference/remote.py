@@ -58,6 +58,9 @@ MAX_EVENT_BYTES = 1 << 20
 # How long to wait, once the upstream has finished, for the usage and [DONE] it still owes
 # (a server sends them at once): one that holds the stream open must not keep the reply.
 FINISH_GRACE_S = 2.0
+# The largest prompt token count taken from an upstream's usage: within a signed 32-bit
+# column, far above any context window.
+MAX_REPORTED_TOKENS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -164,24 +167,26 @@ class RemoteBackend:
         """Read the stream's chunks into `state` until it ends, or the reply is longer than it may be."""
         max_chars = max_new_tokens * REPLY_CHARS_PER_TOKEN
         chunks = aiter(stream)
+        loop = asyncio.get_running_loop()
+        let_go_at: float | None = None  # once finished: one grace for the usage and [DONE], not one an event
         while True:
             try:
-                async with asyncio.timeout(FINISH_GRACE_S if state.finished else None):
+                async with asyncio.timeout_at(let_go_at):
                     chunk = await anext(chunks)
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                if not state.finished:
+                if let_go_at is None:
                     raise
                 logger.info(
                     "%s: no [DONE] %g s after the finish; ending the reply", self.model_name, FINISH_GRACE_S
                 )
                 return
             if chunk.usage is not None:
-                state.prompt_tokens = chunk.usage.prompt_tokens
-                state.completion_tokens = chunk.usage.completion_tokens
+                state.prompt_tokens = _count(chunk.usage.prompt_tokens, 0)
+                state.completion_tokens = _count(chunk.usage.completion_tokens, max_new_tokens)
             for choice in chunk.choices:
-                piece = choice.delta.content if choice.delta else None
+                piece = choice.delta.content if choice.delta and not state.finished else None
                 if piece:
                     kept = piece[: max_chars - state.chars]
                     if kept:
@@ -195,9 +200,10 @@ class RemoteBackend:
                         state.finish_reason = "length"
                         state.completion_tokens = max_new_tokens
                         return
-                if choice.finish_reason:
+                if choice.finish_reason and not state.finished:
                     state.finish_reason = FINISH_REASONS.get(choice.finish_reason, "stop")
-                    state.finished = True
+                    state.finished = True  # text after its own finish is not the reply's
+                    let_go_at = loop.time() + FINISH_GRACE_S
 
     async def _open(self, request: GenerationRequest) -> Any:
         """The upstream's stream, retried on passing trouble before any token came."""
@@ -301,6 +307,14 @@ async def _bounded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             raise _Oversized
         before = chunk[-1:]
         yield chunk
+
+
+def _count(value: Any, most: int) -> int:
+    """A token count the upstream reports, as a stored count may be: a whole number from 0
+    (to `most`, where the reply's own limit bounds it; 0: to a database integer's range)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return max(0, min(value, most or MAX_REPORTED_TOKENS))
 
 
 class _Stream:

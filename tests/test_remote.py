@@ -359,6 +359,18 @@ def no_done() -> Iterator[bytes]:
         time.sleep(0.02)
 
 
+def after_finish() -> Iterator[bytes]:
+    yield event("Hi", finish="stop")
+    while True:  # events every 0.2 s for ever, some with text: none of it is the reply's
+        yield b'data: {"id": "c1", "object": "chat.completion.chunk", "choices": []}\n\n'
+        yield event(" more")
+        time.sleep(0.2)
+
+
+def bad_usage() -> Iterator[bytes]:
+    yield event("ok", finish="stop") + event(usage=(-1000000, 99999)) + DONE
+
+
 def good() -> Iterator[bytes]:
     yield b"".join(event(piece) for piece in GOOD_PIECES)
     yield event(finish="stop") + event(usage=(7, len(GOOD_PIECES))) + DONE
@@ -375,6 +387,8 @@ STREAMS: dict[str, Callable[[], Iterator[bytes]]] = {
     "one-line-without-end": one_line_without_end,
     "one-event-without-end": one_event_without_end,
     "no-done": no_done,
+    "after-finish": after_finish,
+    "bad-usage": bad_usage,
     "good": good,
 }
 
@@ -497,13 +511,29 @@ def test_an_upstream_that_finishes_but_never_sends_done_is_let_go(
     hostile: HostileUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(remote, "FINISH_GRACE_S", 0.3)
-    started = time.monotonic()
     outcome = stream_from(hostile, "no-done")
     assert isinstance(outcome.result, Completion)
+    # "stop", not the 2 s time limit's "timeout": let go after the grace.
     assert (outcome.result.text, outcome.result.finish_reason) == ("Hello there", "stop")
     assert (outcome.result.prompt_tokens, outcome.result.completion_tokens) == (7, 2)
-    assert time.monotonic() - started < 1.5  # not the 2 s time limit
     assert outcome.hung_up
+
+
+def test_events_after_the_finish_neither_extend_the_grace_nor_add_text(
+    hostile: HostileUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote, "FINISH_GRACE_S", 0.5)
+    outcome = stream_from(hostile, "after-finish")
+    assert isinstance(outcome.result, Completion)
+    assert (outcome.result.text, outcome.result.finish_reason) == ("Hi", "stop")  # not "timeout"
+    assert outcome.hung_up
+
+
+def test_an_upstreams_impossible_usage_is_not_stored_as_it_is(hostile: HostileUpstream) -> None:
+    outcome = stream_from(hostile, "bad-usage", max_new_tokens=10)
+    assert isinstance(outcome.result, Completion)
+    # Negative counts would fail the database's checks (and charge nobody); too many is the cap.
+    assert (outcome.result.prompt_tokens, outcome.result.completion_tokens) == (0, 10)
 
 
 def test_the_bounds_leave_a_long_reply_of_code_and_cjk_whole(hostile: HostileUpstream) -> None:
