@@ -42,7 +42,10 @@ async def dictation(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": "Dictation is not installed on this server."}, status=503)
     user = await request.auser()
     assert isinstance(user, User)  # login_required
-    wav = request.body
+    # Read past Django's own DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB), which request.body
+    # enforces: this path's body is already held to VOICE_MAX_BYTES as it arrives
+    # (sanjai_site/uploads.py), and a legal recording may be larger than 2.5 MB.
+    wav = request.read()
     try:
         speech.read_wav(wav, max_seconds=settings.VOICE_MAX_SECONDS)
         async with voice_job(user, doing="Transcribing the recording") as pool:

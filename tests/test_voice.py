@@ -122,6 +122,17 @@ def wav(samples: bytes, *, rate: int = 16000, width: int = 2, channels: int = 1)
     return out.getvalue()
 
 
+def test_a_legal_recording_over_djangos_own_body_limit_is_heard(client: Client, owner: Any) -> None:
+    # 14 s of 48 kHz stereo: 2.7 MB, over Django's 2.5 MB DATA_UPLOAD_MAX_MEMORY_SIZE and
+    # within VOICE_MAX_BYTES (4 MB) and VOICE_MAX_SECONDS (60). Silence: quick to decode.
+    recording = wav(b"\0" * (48000 * 2 * 2 * 14), rate=48000, channels=2)
+    assert 2_621_440 < len(recording) < 4_000_000
+    client.force_login(owner)
+    answer = dictate(client, recording)
+    assert answer.status_code == 200, answer.content[:200]
+    assert isinstance(answer.json()["text"], str)  # transcribed (whatever it makes of silence)
+
+
 def test_espeak_and_pocketsphinx_are_installed() -> None:
     assert speech.available() == speech.Available(dictation=True, reading=True)
     version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True)

@@ -74,11 +74,11 @@ async def voice_job(user: User, *, doing: str) -> AsyncIterator[SpeechPool]:
     pool = voice_pool()
     timeout_s = settings.VOICE_JOB_TIMEOUT_S
     per_minute = settings.VOICE_JOBS_PER_MINUTE
-    # A job may wait behind the backlog, then run for its timeout: the lock
-    # outlives that and is released as soon as the job ends. It expires by
-    # itself only after a web process died holding it.
+    # A job may wait behind the backlog, then run for its timeout (reading
+    # aloud: plus its grace): the lock outlives that and is released as soon as
+    # the job ends. It expires by itself only after a web process died holding it.
     waits = math.ceil((pool.capacity - pool.workers) / pool.workers)
-    lock_ms = int(((waits + 1) * timeout_s + 10) * 1000)
+    lock_ms = int(((waits + 1) * (timeout_s + speech_pool.SPEAK_GRACE_S) + 10) * 1000)
     keys = [LOCK_KEY.format(user_id=user.pk), RATE_KEY.format(user_id=user.pk)]
     token = secrets.token_hex(8)
     client = redis.asyncio.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
@@ -118,8 +118,9 @@ async def voice_job(user: User, *, doing: str) -> AsyncIterator[SpeechPool]:
             ) from None
         except JobFailed as exc:
             raise VoiceRefused(f"{doing} failed: {exc} Try again.", status=503) from None
-        finally:
-            with suppress(redis.RedisError):
-                await client.eval(RELEASE, 1, keys[0], token)
     finally:
+        # Whatever happened, the admission included (a caller that went away while
+        # Redis was admitting it): only a lock holding this token is deleted.
+        with suppress(redis.RedisError):
+            await client.eval(RELEASE, 1, keys[0], token)
         await client.aclose()
