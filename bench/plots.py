@@ -120,7 +120,7 @@ def throughput_plot(results: Path, out: Path, *, title: str) -> Path:
     axes.set_ylabel("tokens/s, all replies together")
     axes.set_ylim(bottom=0)
     axes.grid(True, alpha=0.3)
-    axes.legend(loc="upper left", fontsize=8)
+    axes.legend(loc="lower right", fontsize=8)
     axes.set_title(
         f"{title}\n{document['machine']} · commit {document['commit']} · {document['date']}", fontsize=9
     )
