@@ -7,6 +7,7 @@ templates (chat/urls.py); this module holds what they do not.
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from typing import Any
 
 from django import forms
@@ -20,8 +21,10 @@ from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse_lazy
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from chat import charts
 from chat.auth import AuthenticatedHttpRequest
 from chat.services import accounts, usage
 
@@ -93,7 +96,15 @@ class PasswordChangeView(auth_views.PasswordChangeView):
 def usage_page(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The user's tokens by day and model, and where they stand against their budgets."""
     day, month = usage.budgets(user=request.user)
-    context = {"rows": usage.usage_by_day(user=request.user, days=30), "budgets": [day, month]}
+    rows = usage.usage_by_day(user=request.user, days=30)
+    today = timezone.localdate()
+    chart = charts.tokens_by_day(
+        ((row.day, row.model, row.total_tokens) for row in rows),
+        first=today - timedelta(days=29),
+        last=today,
+        label="Your tokens per day over the last 30 days, by model",
+    )
+    context = {"rows": rows, "budgets": [day, month], "chart": chart}
     return render(request, "chat/usage.html", context)
 
 

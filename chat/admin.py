@@ -7,7 +7,7 @@ Superusers may still delete (for example on a user's request).
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,7 +21,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from chat import selectors
+from chat import charts, selectors
 from chat.models import ApiKey, Conversation, Feedback, Invite, Message, Profile, Share, Usage
 from chat.services import usage
 from chat.spreadsheets import csv_response
@@ -161,15 +161,26 @@ class UsageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         rows = usage.usage_report(since=since, until=until)
         if request.GET.get("format") == "csv":
             return _report_csv(rows, since, until)
+        drawn_from = max(since, until - timedelta(days=CHART_MAX_DAYS - 1))  # a bar a day: at most a year
+        chart = charts.tokens_by_day(
+            usage.usage_per_day(since=drawn_from, until=until),
+            first=drawn_from,
+            last=until,
+            label=f"Tokens per day by model, {drawn_from:%Y-%m-%d} to {until:%Y-%m-%d}, every user",
+        )
         context = {
             **self.admin_site.each_context(request),
             "title": f"Usage per user and model, {since:%Y-%m-%d} to {until:%Y-%m-%d}",
             "opts": self.model._meta,
             "form": form,
             "rows": rows,
+            "chart": chart,
             "csv_query": urlencode({"since": since.isoformat(), "until": until.isoformat(), "format": "csv"}),
         }
         return TemplateResponse(request, "admin/chat/usage/report.html", context)
+
+
+CHART_MAX_DAYS = 366
 
 
 class UsageReportForm(forms.Form):

@@ -127,6 +127,17 @@ class ReportRow(Tokens):
     model: str
 
 
+def usage_per_day(*, since: date, until: date) -> list[tuple[date, str, int]]:
+    """Every user's tokens together, (day, model, tokens), between two days (both included)."""
+    rows = (
+        Usage.objects.filter(day__gte=since, day__lte=until)
+        .values("day", "model")
+        .annotate(total=Sum(F("prompt_tokens") + F("completion_tokens")))
+        .order_by("day", "model")
+    )
+    return [(r["day"], r["model"], r["total"]) for r in rows]
+
+
 def usage_report(*, since: date, until: date) -> list[ReportRow]:
     """Every user's usage per model between two days (both included), biggest users first."""
     rows = (

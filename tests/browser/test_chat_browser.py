@@ -995,3 +995,32 @@ def test_a_conversation_shared_by_link_reads_anonymously_and_runs_nothing_from_i
         assert shared.goto(url).status == 404
     finally:
         viewer.close()
+
+
+def test_the_usage_page_draws_tokens_per_day_by_model(page: Page, django_user_model: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat.models import Usage
+
+    owner = make_user(django_user_model, "counter")
+    today = timezone.localdate()
+    for back in range(0, 30, 3):
+        day = today - timedelta(days=back)
+        Usage.objects.create(
+            user=owner, day=day, model="SmolLM2-135M-Instruct", prompt_tokens=400 + 90 * back
+        )
+        Usage.objects.create(user=owner, day=day, model="mistral-7b", completion_tokens=300 + 40 * back)
+    log_in(page, "counter")
+    page.goto("/usage/")
+    chart = page.locator("svg.usage-chart")
+    expect(chart).to_be_visible()
+    assert chart.locator("rect.chart-bar").count() == 20
+    expect(page.locator(".chart-legend")).to_contain_text("SmolLM2-135M-Instruct")
+    # Coloured by the stylesheet, under the page's CSP: not the black of an unstyled SVG.
+    fill = chart.locator("rect.series-0").first.evaluate("element => getComputedStyle(element).fill")
+    assert fill == "rgb(0, 114, 178)"
+    page.screenshot(path=str(ARTIFACTS / "usage-chart-desktop.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(ARTIFACTS / "usage-chart-phone.png"), full_page=True)
