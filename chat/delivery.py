@@ -156,6 +156,10 @@ async def submit(*, user: User, submission: Submission, prefer: str = "") -> Pos
 
 # How long a waiter trusts a quiet channel before it re-reads the reply's row.
 POLL_S = 2.0
+# How long leaving a watch waits, twice at most, for its cancelled receive to end.
+EXIT_WAIT_S = 0.5
+# Receives the layer kept after their watch ended: held until they end by themselves.
+_LINGERING: set[asyncio.Task[None]] = set()
 
 
 class ReplyWatch:
@@ -181,6 +185,7 @@ class ReplyWatch:
         self._subscription: Any = None
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._receiver: asyncio.Task[None] | None = None
+        self._events_source: Subscription | None = None
 
     async def __aenter__(self) -> ReplyWatch:
         subscription = subscribe(self.conversation_id)
@@ -190,6 +195,7 @@ class ReplyWatch:
             logger.warning("channel layer unavailable, following reply %s by polling: %s", self.reply_id, exc)
             return self
         self._subscription = subscription
+        self._events_source = events
         self._receiver = asyncio.create_task(self._receive(events))
         return self
 
@@ -198,9 +204,7 @@ class ReplyWatch:
     ) -> None:
         receiver, self._receiver = self._receiver, None
         if receiver is not None and not receiver.done():
-            receiver.cancel()
-            with suppress(asyncio.CancelledError):
-                await receiver
+            await self._stop_receiving(receiver)
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
             try:
@@ -208,10 +212,35 @@ class ReplyWatch:
             except (redis.RedisError, OSError) as error:
                 logger.warning("channel layer unavailable while unsubscribing: %s", error)
 
+    async def _stop_receiving(self, receiver: asyncio.Task[None]) -> None:
+        """Cancel the receiving task without waiting on the layer for ever.
+
+        channels_redis does not always end a cancelled receive at once: it may
+        wait inside the layer for the channel's next message, which for a
+        reply nobody is writing (a stalled worker) never comes, and the
+        request would hang past its own timeout. So the channel is sent a
+        message of its own to end on; a receive that still lingers is left to
+        finish by itself, never awaited.
+        """
+        receiver.cancel()
+        await asyncio.wait({receiver}, timeout=EXIT_WAIT_S)
+        if not receiver.done() and self._events_source is not None:
+            with suppress(redis.RedisError, OSError):
+                await self._events_source.wake()
+            await asyncio.wait({receiver}, timeout=EXIT_WAIT_S)
+        if not receiver.done():
+            logger.warning(
+                "reply %s: the channel layer kept a cancelled receive; left to end by itself", self.reply_id
+            )
+            _LINGERING.add(receiver)
+            receiver.add_done_callback(_LINGERING.discard)
+
     async def _receive(self, events: Subscription) -> None:
         try:
             while True:
                 event = await events.next()
+                if event.get("type") == "watch.ended":  # our own wake-up (_stop_receiving)
+                    return
                 if event.get("message_id") != self.reply_id:
                     continue
                 self._events.put_nowait(event)

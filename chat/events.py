@@ -158,6 +158,11 @@ class Subscription:
         message = await self._layer.receive(self._channel)
         return message["event"]
 
+    async def wake(self) -> None:
+        """Give a pending `next()` something to return (an event of no reply's), so a
+        receive that was cancelled but is still waiting inside the layer ends now."""
+        await self._layer.send(self._channel, {"type": "chat.event", "event": {"type": "watch.ended"}})
+
 
 FINISHED_EVENT_TYPES = frozenset({"message.done", "message.failed", "message.cancelled"})
 

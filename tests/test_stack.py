@@ -6,7 +6,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -186,10 +186,11 @@ def test_a_body_that_drips_in_is_cut_off_at_its_time_limit(stack: Stack, owner_k
             except TimeoutError:
                 connection.sendall(b"a")
         connection.settimeout(5)
-        while chunk := connection.recv(65536):  # the rest of the answer, up to its close
-            received += chunk
+        with suppress(ConnectionResetError):  # closed with our last drips unread: a reset
+            while chunk := connection.recv(65536):  # the rest of the answer, up to its close
+                received += chunk
     assert received.startswith(b"HTTP/1.1 408"), received[:200]
-    assert b"did not arrive within 3 s" in received
+    assert b"connection: close" in received.lower()
 
 
 def test_a_refused_body_that_keeps_coming_is_cut_off_with_its_connection(
