@@ -449,6 +449,8 @@ class Exchange:
     async def cancel_undelivered(self) -> None:
         """Cancel the reply if it was not delivered and has not ended."""
         if not self.delivered and not self.watch.finished:
+            # Logged: a reply that runs on after its client left should be explainable.
+            logger.info("reply %s was not delivered (its client went away): cancelling it", self.reply_id)
             with suppress(Message.DoesNotExist):
                 await sync_to_async(reply_cancel)(user=self.user, message_id=self.reply_id)
 
