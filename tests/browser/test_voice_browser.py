@@ -69,8 +69,13 @@ def test_dictation_puts_what_was_said_in_the_box_for_review(
     page.fill("#input", "Please write down:")
     page.click("#dictate")
     expect(page.locator("#dictate")).to_have_attribute("aria-pressed", "true")
+    # The fake microphone loops the file from wherever it happens to be: record a whole
+    # loop and one sentence more, so one whole sentence is always in the recording
+    # (one loop alone may hold the sentence's end, then its start).
     with wave.open(str(sentence)) as reader:
-        page.wait_for_timeout(1000 * reader.getnframes() / reader.getframerate() + 500)
+        loop_s = reader.getnframes() / reader.getframerate()
+    sentence_s = loop_s - 2  # the file is the sentence between two seconds of silence
+    page.wait_for_timeout(1000 * (loop_s + sentence_s + 0.5))
     page.click("#dictate")
     expect(page.locator("#input")).not_to_have_value("Please write down:", timeout=30_000)
     typed = page.input_value("#input")
