@@ -8,14 +8,14 @@ for the projections of every decoder layer of a model, each kernel as the
 engine would call it (fp32 activations in and out) against fbgemm's fp16 GEMM,
 the engine's CPU default:
 
-- fbgemm fp16: fp16 weights, fp32 arithmetic (`inference.fastpath.fp16_linear`);
+- fbgemm fp16: fp16 weights, fp32 arithmetic (`inference.model.weights.fp16_linear`);
 - int8 weight-only: torch's `_weight_int8pack_mm`, int8 weights with one bf16
   scale per output channel, on bf16 activations;
 - fbgemm dynamic int8: int8 weights with one scale per output channel; each
   call quantizes its activations to 8 bits (one scale for all its rows) and
   sums in int32;
 - int4 g32: the engine's opt-in 4-bit storage, groups of 32 input columns
-  (`inference.fastpath.quantize_int4` and `int4_linear`).
+  (`inference.model.weights.quantize_int4` and `int4_linear`).
 
 The weights are cold, as in a decode step: each kernel cycles through copies of
 a weight that total at least 128 MB (one copy where the weight alone is that
@@ -54,7 +54,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from inference.fastpath import INT4_GROUP, fp16_linear, give_back_freed_memory, int4_linear, quantize_int4
+from inference.model.memory import give_back_freed_memory
+from inference.model.weights import INT4_GROUP, fp16_linear, int4_linear, quantize_int4
 
 Product = Callable[[torch.Tensor], torch.Tensor]
 # Makes a copy of a kernel's weight in fresh memory, ready to multiply by.
@@ -141,7 +142,7 @@ _DynamicInt8 = Callable[[torch.Tensor, torch.ScriptObject, bool], torch.Tensor]
 
 def dynamic_int8_linear() -> _DynamicInt8:
     """fbgemm's dynamic int8 product through TorchScript, as the engine calls the fp16 one:
-    from Python its packed-weight argument costs ~8 us a call (see fastpath.fp16_linear)."""
+    from Python its packed-weight argument costs ~8 us a call (see model.weights.fp16_linear)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.script(_dynamic_int8_source)

@@ -14,7 +14,7 @@ Division of labour between the two kinds of thread:
   `should_stop` (which may query the database) and tells the engine. So every
   callback runs on the job's own thread, as with the one-at-a-time backend.
 
-Each request holds its own KV row (fastpath.KVRow), sized to its tokens and
+Each request holds its own KV row (model.decoder.KVRow), sized to its tokens and
 grown alone: a long prompt in one row costs the other rows nothing, and a
 finished row's memory is freed (and handed back to the operating system).
 A new prompt is prefilled in chunks of at most `prefill_chunk_tokens`
@@ -40,9 +40,11 @@ from typing import Any
 import torch
 
 from inference.backend import stop_token_ids_for
-from inference.fastpath import INT4_GROUP, FastDecoder, KVRow, give_back_freed_memory, supports
 from inference.loading import LoadedModel
 from inference.metrics import WorkerMetrics, worker_metrics
+from inference.model.decoder import FastDecoder, KVRow, supports
+from inference.model.memory import give_back_freed_memory
+from inference.model.weights import INT4_GROUP
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
 from inference.registry import WEIGHT_CHOICES
 from inference.types import Completion, FinishReason, GenerationRequest
@@ -54,7 +56,7 @@ logger = logging.getLogger(__name__)
 # "fp32" (the model's weights as loaded), "bf16" (bf16 weights and arithmetic,
 # for a model loaded in bf16: a GPU's format, and the CUDA path's arithmetic
 # on a CPU), "int4" (the layers' weights in 4 bits, on a CPU where fp16 is
-# possible: see fastpath.quantize_int4; opt-in, since it changes answers more
+# possible: see model.weights.quantize_int4; opt-in, since it changes answers more
 # than fp16 does), or "auto": fp16 where the CPU has fbgemm's kernel and the
 # model is fp32, else as loaded (a GPU model is already bf16/fp16). A model loaded
 # with half_weights=True (the worker's default for auto, fp16 and int4) holds

@@ -10,7 +10,7 @@ With `half_weights=True` (what the worker asks for when its engine stores fp16
 weights), a supported model on an x86-64 CPU is loaded straight into fp16,
 tensor by tensor, whatever the checkpoint holds (bf16, fp16 or fp32; a GGUF is
 converted to an fp16 cache), and computes in fp32 from those weights
-(inference.fastpath.store_half_model): no full fp32 copy is ever made. Before
+(inference.model.weights.store_half_model): no full fp32 copy is ever made. Before
 anything large is read, the memory the load needs is compared with what the
 machine has, and a model that does not fit is refused with both figures.
 """
@@ -35,7 +35,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from inference.fastpath import can_store_half_on, give_back_freed_memory, store_half_model, supports_config
+from inference.model.decoder import supports_config
+from inference.model.memory import give_back_freed_memory
+from inference.model.weights import can_store_half_on, store_half_model
 from inference.prompt import ensure_chat_template
 from inference.sizing import (
     ModelSource,
@@ -100,7 +102,7 @@ def storage_dtype(
     """The dtype the weights are loaded and kept in.
 
     `dtype` where one is asked for; fp16 for half storage (fp16 weights, fp32 arithmetic: see
-    fastpath.store_half_model) where it is asked for, the CPU has fbgemm's
+    model.weights.store_half_model) where it is asked for, the CPU has fbgemm's
     fp16 kernel and the engine supports the architecture; else dtype_for(device).
     """
     if dtype is not None:

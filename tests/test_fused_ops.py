@@ -9,15 +9,14 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from inference.fastpath import (
-    FastDecoder,
+from inference.model.decoder import FastDecoder, rotate
+from inference.model.weights import (
     HalfLinear,
     Projection,
     _fp16_linear_op,
     fp16_linear,
     int4_linear,
     quantize_int4,
-    rotate,
 )
 
 pytestmark = pytest.mark.skipif(

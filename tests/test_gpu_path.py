@@ -24,8 +24,8 @@ import torch
 
 from inference import worker
 from inference.engine import Engine, EngineConfig
-from inference.fastpath import HalfLinear
 from inference.loading import LoadedModel, load_model
+from inference.model.weights import HalfLinear
 from inference.params import GenerationParams
 from inference.prompt import build_prompt
 from inference.types import Completion, GenerationRequest, Turn

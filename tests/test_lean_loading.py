@@ -27,8 +27,8 @@ from transformers import AutoModelForCausalLM
 from inference import loading, sizing
 from inference.backend import TransformersBackend
 from inference.engine import Engine, EngineConfig
-from inference.fastpath import HalfLinear
 from inference.loading import LoadedModel, load_model, weight_bytes
+from inference.model.weights import HalfLinear
 from inference.params import GenerationParams
 from inference.sizing import ModelTooLarge, memory_needed
 from inference.types import GenerationRequest, Turn
