@@ -172,7 +172,8 @@ def measure(
     from django.conf import settings
 
     from bench.engine_bench import engine_run, memory_bandwidth, rss_bytes, summarise
-    from inference.engine import Engine, available_cores
+    from inference.engine.config import EngineConfig
+    from inference.engine.core import Engine, available_cores
     from inference.loading import load_model, load_options, pick_device
     from inference.sizing import default_source, gguf_parameters, weight_bytes
 
@@ -191,7 +192,7 @@ def measure(
     loaded = load_model(
         str(folder or ""), device=device, cache_dir=cache_dir, half_weights=half_weights, dtype=dtype
     )
-    engine = Engine(loaded, max_batch=max(batches), max_per_owner=0, weights=weights)
+    engine = Engine(loaded, EngineConfig(max_batch=max(batches), max_per_owner=0, weights=weights))
     load_s = time.monotonic() - started
     streamed = sum(projection.weight_bytes() for projection in engine.decoder.projections())
     engine.stop_token_ids = []  # every request runs to `tokens`

@@ -166,10 +166,9 @@ def _generate(reply_id: int, backend: Backend, time_limit_s: float | None) -> No
         params=GenerationParams.from_dict(reply.params),
         time_limit_s=time_limit_s,
         should_stop=_CancelWatch(reply_id),
-        # For the batching engine: a per-user cap on running replies, KV cache
-        # reuse across the conversation's turns, and the queue position.
+        # For the batching engine: a per-user cap on running replies, fair
+        # shares of prefill, and the queue position.
         owner=f"user:{reply.conversation.owner_id}",
-        cache_key=f"conversation:{conversation_id}",
         on_queued=lambda position: send_event(
             conversation_id, {"type": "message.queued", "message_id": reply_id, "position": position}
         ),

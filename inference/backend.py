@@ -9,6 +9,7 @@ from typing import Any, cast
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
+from inference.engine.detokenizer import cut_at_stop_strings
 from inference.loading import LoadedModel
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
 from inference.types import Completion, FinishReason, GenerationRequest
@@ -118,7 +119,7 @@ class TransformersBackend:
             )
         new_tokens = output[0, input_ids.shape[1] :].tolist()
         text = loaded.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        text, hit_stop_string = _cut_stop_strings(text, stop_strings)
+        text, hit_stop_string = cut_at_stop_strings(text, stop_strings)
         return Completion(
             text=text.strip(),
             prompt_tokens=len(prompt.input_ids),
@@ -139,11 +140,6 @@ class TransformersBackend:
         if hit_stop_string or (new_tokens and new_tokens[-1] in self.stop_token_ids):
             return "stop"
         return "length" if len(new_tokens) >= limit else "stop"
-
-
-def _cut_stop_strings(text: str, stop_strings: list[str]) -> tuple[str, bool]:
-    cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 def _as_list(value: int | list[int] | None) -> list[int]:

@@ -29,12 +29,9 @@ class GenerationRequest:
     time_limit_s: float | None = None
     # Polled between decode steps; True stops generation and keeps the text so far.
     should_stop: Callable[[], bool] | None = None
-    # Used by the batching engine (inference.engine); other backends ignore them.
+    # Used by the batching engine (inference/engine/); other backends ignore them.
     # Who asked: the engine caps how many generations one owner runs at once.
     owner: str | None = None
-    # Names what this request continues (e.g. "conversation:42"): the engine
-    # keeps that KV cache after the reply and reuses its common prefix next turn.
-    cache_key: str | None = None
     # Called on the caller's thread with the 1-based queue position while the
     # request waits for a free slot.
     on_queued: Callable[[int], None] | None = None

@@ -25,7 +25,7 @@ from inference.presence import Heartbeat, WorkerInfo
 from inference.types import Backend, Completion, GenerationRequest
 
 if TYPE_CHECKING:  # these import torch (or the openai client): the web process must not
-    from inference.engine import EngineConfig
+    from inference.engine.config import EngineConfig
     from inference.loading import Progress
     from inference.remote import RemoteBackend, RemoteConfig
 
@@ -68,7 +68,7 @@ def load_backend(config: WorkerConfig, on_progress: Progress = _quiet) -> Backen
     import torch
 
     from inference.backend import TransformersBackend
-    from inference.engine import EngineUnsupported, engine_from_config
+    from inference.engine.core import Engine, EngineUnsupported
     from inference.loading import load_model, load_options
 
     if config.engine is not None and config.engine.threads:
@@ -88,7 +88,7 @@ def load_backend(config: WorkerConfig, on_progress: Progress = _quiet) -> Backen
     if config.engine is not None:
         on_progress("starting the engine", 90)
         try:
-            return engine_from_config(loaded, config.engine)
+            return Engine(loaded, config.engine)
         except EngineUnsupported as exc:
             logger.warning("%s; generating one reply at a time instead", exc)
     return metrics.InstrumentedBackend(_OneAtATime(TransformersBackend(loaded)))

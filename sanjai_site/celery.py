@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 from celery import Celery, signals
@@ -38,7 +39,6 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
     from chat.events import publish_from_own_loop
     from chat.services.sweeper import sweep
     from inference import worker
-    from inference.engine import EngineConfig
     from inference.registry import LocalModel, RemoteModel, own_queue
 
     # Job threads have no event loop: publish their streamed text through one kept loop.
@@ -48,14 +48,10 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
         _start_remote(model, getattr(sender, "hostname", None))
         return
     assert isinstance(model, LocalModel)
-    engine = EngineConfig(
-        max_batch=model.max_batch or settings.ENGINE_MAX_BATCH,
-        max_per_owner=settings.ENGINE_MAX_PER_OWNER,
-        prefix_cache_mb=settings.ENGINE_PREFIX_CACHE_MB,
-        weights=model.weights or settings.ENGINE_WEIGHTS,
-        threads=settings.ENGINE_THREADS,
-        prefill_threads=settings.ENGINE_PREFILL_THREADS,
-        prefill_chunk_tokens=settings.ENGINE_PREFILL_CHUNK_TOKENS,
+    engine = replace(
+        settings.ENGINE,
+        max_batch=model.max_batch or settings.ENGINE.max_batch,
+        weights=model.weights or settings.ENGINE.weights,
     )
     config = worker.WorkerConfig(
         name=model.name,

@@ -19,6 +19,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from inference import registry as model_registry
+from inference.engine.config import EngineConfig
 from sanjai_site.env import ConfigError, envbool, envchoice, envfloat, envint, envlist, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -358,26 +359,36 @@ REMOTE_READ_TIMEOUT_S = envfloat("REMOTE_READ_TIMEOUT_S", 60.0)
 REMOTE_RETRIES = envint("REMOTE_RETRIES", 3, minimum=0)
 REMOTE_MAX_CONCURRENT = envint("REMOTE_MAX_CONCURRENT", 64, minimum=1)
 
-# --- The generation engine (inference/engine.py) -------------------------------
-# One model copy per worker serves up to ENGINE_MAX_BATCH replies at once;
-# more wait in the engine's queue (their page hears the position). Off: one
-# reply at a time through model.generate().
+# --- The generation engine (inference/engine/) ----------------------------------
+# Each ENGINE_* setting is a field of inference.engine.config.EngineConfig,
+# where its meaning and its default are written: one model copy per worker
+# serves up to ENGINE_MAX_BATCH replies at once; more wait in the engine's
+# queue (their page hears the position). ENGINE_ENABLED off: one reply at a
+# time through model.generate().
 ENGINE_ENABLED = envbool("ENGINE_ENABLED", True)
-ENGINE_MAX_BATCH = envint("ENGINE_MAX_BATCH", 8, minimum=1)
-# Replies one owner may have generating at once, so nobody takes every slot (0 = no cap).
-ENGINE_MAX_PER_OWNER = envint("ENGINE_MAX_PER_OWNER", max(1, ENGINE_MAX_BATCH // 2), minimum=0)
-# KV cache kept for recent conversations, so a follow-up turn prefills only what is new.
-ENGINE_PREFIX_CACHE_MB = envint("ENGINE_PREFIX_CACHE_MB", 512, minimum=0)
-# torch intra-op threads of the engine thread (0 = every core but one, at least one).
-ENGINE_THREADS = envint("ENGINE_THREADS", 0, minimum=0)
-# torch threads while prefilling prompts (0 = every core).
-ENGINE_PREFILL_THREADS = envint("ENGINE_PREFILL_THREADS", 0, minimum=0)
-# Prompt tokens prefilled alongside each decode step of the running replies, so
-# they keep streaming while a long prompt arrives (measured default: docs/benchmarks/engine.md).
-ENGINE_PREFILL_CHUNK_TOKENS = envint("ENGINE_PREFILL_CHUNK_TOKENS", 12, minimum=1)
-# How the engine stores weights: "auto" (fp16 on x86-64 CPUs, bf16 on a GPU),
-# "fp16", "fp32", "bf16" or "int4" (4-bit, CPU). See inference/engine.py.
-ENGINE_WEIGHTS = envchoice("ENGINE_WEIGHTS", "auto", model_registry.WEIGHT_CHOICES)
+_engine = EngineConfig()
+_per_owner = os.environ.get("ENGINE_MAX_PER_OWNER", "").strip()
+try:
+    ENGINE = EngineConfig(
+        max_batch=envint("ENGINE_MAX_BATCH", _engine.max_batch, minimum=1),
+        max_per_owner=envint("ENGINE_MAX_PER_OWNER", 0, minimum=0) if _per_owner else None,
+        prefix_cache_mb=envint("ENGINE_PREFIX_CACHE_MB", _engine.prefix_cache_mb, minimum=0),
+        prefix_block_tokens=envint("ENGINE_PREFIX_BLOCK_TOKENS", _engine.prefix_block_tokens, minimum=1),
+        weights=envchoice("ENGINE_WEIGHTS", _engine.weights, model_registry.WEIGHT_CHOICES),
+        threads=envint("ENGINE_THREADS", _engine.threads, minimum=0),
+        prefill_threads=envint("ENGINE_PREFILL_THREADS", _engine.prefill_threads, minimum=0),
+        gap_ratio=envfloat("ENGINE_GAP_RATIO", _engine.gap_ratio),
+        prefill_pass_s=envfloat("ENGINE_PREFILL_PASS_S", _engine.prefill_pass_s),
+        max_pass_tokens=envint("ENGINE_MAX_PASS_TOKENS", _engine.max_pass_tokens, minimum=1),
+        short_first_ratio=envfloat("ENGINE_SHORT_FIRST_RATIO", _engine.short_first_ratio),
+    )
+except ValueError as exc:
+    raise ConfigError(f"ENGINE_*: {exc}") from exc
+if envstr("ENGINE_PREFILL_CHUNK_TOKENS", ""):
+    raise ConfigError(
+        "ENGINE_PREFILL_CHUNK_TOKENS is gone: each pass's prompt tokens follow ENGINE_GAP_RATIO "
+        "(a pass beside running replies takes at most that many times their own pass)"
+    )
 if envstr("QUANTIZE", ""):
     raise ConfigError("QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16, fp32, bf16 or int4) instead")
 # With several workers for one model, a conversation's next turn goes to the
@@ -387,7 +398,7 @@ CACHE_AFFINITY = envbool("CACHE_AFFINITY", True)
 # Job threads per worker: a batch's worth running plus as many waiting in the
 # engine's queue, where they can be told their position.
 CELERY_WORKER_POOL = "threads"
-CELERY_WORKER_CONCURRENCY = envint("WORKER_CONCURRENCY", 2 * ENGINE_MAX_BATCH, minimum=1)
+CELERY_WORKER_CONCURRENCY = envint("WORKER_CONCURRENCY", 2 * ENGINE.max_batch, minimum=1)
 
 # --- Replies: the limits every surface shares, and the bounds on stuck replies --
 # Replies one user may have queued or generating at once, on every surface (the

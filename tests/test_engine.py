@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from inference import engine as engine_module
-from inference.engine import Engine, _held_back
+from inference.engine.config import EngineConfig
+from inference.engine.core import Engine
+from inference.engine.detokenizer import held_back
 from inference.loading import LoadedModel, load_model
 from inference.params import GenerationParams
 from inference.prompt import build_prompt
@@ -74,7 +75,7 @@ def make_engine(tiny_loaded: LoadedModel) -> Iterator[Callable[..., Engine]]:
         # Text for every token, unless a test asks otherwise: several tests
         # pace themselves on the pieces a reply streams.
         options.setdefault("stream_interval_s", 0.0)
-        engine = Engine(tiny_loaded, **options)
+        engine = Engine(tiny_loaded, EngineConfig(**options))
         # Never stop at a turn boundary: every reply runs to max_new_tokens, so
         # the batch really holds requests of the lengths each test chooses.
         engine.stop_token_ids = []
@@ -170,7 +171,7 @@ def test_requests_arriving_together_are_prefilled_together_and_answer_as_alone(
     wake.notify = lambda n=1: None  # type: ignore[method-assign]  # the engine sleeps until all four wait
     for thread in threads:
         thread.start()
-    while len(engine._waiting) < 4:
+    while len(engine._incoming) < 4:
         time.sleep(0.001)
     del wake.notify
     with wake:
@@ -294,32 +295,69 @@ def test_one_owner_cannot_take_every_slot(make_engine: Callable[..., Engine]) ->
     assert events.index("alice-2 started") > events.index("alice-1 done")
 
 
-def test_a_follow_up_turn_reuses_the_cached_prefix_and_answers_as_a_cold_run(
+def test_a_follow_up_turn_reuses_the_cached_blocks_and_answers_as_a_cold_run(
     make_engine: Callable[..., Engine], weights: str, same_math: LoadedModel
 ) -> None:
-    engine = make_engine(weights=weights)
-    first = engine.generate(GenerationRequest(turns=HELLO, params=greedy(20), cache_key="conversation:1"))
-    assert engine.cached_conversations() == ["conversation:1"]
+    engine = make_engine(weights=weights, prefix_block_tokens=4)
+    first = engine.generate(GenerationRequest(turns=HELLO, params=greedy(20)))
+    assert len(engine.prefix_cache) > 0
     follow_up = [*HELLO, Turn("assistant", first.text), Turn("user", "And of Italy?")]
     prefilled = engine.stats.prefilled_tokens
-    warm = engine.generate(GenerationRequest(turns=follow_up, params=greedy(20), cache_key="conversation:1"))
+    warm = engine.generate(GenerationRequest(turns=follow_up, params=greedy(20)))
     new_tokens = engine.stats.prefilled_tokens - prefilled
-    assert engine.stats.reused_tokens >= len(
-        build_prompt(same_math.tokenizer, HELLO, context_tokens=256, max_new_tokens=20).input_ids
-    )
+    hello_ids = build_prompt(same_math.tokenizer, HELLO, context_tokens=256, max_new_tokens=20).input_ids
+    assert engine.stats.reused_tokens >= len(hello_ids) - 4  # every whole block of the first prompt
     assert new_tokens < warm.prompt_tokens / 2  # most of the prompt came from the cache
     cold = make_engine(weights=weights).generate(GenerationRequest(turns=follow_up, params=greedy(20)))
     assert warm.text == cold.text == reference_text(same_math, follow_up, 20)
 
 
-def test_the_prefix_cache_is_bounded_by_memory(make_engine: Callable[..., Engine]) -> None:
-    engine = make_engine(prefix_cache_mb=1)
-    per_conversation = engine.decoder.kv_bytes_per_token() * 60
-    for index in range(1 + (1024 * 1024) // per_conversation + 2):
-        engine.generate(GenerationRequest(turns=HELLO, params=greedy(20), cache_key=f"c{index}"))
-    kept = engine.cached_conversations()
-    assert 0 < len(kept) < index + 1
-    assert kept[-1] == f"c{index}"  # the most recent is kept, the oldest went first
+def test_branches_and_a_shared_system_prompt_reuse_blocks_and_answer_as_generate(
+    make_engine: Callable[..., Engine], weights: str, same_math: LoadedModel
+) -> None:
+    engine = make_engine(weights=weights, prefix_block_tokens=4)
+    system = Turn("system", "You are a careful assistant who answers in one short sentence, always.")
+    question = [system, Turn("user", "Hello! What is the capital of France?")]
+    first = engine.generate(GenerationRequest(turns=question, params=greedy(12)))
+    conversation = [*question, Turn("assistant", first.text), Turn("user", "And of Italy?")]
+    engine.generate(GenerationRequest(turns=conversation, params=greedy(12)))
+    cases = {
+        "regenerated": conversation,  # the same prompt again: everything but its last block
+        "edited": [*question, Turn("assistant", first.text), Turn("user", "And of Spain?")],
+        "another conversation": [system, Turn("user", "Numbers: 0 1 2 3 4 5 6 7 8 9.")],
+    }
+    for name, turns in cases.items():
+        reused = engine.stats.reused_tokens
+        completion = engine.generate(GenerationRequest(turns=turns, params=greedy(12)))
+        assert engine.stats.reused_tokens - reused >= 8, name  # the system prompt's blocks at least
+        assert completion.text == reference_text(same_math, turns, 12), name
+
+
+def test_the_prefix_cache_is_bounded_by_memory_and_keeps_the_most_recent(
+    make_engine: Callable[..., Engine],
+) -> None:
+    engine = make_engine(prefix_cache_mb=1, prefix_block_tokens=4)
+    per_conversation = engine.decoder.kv_bytes_per_token() * 40
+    conversations = [
+        [Turn("user", f"Conversation number {index}: tell me about the number {index}.")]
+        for index in range(2 + (1024 * 1024) // per_conversation + 2)
+    ]
+    for turns in conversations:
+        engine.generate(GenerationRequest(turns=turns, params=greedy(20)))
+        assert engine.prefix_cache.nbytes <= 1024 * 1024
+    tokenizer = engine.loaded.tokenizer
+    newest, oldest = (
+        build_prompt(tokenizer, turns, context_tokens=256, max_new_tokens=2).input_ids
+        for turns in (conversations[-1], conversations[0])
+    )
+    shared = next(at for at, (a, b) in enumerate(zip(newest, oldest, strict=False)) if a != b)
+    reused = engine.stats.reused_tokens
+    engine.generate(GenerationRequest(turns=conversations[-1], params=greedy(2)))
+    assert engine.stats.reused_tokens - reused >= len(newest) - 4  # the most recent is kept whole
+    reused = engine.stats.reused_tokens
+    engine.generate(GenerationRequest(turns=conversations[0], params=greedy(2)))
+    # The oldest went first: only the blocks it shares with the others are found.
+    assert engine.stats.reused_tokens - reused <= shared
 
 
 def test_sampling_with_a_seed_is_repeatable_and_parameters_apply(make_engine: Callable[..., Engine]) -> None:
@@ -341,11 +379,11 @@ def test_stop_strings_end_the_reply_and_are_never_streamed(make_engine: Callable
     assert stopped.finish_reason == "stop"
     assert stopped.text == free.text[: free.text.index(marker)].strip()
     assert marker not in "".join(pieces)
-    assert _held_back("abc[IN", ["[INST]"]) == 3 and _held_back("abc", ["[INST]"]) == 0
+    assert held_back("abc[IN", ["[INST]"]) == 3 and held_back("abc", ["[INST]"]) == 0
 
 
 def test_turn_boundaries_and_the_time_limit_stop_generation(tiny_loaded: LoadedModel) -> None:
-    engine = Engine(tiny_loaded, weights="fp32")
+    engine = Engine(tiny_loaded, EngineConfig(weights="fp32"))
     try:
         reference_ids = reference(tiny_loaded, HELLO, 20)
         engine.stop_token_ids = [reference_ids[2]]
@@ -421,7 +459,7 @@ LONG = [Turn("user", "Please repeat these words back to me: " + " ".join(f"item{
 def test_chunked_prefill_gives_greedy_tokens_equal_to_generate_while_other_rows_decode(
     make_engine: Callable[..., Engine], weights: str, same_math: LoadedModel
 ) -> None:
-    engine = make_engine(max_batch=3, weights=weights, prefill_chunk_tokens=8)
+    engine = make_engine(max_batch=3, weights=weights, max_pass_tokens=8)
     long_ids = build_prompt(same_math.tokenizer, LONG, context_tokens=256, max_new_tokens=12).input_ids
     assert len(long_ids) > 6 * 8  # several chunks
     decoding = threading.Event()
@@ -447,29 +485,28 @@ def test_chunked_prefill_gives_greedy_tokens_equal_to_generate_while_other_rows_
 
 
 def test_a_long_prompt_alone_is_prefilled_in_bounded_passes_and_answers_as_generate(
-    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+    make_engine: Callable[..., Engine],
 ) -> None:
-    monkeypatch.setattr(engine_module, "PREFILL_ALONE_TOKENS", 20)
-    engine = make_engine(prefill_chunk_tokens=4)
+    engine = make_engine(max_pass_tokens=20)
     completion = engine.generate(GenerationRequest(turns=LONG, params=greedy(12)))
     assert completion.text == reference_text(engine.loaded, LONG, 12)
     assert engine.stats.prefill_chunks == -(-completion.prompt_tokens // 20)
 
 
-def test_a_chunk_stays_within_its_token_budget_while_replies_decode(
+def test_each_pass_keeps_within_the_budget_its_measured_costs_give(
     make_engine: Callable[..., Engine],
 ) -> None:
-    engine = make_engine(max_batch=6, prefill_chunk_tokens=16)
-    passes: list[tuple[int, int]] = []  # (prompt tokens, replies decoding) of each pass with prompt tokens
-    forward = engine.decoder.forward
+    engine = make_engine(max_batch=6, gap_ratio=1.5)
+    plans: list[tuple[int, int, int]] = []  # (prompt tokens, budget, replies decoding) of each pass
+    schedule = engine.scheduler.schedule
 
-    def spy(tokens: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        decoding = len(engine._active)
-        if tokens.shape[1] > decoding:
-            passes.append((tokens.shape[1] - decoding, decoding))
-        return forward(tokens, *args, **kwargs)
+    def spy(now: float) -> Any:
+        plan = schedule(now)
+        if plan.prefill:
+            plans.append((plan.prompt_tokens, plan.budget, len(plan.decode)))
+        return plan
 
-    engine.decoder.forward = spy  # type: ignore[method-assign]
+    engine.scheduler.schedule = spy  # type: ignore[method-assign]
     decoding = threading.Event()
     running, _ = in_thread(
         lambda: engine.generate(
@@ -483,10 +520,11 @@ def test_a_chunk_stays_within_its_token_budget_while_replies_decode(
     ]
     for thread in [*threads, running]:
         thread.join()
-    alone, *beside = passes
-    assert alone[1] == 0 and alone[0] > 16  # nobody decoding: the first prompt in one pass
-    assert len(beside) > len(PROMPTS)
-    assert all(decoding and prompt_tokens <= 16 for prompt_tokens, decoding in beside)
+    alone, *beside = plans
+    assert alone[2] == 0 and alone[0] > 16  # nobody decoding: the first prompt in one pass
+    assert all(tokens <= budget for tokens, budget, _ in plans)
+    # Beside a decoding reply, the budget is what half its pass's time buys: less than alone.
+    assert any(rows and budget < alone[1] for _, budget, rows in beside)
 
 
 def test_one_long_row_does_not_grow_the_kv_memory_of_the_others(make_engine: Callable[..., Engine]) -> None:

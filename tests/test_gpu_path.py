@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from inference import worker
-from inference.engine import Engine, EngineConfig
+from inference.engine.config import EngineConfig
+from inference.engine.core import Engine
 from inference.loading import LoadedModel, load_model
 from inference.model.weights import HalfLinear
 from inference.params import GenerationParams
@@ -43,7 +44,7 @@ def bf16_engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         model_path=str(tiny_model_dir),
         device="cpu",
         cache_dir=tmp_path_factory.mktemp("cache"),
-        engine=EngineConfig(max_batch=3, weights="bf16", prefill_chunk_tokens=8),
+        engine=EngineConfig(max_batch=3, weights="bf16", max_pass_tokens=8),
     )
     engine = worker.load_backend(config)
     assert isinstance(engine, Engine)

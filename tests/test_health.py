@@ -304,18 +304,19 @@ def tiny_loaded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 def test_the_engines_metrics_reach_the_web_labelled_by_worker(
     tiny_loaded: Any, client: Any, settings: Any, own_redis: str
 ) -> None:
-    from inference.engine import Engine
+    from inference.engine.config import EngineConfig
+    from inference.engine.core import Engine
 
     settings.REDIS_URL = own_redis
     metrics = WorkerMetrics()
-    engine = Engine(tiny_loaded, metrics=metrics, max_batch=2, stream_interval_s=0.0)
+    engine = Engine(
+        tiny_loaded, EngineConfig(max_batch=2, stream_interval_s=0.0, prefix_block_tokens=4), metrics=metrics
+    )
     engine.stop_token_ids = []  # every reply runs to its max_new_tokens
     try:
-        first = engine.generate(GenerationRequest(turns=HELLO, params=greedy(6), cache_key="conversation:1"))
+        first = engine.generate(GenerationRequest(turns=HELLO, params=greedy(6)))
         follow_up = [*HELLO, Turn("assistant", first.text), Turn("user", "And of Italy?")]
-        second = engine.generate(
-            GenerationRequest(turns=follow_up, params=greedy(5), cache_key="conversation:1")
-        )
+        second = engine.generate(GenerationRequest(turns=follow_up, params=greedy(5)))
     finally:
         engine.close()
     assert (first.completion_tokens, second.completion_tokens) == (6, 5)

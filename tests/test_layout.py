@@ -8,6 +8,8 @@ import without torch, so the site's settings can read their defaults.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,11 @@ def test_inference_imports_nothing_from_chat_the_site_or_django(path: Path) -> N
 @pytest.mark.parametrize("path", sorted((INFERENCE / "model").rglob("*.py")), ids=_name)
 def test_the_model_maths_imports_nothing_from_the_engine(path: Path) -> None:
     assert not {name for name in imported_modules(path) if name.startswith("inference.engine")}
+
+
+def test_the_engine_settings_import_without_torch() -> None:
+    probe = "import sys, inference.engine.config; print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -26,7 +26,8 @@ from transformers import AutoModelForCausalLM
 
 from inference import loading, sizing
 from inference.backend import TransformersBackend
-from inference.engine import Engine, EngineConfig
+from inference.engine.config import EngineConfig
+from inference.engine.core import Engine
 from inference.loading import LoadedModel, load_model, weight_bytes
 from inference.model.weights import HalfLinear
 from inference.params import GenerationParams
@@ -111,7 +112,7 @@ def test_the_engine_keeps_each_weight_once_and_both_paths_answer_as_rounded_fp32
     before = fallback.generate(GenerationRequest(turns=HELLO, params=greedy(30)))
     assert before.completion_tokens == 30
     assert loaded.tokenizer.decode(expected, skip_special_tokens=True).strip() == before.text
-    engine = Engine(loaded, stream_interval_s=0.0)
+    engine = Engine(loaded, EngineConfig(stream_interval_s=0.0))
     engine.stop_token_ids = []
     try:
         assert engine.weights == "fp16"
@@ -144,7 +145,7 @@ def test_int4_weights_take_under_a_third_of_fp16_and_the_engine_batched_answers_
         model_path=str(tiny_model_dir),
         device="cpu",
         cache_dir=tmp_path,
-        engine=EngineConfig(max_batch=3, weights="int4", prefill_chunk_tokens=8),
+        engine=EngineConfig(max_batch=3, weights="int4", max_pass_tokens=8),
     )
     engine = worker.load_backend(config)
     assert isinstance(engine, Engine)

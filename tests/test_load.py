@@ -30,7 +30,13 @@ def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> It
     from tests.tiny_model import build_endless_model
 
     model = build_endless_model(tmp_path_factory.mktemp("load") / "tiny-endless")
-    env = {"MODEL_PATH": str(model), "GENERATION_MAX_NEW_TOKENS": "4000", "CHAT_REPLY_TIMEOUT_S": "120"}
+    env = {
+        "MODEL_PATH": str(model),
+        "GENERATION_MAX_NEW_TOKENS": "4000",
+        "CHAT_REPLY_TIMEOUT_S": "120",
+        # Short passes while nobody decodes, so a long prompt takes many of them.
+        "ENGINE_PREFILL_PASS_S": "0.02",
+    }
     with stack_on_test_database(name="load", env=env) as running:
         yield running
 
@@ -78,3 +84,35 @@ def test_a_flood_from_one_user_does_not_hold_up_another(stack: Stack, owner: Any
     mine = Message.objects.get(pk=patient.json()["message_id"])
     finished_first = [reply for reply in flood_replies if reply.finished_at < mine.first_token_at]
     assert len(finished_first) < CAP, (len(finished_first), len(flood_replies))
+
+
+def test_a_short_question_after_another_users_long_prompt_gets_its_first_token_first(
+    stack: Stack, owner: Any, other_user: Any
+) -> None:
+    long_key = api_key_create(user=owner, name="long")[1]
+    short_key = api_key_create(user=other_user, name="short")[1]
+    document = " ".join(f"Paragraph {i}: the {i % 7}th river runs past {i % 11} towns." for i in range(80))
+
+    def chat(api_key: str, body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(
+            f"{stack.base_url}/chat", json=body, headers={"Authorization": f"Bearer {api_key}"}, timeout=180
+        )
+
+    with ThreadPoolExecutor(1) as pool:
+        long = pool.submit(
+            chat, long_key, {"message": f"Summarise: {document}", "temperature": 0, "max_new_tokens": 4}
+        )
+        deadline = time.monotonic() + 60
+        streaming = Message.objects.filter(conversation__owner=owner, role="assistant", status="streaming")
+        while not streaming.exists() and not long.done():
+            assert time.monotonic() < deadline, "the long prompt never started"
+            time.sleep(0.01)
+        short = chat(short_key, {"message": "Hi", "temperature": 0, "max_new_tokens": 4})
+        answered = long.result()
+    assert answered.status_code == short.status_code == 200, (answered.text, short.text)
+    assert answered.json()["usage"]["prompt_tokens"] > 2000
+    long_reply = Message.objects.get(pk=answered.json()["message_id"])
+    short_reply = Message.objects.get(pk=short.json()["message_id"])
+    # Asked after the long prompt was being worked on, answered before it.
+    assert long_reply.first_token_at is not None and short_reply.first_token_at is not None
+    assert short_reply.first_token_at < long_reply.first_token_at

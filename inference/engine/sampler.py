@@ -1,0 +1,68 @@
+"""Logits to tokens for the rows of one pass.
+
+The seam between the model and what a reply may say: `Sampler.sample` takes
+the pass's logits and each row's own state (its parameters, its random
+generator, the tokens it has seen) and returns one token per row. Anything
+that narrows a row's choice (a grammar, a JSON schema) applies here, to that
+row's logits, before the choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from inference.params import GenerationParams
+
+
+@dataclass
+class SamplingRow:
+    slot: int  # its row of the seen-token matrix
+    params: GenerationParams
+    generator: torch.Generator | None = None  # a seeded request's own
+
+
+class Sampler:
+    """Repetition penalty over each row's prompt and reply, then greedy or temperature and top-p sampling."""
+
+    def __init__(self, rows: int, vocab: int, device: torch.device) -> None:
+        self.device = device
+        # Tokens each slot's request has seen (prompt and reply): for the repetition penalty.
+        self._seen = torch.zeros(rows, vocab, dtype=torch.bool, device=device)
+
+    def start(self, slot: int, prompt_ids: Sequence[int]) -> None:
+        """A slot's request begins to decode, having seen its prompt."""
+        seen = self._seen[slot]
+        seen.zero_()
+        seen[torch.tensor(list(prompt_ids), device=self.device)] = True
+
+    def saw(self, slot: int, token: int) -> None:
+        self._seen[slot, token] = True
+
+    def sample(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
+        penalties = [row.params.repetition_penalty for row in rows]
+        if any(penalty != 1.0 for penalty in penalties):
+            # As transformers' RepetitionPenaltyLogitsProcessor, over prompt and reply tokens.
+            penalty = torch.tensor(penalties, device=logits.device)[:, None]
+            penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+            slots = torch.tensor([row.slot for row in rows], device=logits.device)
+            logits = torch.where(self._seen[slots], penalised, logits)
+        chosen: list[int] = logits.argmax(dim=-1).tolist()
+        for index, row in enumerate(rows):
+            params = row.params
+            if params.greedy:
+                continue
+            scaled = logits[index] / params.temperature
+            if params.top_p < 1.0:
+                # As transformers' TopPLogitsWarper: drop the least likely tokens
+                # whose total probability is at most 1 - top_p; keep at least one.
+                ascending, order = torch.sort(scaled)
+                cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+                remove = cumulative <= (1 - params.top_p)
+                remove[-1] = False
+                scaled = scaled.scatter(0, order[remove], float("-inf"))
+            probs = scaled.softmax(dim=-1)
+            chosen[index] = int(torch.multinomial(probs, 1, generator=row.generator).item())
+        return chosen
