@@ -38,7 +38,7 @@ from typing import Any, Literal
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"  # what the packaged model is called
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
 ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# How an engine keeps its weights (see inference/engine.py).
+# How an engine keeps its weights (see inference/engine/core.py, Engine._store_weights).
 WEIGHT_CHOICES = ("auto", "fp16", "fp32", "bf16", "int4")
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
