@@ -335,7 +335,8 @@ def gaps_while_a_long_prompt_arrives(
 
     first: list[float] = []
     try:
-        with ThreadPoolExecutor(replies) as pool:
+        # Cold: the same prompt again would find its blocks cached by the run before.
+        with prefix_cache(engine, False), ThreadPoolExecutor(replies) as pool:
             running = [pool.submit(reply, index) for index in range(replies)]
             while min(len(s) for s in stamps) < reply_tokens // 4:
                 time.sleep(0.005)
@@ -407,7 +408,7 @@ def rss_probe(idle_s: float, prompt_tokens: int = 4000, tokens: int = 64) -> dic
     load_s = time.perf_counter() - started
     time.sleep(0.5)  # the engine falls idle and hands freed memory back
     after = rss_bytes()
-    kv_held = engine._prefix_bytes + sum(engine.kv_row_bytes().values())
+    kv_held = engine.prefix_cache.nbytes + sum(engine.kv_row_bytes().values())
     time.sleep(idle_s)
     later = rss_bytes()
     stop.set()
