@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from inference.model.decoder import FastDecoder, rotate
+from inference.model.decoder import FastDecoder, KVRow, rotate
 from inference.model.weights import (
     HalfLinear,
     Projection,
@@ -60,46 +60,85 @@ def decoder(tiny_model_dir: Path) -> FastDecoder:
     return decoder
 
 
-def test_single_reply_step_matches_the_general_pass(decoder: FastDecoder) -> None:
-    """decode_one (one row, one token) against the same token run through the ragged pass."""
+def prefilled(decoder: FastDecoder, prompt: torch.Tensor, capacity: int = 32) -> KVRow:
+    row = decoder.new_row(capacity)
+    decoder(prompt, [row], [0], [prompt.shape[1]], [])
+    return row
+
+
+def test_a_single_reply_step_equals_the_same_row_in_a_batch(decoder: FastDecoder) -> None:
+    """One row of one token (rotary rows sliced from the table) against the same
+    row beside another (rotary rows gathered by position)."""
     torch.manual_seed(0)
     vocab = decoder.embed.weight.shape[0]
     prompt = torch.randint(0, vocab, (1, 9))
-    fast, general = decoder.new_row(16), decoder.new_row(16)
     with torch.inference_mode():
-        decoder(prompt, [fast], [0], [9])
-        decoder(prompt, [general], [0], [9])
+        alone, batched = prefilled(decoder, prompt), prefilled(decoder, prompt)
+        other = prefilled(decoder, torch.randint(0, vocab, (1, 5)))
         for position, token in enumerate([5, 17, 3], start=9):
-            tokens = torch.tensor([[token]])
-            one = decoder.decode_one(tokens, fast, position)
-            # Two rows force the general pass; the second is a throwaway copy.
-            spare = decoder.grown(general, 16, position)
-            both = decoder(torch.tensor([[token, token]]), [general, spare], [position, position], [1, 1])
+            one = decoder(torch.tensor([[token]]), [alone], [position], [1], [0])
+            both = decoder(torch.tensor([[token, 7]]), [batched, other], [position, position - 4], [1, 1])
             torch.testing.assert_close(one, both[:1], rtol=1e-5, atol=1e-5)
             assert torch.equal(one.argmax(-1), both[:1].argmax(-1))
         held = slice(0, 12)
         torch.testing.assert_close(
-            fast.data[:, :, :, held], general.data[:, :, :, held], rtol=1e-5, atol=1e-5
+            alone.data[:, :, :, held], batched.data[:, :, :, held], rtol=1e-5, atol=1e-5
         )
 
 
-def test_forward_takes_the_single_reply_path_for_one_decoding_row(
-    decoder: FastDecoder, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[int] = []
-    original = decoder.decode_one
-
-    def spy(tokens: torch.Tensor, row: object, start: int) -> torch.Tensor:
-        calls.append(start)
-        return original(tokens, row, start)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(decoder, "decode_one", spy)
-    row = decoder.new_row(8)
+def test_decode_rows_and_prompt_chunks_in_one_pass_give_what_each_gives_alone(decoder: FastDecoder) -> None:
+    """One pass of a one-token row (no mask), a chunk from position 0 (is_causal) and a
+    chunk further on (masked) gives each row's logits and keys as a pass of its own."""
+    torch.manual_seed(1)
+    vocab = decoder.embed.weight.shape[0]
+    decoding, first, later = (torch.randint(0, vocab, (1, n)) for n in (7, 6, 11))
     with torch.inference_mode():
-        decoder(torch.tensor([[1, 2, 3]]), [row], [0], [3])  # prefill: the general pass
-        decoder(torch.tensor([[4]]), [row], [3], [1], [0])  # a decode step, as the engine asks
-        decoder(torch.tensor([[5]]), [row], [4], [1], [])  # a one-token prompt chunk: no logits
-    assert calls == [3]
+        rows = [prefilled(decoder, decoding), decoder.new_row(32), prefilled(decoder, later[:, :4])]
+        singles = [decoder.grown(row, 32, held) for row, held in zip(rows, (7, 0, 4), strict=True)]
+        pieces = [torch.tensor([[3]]), first, later[:, 4:]]
+        starts, counts = [7, 0, 4], [1, 6, 7]
+        mixed = decoder(torch.cat(pieces, dim=1), rows, starts, counts)
+        alone = torch.cat(
+            [
+                decoder(piece, [row], [start], [count])
+                for piece, row, start, count in zip(pieces, singles, starts, counts, strict=True)
+            ]
+        )
+        torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-5)
+        assert torch.equal(mixed.argmax(-1), alone.argmax(-1))
+        for row, single, start, count in zip(rows, singles, starts, counts, strict=True):
+            held = slice(0, start + count)
+            torch.testing.assert_close(
+                row.data[:, :, :, held], single.data[:, :, :, held], rtol=1e-5, atol=1e-5
+            )
+        # The rows asked for, in the order asked; none for a chunk in the middle of its prompt.
+        torch.testing.assert_close(
+            decoder(torch.cat(pieces, dim=1), rows, starts, counts, [2, 0]),
+            mixed[[2, 0]],
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        assert decoder(first, [decoder.new_row(8)], [0], [6], []).shape == (0, vocab)
+
+
+def test_a_pass_calls_no_layer_module(decoder: FastDecoder) -> None:
+    """Each layer's products come from plan(): a module call costs more
+    than some of a batch-1 step's ops, so one creeping back would slow it."""
+    calls: list[str] = []
+    hooks = [
+        module.register_forward_pre_hook(lambda module, args: calls.append(type(module).__name__))
+        for layer in decoder.decoder_layers()
+        for module in layer.modules()
+    ]
+    try:
+        with torch.inference_mode():
+            row = prefilled(decoder, torch.tensor([[1, 2, 3]]))
+            decoder(torch.tensor([[4]]), [row], [3], [1], [0])
+            decoder(torch.tensor([[5, 6, 7]]), [row, decoder.new_row(8)], [4, 0], [1, 2])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == []
 
 
 def int4_reference(weight: torch.Tensor, group: int) -> torch.Tensor:

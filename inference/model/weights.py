@@ -336,6 +336,12 @@ def _upcast_output(module: nn.Module, args: Any, output: torch.Tensor) -> torch.
     return output.float()
 
 
+def only_widened(module: nn.Module) -> bool:
+    """Whether the only hook on `module` is the one store_half_model adds, which widens its output to fp32."""
+    hooks = list(module._forward_hooks.values())
+    return not module._forward_pre_hooks and all(hook is _upcast_output for hook in hooks)
+
+
 def store_half_model(model: Any) -> None:
     """Make a model loaded in fp16 on a CPU compute in fp32 from its fp16 weights.
 
@@ -395,7 +401,7 @@ def _int4_product(int4: tuple[torch.Tensor, torch.Tensor, int]) -> Callable[[tor
 
 def plain_product(projection: Projection) -> Callable[[torch.Tensor], torch.Tensor]:
     """A projection's forward as a plain callable: no module call and, for fbgemm's
-    fp16 or 4-bit weights without a bias, no branches (the decode step calls 4 per layer)."""
+    fp16 or 4-bit weights without a bias, no branches (FastDecoder.forward calls 4 per layer)."""
     if projection.packed_fp16 is not None:
         return _fp16_product(projection.packed_fp16)
     if projection.int4 is not None and projection.bias is None:
