@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -84,7 +85,15 @@ def raw_post(
     head = f"POST {path} HTTP/1.1\r\nHost: {address.netloc}\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
     with socket.create_connection((address.hostname, address.port), timeout=20) as connection:
-        connection.sendall(head.encode() + body)
+        # The server may answer before it has read all of `body`, and close: the
+        # body goes out beside the reading, and a send cut short by that close
+        # is what such a server does, not a failure.
+        def send() -> None:
+            with suppress(BrokenPipeError, ConnectionResetError):
+                connection.sendall(head.encode() + body)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
         received = b""
         while b"\r\n\r\n" not in received:
             chunk = connection.recv(65536)
@@ -97,6 +106,7 @@ def raw_post(
         )
         while len(answer) < int(answer_headers.get("content-length", 0)):
             answer += connection.recv(65536)
+        sender.join(timeout=20)
     return int(status_line.split()[1]), answer_headers, answer
 
 
@@ -158,12 +168,16 @@ def test_an_oversized_api_body_is_refused_unread_in_the_apis_own_format(stack: S
 
 def test_a_body_framed_two_ways_is_refused_from_its_head(stack: Stack) -> None:
     # Content-Length says 10 bytes; Transfer-Encoding makes the server read
-    # chunks, which could go on for gigabytes uncounted. A few chunks are sent
-    # and no last one: an answer means the head alone was judged.
-    chunk = b"x" * 1_000_000
-    chunks = b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(3))
+    # chunks, which could go on for gigabytes uncounted. One chunk is sent and
+    # no last one: an answer means the head alone was judged. (The chunk is
+    # small enough to sit in the socket's buffers: a bigger body could still be
+    # going out when the server answers and closes, and the close reset it.)
+    chunk = b"x" * 1_000
     status, _, answer = raw_post(
-        stack, "/healthz", {"Content-Length": "10", "Transfer-Encoding": "chunked"}, chunks
+        stack,
+        "/healthz",
+        {"Content-Length": "10", "Transfer-Encoding": "chunked"},
+        f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n",
     )
     assert status == 400
     assert "Content-Length or Transfer-Encoding, not both" in answer.decode()
