@@ -8,10 +8,13 @@ never generates. Streaming answers are server-sent events read from the
 conversation's channel-layer group by an async generator; a client that
 disconnects cancels its reply.
 
-What SanjAI does not do (several choices, tools, log probabilities, JSON
-mode, frequency and presence penalties) is refused with a 400 that names the
-field, never silently ignored. A field sent as null counts as absent, so
-clients that echo back full message objects (`"tool_calls": null`) work.
+Structured output (`response_format` json_object or json_schema) becomes the
+submit path's `response_schema`: local models decode under the schema's
+grammar, so the reply parses; remote ones are asked for it. What SanjAI does
+not do (several choices, tools, log probabilities, frequency and presence
+penalties) is refused with a 400 that names the field, never silently
+ignored. A field sent as null counts as absent, so clients that echo back
+full message objects (`"tool_calls": null`) work.
 """
 
 from __future__ import annotations
@@ -210,16 +213,53 @@ def _refuse_unsupported_values(payload: Mapping[str, Any]) -> None:
             )
     if _boolean(payload, "logprobs", False):
         raise _invalid("logprobs: log probabilities are not supported.", param="logprobs")
-    response_format = payload.get("response_format")
-    if response_format is not None and response_format != {"type": "text"}:
-        raise _invalid(
-            'response_format: only {"type": "text"} is supported.',
-            param="response_format",
-            code="unsupported_parameter",
-        )
     user = payload.get("user")
     if user is not None and not isinstance(user, str):
         raise _invalid(f"user: must be a string, got {user!r}.", param="user")
+
+
+RESPONSE_FORMATS = (
+    '{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}'
+)
+JSON_SCHEMA_FIELDS = frozenset({"name", "description", "schema", "strict"})
+
+
+def _response_schema(value: Any) -> dict[str, Any] | None:
+    """The JSON Schema a response_format asks the reply to follow; None for plain text.
+
+    json_object asks for any JSON object. A json_schema's schema is checked
+    (can the grammar enforce it?) by the submit path, as on every surface.
+    `strict` changes nothing: a local model's reply always follows the schema.
+    """
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        _refuse_unknown(value, frozenset({"type"}), where="response_format.")
+        return None
+    if kind == "json_object":
+        _refuse_unknown(value, frozenset({"type"}), where="response_format.")
+        return {"type": "object"}
+    if kind == "json_schema":
+        _refuse_unknown(value, frozenset({"type", "json_schema"}), where="response_format.")
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise _invalid(
+                "response_format.json_schema: must be an object with a name and a schema.",
+                param="response_format.json_schema",
+            )
+        _refuse_unknown(spec, JSON_SCHEMA_FIELDS, where="response_format.json_schema.")
+        schema = spec.get("schema", {"type": "object"})
+        if not isinstance(schema, dict):
+            raise _invalid(
+                "response_format.json_schema.schema: must be a JSON Schema object.",
+                param="response_format.json_schema.schema",
+            )
+        return schema
+    raise _invalid(
+        f"response_format: must be {RESPONSE_FORMATS}, got {value!r}."[:500],
+        param="response_format",
+    )
 
 
 def _content(value: Any, param: str) -> str:
@@ -323,6 +363,7 @@ def parse_completion(payload: Mapping[str, Any]) -> CompletionRequest:
             "max_new_tokens": length,
             **{field: payload.get(field) for field in ("temperature", "top_p", "repetition_penalty")},
             **{field: payload.get(field) for field in ("stop", "seed")},
+            "response_schema": _response_schema(payload.get("response_format")),
         },
         length_field=length_field,
         sources=sources,
@@ -399,6 +440,8 @@ def _openai_param(field: str, request: CompletionRequest) -> str:
         return request.sources[int(field[len("history[") : -1])]
     if field == "system_prompt":
         return "messages"
+    if field == "response_schema":
+        return "response_format"
     return field
 
 

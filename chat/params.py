@@ -22,6 +22,7 @@ from ninja import Field, Schema
 from pydantic import ConfigDict, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
+from inference.grammar import schema_problem, schema_text
 from inference.params import (
     MAX_SEED,
     MAX_STOP_LENGTH,
@@ -34,9 +35,9 @@ from inference.params import (
 )
 
 # The parameters a person sets on the chat page and the profile page; programs
-# may also send `stop` and `seed`.
+# may also send `stop`, `seed` and `response_schema` (on /v1, `response_format`).
 CHAT_PARAM_FIELDS = ("max_new_tokens", "temperature", "top_p", "repetition_penalty")
-PARAM_FIELDS = (*CHAT_PARAM_FIELDS, "stop", "seed")
+PARAM_FIELDS = (*CHAT_PARAM_FIELDS, "stop", "seed", "response_schema")
 
 Number = StrictFloat | StrictInt  # JSON numbers; never a string or a boolean
 StopString = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
@@ -65,6 +66,11 @@ class ParamsIn(Schema):
         None, description=f"A string or up to {MAX_STOP_STRINGS}; the reply ends before the first"
     )
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED, description="Makes sampling repeatable")
+    response_schema: dict[str, Any] | None = Field(
+        None,
+        description="The reply is a JSON document this JSON Schema accepts "
+        '({"type": "object"}: any JSON object); local models are constrained to it',
+    )
 
 
 def allowed(field: str) -> str:
@@ -79,6 +85,7 @@ def allowed(field: str) -> str:
             f"each 1 to {MAX_STOP_LENGTH} characters"
         ),
         "seed": f"a whole number from 0 to {MAX_SEED}",
+        "response_schema": "a JSON Schema, as an object",
     }[field]
 
 
@@ -90,13 +97,28 @@ def params_in(raw: Mapping[str, Any]) -> ParamsIn:
     """Validate the parameters a request sent; InvalidParameter names the first bad one."""
     given = {field: raw.get(field) for field in PARAM_FIELDS if raw.get(field) is not None}
     try:
-        return ParamsIn.model_validate(given)
+        parsed = ParamsIn.model_validate(given)
     except PydanticValidationError as exc:
         field = str(exc.errors()[0]["loc"][0])
         raise invalid_param(field, given.get(field)) from None
     except (ValueError, TypeError):  # a value pydantic cannot even compare (e.g. NaN) is still just bad
         field = next(iter(given))
         raise invalid_param(field, given[field]) from None
+    if parsed.response_schema is not None:
+        _check_schema(parsed)
+    return parsed
+
+
+def _check_schema(parsed: ParamsIn) -> None:
+    """A schema the grammar can enforce, and nothing that could cut its document short."""
+    assert parsed.response_schema is not None
+    problem = schema_problem(schema_text(parsed.response_schema))
+    if problem is not None:
+        raise InvalidParameter("response_schema", f"this schema cannot be enforced: {problem}")
+    if parsed.stop:
+        raise InvalidParameter(
+            "stop", "cannot be combined with a JSON schema: a stop string could cut the document short"
+        )
 
 
 def site_defaults() -> GenerationParams:
@@ -108,6 +130,8 @@ def over(given: ParamsIn, defaults: GenerationParams) -> GenerationParams:
     fields = given.model_dump(exclude_none=True)
     if isinstance(fields.get("stop"), str):
         fields["stop"] = [fields["stop"]]
+    if "response_schema" in fields:  # stored and sent to the worker as JSON text
+        fields["response_schema"] = schema_text(fields["response_schema"])
     merged = {**defaults.as_dict(), **fields}
     if merged["max_new_tokens"] > _cap():  # a default or stored value above a lowered cap
         merged["max_new_tokens"] = _cap()

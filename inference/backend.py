@@ -7,9 +7,17 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextStreamer,
+)
 
 from inference.engine.detokenizer import cut_at_stop_strings
+from inference.engine.sampler import allowed_tokens
+from inference.grammar import GrammarTokenizer, RowGrammar
 from inference.loading import LoadedModel
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
 from inference.types import Completion, FinishReason, GenerationRequest
@@ -67,6 +75,41 @@ class _StopWhen(StoppingCriteria):
         return cast(torch.BoolTensor, fired)  # torch.full types every result as a plain Tensor
 
 
+class _GrammarMask(LogitsProcessor):
+    """A constrained reply's grammar for generate(): each call takes the token chosen
+    last (if any) and masks what the grammar does not allow next."""
+
+    def __init__(self, grammar: RowGrammar, prompt_length: int) -> None:
+        self.grammar = grammar
+        self.taken = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for token in input_ids[0, self.taken :].tolist():
+            self.grammar.accept(token)
+        self.taken = input_ids.shape[1]
+        allowed = allowed_tokens(self.grammar, scores.shape[-1]).to(scores.device)
+        if allowed.any():
+            scores = cast(torch.FloatTensor, scores.masked_fill(~allowed, float("-inf")))
+        return scores
+
+
+class _GrammarDone(StoppingCriteria):
+    """Ends generate() once the document is complete (the engine does the same)."""
+
+    def __init__(self, mask: _GrammarMask) -> None:
+        self.mask = mask
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        grammar = self.mask.grammar
+        for token in input_ids[0, self.mask.taken :].tolist():
+            grammar.accept(token)
+        self.mask.taken = input_ids.shape[1]
+        done = grammar.finished or grammar.broken
+        return cast(torch.BoolTensor, torch.full((input_ids.shape[0],), done, device=input_ids.device))
+
+
 class TransformersBackend:
     """Runs one request at a time with `model.generate()`."""
 
@@ -75,6 +118,16 @@ class TransformersBackend:
         self.model_name = loaded.name
         self.stop_token_ids = stop_token_ids_for(loaded)
         self.stop_strings = list(FALLBACK_STOP_STRINGS) if loaded.uses_fallback_template else []
+        self._grammar_tokenizer: GrammarTokenizer | None = None  # built for the first JSON reply
+
+    def _grammar(self, json_schema: str) -> RowGrammar:
+        if self._grammar_tokenizer is None:
+            # The logits' width: out_features, since a half-stored output layer's weight lives elsewhere.
+            vocab = int(cast(Any, self.loaded.model).get_output_embeddings().out_features)
+            self._grammar_tokenizer = GrammarTokenizer(
+                self.loaded.tokenizer, vocab_size=vocab, end_tokens=self.stop_token_ids
+            )
+        return self._grammar_tokenizer.row(json_schema)
 
     def generate(
         self, request: GenerationRequest, on_text: Callable[[str], None] | None = None
@@ -105,6 +158,12 @@ class TransformersBackend:
             # Greedy: clear the sampling defaults a model's generation_config may carry.
             options.update(temperature=None, top_p=None, top_k=None)
         stop_strings = [*self.stop_strings, *params.stop]
+        if params.response_schema is not None:
+            # As in the engine: the grammar ends the reply, and no stop string may cut it.
+            stop_strings = []
+            mask = _GrammarMask(self._grammar(params.response_schema), input_ids.shape[1])
+            options["logits_processor"] = LogitsProcessorList([mask])
+            options["stopping_criteria"].append(_GrammarDone(mask))
         if stop_strings:
             options.update(stop_strings=stop_strings, tokenizer=loaded.tokenizer)
         if params.seed is not None:

@@ -37,6 +37,10 @@ class GenerationParams:
     repetition_penalty: float = DEFAULT_REPETITION_PENALTY
     stop: tuple[str, ...] = ()  # the reply ends before the first of these
     seed: int | None = None  # makes sampling repeatable
+    # The reply must be a JSON document this schema accepts (JSON text; see
+    # inference/grammar.py): local models decode under its grammar, remote
+    # ones are asked for it. None: free text.
+    response_schema: str | None = None
 
     @property
     def greedy(self) -> bool:

@@ -29,6 +29,7 @@ the upstream it holds no thread, so one worker streams many replies at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +39,7 @@ from typing import Any
 import openai
 from openai._streaming import ServerSentEvent, SSEDecoder
 
+from inference.grammar import JSON_OBJECT_SCHEMA
 from inference.types import Completion, ContextOverflow, FinishReason, GenerationError, GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -266,6 +268,8 @@ class RemoteBackend:
             arguments["stop"] = list(params.stop)
         if params.seed is not None:
             arguments["seed"] = params.seed
+        if params.response_schema is not None:
+            arguments["response_format"] = response_format(params.response_schema)
         if self.config.send_repetition_penalty:
             arguments["extra_body"] = {"repetition_penalty": params.repetition_penalty}
         return arguments
@@ -369,3 +373,13 @@ def _describe(exc: Exception) -> str:
         return f"{exc.status_code}: {(message or exc.message)[:300]}"
     cause = exc.__cause__ or exc
     return f"{type(cause).__name__}: {str(cause)[:300] or 'no detail'}"
+
+
+def response_format(response_schema: str) -> dict[str, Any]:
+    """The OpenAI response_format asking an upstream for JSON: json_object for any
+    object, else json_schema with `strict` (vLLM, SGLang, llama.cpp's server and
+    Ollama constrain their decoding to it)."""
+    if response_schema == JSON_OBJECT_SCHEMA:
+        return {"type": "json_object"}
+    schema = json.loads(response_schema)
+    return {"type": "json_schema", "json_schema": {"name": "response", "schema": schema, "strict": True}}

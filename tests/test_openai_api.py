@@ -12,11 +12,12 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
 from django.test import Client
+from pydantic import BaseModel, Field
 
 from chat.models import Conversation, Message
 from chat.services import conversations, profiles
@@ -199,7 +200,32 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {}}}
         (ask(frequency_penalty=0.5), "frequency_penalty", "use repetition_penalty"),
         (ask(presence_penalty=-1), "presence_penalty", "does not support it"),
         (ask(logprobs=True), "logprobs", "not supported"),
-        (ask(response_format={"type": "json_object"}), "response_format", 'only {"type": "text"}'),
+        (ask(response_format={"type": "xml"}), "response_format", 'must be {"type": "text"}'),
+        (
+            ask(response_format={"type": "json_schema", "json_schema": {"schema": {}}}),
+            "response_format.json_schema",
+            "with a name and a schema",
+        ),
+        (
+            ask(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": "{}"}}),
+            "response_format.json_schema.schema",
+            "must be a JSON Schema object",
+        ),
+        (
+            ask(
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "object", "if": {"type": "object"}}},
+                }
+            ),
+            "response_format",
+            'response_format: this schema cannot be enforced: Unimplemented keys: ["if"]',
+        ),
+        (
+            ask(response_format={"type": "json_object"}, stop=["}"]),
+            "stop",
+            "cannot be combined with a JSON schema",
+        ),
         (ask(temperature=3), "temperature", "temperature: must be a number in [0, 2]"),
         (ask(top_p="high"), "top_p", "top_p: must be a number"),
         (ask(max_tokens=0), "max_tokens", "max_tokens: must be a whole number from 1 to 1024"),
@@ -549,6 +575,14 @@ def test_api_exchanges_appear_in_the_rest_history_and_can_go_on_there(stack: Sta
         assert reply["usage"]["completion_tokens"] <= 3 and reply["finish_reason"] in {"stop", "length"}
 
 
+class Pick(BaseModel):
+    """A small structured answer, bounded in every field."""
+
+    colour: Literal["red", "green", "blue"]
+    count: int = Field(ge=0, le=9)
+    sure: bool
+
+
 @pytest.mark.stack
 @pytest.mark.django_db(transaction=True)
 def test_the_official_openai_client_works(stack: Stack, owner_key: str) -> None:
@@ -572,6 +606,19 @@ def test_the_official_openai_client_works(stack: Stack, owner_key: str) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == completion.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == 5
+
+    # Structured output as the SDK asks for it: parse() sends the model's strict
+    # JSON schema and validates the answer. The model's weights are random: the
+    # answer parses because decoding followed the schema.
+    parsed = client.chat.completions.parse(
+        model=model, messages=messages, max_tokens=300, response_format=Pick
+    )
+    assert parsed.choices[0].finish_reason == "stop"
+    assert isinstance(parsed.choices[0].message.parsed, Pick)
+    any_object = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=300, response_format={"type": "json_object"}
+    )
+    assert any_object.choices[0].message.content.startswith("{")
 
     import openai
 

@@ -224,6 +224,37 @@ def test_a_remote_reply_streams_to_the_openai_api_as_a_local_one_does(front: Sta
 
 
 @on_the_stack
+def test_a_remote_model_is_asked_for_the_schema_and_its_answer_parses(front: Stack, owner_key: str) -> None:
+    # The upstream is a SanjAI whose local model decodes under the schema it is
+    # passed: the random-weight model's answer parses only if the schema got there.
+    schema = {
+        "type": "object",
+        "properties": {
+            "colour": {"enum": ["red", "blue"]},
+            "n": {"type": "integer", "minimum": 0, "maximum": 9},
+        },
+        "required": ["colour", "n"],
+        "additionalProperties": False,
+    }
+    answer = httpx.post(
+        f"{front.base_url}/v1/chat/completions",
+        json={
+            "model": "upstream",
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": "Pick one."}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "pick", "schema": schema}},
+        },
+        headers=bearer(owner_key),
+        timeout=90,
+    )
+    assert answer.status_code == 200, answer.text
+    document = json.loads(answer.json()["choices"][0]["message"]["content"])
+    assert (
+        document["colour"] in ("red", "blue") and 0 <= document["n"] <= 9 and set(document) == {"colour", "n"}
+    )
+
+
+@on_the_stack
 def test_cancelling_a_remote_reply_closes_the_upstream_stream(
     front: Stack, owner_key: str, upstream: tuple[Stack, str, Path]
 ) -> None:

@@ -38,6 +38,7 @@ from inference.engine.kv import KVRows, capacity_for
 from inference.engine.prefix_cache import PrefixCache
 from inference.engine.sampler import Sampler, SamplingRow
 from inference.engine.scheduler import Request, Scheduler, SchedulerOutput
+from inference.grammar import GrammarTokenizer, RowGrammar
 from inference.loading import LoadedModel
 from inference.metrics import WorkerMetrics, worker_metrics
 from inference.model.decoder import FastDecoder, KVRow, supports
@@ -79,6 +80,7 @@ class _Job:
     dropped_turns: int
     text: IncrementalText
     sched: Request
+    grammar: RowGrammar | None = None  # a reply asked for JSON: its grammar state
     events: queue.Queue[tuple[str, Any]] = field(default_factory=queue.Queue)
     # Engine-thread state.
     slot: int = -1  # its row of the sampler's seen-token matrix while admitted; -1 otherwise
@@ -94,7 +96,9 @@ class _Job:
     last_token_at: float = 0.0
 
     def sampling(self) -> SamplingRow:
-        return SamplingRow(slot=self.slot, params=self.request.params, generator=self.generator)
+        return SamplingRow(
+            slot=self.slot, params=self.request.params, generator=self.generator, grammar=self.grammar
+        )
 
 
 @dataclass
@@ -145,6 +149,8 @@ class Engine:
         self.prefix_cache = PrefixCache(config.prefix_block_tokens, config.prefix_cache_mb * 1024 * 1024)
         self.sampler = Sampler(config.max_batch, self.decoder.embed.weight.shape[0], self.device)
         self._free_slots = list(range(config.max_batch - 1, -1, -1))
+        self._grammar_tokenizer: GrammarTokenizer | None = None  # built for the first JSON reply
+        self._grammar_lock = threading.Lock()
         self._jobs: dict[int, _Job] = {}  # by scheduler request id: every job the engine thread holds
         self._incoming: list[_Job] = []  # submitted, not yet handed to the scheduler
         self._wake = threading.Condition()
@@ -207,11 +213,15 @@ class Engine:
             context_tokens=self.loaded.context_tokens,
             max_new_tokens=params.max_new_tokens,
         )
+        grammar = self._grammar(params.response_schema) if params.response_schema is not None else None
+        # A stop string could cut a JSON document short: a constrained reply ends with its document.
+        stop_strings = [] if grammar is not None else [*self.stop_strings, *params.stop]
         job = _Job(
             request=request,
             prompt_ids=prompt.input_ids,
             dropped_turns=prompt.dropped_turns,
-            text=IncrementalText(self.loaded.tokenizer, [*self.stop_strings, *params.stop]),
+            text=IncrementalText(self.loaded.tokenizer, stop_strings),
+            grammar=grammar,
             sched=Request(
                 id=next(_ids),
                 prompt_tokens=len(prompt.input_ids),
@@ -244,6 +254,17 @@ class Engine:
                 job.sched.cancelled = True  # read by the scheduler at the next pass
                 with self._wake:
                     self._wake.notify()
+
+    def _grammar(self, json_schema: str) -> RowGrammar:
+        """A reply's grammar state, on its job thread (building one drops the GIL)."""
+        with self._grammar_lock:
+            if self._grammar_tokenizer is None:
+                self._grammar_tokenizer = GrammarTokenizer(
+                    self.loaded.tokenizer,
+                    vocab_size=self.decoder.lm_head.out_features,
+                    end_tokens=self.stop_token_ids,
+                )
+        return self._grammar_tokenizer.row(json_schema)
 
     def close(self) -> None:
         with self._wake:
@@ -397,8 +418,13 @@ class Engine:
         if token in self.stop_token_ids:
             self._finish(job, "stop")
             return
+        grammar = job.grammar
+        if grammar is not None:
+            grammar.accept(token)
+            if grammar.broken:  # cannot happen through the mask; ends the reply rather than loop
+                logger.warning("a constrained reply left its grammar: %s", grammar.error)
         stopped_at = job.text.add(token)
-        if stopped_at is not None:
+        if stopped_at is not None or (grammar is not None and (grammar.finished or grammar.broken)):
             self._finish(job, "stop", stopped_at)
             return
         self._emit(job, job.text.safe_length())

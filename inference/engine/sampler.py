@@ -3,8 +3,10 @@
 The seam between the model and what a reply may say: `Sampler.sample` takes
 the pass's logits and each row's own state (its parameters, its random
 generator, the tokens it has seen) and returns one token per row. Anything
-that narrows a row's choice (a grammar, a JSON schema) applies here, to that
-row's logits, before the choice.
+that narrows a row's choice applies here, to that row's logits, before the
+choice: a row with a grammar (a reply asked for JSON, see inference/grammar.py)
+has every token its grammar does not allow masked out, so constrained and
+free rows share one batch and each keeps its own grammar state.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from inference.grammar import RowGrammar
 from inference.params import GenerationParams
+
+# Bit i of a 32-bit mask word: which of its 32 tokens the word allows.
+_BITS = torch.arange(32, dtype=torch.int32)
 
 
 @dataclass
@@ -22,6 +28,16 @@ class SamplingRow:
     slot: int  # its row of the seen-token matrix
     params: GenerationParams
     generator: torch.Generator | None = None  # a seeded request's own
+    grammar: RowGrammar | None = None  # what the reply may say next, if it is constrained
+
+
+def allowed_tokens(grammar: RowGrammar, vocab: int) -> torch.Tensor:
+    """The grammar's mask as one bool per token of a `vocab`-wide logits row."""
+    words = torch.frombuffer(bytearray(grammar.bitmask()), dtype=torch.int32)
+    allowed = ((words[:, None] >> _BITS) & 1).view(-1).bool()
+    if allowed.shape[0] >= vocab:
+        return allowed[:vocab]
+    return torch.cat((allowed, allowed.new_zeros(vocab - allowed.shape[0])))
 
 
 class Sampler:
@@ -42,6 +58,11 @@ class Sampler:
         self._seen[slot, token] = True
 
     def sample(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
+        for index, row in enumerate(rows):
+            if row.grammar is not None:
+                allowed = allowed_tokens(row.grammar, logits.shape[-1]).to(logits.device)
+                if allowed.any():  # nothing allowed: a broken grammar, which the engine ends
+                    logits[index].masked_fill_(~allowed, float("-inf"))
         penalties = [row.params.repetition_penalty for row in rows]
         if any(penalty != 1.0 for penalty in penalties):
             # As transformers' RepetitionPenaltyLogitsProcessor, over prompt and reply tokens.
