@@ -123,8 +123,9 @@ format: install-dev
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-bench: install-dev  ## the engine against raw generate() and the hardware limit, then cache affinity (several minutes); BENCH_ARGS="--skip-stack"
+bench: install-dev  ## the engine against raw generate() and the hardware limit, structured output, then cache affinity (several minutes); BENCH_ARGS="--skip-stack"
 	$(PY) -m bench.engine_bench $(BENCH_ARGS)
+	$(PY) -m bench.structured
 	$(PY) -m bench.affinity_bench
 
 bench-large: install-dev  ## 1B and 7B random-weight checkpoints (built once into var/bench-models, ~17 GB): load, memory, decode

@@ -132,3 +132,34 @@ def test_the_one_at_a_time_backend_constrains_the_same_way(tiny_backend: Transfo
     )
     assert_parses(completion.text, PERSON)
     assert completion.finish_reason == "stop"
+
+
+@pytest.mark.default_model
+def test_the_default_model_answers_twenty_schemas_and_every_answer_parses() -> None:
+    # bench/structured.py measures the same tasks free: the 135M model's free
+    # answers mostly echo the schema or write prose, and none of them parse.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.conf import settings
+
+    from bench.schemas import TASKS
+
+    loaded = load_model("", device="cpu", cache_dir=settings.MODEL_CACHE_DIR)
+    engine = Engine(loaded, EngineConfig(max_batch=8, max_per_owner=0))
+
+    def answer(task: tuple[str, dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
+        question, schema = task
+        completion = engine.generate(
+            GenerationRequest(turns=[Turn("user", question)], params=constrained(schema, max_new_tokens=256))
+        )
+        return completion, schema
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(answer, TASKS))
+    finally:
+        engine.close()
+    assert len(answers) == 20
+    for completion, schema in answers:
+        assert completion.finish_reason == "stop", completion.text
+        assert_parses(completion.text, schema)

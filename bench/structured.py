@@ -1,0 +1,165 @@
+"""Structured output on the default model: parse rates with and without the constraint, and its cost.
+
+Twenty tasks (bench/schemas.py), each a question and a JSON Schema, answered
+greedily by the engine twice, with the schema in the prompt both times: free,
+and constrained to it. A free
+answer counts as parsing when its text is a JSON document the schema
+accepts; a second, kinder count also takes the first JSON object found in it
+(inside a ``` fence, say). Then the decode rate of a constrained reply against
+a free one, in the same run and interleaved: one at a time, and four of each
+sharing a batch of eight.
+
+    .venv/bin/python -m bench.structured [--tokens 64] [--rounds 3]
+
+Targets (issue 21): every constrained answer parses; a constrained reply's
+decode rate >= 0.8x a free reply's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+import jsonschema_rs
+
+from bench import plots
+from bench.engine_bench import ROWS, print_checks, record
+from bench.schemas import TASKS
+from inference.engine.config import EngineConfig
+from inference.engine.core import Engine
+from inference.grammar import schema_text
+from inference.loading import load_model
+from inference.params import GenerationParams
+from inference.types import Completion, GenerationRequest, Turn
+
+# A schema whose one string cannot end within the speed rows' token budget:
+# constrained and free replies decode the same number of tokens, in the same passes.
+STORY_SCHEMA = {
+    "type": "object",
+    "properties": {"story": {"type": "string", "minLength": 4000}},
+    "required": ["story"],
+}
+STORY = [Turn("user", "Write a long story about a dragon who learns to fly, as JSON with a 'story' field.")]
+
+
+def follows(text: str, schema: dict[str, Any]) -> bool:
+    try:
+        return bool(jsonschema_rs.is_valid(schema, json.loads(text)))
+    except ValueError:
+        return False
+
+
+def first_object(text: str) -> str:
+    """The first balanced {...} in a reply (JSON the model wrapped in prose or a fence)."""
+    start = text.find("{")
+    decoder = json.JSONDecoder()
+    while start >= 0:
+        try:
+            _, end = decoder.raw_decode(text, start)
+            return text[start:end]
+        except ValueError:
+            start = text.find("{", start + 1)
+    return ""
+
+
+def answer_all(engine: Engine, constrained: bool, max_new_tokens: int = 256) -> list[Completion]:
+    def one(task: tuple[str, dict[str, Any]]) -> Completion:
+        question, schema = task
+        # The same instruction either way: the free answer is told what to write.
+        question = f"{question} Answer with JSON only, following this JSON Schema: {schema_text(schema)}"
+        params = GenerationParams(
+            max_new_tokens=max_new_tokens,
+            temperature=0,
+            response_schema=schema_text(schema) if constrained else None,
+        )
+        return engine.generate(GenerationRequest(turns=[Turn("user", question)], params=params))
+
+    with ThreadPoolExecutor(engine.config.max_batch) as pool:
+        return list(pool.map(one, TASKS))
+
+
+def decode_rate(engine: Engine, constrained: bool, tokens: int) -> float:
+    """Tokens per second after the first token, of one reply."""
+    params = GenerationParams(
+        max_new_tokens=tokens,
+        temperature=0,
+        repetition_penalty=1.0,
+        response_schema=schema_text(STORY_SCHEMA) if constrained else None,
+    )
+    first: list[float] = []
+    completion = engine.generate(
+        GenerationRequest(turns=STORY, params=params),
+        on_text=lambda _: first or first.append(time.perf_counter()),
+    )
+    done = time.perf_counter()
+    return (completion.completion_tokens - 1) / (done - first[0])
+
+
+def mixed_rates(engine: Engine, tokens: int) -> tuple[float, float]:
+    """Mean decode rate of 4 free and of 4 constrained replies sharing one batch."""
+    kinds = [False, True] * 4
+    with ThreadPoolExecutor(len(kinds)) as pool:
+        rates = list(pool.map(lambda constrained: decode_rate(engine, constrained, tokens), kinds))
+    return statistics.mean(rates[0::2]), statistics.mean(rates[1::2])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply in the speed rows")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    args = parser.parse_args()
+    from django.conf import settings
+
+    loaded = load_model("", device="cpu", cache_dir=settings.MODEL_CACHE_DIR)
+    engine = Engine(loaded, EngineConfig(max_batch=8, max_per_owner=0))
+
+    free = answer_all(engine, constrained=False)
+    bound = answer_all(engine, constrained=True)
+    free_as_is = sum(follows(c.text, s) for c, (_, s) in zip(free, TASKS, strict=True))
+    free_found = sum(follows(first_object(c.text), s) for c, (_, s) in zip(free, TASKS, strict=True))
+    constrained_ok = sum(follows(c.text, s) for c, (_, s) in zip(bound, TASKS, strict=True))
+    total = len(TASKS)
+    record("free answers that parse against their schema, as written", free_as_is / total * 100, "%", kind="")
+    record("free answers with a JSON object in them that does", free_found / total * 100, "%", kind="")
+    record("constrained answers that parse against their schema", constrained_ok / total * 100, "%", kind="")
+    for (question, schema), completion in zip(TASKS, bound, strict=True):
+        if not follows(completion.text, schema):
+            print(
+                f"    did not parse ({completion.finish_reason}): {question!r} -> {completion.text[:120]!r}"
+            )
+
+    decode_rate(engine, True, 8)  # warm-up: builds the grammar's view of the vocabulary
+    engine.stop_token_ids = []  # the free replies run to --tokens; the constrained ones end with their JSON
+    alone_free, alone_bound, mixed_free, mixed_bound = [], [], [], []
+    for _ in range(args.rounds):
+        alone_free.append(decode_rate(engine, False, args.tokens))
+        alone_bound.append(decode_rate(engine, True, args.tokens))
+        free_rate, bound_rate = mixed_rates(engine, args.tokens)
+        mixed_free.append(free_rate)
+        mixed_bound.append(bound_rate)
+    engine.close()
+    x1_free = record("free reply x1: decode", statistics.median(alone_free))
+    x1_bound = record("constrained reply x1: decode", statistics.median(alone_bound))
+    x8_free = record("4 free + 4 constrained: a free reply's decode", statistics.median(mixed_free))
+    x8_bound = record("4 free + 4 constrained: a constrained reply's decode", statistics.median(mixed_bound))
+    plots.write_results("structured", [asdict(row) for row in ROWS], {})
+
+    print("\nTargets (ratios from this run):")
+    print_checks(
+        [
+            ("every constrained answer parses", constrained_ok / total, 1.0, True),
+            ("constrained x1 decode >= 0.8x free x1", x1_bound / x1_free, 0.8, True),
+            ("constrained decode >= 0.8x free, sharing a batch of 8", x8_bound / x8_free, 0.8, True),
+        ]
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
