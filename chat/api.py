@@ -17,10 +17,10 @@ from ninja.errors import HttpError, ValidationError
 
 from chat import delivery, selectors
 from chat.auth import auth_user, http_error_message, json_api
+from chat.lifecycle.submit import Submission
 from chat.models import Message
 from chat.params import PARAM_FIELDS
 from chat.services import conversations
-from chat.services.replies import Submission
 
 
 def _error(status: int, message: str, *, retry_after_s: int | None = None, **extra: Any) -> JsonResponse:

@@ -19,11 +19,12 @@ from django.conf import settings
 from chat import delivery, selectors
 from chat.auth import UNEXPECTED
 from chat.events import conversation_group, user_group
+from chat.lifecycle.status import NotCancellable, reply_cancel
+from chat.lifecycle.submit import Submission, params_for
 from chat.models import Conversation, Message
 from chat.params import chat_params
 from chat.services.conversations import branch_switch
 from chat.services.limits import ConversationBusy
-from chat.services.replies import NotCancellable, Submission, params_for, reply_cancel
 
 logger = logging.getLogger(__name__)
 

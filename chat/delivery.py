@@ -29,15 +29,10 @@ from django.contrib.auth.models import User
 
 from chat import selectors
 from chat.events import FINISHED_EVENT_TYPES, Subscription, subscribe
+from chat.lifecycle.dispatch import WorkerUnavailable
+from chat.lifecycle.submit import NothingToRegenerate, PostedMessage, Submission, reply_submit
 from chat.models import Conversation, Message
 from chat.services import limits
-from chat.services.replies import (
-    NothingToRegenerate,
-    PostedMessage,
-    Submission,
-    WorkerUnavailable,
-    reply_submit,
-)
 from inference.params import InvalidParameter
 
 logger = logging.getLogger(__name__)

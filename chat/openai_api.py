@@ -38,10 +38,11 @@ from ninja.errors import HttpError, ValidationError
 
 from chat import delivery, selectors
 from chat.auth import auth_user, json_api
+from chat.lifecycle.status import reply_cancel
+from chat.lifecycle.submit import NewConversation, PostedMessage, Submission
 from chat.models import Conversation, Message
 from chat.services import limits
 from chat.services.conversations import conversation_delete
-from chat.services.replies import NewConversation, PostedMessage, Submission, reply_cancel
 from inference.types import Turn
 
 logger = logging.getLogger(__name__)

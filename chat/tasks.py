@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from chat.generation import reply_generate, reply_generate_remote
+from chat.lifecycle.run import reply_generate, reply_generate_remote
 
 
 @shared_task(
@@ -17,7 +17,7 @@ from chat.generation import reply_generate, reply_generate_remote
     acks_late=True,  # safe: reply_generate claims the reply with a conditional update
     # The threads pool these workers run cannot enforce Celery's time limits:
     # the limit is a stopping criterion inside generation, and the sweeper
-    # fails a reply that outlives it (chat/services/sweeper.py).
+    # fails a reply that outlives it (chat/lifecycle/sweep.py).
 )
 def generate_reply(message_id: int) -> None:
     from inference import worker

@@ -18,11 +18,11 @@ from django.views.decorators.http import require_POST
 from chat import delivery, exports, selectors
 from chat.auth import AuthenticatedHttpRequest
 from chat.forms import ApiKeyForm, DefaultParamsForm, ProfileForm
+from chat.lifecycle.submit import NewConversation, Submission, params_for
 from chat.models import ApiKey, Conversation, Message
 from chat.params import CHAT_PARAM_FIELDS, FORM_FIELDS
 from chat.services import accounts, conversations, feedback, profiles
 from chat.services.limits import InvalidInput, ModelNotDeclared
-from chat.services.replies import NewConversation, Submission, params_for
 from inference.params import InvalidParameter
 
 

@@ -13,8 +13,8 @@ from django.conf import settings  # noqa: E402
 from django.urls import reverse  # noqa: E402
 
 from chat.exports import import_too_large  # noqa: E402
+from chat.lifecycle.sweep import start_sweeper  # noqa: E402
 from chat.routing import websocket_application  # noqa: E402
-from chat.services.sweeper import start_sweeper  # noqa: E402
 from chat.views import IMPORT_REFUSED  # noqa: E402
 from sanjai_site.uploads import BodyLimit, PathLimit  # noqa: E402
 

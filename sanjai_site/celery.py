@@ -37,7 +37,7 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
     from django.conf import settings
 
     from chat.events import publish_from_own_loop
-    from chat.services.sweeper import sweep
+    from chat.lifecycle.sweep import sweep
     from inference import worker
     from inference.registry import LocalModel, RemoteModel, own_queue
 
@@ -64,7 +64,7 @@ def _load_model(sender: Any = None, **kwargs: Any) -> None:
     global _own_queue
     hostname = getattr(sender, "hostname", None)
     # Its own queue beside the model's: a conversation's next turn comes here
-    # while this worker holds its prefix cache (chat.services.replies.reply_enqueue).
+    # while this worker holds its prefix cache (chat.lifecycle.dispatch.reply_enqueue).
     _own_queue = own_queue(model.name, hostname) if hostname else None
     try:
         worker.start(

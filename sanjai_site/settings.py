@@ -417,7 +417,7 @@ MAX_REPLIES_PER_MINUTE = envint("MAX_REPLIES_PER_MINUTE", 30, minimum=0)
 QUOTA_DAILY_TOKENS = envint("QUOTA_DAILY_TOKENS", 0, minimum=0)
 QUOTA_MONTHLY_TOKENS = envint("QUOTA_MONTHLY_TOKENS", 0, minimum=0)
 # How often the sweeper (in the web process) looks for
-# replies nobody is working on. See chat/services/sweeper.py for the bounds.
+# replies nobody is working on. See chat/lifecycle/sweep.py for the bounds.
 REPLY_SWEEP_INTERVAL_S = envfloat("REPLY_SWEEP_INTERVAL_S", 5.0)
 # A pending reply whose job has not reached the queue after this long (the web
 # process died between commit and publish) is queued again by the sweeper.

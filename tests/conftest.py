@@ -82,8 +82,8 @@ def queued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """
     from django.utils import timezone
 
+    from chat.lifecycle import dispatch
     from chat.models import Message
-    from chat.services import replies
 
     ids: list[int] = []
 
@@ -91,13 +91,13 @@ def queued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         ids.append(reply.pk)
         Message.objects.filter(pk=reply.pk).update(queued_at=timezone.now())
 
-    monkeypatch.setattr(replies, "reply_enqueue", publish)
+    monkeypatch.setattr(dispatch, "reply_enqueue", publish)
     return ids
 
 
 def submit(user: Any, content: str = "What is the capital of France?", **fields: Any) -> Any:
     """The one submit path, as a surface calls it: `conversation_id`, `action` and parameters."""
-    from chat.services.replies import Submission, reply_submit
+    from chat.lifecycle.submit import Submission, reply_submit
 
     submission = Submission(
         content=content,

@@ -223,7 +223,7 @@ def test_the_profile_keeps_the_reset_address(client: Client, owner: User) -> Non
 def test_a_finished_reply_adds_its_tokens_to_the_owners_usage_for_its_model(
     owner: Any, tiny_backend: Any, queued: list[int]
 ) -> None:
-    from chat.generation import reply_generate
+    from chat.lifecycle.run import reply_generate
     from tests.conftest import submit
 
     for _ in range(2):

@@ -14,7 +14,7 @@ from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 
 from chat.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
-from chat.generation import reply_generate
+from chat.lifecycle.run import reply_generate
 from chat.models import Message
 from chat.routing import websocket_application
 from chat.services import conversations

@@ -401,7 +401,7 @@ def test_turn_boundaries_and_the_time_limit_stop_generation(tiny_loaded: LoadedM
 def test_a_reply_waiting_for_a_slot_publishes_its_queue_position(
     owner: Any, make_engine: Callable[..., Engine], django_capture_on_commit_callbacks: Any, queued: list[int]
 ) -> None:
-    from chat.generation import reply_generate
+    from chat.lifecycle.run import reply_generate
     from tests.conftest import captured_events, submit
 
     engine = make_engine(max_batch=1)

@@ -24,7 +24,7 @@ from tests.stack import Stack, database_url, running_stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
-# The sweeper's bounds, short (see chat/services/sweeper.py).
+# The sweeper's bounds, short (see chat/lifecycle/sweep.py).
 SWEEP_INTERVAL_S = 1
 ENQUEUE_GRACE_S = 1
 HEARTBEAT_TTL_S = 3
@@ -163,13 +163,13 @@ def test_redis_stopped_at_submit_is_503_keeps_the_message_and_recovers(
 def test_a_job_lost_between_commit_and_enqueue_is_completed_or_failed_in_bound(
     stack: Stack, owner: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chat.services import replies
+    from chat.lifecycle import dispatch, submit
 
     # A web process that died right after committing: the row is there, the job never published.
-    monkeypatch.setattr(replies, "reply_enqueue", lambda *, reply, wait_for_model: None)
-    posted = replies.reply_submit(
+    monkeypatch.setattr(dispatch, "reply_enqueue", lambda *, reply, wait_for_model: None)
+    posted = submit.reply_submit(
         user=owner,
-        submission=replies.Submission(content="Did you get this?", params={"max_new_tokens": 8}),
+        submission=submit.Submission(content="Did you get this?", params={"max_new_tokens": 8}),
     )
     reply = Message.objects.get(pk=posted.reply.pk)
     assert reply.status == Message.Status.PENDING and reply.queued_at is None

@@ -52,3 +52,90 @@ def test_the_engine_settings_import_without_torch() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+# --- chat/: no import cycles, and one writer of a reply's status -----------------
+
+CHAT = ROOT / "chat"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def chat_import_graph() -> dict[str, set[str]]:
+    """Each chat module and the chat modules it imports, at any depth of the file
+    (a function-level import counts: it is a dependency all the same)."""
+    modules = {_module_name(path): path for path in CHAT.rglob("*.py") if "migrations" not in path.parts}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets.add(node.module)
+                # `from chat.lifecycle import dispatch` imports the module chat.lifecycle.dispatch.
+                targets.update(f"{node.module}.{alias.name}" for alias in node.names)
+        graph[name] = {target for target in targets if target in modules and target != name}
+    return graph
+
+
+def test_chat_has_no_import_cycles() -> None:
+    graph = chat_import_graph()
+    assert "chat.lifecycle.dispatch" in graph["chat.lifecycle.submit"]  # the graph sees what it should
+    cycles = []
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def status_writes(path: Path) -> list[int]:
+    """Lines that write a Message's status: `status=` in an update(), a create() or
+    Message(), or a {"status": Message.Status...} mapping (fields splatted into
+    one), except the creation of messages finished from the start (a user's
+    question, an imported message: status=Message.Status.DONE)."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if (
+                    isinstance(key, ast.Constant)
+                    and key.value == "status"
+                    and "Status." in ast.unparse(value)
+                ):
+                    lines.append(node.lineno)
+        if not isinstance(node, ast.Call):
+            continue
+        callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if callee not in ("update", "create", "Message"):
+            continue
+        for keyword in node.keywords:
+            if keyword.arg != "status":
+                continue
+            done = ast.unparse(keyword.value).endswith("Status.DONE")
+            if callee == "update" or not done:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_status_module_writes_a_replys_status() -> None:
+    writers = {
+        str(path.relative_to(ROOT)): lines
+        for path in CHAT.rglob("*.py")
+        if "migrations" not in path.parts and (lines := status_writes(path))
+    }
+    assert set(writers) == {"chat/lifecycle/status.py"}, writers

@@ -18,9 +18,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from chat.lifecycle.submit import params_for
 from chat.models import ApiKey, Conversation, Message, Profile
 from chat.services import accounts, conversations
-from chat.services.replies import params_for
 
 pytestmark = pytest.mark.django_db
 

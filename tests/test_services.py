@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from chat import selectors
-from chat.generation import reply_generate
+from chat.lifecycle.run import reply_generate
+from chat.lifecycle.status import NotCancellable, reply_cancel, reply_fail
+from chat.lifecycle.submit import PostedMessage
+from chat.lifecycle.sweep import fail_lost_replies
 from chat.models import ApiKey, Conversation, Message
 from chat.services import accounts, conversations, limits
-from chat.services.replies import NotCancellable, PostedMessage, reply_cancel, reply_fail
-from chat.services.sweeper import fail_lost_replies
 from inference.types import Turn
 from tests.conftest import captured_events, finish, submit
 
@@ -320,7 +321,7 @@ def test_a_reply_streaming_past_the_time_limit_is_failed_even_on_a_live_worker(
 
     from django.utils import timezone
 
-    from chat.services.sweeper import fail_overrun
+    from chat.lifecycle.sweep import fail_overrun
 
     settings.GENERATION_TIME_LIMIT_S = 60
     stuck, fresh = (

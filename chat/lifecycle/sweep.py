@@ -20,7 +20,7 @@ each ending is a conditional update, and a job published twice is claimed once.
   bounds a worker that is alive but stuck.
 
 Sending to a conversation whose reply lost its worker ends that reply at once
-(`reply_submit`), without waiting for the next sweep. A missing heartbeat is
+(`chat.lifecycle.submit.reply_submit`), without waiting for the next sweep. A missing heartbeat is
 only evidence of a death while Redis is reachable and has been up for at
 least T: a restarted Redis is empty until every worker's next beat (T / 3).
 """
@@ -38,8 +38,9 @@ from django.contrib.auth.models import User
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from chat.lifecycle.dispatch import WorkerUnavailable, reply_enqueue
+from chat.lifecycle.status import reply_fail
 from chat.models import Message
-from chat.services.replies import WorkerUnavailable, reply_enqueue, reply_fail
 from inference import presence
 
 logger = logging.getLogger(__name__)

@@ -1,28 +1,25 @@
-"""The reply lifecycle, worker side: claim a pending reply, generate it, save it.
+"""Run: a worker claims a pending reply, generates it and saves it.
 
-Safe to run twice: only the run that claims the reply works. The claim is a
-conditional update PENDING -> STREAMING that records this worker's id, so
-the sweeper can tell whether a streaming reply still has a live worker.
+Safe to run twice: only the run that claims the reply works. The claim
+(chat.lifecycle.status.reply_claim) is a conditional update PENDING ->
+STREAMING that records this worker's id, so the sweeper can tell whether a
+streaming reply still has a live worker.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from asgiref.sync import sync_to_async
-from django.db import transaction
-from django.utils import timezone
 
 from chat import selectors
 from chat.events import DeltaCoalescer, send_event
-from chat.models import Conversation, Message
-from chat.services.replies import reply_event, reply_fail
-from chat.services.usage import usage_record
+from chat.lifecycle.status import reply_claim, reply_fail, reply_finish
+from chat.models import Message
 from inference.params import GenerationParams
-from inference.types import Backend, Completion, GenerationError, GenerationRequest
+from inference.types import Backend, GenerationError, GenerationRequest
 
 if TYPE_CHECKING:  # it imports the openai client: the web process need not
     from inference.remote import RemoteBackend
@@ -95,7 +92,7 @@ def reply_generate(
     A second delivery of the same job, or a job whose reply was cancelled,
     failed or deleted meanwhile, finds no row to claim and returns quietly.
     """
-    if not _claim(reply_id, worker, backend.model_name):
+    if not reply_claim(reply_id=reply_id, worker=worker, model=backend.model_name):
         return
     try:
         _generate(reply_id, backend, time_limit_s)
@@ -111,15 +108,6 @@ def reply_generate(
         raise
 
 
-def _claim(reply_id: int, worker: str, model: str) -> bool:
-    claimed = Message.objects.filter(
-        pk=reply_id, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
-    ).update(status=Message.Status.STREAMING, worker=worker, model=model, started_at=timezone.now())
-    if claimed != 1:
-        logger.info("reply %s already claimed, finished or deleted; skipping", reply_id)
-    return claimed == 1
-
-
 async def reply_generate_remote(
     *, reply_id: int, backend: RemoteBackend, worker: str, time_limit_s: float | None = None
 ) -> None:
@@ -128,7 +116,8 @@ async def reply_generate_remote(
     It holds no thread while it waits for the upstream; its database writes
     and events go through sync_to_async, one at a time.
     """
-    if not await sync_to_async(_claim)(reply_id, worker, backend.model_name):
+    claimed = await sync_to_async(reply_claim)(reply_id=reply_id, worker=worker, model=backend.model_name)
+    if not claimed:
         return
     try:
         reply = await Message.objects.select_related("conversation").aget(pk=reply_id)
@@ -145,7 +134,12 @@ async def reply_generate_remote(
             request, on_text=sync_to_async(progress), should_stop=sync_to_async(_CancelWatch(reply_id))
         )
         await sync_to_async(progress.publish.flush)()
-        await sync_to_async(_reply_finish)(reply, completion, progress.first_token_at, time_limit_s)
+        await sync_to_async(reply_finish)(
+            reply=reply,
+            completion=completion,
+            first_token_at=progress.first_token_at,
+            time_limit_s=time_limit_s,
+        )
     except GenerationError as exc:
         await sync_to_async(reply_fail)(reply_id=reply_id, code=exc.code, error=str(exc))
     except Exception:
@@ -175,47 +169,6 @@ def _generate(reply_id: int, backend: Backend, time_limit_s: float | None) -> No
     )
     completion = backend.generate(request, on_text=progress)
     progress.publish.flush()
-    _reply_finish(reply, completion, progress.first_token_at, time_limit_s)
-
-
-def _reply_finish(
-    reply: Message, completion: Completion, first_token_at: float | None, time_limit_s: float | None
-) -> None:
-    now = timezone.now()
-    fields = {
-        "content": completion.text,
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "finish_reason": completion.finish_reason,
-        "finished_at": now,
-        "first_token_at": datetime.fromtimestamp(first_token_at, tz=UTC) if first_token_at else None,
-    }
-    if completion.finish_reason == "timeout":
-        outcome = {
-            "status": Message.Status.FAILED,
-            "error_code": "timeout",
-            "error": f"Generation stopped at the {time_limit_s or 0:g} s time limit.",
-        }
-    else:
-        outcome = {"status": Message.Status.DONE}
-    with transaction.atomic():
-        # Tokens spent count against the owner's budget whatever became of the
-        # reply (finished, cancelled, timed out, or its conversation deleted).
-        usage_record(
-            user_id=reply.conversation.owner_id,
-            model=reply.model,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            day=timezone.localdate(now),
-        )
-        finished = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING)
-        # Not streaming any more: cancelled (or failed by the sweeper) meanwhile,
-        # so keep the status with the full text; or deleted with its conversation.
-        if not finished.update(**fields, **outcome) and not Message.objects.filter(pk=reply.pk).update(
-            **fields
-        ):
-            logger.info("reply %s was deleted while generating; dropping it", reply.pk)
-            return
-        reply.refresh_from_db()
-        Conversation.objects.filter(pk=reply.conversation_id).update(updated=now)
-        send_event(reply.conversation_id, reply_event(reply))
+    reply_finish(
+        reply=reply, completion=completion, first_token_at=progress.first_token_at, time_limit_s=time_limit_s
+    )

@@ -1,12 +1,11 @@
-"""The reply lifecycle, web side: the one way a reply starts, and the ways it ends early.
+"""Submit: the one way a reply starts.
 
 `reply_submit` is the only way in for every surface (the page's send,
 regenerate and edit; `POST /chat`; `/v1/chat/completions`; the REST API's
 post). It checks the input and the rules (`chat.services.limits`), resolves
 the parameters (`chat.params`), stores the user's message and a pending
-reply in one transaction, and queues the job once that has committed. The
-worker's side is `chat.generation`; replies nobody is working on any more are
-ended by `chat.services.sweeper`.
+reply in one transaction, and hands the job to `chat.lifecycle.dispatch`
+once that has committed.
 """
 
 from __future__ import annotations
@@ -15,25 +14,22 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-import redis
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
-from kombu.exceptions import OperationalError as BrokerError
 
 from chat import params as chat_params
 from chat import selectors
 from chat.events import send_event
+from chat.lifecycle import dispatch
+from chat.lifecycle.status import reply_pending_create
+from chat.lifecycle.sweep import fail_lost_replies
 from chat.models import Conversation, Message, Profile
 from chat.services import limits
 from chat.services.conversations import conversation_create
 from chat.services.profiles import params_for_new_conversations
-from inference import presence
 from inference.params import GenerationParams
-from inference.registry import queue_for
 from inference.types import Turn
 
 logger = logging.getLogger(__name__)
@@ -44,19 +40,6 @@ TITLE_LENGTH = 60
 def conversation_title(text: str) -> str:
     """A conversation's title when nobody named it: the start of its first message."""
     return " ".join(text.split())[:TITLE_LENGTH]
-
-
-class WorkerUnavailable(Exception):
-    """No worker can take the job now. The user's message is kept; the reply is failed."""
-
-    def __init__(self, message: str, *, reply: Message, code: str = "worker_unavailable") -> None:
-        super().__init__(message)
-        self.reply = reply
-        self.code = code  # worker_unavailable, or model_loading while the workers load the model
-
-
-class NotCancellable(Exception):
-    pass
 
 
 class NothingToRegenerate(Exception):
@@ -128,8 +111,6 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         # A reply whose worker died blocks its conversation only until the
         # sweeper ends it; end it now rather than answer 409. Outside the
         # transaction: it asks Redis, and the write lock must not wait on that.
-        from chat.services.sweeper import fail_lost_replies
-
         # Looked up first: a foreign key filter with an id past the database's
         # integers fails in the driver instead of matching nothing (a 500).
         continued = selectors.conversation_get(user=user, conversation_id=submission.conversation_id)
@@ -150,11 +131,9 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         limits.check_quota(user=user, profile=profile, now=now)
         limits.take_rate_token(profile=profile, now=now)
         question, earlier = _question(conversation, submission.action, content)
-        reply = Message.objects.create(
+        reply = reply_pending_create(
             conversation=conversation,
-            parent=question,
-            role=Message.Role.ASSISTANT,
-            status=Message.Status.PENDING,
+            question=question,
             params=chat_params.over(given, params_for(conversation=conversation)).as_dict(),
             model=model,
         )
@@ -164,7 +143,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         conversation.save(update_fields=["title", "model", "current_leaf", "updated"])
         for message in (*earlier, reply):
             send_event(conversation.pk, created_event(message))
-    reply_enqueue(reply=reply, wait_for_model=submission.wait_for_model)
+    dispatch.reply_enqueue(reply=reply, wait_for_model=submission.wait_for_model)
     return PostedMessage(user_message=question, reply=reply)
 
 
@@ -245,153 +224,4 @@ def created_event(message: Message) -> dict[str, Any]:
         "message": selectors.message_branch_payload(
             message, list(siblings.order_by("id").values_list("id", flat=True))
         ),
-    }
-
-
-def broker_name() -> str:
-    """The broker's address for messages people read: no password."""
-    parts = urlsplit(settings.REDIS_URL)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
-
-
-def reply_enqueue(*, reply: Message, wait_for_model: bool = True) -> None:
-    """Queue generation of a committed pending reply; WorkerUnavailable if nobody can run it.
-
-    A worker that is still loading the model (or one a launcher has started
-    and that has not announced itself yet) takes the job once it is ready;
-    until then the job waits in the model's queue, within REPLY_QUEUE_LIMIT_S
-    (the sweeper fails it past that). With `wait_for_model` False a loading
-    model is refused at once instead.
-
-    Publishes at once rather than on commit: the caller needs to know now
-    whether the job reached the broker, to answer 503 instead of waiting. A
-    reply whose publish never happened (the process died first) is queued
-    again by the sweeper.
-    """
-    from chat.tasks import generate_reply  # the task module imports Celery, not torch
-
-    model = reply.model or settings.MODEL_REGISTRY.default  # replies from before models had names
-    try:
-        workers = _check_workers(reply, model, wait_for_model=wait_for_model)
-        generate_reply.apply_async(args=[reply.pk], queue=_queue(reply, model, workers), retry=False)
-    except (redis.RedisError, BrokerError, OSError) as exc:
-        logger.warning("broker unreachable while queueing reply %s: %s", reply.pk, exc)
-        error = WorkerUnavailable(f"The message broker at {broker_name()} is unreachable.", reply=reply)
-        reply_fail(reply_id=reply.pk, code=error.code, error=str(error), only_pending=True)
-        raise error from exc
-    except WorkerUnavailable as exc:
-        reply_fail(reply_id=reply.pk, code=exc.code, error=str(exc), only_pending=True)
-        raise
-    Message.objects.filter(pk=reply.pk, queued_at__isnull=True).update(queued_at=timezone.now())
-
-
-def _queue(reply: Message, model: str, workers: list[presence.WorkerInfo]) -> str:
-    """Where the job goes: to the worker that wrote the conversation's last reply while it
-    is alive and has a free slot (it holds the conversation's prefix cache, so the new
-    turn prefills only what is new); else to the model's queue, for any of its workers."""
-    if settings.CACHE_AFFINITY:
-        last = (
-            Message.objects.filter(conversation_id=reply.conversation_id, role=Message.Role.ASSISTANT)
-            .exclude(pk=reply.pk)
-            .exclude(worker="")
-            .order_by("-id")
-            .values_list("worker", flat=True)
-            .first()
-        )
-        holder = next((w for w in workers if w.id == last and w.ready and w.queue), None)
-        if holder is not None:
-            busy = Message.objects.filter(worker=holder.id, status=Message.Status.STREAMING).count()
-            if busy < holder.capacity:
-                return holder.queue
-    return queue_for(model)
-
-
-def _check_workers(reply: Message, model: str, *, wait_for_model: bool) -> list[presence.WorkerInfo]:
-    """The model's live workers, loading or ready; WorkerUnavailable if there are none,
-    or if none is ready and the caller will not wait."""
-    workers = [worker for worker in presence.live_workers(settings.REDIS_URL) if worker.model == model]
-    if not workers:
-        # Nobody is running or starting one (a launcher announces the workers it starts).
-        raise WorkerUnavailable(
-            f"No generation worker serves the model {model}. "
-            f"Start one with `REDIS_URL={broker_name()} make worker MODEL={model}`.",
-            reply=reply,
-        )
-    if not wait_for_model and not any(worker.ready for worker in workers):
-        furthest = max(workers, key=lambda worker: worker.progress)
-        raise WorkerUnavailable(
-            f"The model {model} is loading ({furthest.progress}%: {furthest.stage or 'starting'}). "
-            "Try again in a few seconds.",
-            reply=reply,
-            code="model_loading",
-        )
-    return workers
-
-
-def reply_cancel(*, user: User, message_id: int) -> Message:
-    """Stop a reply. Raises Message.DoesNotExist for anyone else's message.
-
-    A queued reply is cancelled at once (its job will find nothing to claim);
-    a streaming one is stopped by its worker within a decode step or two, and
-    keeps the text generated so far. Cancelling a finished reply changes nothing.
-    """
-    reply = selectors.message_get(user=user, message_id=message_id)
-    if reply.role != Message.Role.ASSISTANT:
-        raise NotCancellable("Only a reply can be cancelled.")
-    with transaction.atomic():
-        queued = Message.objects.filter(pk=reply.pk, status=Message.Status.PENDING).update(
-            status=Message.Status.CANCELLED, finish_reason="cancelled", finished_at=timezone.now()
-        )
-        if queued:
-            reply.refresh_from_db()
-            send_event(reply.conversation_id, reply_event(reply))
-        else:
-            # The worker sees this between decode steps and publishes the end itself.
-            Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
-                status=Message.Status.CANCELLED
-            )
-    reply.refresh_from_db()
-    return reply
-
-
-def reply_fail(
-    *, reply_id: int, code: str, error: str, worker: str | None = None, only_pending: bool = False
-) -> bool:
-    """Mark an unfinished reply failed with a readable reason; False if it had already ended.
-
-    With `worker`, only while that worker still holds it; with `only_pending`,
-    only if no worker has claimed it (a publish that failed, or seemed to,
-    must not fail a reply a worker is writing). The text generated so far stays.
-    """
-    states = [Message.Status.PENDING] if only_pending else [Message.Status.PENDING, Message.Status.STREAMING]
-    unfinished = Message.objects.filter(pk=reply_id, status__in=states)
-    if worker is not None:
-        unfinished = unfinished.filter(worker=worker)
-    with transaction.atomic():
-        updated = unfinished.update(
-            status=Message.Status.FAILED, error_code=code, error=error, finished_at=timezone.now()
-        )
-        if updated:
-            reply = Message.objects.get(pk=reply_id)
-            send_event(reply.conversation_id, reply_event(reply))
-    return bool(updated)
-
-
-FINISHED_EVENTS = {
-    Message.Status.DONE: "message.done",
-    Message.Status.FAILED: "message.failed",
-    Message.Status.CANCELLED: "message.cancelled",
-}
-
-
-def reply_event(reply: Message) -> dict[str, Any]:
-    """The event that announces a finished reply, built from its stored row."""
-    payload = selectors.message_payload(reply)
-    return {
-        "type": FINISHED_EVENTS[Message.Status(reply.status)],
-        "message_id": reply.pk,
-        **{
-            field: payload[field]
-            for field in ("content", "finish_reason", "usage", "timing", "code", "error")
-        },
     }
