@@ -2,9 +2,9 @@
 
 Conversations (list, search, create, rename, pin, archive, delete), their messages (list
 the branch being viewed or every branch, post, switch branch), and replies (poll,
-cancel). Posting a message answers 202 at once with the ids; the reply arrives over
-the conversation's websocket, or by polling `GET /api/v1/messages/{id}` until its
-status is done, failed or cancelled.
+cancel), and full-text search over your messages (chat/search.py). Posting a message
+answers 202 at once with the ids; the reply arrives over the conversation's websocket,
+or by polling `GET /api/v1/messages/{id}` until its status is done, failed or cancelled.
 
 The OpenAPI schema is served at /api/v1/openapi.json and browsable at
 /api/v1/docs. Programs authenticate with `Authorization: Bearer <api key>`;
@@ -25,7 +25,7 @@ from ninja import Field, Path, Query, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from pydantic import ConfigDict
 
-from chat import delivery, selectors
+from chat import delivery, search, selectors
 from chat.auth import auth_user, http_error_message, json_api
 from chat.lifecycle.status import NotCancellable, reply_cancel
 from chat.lifecycle.submit import Submission
@@ -226,6 +226,36 @@ class MessagePage(Schema):
     items: list[MessageOut]
 
 
+class SearchQueryIn(Schema):
+    q: str = Field(
+        ...,
+        min_length=1,
+        max_length=search.MAX_QUERY_CHARS,
+        description=f"Words to find (at most {search.MAX_TERMS}); every one must match, the last "
+        "also as a prefix. Operators and quotes are read as plain text",
+    )
+    limit: int = Field(PAGE_SIZE, ge=1, le=search.MAX_LIMIT, description="Results per page")
+    offset: int = Field(0, ge=0, le=search.MAX_OFFSET, description="Results to skip")
+
+
+class SearchHitOut(Schema):
+    conversation_id: int
+    message_id: int
+    title: str = Field(description="The conversation's title")
+    role: Literal["system", "user", "assistant"]
+    snippet: str = Field(description="HTML: the text around the match, escaped, matched words in <mark>")
+    created: datetime = Field(description="When the message was written")
+    archived: bool = Field(description="The conversation is archived")
+    url: str = Field(description="The chat page, scrolled to the message")
+
+
+class SearchPageOut(Schema):
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="The offset of the next page; null: this is the last")
+    items: list[SearchHitOut]
+
+
 # Every operation may answer these; each adds its own.
 ERRORS: dict[int, type[Schema]] = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut}
 WITH_404 = {**ERRORS, 404: ErrorOut}
@@ -422,6 +452,26 @@ def conversation_unshare(request: HttpRequest, conversation_id: ConversationId) 
     if not revoked:
         raise HttpError(404, f"Conversation {conversation_id} is not shared.")
     return Status(204, None)
+
+
+# --- Search --------------------------------------------------------------------
+
+
+@api.get("/search", response={200: SearchPageOut, **ERRORS}, tags=["search"])
+def message_search(request: HttpRequest, query: Query[SearchQueryIn]) -> dict[str, Any]:
+    """Your messages containing these words, best match first (archived conversations too)."""
+    try:
+        page = search.message_search(
+            user=auth_user(request), query=query.q, limit=query.limit, offset=query.offset
+        )
+    except search.InvalidSearch as exc:
+        raise HttpError(400, str(exc)) from None
+    return {
+        "limit": query.limit,
+        "offset": query.offset,
+        "next_offset": page.next_offset,
+        "items": [{**vars(hit), "url": hit.url} for hit in page.hits],
+    }
 
 
 # --- Messages ------------------------------------------------------------------

@@ -320,6 +320,7 @@ def test_the_openapi_schema_and_docs_are_served(client: Client) -> None:
         f"{API}/messages/{{message_id}}/cancel",
         f"{API}/messages/{{message_id}}/branch",
         f"{API}/messages/{{message_id}}/feedback",
+        f"{API}/search",
     }
     post = schema["paths"][f"{API}/conversations/{{conversation_id}}/messages"]["post"]
     assert set(post["responses"]) >= {"202", "400", "401", "404", "409", "429", "503"}
