@@ -630,6 +630,25 @@ def test_the_official_openai_client_works(stack: Stack, owner_key: str) -> None:
         OpenAI(base_url=f"{stack.base_url}/v1", api_key="wrong", max_retries=0).models.list()
 
 
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_langchains_structured_output_gets_a_parsed_answer(stack: Stack, owner_key: str) -> None:
+    # LangChain's ChatOpenAI, unchanged: with_structured_output sends the
+    # schema as response_format and parses the reply into the model class.
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(
+        base_url=f"{stack.base_url}/v1",
+        api_key=owner_key,
+        model=served_model(stack, owner_key),
+        max_tokens=300,
+        max_retries=0,
+        timeout=60,
+    )
+    answer = chat.with_structured_output(Pick, method="json_schema").invoke("Pick a colour and a digit.")
+    assert isinstance(answer, Pick)
+
+
 def test_a_stream_cleans_up_as_soon_as_django_stops_reading_it() -> None:
     """Django closes its own iterator over a streaming response when the client goes away;
     the stream's clean-up (cancelling the reply) must run then, not whenever the GC gets to it."""
