@@ -6,7 +6,7 @@
 # official name so that an unchanged FROM / image: line finds it.
 #   deploy/base-images.sh [python] [postgres] [redis]   (default: all three)
 # The stand-ins keep the official images' interface that compose.yaml uses
-# (deploy/local/README.md); they are for machines like this project's, never
+# (each deploy/local/*.Dockerfile says which); they are for machines like this project's, never
 # to push anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."

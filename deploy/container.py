@@ -6,8 +6,8 @@
     manage <command...>  any manage.py command (createsuperuser, create_api_key, ...)
     <anything else>      run as given (python, bash, ...)
 
-Each role replaces this process (exec), so the server or worker is PID 1 and
-gets the container's SIGTERM itself. The same commands `make run` starts
+web and worker replace this process (exec), so the server or worker is PID 1
+and gets the container's SIGTERM itself; migrate runs here and exits. The same commands `make run` starts
 (sanjai_site.launcher), without its supervisor: in a container, the
 container engine restarts what dies.
 
@@ -60,6 +60,34 @@ def wait_for_database(*, migrated: bool) -> None:
         time.sleep(2)
 
 
+MIGRATE_ATTEMPTS = 3
+
+
+def migrate() -> None:
+    """manage.py migrate in this process, tried again when the connection fails.
+
+    A connection can fail after the wait succeeded: podman 4.3's DNS for
+    container names (aardvark-dns) was seen answering "temporary failure"
+    for a while after `podman-compose up` replaced containers. PostgreSQL
+    runs each migration in a transaction, so a second try starts where the
+    first stopped.
+    """
+    from django.core.management import call_command
+    from django.db import connection
+    from django.db.utils import OperationalError
+
+    for attempt in range(1, MIGRATE_ATTEMPTS + 1):
+        try:
+            call_command("migrate", interactive=False)
+            return
+        except OperationalError as error:
+            connection.close()
+            if attempt == MIGRATE_ATTEMPTS:
+                raise SystemExit(f"migrate failed {attempt} times; the last: {error}") from None
+            print(f"migrate: {error}; trying again in 5 s", flush=True)
+            time.sleep(5)
+
+
 def main(argv: list[str]) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sanjai_site.settings")
     sys.path.insert(0, APP)
@@ -78,7 +106,8 @@ def main(argv: list[str]) -> None:
         run_worker(args[0] if args else None)  # execs Celery; returns only on a bad model name
         raise SystemExit(1)
     elif role == "migrate":
-        command = [sys.executable, f"{APP}/manage.py", "migrate", "--noinput"]
+        migrate()
+        return
     elif role == "manage":
         command = [sys.executable, f"{APP}/manage.py", *args]
     elif role in ("-h", "--help", "help"):

@@ -61,14 +61,14 @@ def image() -> str:
 def web_container(image: str) -> Iterator[str]:
     """A web container on its own SQLite database (migrated first), on a free port of 127.0.0.1."""
     name = f"sanjai-test-{uuid.uuid4().hex[:8]}"
-    started = podman(
-        "run", "-d", "--name", name, "-p", "127.0.0.1::8000",
-        "-e", "SECRET_KEY=test-only-not-a-secret",
-        image, "sh", "-c",
-        "python /app/deploy/container.py migrate >/dev/null && exec python /app/deploy/container.py web",
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr
     try:
+        started = podman(
+            "run", "-d", "--name", name, "-p", "127.0.0.1::8000",
+            "-e", "SECRET_KEY=test-only-not-a-secret",
+            image, "sh", "-c",
+            "python /app/deploy/container.py migrate >/dev/null && exec python /app/deploy/container.py web",
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
         yield name
     finally:
         podman("rm", "-f", "-t", "2", name)
