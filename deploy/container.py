@@ -92,6 +92,13 @@ def main(argv: list[str]) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sanjai_site.settings")
     sys.path.insert(0, APP)
     role, args = (argv[0], argv[1:]) if argv else ("web", [])
+    if role == "web" and not os.environ.get("SECRET_KEY"):
+        # Without it, settings would make a key in this container's /data: each
+        # replica its own, a new one with each container, every session ended.
+        raise SystemExit(
+            "SECRET_KEY is not set: give the web container one that stays the same "
+            "(compose.yaml reads it from deploy/sanjai.env; `make compose-env` makes that file)"
+        )
     if role in ("web", "worker", "migrate"):
         wait_for_database(migrated=role != "migrate")
     if role == "web":

@@ -117,3 +117,9 @@ def test_the_image_holds_no_secret_key_and_a_health_check(image: str) -> None:
     inspected = json.loads(podman("image", "inspect", image).stdout)[0]
     assert inspected["Healthcheck"]["Test"] == ["CMD", "python", "/app/deploy/healthcheck.py"]
     assert inspected["Config"]["User"] == "sanjai"
+
+
+def test_the_web_role_refuses_to_start_without_a_secret_key(image: str) -> None:
+    result = podman("run", "--rm", image, "web")
+    assert result.returncode == 1
+    assert "SECRET_KEY is not set" in result.stderr
