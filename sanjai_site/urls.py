@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from chat.api import api as chat_api
-from chat.openai_api import api as openai_api
+from chat.openai.router import api as openai_api
 from chat.rest_api import api as rest_api
 from sanjai_site import health, metrics
 

@@ -239,7 +239,11 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {}}}
         (ask(seed=-1), "seed", "seed: must be a whole number"),
         (ask(stream="yes"), "stream", "stream: must be true or false"),
         (ask(stream_options={"include_usage": True}), "stream_options", "only allowed when stream is true"),
-        (ask(stream=True, stream_options={"include_usage": 1}), "include_usage", "must be true or false"),
+        (
+            ask(stream=True, stream_options={"include_usage": 1}),
+            "stream_options.include_usage",
+            "stream_options.include_usage: must be true or false",
+        ),
         (ask(store="no"), "store", "store: must be true or false"),
     ],
 )
@@ -655,7 +659,7 @@ def test_a_stream_cleans_up_as_soon_as_django_stops_reading_it() -> None:
     import asyncio
     import gc
 
-    from chat.openai_api import _ClosingStream
+    from chat.openai.serving import _ClosingStream
 
     cleaned: list[str] = []
 

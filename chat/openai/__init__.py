@@ -1,0 +1,22 @@
+"""The OpenAI-compatible API (`/v1`): protocol, serving and router, as vLLM splits its entrypoints.
+
+Programs written for OpenAI's API (its official SDKs, LangChain, curl
+scripts) work against SanjAI by pointing their base URL at `/v1` and using a
+SanjAI API key. Each completion is stored as a conversation of the key's owner
+and runs through the same Celery worker as the chat page; the web process
+never generates. Streaming answers are server-sent events read from the
+conversation's channel-layer group by an async generator; a client that
+disconnects cancels its reply.
+
+Structured output (`response_format` json_object or json_schema) becomes the
+submit path's `response_schema`: local models decode under the schema's
+grammar, so the reply parses; remote ones are asked for it. What SanjAI does
+not do (several choices, tools, log probabilities, frequency and presence
+penalties) is refused with a 400 that names the field, never silently
+ignored. A field sent as null counts as absent, so clients that echo back
+full message objects (`"tool_calls": null`) work.
+
+- `protocol`: the request as pydantic models, and its refusals in OpenAI's shape;
+- `serving`: one exchange, from the submit path to the whole or streamed answer;
+- `router`: the routes and their error envelope (`sanjai_site/urls.py` mounts `router.api`).
+"""

@@ -1,0 +1,391 @@
+"""The `/v1` request, as pydantic models, and its translation into the submit path's terms.
+
+`parse_completion` validates a chat.completions body against
+`ChatCompletionRequest` and answers what SanjAI needs (`CompletionRequest`:
+the system prompt, the turns, the parameters under SanjAI's names).
+
+Refusals keep OpenAI's shape and SanjAI's wording: the first problem found
+becomes one `ApiError(400)` whose `param` is the field's path as OpenAI
+writes it (`messages[2].content`) and whose message starts with it. An
+unknown field is refused (`extra="forbid"`, as OpenAI does), except that a
+field sent as null (or an empty list or object) counts as absent, so clients
+that echo back full message objects (`"tool_calls": null`) work.
+Parameters the submit path owns (temperature, top_p, stop, seed,
+max_tokens, the schema's enforceability) are passed through and checked
+there, as on every surface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from chat.lifecycle.submit import NewConversation, Submission
+from inference.types import Turn
+
+SYSTEM_ROLES = frozenset({"system", "developer"})  # "developer" is OpenAI's newer name for it
+RESPONSE_FORMATS = (
+    '{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}'
+)
+NOT_A_JSON_OBJECT = "The request body must be a JSON object."
+
+
+class ApiError(Exception):
+    """An OpenAI-style error: `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s: int | None = None
+        self.body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+# --- Refusals inside validation ------------------------------------------------
+
+
+def refuse(
+    text: str, *, code: str | None = None, at: str = "", param: str | None = None
+) -> PydanticCustomError:
+    """A refusal raised by a validator: the message is the field's path, then `text`.
+
+    `at` extends the path the error is found at (a content part's `[1]`);
+    `param` replaces it (a rule an object checks about one of its fields);
+    `code` is OpenAI's error code, if any.
+    """
+    return PydanticCustomError("sanjai", "{text}", {"text": text, "code": code, "at": at, "param": param})
+
+
+def _absent(value: Any) -> bool:
+    return value is None or value == [] or value == {}
+
+
+def _present(data: Any) -> Any:
+    """The fields of an object that count (null, [] and {} are absent), or `data` itself."""
+    if isinstance(data, dict):
+        return {key: value for key, value in data.items() if not _absent(value)}
+    return data
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise refuse(f"must be true or false, got {value!r}.")
+    return value
+
+
+Boolean = Annotated[bool, BeforeValidator(_boolean)]
+
+
+class _Object(BaseModel):
+    """A JSON object of the request: unknown fields refused, absent ones dropped first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    NOT_AN_OBJECT: ClassVar[str] = "must be an object."
+    # Required fields whose own check words their absence (it gets None).
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_absent(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise refuse(cls.NOT_AN_OBJECT)
+        return {**dict.fromkeys(cls.REQUIRED), **_present(data)}
+
+
+def _content(value: Any) -> str:
+    if isinstance(value, list):  # content parts: text only
+        texts = []
+        for index, part in enumerate(value):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
+                raise refuse(
+                    'only text content parts are supported ({"type": "text", "text": "..."}).',
+                    at=f"[{index}]",
+                )
+            texts.append(part["text"])
+        value = "".join(texts)
+    if not isinstance(value, str) or not value.strip():
+        raise refuse("must be a non-empty string.")
+    return value  # its length is checked by the submit path, as on every surface
+
+
+def _role(value: Any) -> Any:
+    if value not in ("system", "developer", "user", "assistant"):
+        raise refuse(f"must be system, developer, user or assistant (no tools here), got {value!r}.")
+    return value
+
+
+class ChatMessage(_Object):
+    NOT_AN_OBJECT: ClassVar[str] = "must be an object with role and content."
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("content", "role")
+
+    content: Annotated[str, BeforeValidator(_content)]
+    role: Annotated[Literal["system", "developer", "user", "assistant"], BeforeValidator(_role)]
+    name: str | None = None  # accepted, not used
+
+
+class StreamOptions(_Object):
+    include_usage: Boolean = False
+
+
+class JsonSchemaFormat(_Object):
+    NOT_AN_OBJECT: ClassVar[str] = "must be an object with a name and a schema."
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str
+    description: str | None = None
+    # Not `schema`: pydantic's BaseModel has a method of that name.
+    json_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: bool | None = None  # accepted: a local reply always follows the schema
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if not isinstance(data.get("name"), str) or not data["name"]:
+                raise refuse(cls.NOT_AN_OBJECT)
+            if "schema" in data and not isinstance(data["schema"], dict):
+                raise refuse("must be a JSON Schema object.", at=".schema")
+        return data
+
+
+class ResponseFormat(_Object):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of_three(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind not in ("text", "json_object", "json_schema"):
+            raise refuse(f"must be {RESPONSE_FORMATS}, got {data!r}."[:500])
+        if kind == "json_schema" and _absent(data.get("json_schema")):
+            raise refuse(JsonSchemaFormat.NOT_AN_OBJECT, at=".json_schema")
+        return data
+
+    @model_validator(mode="after")
+    def _fields_of_its_type(self) -> ResponseFormat:
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise PydanticCustomError("unknown_field", "json_schema", {"at": ".json_schema"})
+        return self
+
+    def response_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema the reply must follow; None for plain text (json_object: any object)."""
+        if self.type == "json_object":
+            return {"type": "object"}
+        if self.json_schema is not None:
+            return self.json_schema.json_schema
+        return None
+
+
+def _only_one(value: Any) -> Any:
+    if isinstance(value, bool) or value != 1:
+        raise refuse(f"only n=1 is supported (one choice per request), got {value!r}.")
+    return value
+
+
+def _zero_penalty(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise refuse(f"must be a number, got {value!r}.")
+    if value != 0:
+        raise refuse(
+            "SanjAI does not support it; send 0 or leave it out, and use "
+            "repetition_penalty (1 to 2) to discourage repetition.",
+            code="unsupported_parameter",
+        )
+    return value
+
+
+def _no_logprobs(value: Any) -> Any:
+    if _boolean(value):
+        raise refuse("log probabilities are not supported.")
+    return value
+
+
+def _a_string(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise refuse(f"must be a string, got {value!r}.")
+    return value
+
+
+def _a_model_name(value: Any) -> Any:
+    if not isinstance(value, str) or not value:
+        raise refuse("must name the served model (see GET /v1/models).")
+    return value
+
+
+def _messages(value: Any) -> Any:
+    if not isinstance(value, list) or not value:
+        raise refuse("must be a non-empty list of {role, content} objects.")
+    return value
+
+
+class ChatCompletionRequest(_Object):
+    """POST /v1/chat/completions, as SanjAI takes it. Fields are checked in this order."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "messages")
+
+    model: Annotated[str, BeforeValidator(_a_model_name)]
+    messages: Annotated[list[ChatMessage], BeforeValidator(_messages)]
+    n: Annotated[int, BeforeValidator(_only_one)] = 1
+    frequency_penalty: Annotated[float, BeforeValidator(_zero_penalty)] = 0
+    presence_penalty: Annotated[float, BeforeValidator(_zero_penalty)] = 0
+    logprobs: Annotated[bool, BeforeValidator(_no_logprobs)] = False
+    response_format: ResponseFormat | None = None
+    user: Annotated[str | None, BeforeValidator(_a_string)] = None  # the caller's own records; unused
+    stream: Boolean = False
+    stream_options: StreamOptions | None = None
+    store: Boolean = True
+    # Checked by the submit path (chat/params.py), as on every surface.
+    max_tokens: Any = None
+    max_completion_tokens: Any = None
+    temperature: Any = None
+    top_p: Any = None
+    stop: Any = None
+    seed: Any = None
+    repetition_penalty: Any = None  # a SanjAI extension, as in /chat
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.stream_options is not None and not self.stream:
+            raise refuse("only allowed when stream is true.", param="stream_options")
+        new, old = self.max_completion_tokens, self.max_tokens
+        if new is not None and old is not None and new != old:
+            raise refuse("disagrees with max_tokens; send one of them.", param="max_completion_tokens")
+        return self
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    model: str
+    system_prompt: str
+    turns: tuple[Turn, ...]  # alternating user/assistant, ending with the user's
+    params: dict[str, Any]  # as sent, under SanjAI's names; the submit path validates them
+    length_field: str  # which of OpenAI's two names set max_new_tokens, for errors
+    sources: tuple[str, ...]  # where each turn came from ("messages[2].content"), for errors
+    stream: bool
+    include_usage: bool
+    store: bool
+
+    def submission(self) -> Submission:
+        *history, question = self.turns
+        return Submission(
+            content=question.content,
+            params=self.params,
+            new_conversation=NewConversation(system_prompt=self.system_prompt, history=tuple(history)),
+            model=self.model,
+        )
+
+
+def parse_completion(payload: Any) -> CompletionRequest:
+    """Validate a chat.completions request; ApiError(400) names the first bad field."""
+    try:
+        body = ChatCompletionRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise _refusal(exc) from None
+    system_prompt, turns, sources = _dialogue(body.messages)
+    length_field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    return CompletionRequest(
+        model=body.model,
+        system_prompt=system_prompt,
+        turns=turns,
+        params={
+            "max_new_tokens": body.max_completion_tokens
+            if body.max_completion_tokens is not None
+            else body.max_tokens,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "repetition_penalty": body.repetition_penalty,
+            "stop": body.stop,
+            "seed": body.seed,
+            "response_schema": body.response_format.response_schema() if body.response_format else None,
+        },
+        length_field=length_field,
+        sources=sources,
+        stream=body.stream,
+        include_usage=body.stream_options is not None and body.stream_options.include_usage,
+        store=body.store,
+    )
+
+
+def _dialogue(messages: list[ChatMessage]) -> tuple[str, tuple[Turn, ...], tuple[str, ...]]:
+    """The system prompt, the dialogue, and where each turn came from.
+
+    Consecutive turns of one role are joined; a joined turn is named after its last message.
+    """
+    system: list[str] = []
+    turns: list[Turn] = []
+    sources: list[str] = []
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if message.role in SYSTEM_ROLES:
+            if turns:
+                raise invalid(
+                    f"{where}: system messages must come before the conversation's first user message.",
+                    param=where,
+                )
+            system.append(message.content)
+        elif not turns and message.role == "assistant":
+            raise invalid(f"{where}: the first non-system message must be from the user.", param=where)
+        elif turns and turns[-1].role == message.role:
+            turns[-1] = Turn(turns[-1].role, f"{turns[-1].content}\n\n{message.content}")
+            sources[-1] = f"{where}.content"
+        else:
+            turns.append(Turn("user" if message.role == "user" else "assistant", message.content))
+            sources.append(f"{where}.content")
+    if not turns or turns[-1].role != "user":
+        raise invalid("messages: the last message must be from the user.", param="messages")
+    return "\n\n".join(system), tuple(turns), tuple(sources)
+
+
+def _path(location: tuple[int | str, ...]) -> str:
+    """A pydantic error location as OpenAI writes a field's path: messages[2].content."""
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _refusal(exc: ValidationError) -> ApiError:
+    """The first problem of a request as one 400. Unknown fields come first, as
+    a client's mistake that explains the rest; then the fields in their order."""
+    errors = exc.errors()
+    if not errors:
+        return invalid(NOT_A_JSON_OBJECT)
+    error = next((e for e in errors if e["type"] in ("extra_forbidden", "unknown_field")), errors[0])
+    location = tuple(
+        part for part in error["loc"] if not isinstance(part, str) or not part.startswith("function-")
+    )
+    context = error.get("ctx") or {}
+    if not location and error["type"] == "sanjai" and not context.get("param"):
+        return invalid(NOT_A_JSON_OBJECT)
+    if error["type"] in ("extra_forbidden", "unknown_field"):  # the latter: a field of another type
+        param = _path(location) + str(context.get("at", ""))
+        return invalid(
+            f"Unrecognized request argument supplied: {param}. SanjAI does not support it.",
+            param=param,
+            code="unsupported_parameter",
+        )
+    if error["type"] != "sanjai":  # a shape no check of ours words: pydantic's own message
+        where = _path(location)
+        return invalid(f"{where}: {error['msg']}." if where else NOT_A_JSON_OBJECT, param=where or None)
+    param = context.get("param") or _path(location) + str(context.get("at", ""))
+    return invalid(f"{param}: {context['text']}", param=param, code=context.get("code"))

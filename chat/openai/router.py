@@ -1,0 +1,104 @@
+"""The `/v1` routes: `GET /v1/models`, `GET /v1/models/{id}` and `POST /v1/chat/completions`.
+
+Each route parses (chat/openai/protocol.py), authenticates, and hands over
+to serving (chat/openai/serving.py); every refusal and failure is answered
+in OpenAI's error envelope.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from ninja import Body
+from ninja.errors import HttpError, ValidationError
+
+from chat import selectors
+from chat.auth import auth_user, json_api
+from chat.openai import serving
+from chat.openai.protocol import NOT_A_JSON_OBJECT, ApiError, invalid, parse_completion
+from chat.services import limits
+
+
+def _api_error(request: HttpRequest | None, exc: ApiError) -> JsonResponse:
+    response = JsonResponse(exc.body, status=exc.status)
+    if exc.retry_after_s is not None:
+        response["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
+def _envelope(status: int, message: str, code: str) -> JsonResponse:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return _api_error(None, ApiError(status, message, kind=kind, code=code))
+
+
+api = json_api(
+    error=_envelope,
+    sessions=False,  # programs only: no browser session, so no CSRF to think about
+    unauthenticated="Missing or invalid API key: send 'Authorization: Bearer <api key>' "
+    "(keys are made on the profile page or with `make apikey`).",
+    title="SanjAI OpenAI-compatible API",
+    version="1",
+    urls_namespace="openai",
+    docs_url=None,  # OpenAI's own API reference documents this surface
+    openapi_url=None,
+)
+api.exception_handler(ApiError)(_api_error)
+
+
+@api.exception_handler(ValidationError)
+def _not_an_object(request: HttpRequest, exc: ValidationError) -> JsonResponse:
+    return _api_error(request, invalid(NOT_A_JSON_OBJECT))
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
+    message = NOT_A_JSON_OBJECT if exc.status_code == 400 else str(exc)
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return _api_error(request, ApiError(exc.status_code, message, kind=kind))
+
+
+# --- Models --------------------------------------------------------------------
+
+
+def _served_models() -> list[selectors.ServedModel]:
+    return selectors.model_list(registry=settings.MODEL_REGISTRY, redis_url=settings.REDIS_URL)
+
+
+def _model_object(model: selectors.ServedModel) -> dict[str, Any]:
+    """OpenAI's model object, with SanjAI's live state beside it (clients ignore fields they don't know)."""
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": int(model.since),
+        "owned_by": "sanjai",
+        "kind": model.kind,
+        "state": model.state,  # ready, loading or no_worker
+        "workers": model.workers,
+    }
+
+
+@api.get("/models")
+def models(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"object": "list", "data": [_model_object(model) for model in _served_models()]})
+
+
+@api.get("/models/{model_id}")
+def model_detail(request: HttpRequest, model_id: str) -> JsonResponse:
+    try:
+        limits.check_model(model_id)  # the one wording for a model that is not declared
+    except limits.ModelNotDeclared as exc:
+        raise ApiError(404, str(exc), param="model", code="model_not_found") from None
+    (model,) = [served for served in _served_models() if served.name == model_id]
+    return JsonResponse(_model_object(model))
+
+
+# --- Completions ---------------------------------------------------------------
+
+
+@api.post("/chat/completions")
+async def chat_completions(request: HttpRequest, payload: dict[str, Any] = Body(...)) -> HttpResponseBase:
+    parsed = parse_completion(payload)
+    user = auth_user(request)
+    return await serving.complete(user=user, request=parsed, prefer=request.headers.get("Prefer", ""))
