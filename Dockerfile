@@ -51,6 +51,14 @@ RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends espeak-ng \
     && rm -rf /var/lib/apt/lists/*
 
+# A user of its own, not root. /data holds what a process writes (the model
+# conversion cache in /data/models on workers); /models is where model folders
+# are mounted, read-only. (--no-log-init: no sparse lastlog entry for a high uid.)
+RUN useradd --system --no-log-init --uid 10001 --user-group --home-dir /data \
+        --shell /usr/sbin/nologin sanjai \
+    && mkdir -p /data/models /models \
+    && chown sanjai:sanjai /data /data/models
+
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY manage.py ./
@@ -68,19 +76,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8000
 
-# Static files collected into the image (/data/staticfiles), so an upgrade
-# serves the new ones: mount volumes on /data's subfolders, never on /data. The
-# key is for this one command only: settings would otherwise write a
-# secret_key file into the image.
+# Static files collected into the image (/data/staticfiles, owned by root,
+# read-only to the server), so an upgrade serves the new ones: mount volumes on
+# /data's subfolders, never on /data. The key is for this one command only:
+# settings would otherwise write a secret_key file into the image.
 RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput -v 0 \
     && python -m compileall -q sanjai_site chat inference
-
-# A user of its own, not root. /data holds what a process writes (the model
-# conversion cache in /data/models on workers); /models is where model folders
-# are mounted, read-only.
-RUN useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin sanjai \
-    && mkdir -p /data/models /models \
-    && chown -R sanjai:sanjai /data
 
 USER sanjai
 EXPOSE 8000
