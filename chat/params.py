@@ -22,7 +22,7 @@ from ninja import Field, Schema
 from pydantic import ConfigDict, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
-from inference.grammar import schema_problem, schema_text
+from inference.grammar import grammar_problem, lark_grammar, schema_problem, schema_text
 from inference.params import (
     MAX_SEED,
     MAX_STOP_LENGTH,
@@ -33,6 +33,7 @@ from inference.params import (
     GenerationParams,
     InvalidParameter,
 )
+from inference.tools import calls_grammar
 
 # The parameters a person sets on the chat page and the profile page; programs
 # may also send `stop`, `seed` and `response_schema` (on /v1, `response_format`).
@@ -176,3 +177,90 @@ FORM_FIELDS = {
         REPETITION_PENALTY_RANGE.low, REPETITION_PENALTY_RANGE.high, 0.01, allowed("repetition_penalty")
     ),
 }
+
+
+# --- Tools (function calling) ------------------------------------------------------
+
+MAX_TOOLS = 32
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class FunctionIn(Schema):
+    """A function the model may call, as OpenAI declares one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(..., pattern=FUNCTION_NAME)
+    description: StrictStr | None = Field(None, max_length=2000)
+    parameters: dict[str, Any] | None = Field(None, description="A JSON Schema of its arguments (an object)")
+    strict: bool | None = None  # accepted: a required call always follows the schema
+
+
+class ToolsIn(Schema):
+    """The tools of a request: the functions, which of them the reply must call
+    ("auto": as the model chooses; "none": none; "required": one or more; or a
+    function's name), and whether it may call several at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    functions: Annotated[list[FunctionIn], Field(min_length=1, max_length=MAX_TOOLS)]
+    choice: StrictStr = "auto"
+    parallel: bool = True
+
+    @property
+    def names(self) -> list[str]:
+        return [function.name for function in self.functions]
+
+    def declared(self) -> list[dict[str, Any]]:
+        return [function.model_dump(exclude_none=True) for function in self.functions]
+
+
+def tools_in(raw: Mapping[str, Any] | None) -> ToolsIn | None:
+    """Validate a request's tools; InvalidParameter names the first bad part and what is allowed."""
+    if raw is None:
+        return None
+    try:
+        tools = ToolsIn.model_validate(raw)
+    except PydanticValidationError as exc:
+        error = exc.errors()[0]
+        raise InvalidParameter(
+            _tools_path(error["loc"]),
+            f'{error["msg"]}; a tool is {{"type": "function", "function": {{"name": '
+            f'(letters, digits, _ and -, at most 64), "description", "parameters": a JSON Schema}}}}, '
+            f"at most {MAX_TOOLS} of them",
+        ) from None
+    for index, function in enumerate(tools.functions):
+        if function.parameters is not None:
+            problem = schema_problem(schema_text(function.parameters))
+            if problem is not None:
+                raise InvalidParameter(
+                    f"tools[{index}].function.parameters", f"this schema cannot be enforced: {problem}"
+                )
+    if len(set(tools.names)) != len(tools.names):
+        raise InvalidParameter("tools", "each function needs a name of its own")
+    if tools.choice not in ("auto", "none", "required", *tools.names):
+        raise InvalidParameter(
+            "tool_choice",
+            f'must be "auto", "none", "required" or a declared function ({", ".join(tools.names)}), '
+            f"got {tools.choice!r}",
+        )
+    return tools
+
+
+def _tools_path(location: tuple[int | str, ...]) -> str:
+    """Where in OpenAI's request a ToolsIn error is: tools[1].function.name, tool_choice, ..."""
+    if location[0] == "functions" and len(location) > 1:
+        return f"tools[{location[1]}].function" + "".join(f".{part}" for part in location[2:])
+    return {"choice": "tool_choice", "parallel": "parallel_tool_calls"}.get(str(location[0]), "tools")
+
+
+def tools_grammar(tools: ToolsIn) -> str | None:
+    """The grammar a reply follows when it must call (None: it may answer in words)."""
+    if tools.choice in ("auto", "none"):
+        return None
+    only = None if tools.choice == "required" else tools.choice
+    grammar = calls_grammar(tools.declared(), only=only, parallel=tools.parallel)
+    problem = grammar_problem(lark_grammar(grammar))
+    if problem is not None:
+        raise InvalidParameter("tools", f"these functions cannot be enforced together: {problem}")
+    return grammar

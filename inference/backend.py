@@ -17,8 +17,9 @@ from transformers import (
 
 from inference.engine.detokenizer import cut_at_stop_strings
 from inference.engine.sampler import allowed_tokens
-from inference.grammar import GrammarTokenizer, RowGrammar
+from inference.grammar import GrammarTokenizer, RowGrammar, constraint_of
 from inference.loading import LoadedModel
+from inference.params import GenerationParams
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
 from inference.types import Completion, FinishReason, GenerationRequest
 
@@ -120,14 +121,14 @@ class TransformersBackend:
         self.stop_strings = list(FALLBACK_STOP_STRINGS) if loaded.uses_fallback_template else []
         self._grammar_tokenizer: GrammarTokenizer | None = None  # built for the first JSON reply
 
-    def _grammar(self, json_schema: str) -> RowGrammar:
+    def _grammar(self, params: GenerationParams) -> RowGrammar:
         if self._grammar_tokenizer is None:
             # The logits' width: out_features, since a half-stored output layer's weight lives elsewhere.
             vocab = int(cast(Any, self.loaded.model).get_output_embeddings().out_features)
             self._grammar_tokenizer = GrammarTokenizer(
                 self.loaded.tokenizer, vocab_size=vocab, end_tokens=self.stop_token_ids
             )
-        return self._grammar_tokenizer.row(json_schema)
+        return self._grammar_tokenizer.row(constraint_of(params))
 
     def generate(
         self, request: GenerationRequest, on_text: Callable[[str], None] | None = None
@@ -158,10 +159,10 @@ class TransformersBackend:
             # Greedy: clear the sampling defaults a model's generation_config may carry.
             options.update(temperature=None, top_p=None, top_k=None)
         stop_strings = [*self.stop_strings, *params.stop]
-        if params.response_schema is not None:
+        if params.constrained:
             # As in the engine: the grammar ends the reply, and no stop string may cut it.
             stop_strings = []
-            mask = _GrammarMask(self._grammar(params.response_schema), input_ids.shape[1])
+            mask = _GrammarMask(self._grammar(params), input_ids.shape[1])
             options["logits_processor"] = LogitsProcessorList([mask])
             options["stopping_criteria"].append(_GrammarDone(mask))
         if stop_strings:

@@ -32,6 +32,8 @@ from typing import Any
 
 import llguidance
 
+from inference.params import GenerationParams
+
 # response_format {"type": "json_object"}: any JSON object.
 JSON_OBJECT_SCHEMA = '{"type":"object"}'  # as schema_text writes it
 # The most characters of schema one request may carry (it is stored with the reply).
@@ -53,6 +55,27 @@ def grammar_of(json_schema: str) -> str:
     return llguidance.LLMatcher.grammar_from_json_schema(json_schema, defaults=_COMPILE_OPTIONS)
 
 
+def grammar_problem(grammar: str) -> str | None:
+    """Why a compiled grammar (see grammar_of, tools.calls_grammar) cannot constrain a reply, or None."""
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        return messages[0] if messages else "the grammar could not be compiled"
+    return None
+
+
+def lark_grammar(lark: str) -> str:
+    """The llguidance grammar for a Lark grammar (llguidance's dialect, which embeds JSON schemas)."""
+    return llguidance.LLMatcher.grammar_from_lark(lark)
+
+
+def constraint_of(params: GenerationParams) -> str:
+    """The llguidance grammar of a constrained reply: its Lark grammar, else its schema's."""
+    if params.response_grammar is not None:
+        return lark_grammar(params.response_grammar)
+    assert params.response_schema is not None, "not a constrained reply"
+    return grammar_of(params.response_schema)
+
+
 def schema_problem(json_schema: str) -> str | None:
     """Why a schema (JSON text) cannot constrain a reply, or None if it can.
 
@@ -65,10 +88,7 @@ def schema_problem(json_schema: str) -> str | None:
         grammar = grammar_of(json_schema)
     except ValueError as exc:
         return str(exc)
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
-    if is_error:
-        return messages[0] if messages else "the schema could not be compiled"
-    return None
+    return grammar_problem(grammar)
 
 
 class RowGrammar:
@@ -111,6 +131,6 @@ class GrammarTokenizer:
             hf_tokenizer, n_vocab=vocab_size, eos_token=list(end_tokens)
         )
 
-    def row(self, json_schema: str) -> RowGrammar:
-        """A fresh grammar state for one reply (the schema was checked by the submit path)."""
-        return RowGrammar(llguidance.LLMatcher(self._tokenizer, grammar_of(json_schema), log_level=0))
+    def row(self, grammar: str) -> RowGrammar:
+        """A fresh state of a grammar (see constraint_of; the submit path checked it) for one reply."""
+        return RowGrammar(llguidance.LLMatcher(self._tokenizer, grammar, log_level=0))

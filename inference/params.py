@@ -41,6 +41,13 @@ class GenerationParams:
     # inference/grammar.py): local models decode under its grammar, remote
     # ones are asked for it. None: free text.
     response_schema: str | None = None
+    # Or a grammar the reply must follow (llguidance's Lark dialect): a reply
+    # that must call a tool (inference/tools.py). Set by the submit path, never sent.
+    response_grammar: str | None = None
+
+    @property
+    def constrained(self) -> bool:
+        return self.response_schema is not None or self.response_grammar is not None
 
     @property
     def greedy(self) -> bool:

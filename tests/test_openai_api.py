@@ -166,10 +166,31 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {}}}
         (ask([{"type": "image_url", "image_url": {"url": "x"}}]), "messages[0].content[0]", "only text"),
         (
             {"model": MODEL, "messages": [{"role": "tool", "content": "42", "tool_call_id": "c"}]},
-            "messages[0].tool_call_id",
-            "Unrecognized request argument supplied: messages[0].tool_call_id",
+            "messages[0]",
+            "messages[0]: a tool message must follow an assistant message with tool_calls",
         ),
-        ({"model": MODEL, "messages": [{"role": "tool", "content": "42"}]}, "messages[0].role", "no tools"),
+        (
+            {"model": MODEL, "messages": [{"role": "robot", "content": "42"}]},
+            "messages[0].role",
+            "or tool, got",
+        ),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{"}}
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "c", "content": "1"},
+                ],
+            },
+            "messages[1].tool_calls[0].function.arguments",
+            "must be a JSON object as text",
+        ),
         (
             {
                 "model": MODEL,
@@ -195,8 +216,25 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {}}}
             "last message must be from the user",
         ),
         (ask(n=2), "n", "only n=1"),
-        (ask(tools=[TOOL]), "tools", "Unrecognized request argument supplied: tools"),
-        (ask(tool_choice="auto"), "tool_choice", "Unrecognized request argument"),
+        (ask(tool_choice="auto"), "tool_choice", "tool_choice: needs tools to choose from"),
+        (ask(tool_choice="f"), "tool_choice", 'must be "auto", "none", "required" or {"type": "function"'),
+        (
+            ask(tools=[TOOL], tool_choice={"type": "function", "function": {"name": "g"}}),
+            "tool_choice",
+            "or a declared function (f), got 'g'",
+        ),
+        (
+            ask(tools=[{"type": "function", "function": {"name": "bad name"}}]),
+            "tools[0].function.name",
+            "tools[0].function.name: String should match pattern",
+        ),
+        (
+            ask(tools=[{"type": "function", "function": {"name": "f", "parameters": {"if": {}}}}]),
+            "tools[0].function.parameters",
+            'tools[0].function.parameters: this schema cannot be enforced: Unimplemented keys: ["if"]',
+        ),
+        (ask(tools=[TOOL], response_format={"type": "json_object"}), "tools", "cannot be combined"),
+        (ask(tools=[{"type": "retrieval"}]), "tools[0]", 'must be {"type": "function"'),
         (ask(frequency_penalty=0.5), "frequency_penalty", "use repetition_penalty"),
         (ask(presence_penalty=-1), "presence_penalty", "does not support it"),
         (ask(logprobs=True), "logprobs", "not supported"),
@@ -651,6 +689,80 @@ def test_langchains_structured_output_gets_a_parsed_answer(stack: Stack, owner_k
     )
     answer = chat.with_structured_output(Pick, method="json_schema").invoke("Pick a colour and a digit.")
     assert isinstance(answer, Pick)
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city, for some days",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"enum": ["Paris", "Rome"]},
+                "days": {"type": "integer", "minimum": 1, "maximum": 7},
+            },
+            "required": ["city", "days"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_a_tool_loop_through_the_official_client(stack: Stack, owner_key: str) -> None:
+    # The SDK's own tool loop: a required call, its result sent back, a named
+    # call, then "auto", whose noise (random weights) comes back as text.
+    import jsonschema_rs
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=owner_key, max_retries=0, timeout=60)
+    model = served_model(stack, owner_key)
+    schema = WEATHER_TOOL["function"]["parameters"]
+    messages: list[Any] = [{"role": "user", "content": "What is the weather in Paris this week?"}]
+    first = client.chat.completions.create(
+        model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=300
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    jsonschema_rs.validate(schema, json.loads(call.function.arguments))
+
+    messages += [choice.message, {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 24 C."}]
+    named = client.chat.completions.create(
+        model=model,
+        messages=messages,
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,
+        max_tokens=300,
+    )
+    assert len(named.choices[0].message.tool_calls) == 1
+    free = client.chat.completions.create(
+        model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="auto", max_tokens=8
+    )
+    assert free.choices[0].finish_reason == "length" and free.choices[0].message.tool_calls is None
+    assert isinstance(free.choices[0].message.content, str)
+
+    # Streamed: the call arrives as tool_calls deltas, assembled as the SDK's users do.
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=messages[:1],
+            tools=[WEATHER_TOOL],
+            tool_choice="required",
+            max_tokens=300,
+            stream=True,
+        )
+    )
+    deltas = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+    assert deltas and deltas[0].function.name == "get_weather"
+    arguments = "".join(d.function.arguments or "" for d in deltas if d.index == 0)
+    jsonschema_rs.validate(schema, json.loads(arguments))
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert all(not (c.choices and c.choices[0].delta.content) for c in chunks)  # no call text leaks
 
 
 def test_a_stream_cleans_up_as_soon_as_django_stops_reading_it() -> None:

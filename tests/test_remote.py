@@ -255,6 +255,20 @@ def test_a_remote_model_is_asked_for_the_schema_and_its_answer_parses(front: Sta
 
 
 @on_the_stack
+def test_tools_for_a_remote_model_are_refused_naming_the_model(front: Stack, owner_key: str) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    answer = httpx.post(
+        f"{front.base_url}/v1/chat/completions",
+        json={"model": "upstream", "messages": [{"role": "user", "content": "Hi"}], "tools": [tool]},
+        headers=bearer(owner_key),
+        timeout=30,
+    )
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == "tools" and "remote model upstream" in error["message"]
+
+
+@on_the_stack
 def test_cancelling_a_remote_reply_closes_the_upstream_stream(
     front: Stack, owner_key: str, upstream: tuple[Stack, str, Path]
 ) -> None:

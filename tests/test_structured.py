@@ -163,3 +163,55 @@ def test_the_default_model_answers_twenty_schemas_and_every_answer_parses() -> N
     for completion, schema in answers:
         assert completion.finish_reason == "stop", completion.text
         assert_parses(completion.text, schema)
+
+
+# --- Function calling ------------------------------------------------------------
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"enum": ["Paris", "Rome"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        },
+        "required": ["city", "days"],
+        "additionalProperties": False,
+    },
+}
+TIME = {"name": "get_time", "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}
+
+
+def test_calls_are_parsed_only_when_every_one_is_a_well_formed_call_of_a_declared_tool() -> None:
+    from inference.tools import ToolCall, call_text, parse_calls
+
+    names = ["get_weather", "get_time"]
+    calls = [ToolCall("get_weather", {"city": "Paris", "days": 2}), ToolCall("get_time", {})]
+    assert parse_calls(call_text(calls, "Let me look."), names) == ("Let me look.", calls)
+    broken = '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>'
+    assert parse_calls(broken, names) == (broken, [])
+    undeclared = '<tool_call>\n{"name": "rm_rf", "arguments": {}}\n</tool_call>'
+    assert parse_calls(undeclared, names) == (undeclared, [])
+    assert parse_calls("Just words.", names) == ("Just words.", [])
+
+
+@pytest.mark.parametrize(("only", "parallel"), [(None, True), ("get_weather", False)])
+def test_a_required_call_of_a_random_model_always_parses_against_its_tool(
+    engine: Engine, only: str | None, parallel: bool
+) -> None:
+    from inference.tools import calls_grammar, parse_calls
+
+    grammar = calls_grammar([WEATHER, TIME], only=only, parallel=parallel)
+    params = GenerationParams(max_new_tokens=200, temperature=1.0, seed=5, response_grammar=grammar)
+    for prompt in PROMPTS[:2]:
+        completion = engine.generate(GenerationRequest(turns=prompt, params=params))
+        text, calls = parse_calls(completion.text, ["get_weather", "get_time"])
+        assert calls and text == "", completion.text
+        assert completion.finish_reason == "stop"
+        if not parallel:
+            assert len(calls) == 1
+        for call in calls:
+            assert only is None or call.name == only
+            schema = WEATHER["parameters"] if call.name == "get_weather" else TIME["parameters"]
+            jsonschema_rs.validate(schema, call.arguments)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from django.contrib.auth.models import User
@@ -29,7 +29,8 @@ from chat.models import Conversation, Message, Profile
 from chat.services import limits
 from chat.services.conversations import conversation_create
 from chat.services.profiles import params_for_new_conversations
-from inference.params import GenerationParams
+from inference.params import GenerationParams, InvalidParameter
+from inference.tools import tools_block
 from inference.types import Turn
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ class Submission:
     params: Mapping[str, Any] = field(default_factory=dict)  # as sent; left out = resolved
     new_conversation: NewConversation | None = None  # instead of conversation_id
     model: str = ""  # a declared model, kept for the conversation's next turns; "" = the conversation's
+    # Functions the reply may call (chat.params.ToolsIn's fields), for a new conversation:
+    # described in its system prompt, and a call enforced when one is required.
+    tools: Mapping[str, Any] | None = None
     # While the model's workers are still loading it (or starting), the reply
     # waits in the queue for them; False: refuse it at once (503 model_loading).
     wait_for_model: bool = True
@@ -102,6 +106,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
     if submission.action != "regenerate":
         content = limits.check_message("message", content)
     given = chat_params.params_in(submission.params)
+    tools = _tools(submission, given)
     if (new := submission.new_conversation) is not None:
         limits.check_length("system_prompt", new.system_prompt or "")
         for index, turn in enumerate(new.history):
@@ -119,11 +124,13 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
     with transaction.atomic():
         profile = limits.lock_profile(user=user)
         if new is not None:
-            conversation = _new_conversation(user, new, content)  # rolled back if refused below
+            conversation = _new_conversation(user, new, content, tools)  # rolled back if refused below
         else:
             conversation = _conversation(user, profile, submission.conversation_id)
             limits.check_idle(conversation=conversation)
         model = limits.check_model(submission.model or conversation.model)
+        if tools is not None:
+            limits.check_tools(model=model)
         if submission.model:
             conversation.model = model
         limits.check_concurrency(user=user)
@@ -134,7 +141,10 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         reply = reply_pending_create(
             conversation=conversation,
             question=question,
-            params=chat_params.over(given, params_for(conversation=conversation)).as_dict(),
+            params=replace(
+                chat_params.over(given, params_for(conversation=conversation)),
+                response_grammar=chat_params.tools_grammar(tools) if tools else None,
+            ).as_dict(),
             model=model,
         )
         if not conversation.title:
@@ -161,14 +171,34 @@ def _conversation(user: User, profile: Profile, conversation_id: int | None) -> 
     return conversation
 
 
-def _new_conversation(user: User, new: NewConversation, content: str) -> Conversation:
+def _tools(submission: Submission, given: chat_params.ParamsIn) -> chat_params.ToolsIn | None:
+    """The submission's tools, checked; they come with a new conversation and without a schema."""
+    tools = chat_params.tools_in(submission.tools)
+    if tools is None:
+        return None
+    if submission.new_conversation is None or submission.new_conversation.system_prompt is None:
+        raise InvalidParameter(
+            "tools", "are declared with a conversation's first request (as /v1 sends them)"
+        )
+    if given.response_schema is not None:
+        raise InvalidParameter("tools", "cannot be combined with a JSON response format; send one of them")
+    return tools
+
+
+def _new_conversation(
+    user: User, new: NewConversation, content: str, tools: chat_params.ToolsIn | None = None
+) -> Conversation:
     """The page's new chat, or the OpenAI API's exchange (which does not become the
-    conversation `POST /chat` continues)."""
+    conversation `POST /chat` continues). Tools the model may call are described
+    at the head of its system prompt."""
     if new.system_prompt is None:
         return conversation_create(user=user)  # titled from the question by the caller
     first = new.history[0].content if new.history else content
+    system_prompt = new.system_prompt.strip()
+    if tools is not None and tools.choice != "none":
+        system_prompt = "\n\n".join(part for part in (system_prompt, tools_block(tools.declared())) if part)
     conversation = Conversation.objects.create(
-        owner=user, title=conversation_title(first), system_prompt=new.system_prompt.strip()
+        owner=user, title=conversation_title(first), system_prompt=system_prompt
     )
     parent = None
     for turn in new.history:  # one branch; the question follows its last turn

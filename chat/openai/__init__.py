@@ -10,10 +10,12 @@ disconnects cancels its reply.
 
 Structured output (`response_format` json_object or json_schema) becomes the
 submit path's `response_schema`: local models decode under the schema's
-grammar, so the reply parses; remote ones are asked for it. What SanjAI does
-not do (several choices, tools, log probabilities, frequency and presence
-penalties) is refused with a 400 that names the field, never silently
-ignored. A field sent as null counts as absent, so clients that echo back
+grammar, so the reply parses; remote ones are asked for it. Function calling
+(`tools`, `tool_choice`, `parallel_tool_calls`, `role: "tool"` results) runs
+on local models in the Hermes format (inference/tools.py); a required call is
+decoded under its tool's schema. What SanjAI does not do (several choices,
+log probabilities, frequency and presence penalties) is refused with a 400
+that names the field, never silently ignored. A field sent as null counts as absent, so clients that echo back
 full message objects (`"tool_calls": null`) work.
 
 - `protocol`: the request as pydantic models, and its refusals in OpenAI's shape;

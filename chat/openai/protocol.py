@@ -17,6 +17,7 @@ there, as on every surface.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -24,6 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from chat.lifecycle.submit import NewConversation, Submission
+from inference.tools import ToolCall, call_text, result_text
 from inference.types import Turn
 
 SYSTEM_ROLES = frozenset({"system", "developer"})  # "developer" is OpenAI's newer name for it
@@ -127,19 +129,71 @@ def _content(value: Any) -> str:
 
 
 def _role(value: Any) -> Any:
-    if value not in ("system", "developer", "user", "assistant"):
-        raise refuse(f"must be system, developer, user or assistant (no tools here), got {value!r}.")
+    if value not in ("system", "developer", "user", "assistant", "tool"):
+        raise refuse(f"must be system, developer, user, assistant or tool, got {value!r}.")
     return value
+
+
+class FunctionCall(_Object):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+    def parsed(self) -> ToolCall:
+        try:
+            arguments = json.loads(self.arguments)
+        except ValueError:
+            raise refuse("must be a JSON object as text.") from None
+        if not isinstance(arguments, dict):
+            raise refuse("must be a JSON object as text.")
+        return ToolCall(self.name, arguments)
+
+
+class ToolCallIn(_Object):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatMessage(_Object):
     NOT_AN_OBJECT: ClassVar[str] = "must be an object with role and content."
 
-    REQUIRED: ClassVar[tuple[str, ...]] = ("content", "role")
+    REQUIRED: ClassVar[tuple[str, ...]] = ("role",)
 
-    content: Annotated[str, BeforeValidator(_content)]
-    role: Annotated[Literal["system", "developer", "user", "assistant"], BeforeValidator(_role)]
+    role: Annotated[Literal["system", "developer", "user", "assistant", "tool"], BeforeValidator(_role)]
+    content: str = ""  # checked below: an assistant message that calls tools may have none
     name: str | None = None  # accepted, not used
+    tool_calls: list[ToolCallIn] = Field(default_factory=list)  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message's call (results are read in the calls' order)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _content_checked(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not (data.get("role") == "assistant" and data.get("tool_calls")):
+            try:
+                data = {**data, "content": _content(data.get("content"))}
+            except PydanticCustomError as exc:  # raised here, it would be located at the message
+                raise refuse(str(exc), at=".content" + str((exc.context or {}).get("at", ""))) from None
+        elif isinstance(data, dict) and data.get("content") is not None:
+            data = {**data, "content": _content(data.get("content"))}
+        return data
+
+    @model_validator(mode="after")
+    def _its_role_fields(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise refuse("only an assistant message makes tool calls.", at=".tool_calls")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise refuse("only a tool message answers a call.", at=".tool_call_id")
+        for index, call in enumerate(self.tool_calls):
+            try:
+                call.function.parsed()
+            except PydanticCustomError as exc:
+                raise refuse(str(exc), at=f".tool_calls[{index}].function.arguments") from None
+        return self
+
+    @property
+    def calls(self) -> tuple[ToolCall, ...]:
+        """tool_calls, with their arguments parsed."""
+        return tuple(call.function.parsed() for call in self.tool_calls)
 
 
 class StreamOptions(_Object):
@@ -238,6 +292,42 @@ def _messages(value: Any) -> Any:
     return value
 
 
+class FunctionIn(_Object):
+    """A function's declaration; its fields are checked by the submit path (chat/params.py)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+
+
+class ToolIn(_Object):
+    type: Literal["function"]
+    function: FunctionIn
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_function(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") != "function":
+            raise refuse(
+                f'must be {{"type": "function", "function": {{...}}}}, got type {data.get("type")!r}.'
+            )
+        return data
+
+
+def _tool_choice(value: Any) -> Any:
+    """ "auto", "none", "required", or {"type": "function", "function": {"name": ...}} as its name."""
+    if value in ("auto", "none", "required"):
+        return value
+    if isinstance(value, dict) and value.get("type") == "function":
+        name = (value.get("function") or {}).get("name")
+        if isinstance(name, str) and name:
+            return name
+    raise refuse(
+        'must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}, '
+        f"got {value!r}."[:300]
+    )
+
+
 class ChatCompletionRequest(_Object):
     """POST /v1/chat/completions, as SanjAI takes it. Fields are checked in this order."""
 
@@ -250,6 +340,9 @@ class ChatCompletionRequest(_Object):
     presence_penalty: Annotated[float, BeforeValidator(_zero_penalty)] = 0
     logprobs: Annotated[bool, BeforeValidator(_no_logprobs)] = False
     response_format: ResponseFormat | None = None
+    tools: list[ToolIn] = Field(default_factory=list)
+    tool_choice: Annotated[str, BeforeValidator(_tool_choice)] = "auto"
+    parallel_tool_calls: Boolean = True
     user: Annotated[str | None, BeforeValidator(_a_string)] = None  # the caller's own records; unused
     stream: Boolean = False
     stream_options: StreamOptions | None = None
@@ -270,7 +363,19 @@ class ChatCompletionRequest(_Object):
         new, old = self.max_completion_tokens, self.max_tokens
         if new is not None and old is not None and new != old:
             raise refuse("disagrees with max_tokens; send one of them.", param="max_completion_tokens")
+        if not self.tools and "tool_choice" in self.model_fields_set:
+            raise refuse("needs tools to choose from.", param="tool_choice")
         return self
+
+    def tools_spec(self) -> dict[str, Any] | None:
+        """The tools as the submit path takes them (chat.params.ToolsIn), or None."""
+        if not self.tools:
+            return None
+        return {
+            "functions": [tool.function.model_dump() for tool in self.tools],
+            "choice": self.tool_choice,
+            "parallel": self.parallel_tool_calls,
+        }
 
 
 @dataclass(frozen=True)
@@ -284,6 +389,8 @@ class CompletionRequest:
     stream: bool
     include_usage: bool
     store: bool
+    tools: dict[str, Any] | None = None  # as the submit path takes them
+    tool_names: tuple[str, ...] = ()  # the functions a reply may call: what its calls are parsed against
 
     def submission(self) -> Submission:
         *history, question = self.turns
@@ -292,6 +399,7 @@ class CompletionRequest:
             params=self.params,
             new_conversation=NewConversation(system_prompt=self.system_prompt, history=tuple(history)),
             model=self.model,
+            tools=self.tools,
         )
 
 
@@ -323,19 +431,34 @@ def parse_completion(payload: Any) -> CompletionRequest:
         stream=body.stream,
         include_usage=body.stream_options is not None and body.stream_options.include_usage,
         store=body.store,
+        tools=body.tools_spec(),
+        tool_names=tuple(tool.function.name for tool in body.tools) if body.tool_choice != "none" else (),
     )
 
 
 def _dialogue(messages: list[ChatMessage]) -> tuple[str, tuple[Turn, ...], tuple[str, ...]]:
     """The system prompt, the dialogue, and where each turn came from.
 
-    Consecutive turns of one role are joined; a joined turn is named after its last message.
+    Consecutive turns of one role are joined; a joined turn is named after its
+    last message. An assistant's tool calls become its turn's text and tool
+    results a user turn, as the model reads them (inference/tools.py).
     """
     system: list[str] = []
     turns: list[Turn] = []
     sources: list[str] = []
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
+        if message.role == "tool":
+            if not turns or not (
+                (turns[-1].role == "assistant" and "<tool_call>" in turns[-1].content)
+                or turns[-1].content.startswith("<tool_response>")
+            ):
+                raise invalid(
+                    f"{where}: a tool message must follow an assistant message with tool_calls.", param=where
+                )
+            message = ChatMessage(role="user", content=result_text([message.content]))
+        elif message.calls:
+            message = ChatMessage(role="assistant", content=call_text(message.calls, message.content))
         if message.role in SYSTEM_ROLES:
             if turns:
                 raise invalid(

@@ -30,6 +30,7 @@ from chat.lifecycle.submit import PostedMessage
 from chat.models import Conversation, Message
 from chat.openai.protocol import ApiError, CompletionRequest
 from chat.services.conversations import conversation_delete
+from inference.tools import CALL_START, parse_calls
 
 logger = logging.getLogger(__name__)
 
@@ -174,20 +175,39 @@ class Exchange:
         usage = selectors.message_usage(reply)
         return {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
 
+    def answer(self, reply: Message) -> tuple[str, list[dict[str, Any]], str | None]:
+        """The reply as OpenAI sees it: its text, its tool calls, its finish reason.
+
+        A reply that holds well-formed calls of the request's tools (see
+        inference/tools.py) answers them, with the text before them as content;
+        anything else is text, never an error.
+        """
+        text, calls = parse_calls(reply.content, self.request.tool_names)
+        if not calls:
+            return reply.content, [], reply.finish_reason
+        tool_calls = [
+            {
+                "id": f"call_{secrets.token_hex(12)}",
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
+            }
+            for call in calls
+        ]
+        return text, tool_calls, "tool_calls"
+
     def completion(self, reply: Message) -> dict[str, Any]:
+        content, tool_calls, finish_reason = self.answer(reply)
+        message: dict[str, Any] = {"role": "assistant", "content": content or None, "refusal": None}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        else:
+            message["content"] = content
         return {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": self.request.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply.content, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": reply.finish_reason,
-                }
-            ],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
             "usage": self.usage(reply),
         }
 
@@ -203,6 +223,49 @@ class Exchange:
         if self.request.include_usage and "usage" not in body:
             body["usage"] = None  # as OpenAI does: only the last chunk carries it
         return body
+
+
+class _HeldBack:
+    """Streamed text, held back from where a tool call may begin.
+
+    With tools, a reply's text goes out as it comes up to anything that could
+    be the start of a call (`marker`); the rest waits for the end of the
+    reply, when it is either its calls or, if they do not parse, more text.
+    """
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+        self.sent = ""
+        self._seen = ""
+        self._holding = False
+
+    def take(self, piece: str) -> str:
+        """What of `piece` may go out now."""
+        self._seen += piece
+        if not self.marker:
+            self.sent += piece
+            return piece
+        if self._holding:
+            return ""
+        start = self._seen.find(self.marker)
+        if start < 0:  # hold only a tail that could still grow into the marker
+            start = next(
+                (
+                    i
+                    for i in range(max(0, len(self._seen) - len(self.marker)), len(self._seen))
+                    if self.marker.startswith(self._seen[i:])
+                ),
+                len(self._seen),
+            )
+        else:
+            self._holding = True
+        out = self._seen[len(self.sent) : start]
+        self.sent += out
+        return out
+
+    def rest(self, final: str) -> str:
+        """What is left to send of the final text, once the reply has ended."""
+        return final[len(self.sent) :] if final.startswith(self.sent) else ""
 
 
 def _sse(data: dict[str, Any]) -> str:
@@ -263,18 +326,26 @@ async def _stream(exchange: Exchange) -> AsyncGenerator[str, None]:
         async with exchange.watching() as watch:
             yield _sse(exchange.chunk({"role": "assistant", "content": ""}))
             quiet_since = time.monotonic()
+            held = _HeldBack(CALL_START if exchange.request.tool_names else "")
             try:
                 async for piece in watch.text(settings.CHAT_REPLY_TIMEOUT_S):
                     if piece:
                         quiet_since = time.monotonic()
-                        yield _sse(exchange.chunk({"content": piece}))
+                        if text := held.take(piece):
+                            yield _sse(exchange.chunk({"content": text}))
                     elif time.monotonic() - quiet_since >= KEEPALIVE_S:
                         quiet_since = time.monotonic()
                         yield ": keep-alive\n\n"
                 reply = await exchange.finished_reply()
             except Message.DoesNotExist:
                 raise _deleted() from None
-            yield _sse(exchange.chunk({}, finish_reason=reply.finish_reason))
+            content, tool_calls, finish_reason = exchange.answer(reply)
+            if tool_calls:  # each call in one delta, which the SDKs assemble as they do OpenAI's
+                for index, call in enumerate(tool_calls):
+                    yield _sse(exchange.chunk({"tool_calls": [{"index": index, **call}]}))
+            elif rest := held.rest(content):
+                yield _sse(exchange.chunk({"content": rest}))
+            yield _sse(exchange.chunk({}, finish_reason=finish_reason))
             if exchange.request.include_usage:
                 usage_chunk = exchange.chunk({}, usage=exchange.usage(reply))
                 usage_chunk["choices"] = []

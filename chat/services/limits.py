@@ -19,6 +19,7 @@ from django.contrib.auth.models import User
 from chat import selectors
 from chat.models import Conversation, Profile
 from chat.services.usage import budgets
+from inference.params import InvalidParameter
 
 
 class SubmissionRefused(Exception):
@@ -92,6 +93,15 @@ def check_model(name: str) -> str:
             f"model: {name!r} does not exist here; the models are {names} (GET /v1/models)."
         )
     return name
+
+
+def check_tools(*, model: str) -> None:
+    """Function calling runs on local models, whose decoding can enforce a call."""
+    declared = settings.MODEL_REGISTRY.get(model)
+    if declared is not None and declared.kind == "remote":
+        raise InvalidParameter(
+            "tools", f"function calling is not available for the remote model {model} yet; use a local model"
+        )
 
 
 def check_idle(*, conversation: Conversation) -> None:

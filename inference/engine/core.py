@@ -38,12 +38,13 @@ from inference.engine.kv import KVRows, capacity_for
 from inference.engine.prefix_cache import PrefixCache
 from inference.engine.sampler import Sampler, SamplingRow
 from inference.engine.scheduler import Request, Scheduler, SchedulerOutput
-from inference.grammar import GrammarTokenizer, RowGrammar
+from inference.grammar import GrammarTokenizer, RowGrammar, constraint_of
 from inference.loading import LoadedModel
 from inference.metrics import WorkerMetrics, worker_metrics
 from inference.model.decoder import FastDecoder, KVRow, supports
 from inference.model.memory import give_back_freed_memory
 from inference.model.weights import INT4_GROUP
+from inference.params import GenerationParams
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
 from inference.types import Completion, FinishReason, GenerationRequest
 
@@ -213,7 +214,7 @@ class Engine:
             context_tokens=self.loaded.context_tokens,
             max_new_tokens=params.max_new_tokens,
         )
-        grammar = self._grammar(params.response_schema) if params.response_schema is not None else None
+        grammar = self._grammar(params) if params.constrained else None
         # A stop string could cut a JSON document short: a constrained reply ends with its document.
         stop_strings = [] if grammar is not None else [*self.stop_strings, *params.stop]
         job = _Job(
@@ -255,7 +256,7 @@ class Engine:
                 with self._wake:
                     self._wake.notify()
 
-    def _grammar(self, json_schema: str) -> RowGrammar:
+    def _grammar(self, params: GenerationParams) -> RowGrammar:
         """A reply's grammar state, on its job thread (building one drops the GIL)."""
         with self._grammar_lock:
             if self._grammar_tokenizer is None:
@@ -264,7 +265,7 @@ class Engine:
                     vocab_size=self.decoder.lm_head.out_features,
                     end_tokens=self.stop_token_ids,
                 )
-        return self._grammar_tokenizer.row(json_schema)
+        return self._grammar_tokenizer.row(constraint_of(params))
 
     def close(self) -> None:
         with self._wake:
