@@ -674,7 +674,7 @@ def test_the_official_openai_client_works(stack: Stack, owner_key: str) -> None:
 
 @pytest.mark.stack
 @pytest.mark.django_db(transaction=True)
-def test_langchains_structured_output_gets_a_parsed_answer(stack: Stack, owner_key: str) -> None:
+def test_langchains_structured_output_and_tools_get_parsed_answers(stack: Stack, owner_key: str) -> None:
     # LangChain's ChatOpenAI, unchanged: with_structured_output sends the
     # schema as response_format and parses the reply into the model class.
     from langchain_openai import ChatOpenAI
@@ -689,6 +689,10 @@ def test_langchains_structured_output_gets_a_parsed_answer(stack: Stack, owner_k
     )
     answer = chat.with_structured_output(Pick, method="json_schema").invoke("Pick a colour and a digit.")
     assert isinstance(answer, Pick)
+    # bind_tools: the call comes back parsed into LangChain's tool_calls.
+    called = chat.bind_tools([WEATHER_TOOL], tool_choice="required").invoke("The weather in Rome?")
+    (call,) = called.tool_calls[:1]
+    assert call["name"] == "get_weather" and call["args"]["city"] in ("Paris", "Rome")
 
 
 WEATHER_TOOL = {
