@@ -100,7 +100,7 @@ image: wheelhouse  ## build the image ($(IMAGE)) for web, workers and migrations
 	@test -n "$(CONTAINER)" || { echo "no podman or docker on PATH: apt-get install podman mmdebstrap podman-compose runc"; exit 1; }
 	@$(MAKE) --no-print-directory base-images BASES=python
 	@inputs=$$($(IMAGE_INPUTS)); \
-	built=$$($(CONTAINER) image inspect --format '{{index .Labels "org.sanjai.inputs"}}' $(IMAGE) 2>/dev/null); \
+	built=$$($(CONTAINER) image inspect --format '{{index .Config.Labels "org.sanjai.inputs"}}' $(IMAGE) 2>/dev/null); \
 	if [ "$$built" = "$$inputs" ] && [ -z "$(FORCE)" ]; then \
 		echo "$(IMAGE) is up to date (inputs $$inputs; FORCE=1 builds anyway)"; \
 	else \
