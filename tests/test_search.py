@@ -218,3 +218,23 @@ def test_the_browser_session_searches_too(client: Client, owner: Any, chat: Conv
     response = client.get(API, {"q": "walrus"})
     assert response.status_code == 200
     assert [item["message_id"] for item in response.json()["items"]] == [asked.pk]
+
+
+def test_the_index_survives_every_later_migration() -> None:
+    """A migration that alters chat_message rebuilds the table on SQLite, which drops
+    the index's triggers (see migration 0011): it must create them again."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'chat_message'"
+            )
+            expected = {"chat_message_fts_insert", "chat_message_fts_update", "chat_message_fts_delete"}
+        else:
+            cursor.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_name = 'chat_message' AND column_name = 'search_vector'"
+            )
+            expected = {"search_vector"}
+        assert {row[0] for row in cursor.fetchall()} >= expected

@@ -28,7 +28,7 @@
 
   document.addEventListener("keydown", (event) => {
     const mod = event.ctrlKey || event.metaKey;
-    if (mod && !event.shiftKey && !event.altKey && event.key.toLowerCase() === "k") {
+    if (mod && !event.shiftKey && !event.altKey && (event.key || "").toLowerCase() === "k") {
       event.preventDefault(); // the browser's own Ctrl+K (its address bar search)
       if (dialog.open) dialog.close(); else openDialog();
     }
