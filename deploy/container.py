@@ -110,7 +110,7 @@ def main(argv: list[str]) -> None:
             raise SystemExit(USAGE)
         from sanjai_site.launcher import run_worker
 
-        run_worker(args[0] if args else None)  # execs Celery; returns only on a bad model name
+        run_worker(args[0] if args else None)  # execs Celery; a model not declared exits with its list
         raise SystemExit(1)
     elif role == "migrate":
         migrate()
