@@ -154,6 +154,9 @@ def test_pages_are_bounded_and_follow_on_without_repeats(
         "\\",
         "paris\x00rome",
         "ÉLAN, élan",
+        "\u00b2 \u216b \u0661\u0662 \U0001d518 \u01c5",  # Unicode letters, digits tokenizers may drop
+        "e\u0301 \u6771\u4eac \uff46\uff55\uff4c\uff4c",  # combining accent, CJK, full-width
+        "x" * 200,
     ],
 )
 def test_hostile_query_syntax_is_a_word_search_or_a_clear_400_never_a_500(
