@@ -22,8 +22,8 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from chat import charts, selectors
-from chat.models import ApiKey, Conversation, Feedback, Invite, Message, Profile, Share, Usage
-from chat.services import usage
+from chat.models import ApiKey, Conversation, Feedback, Invite, Message, Preset, Profile, Share, Usage
+from chat.services import presets, usage
 from chat.spreadsheets import csv_response
 
 
@@ -224,6 +224,43 @@ class ShareAdmin(admin.ModelAdmin):
     def link(self, share: Share) -> str:
         url = reverse("shared", kwargs={"token": share.token})
         return format_html('<a href="{}" rel="noreferrer">{}</a>', url, url)
+
+
+@admin.register(Preset)
+class PresetAdmin(admin.ModelAdmin):
+    """Users' presets. An admin publishes one to everybody (or stops); their owners edit them."""
+
+    list_display = ("name", "slug", "owner", "model", "published", "updated")
+    list_select_related = ("owner",)
+    list_filter = ("published",)
+    search_fields = ("name", "slug", "owner__username")
+    fields = ("name", "slug", "owner", "description", "system_prompt", "model", "params", "published")
+    readonly_fields = fields
+    actions = ["publish", "unpublish"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # made by their owners, on the page or through the API
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the actions below are the admin's one change
+
+    @admin.action(description="Publish the selected presets to everybody", permissions=["view"])
+    def publish(self, request: HttpRequest, queryset: QuerySet[Preset]) -> None:
+        self._publish(request, queryset, published=True)
+
+    @admin.action(description="Stop offering the selected presets to everybody", permissions=["view"])
+    def unpublish(self, request: HttpRequest, queryset: QuerySet[Preset]) -> None:
+        self._publish(request, queryset, published=False)
+
+    def _publish(self, request: HttpRequest, queryset: QuerySet[Preset], *, published: bool) -> None:
+        if not request.user.is_superuser:
+            self.message_user(request, "Only a superuser publishes presets.", level="error")
+            return
+        refused = [p.name for p in queryset if not presets.preset_publish(preset=p, published=published)]
+        if refused:
+            self.message_user(
+                request, f"Another published preset has the slug of: {', '.join(refused)}.", level="error"
+            )
 
 
 @admin.register(Invite)

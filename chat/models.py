@@ -8,6 +8,37 @@ from django.db import models
 from django.utils import timezone
 
 
+class Preset(models.Model):
+    """An assistant: a named bundle of system prompt, model and parameters a new chat starts from.
+
+    Each user keeps their own; an admin may publish one to everybody. Programs
+    use one on /v1 as the model id `preset:<slug>`.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="presets")
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=100)  # unique per owner; a published one's among the published
+    description = models.CharField(max_length=300, blank=True)
+    system_prompt = models.TextField(blank=True)
+    model = models.CharField(max_length=100, blank=True)  # a declared model; empty: the default one
+    params = models.JSONField(default=dict, blank=True)  # the chat page's parameters (chat.params)
+    published = models.BooleanField(default=False, help_text="Offered to every user (an admin's choice).")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "slug"], name="preset_slug_per_owner"),
+            models.UniqueConstraint(
+                fields=["slug"], condition=models.Q(published=True), name="preset_published_slug"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Conversation(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
@@ -19,6 +50,10 @@ class Conversation(models.Model):
     params = models.JSONField(default=dict, blank=True)
     # The declared model (settings.MODEL_REGISTRY) its replies come from; empty: the default one.
     model = models.CharField(max_length=100, blank=True)
+    # The preset it started from (its prompt, model and parameters were copied then).
+    preset = models.ForeignKey(
+        Preset, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations"
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
     # Set: shown on top of the sidebar, most recently pinned first.

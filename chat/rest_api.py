@@ -29,10 +29,11 @@ from chat import delivery, search, selectors
 from chat.auth import auth_user, http_error_message, json_api
 from chat.lifecycle.status import NotCancellable, reply_cancel
 from chat.lifecycle.submit import Submission
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, Preset
 from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
-from chat.services import conversations, feedback, limits, sharing
+from chat.services import conversations, feedback, limits, presets, sharing
 from chat.share_views import share_url
+from inference.params import InvalidParameter
 
 
 def _error(status: int, detail: str) -> JsonResponse:
@@ -98,6 +99,7 @@ class ConversationOut(Schema):
     title: str
     system_prompt: str
     model: str = Field(description="The model its replies come from")
+    preset_id: int | None = Field(description="The preset it started from, if any")
     pinned: bool = Field(description="Shown on top of the chat page's list")
     archived: bool = Field(description="Left out of the chat page's list, shown in its Archived view")
     created: datetime
@@ -112,8 +114,51 @@ class ConversationOut(Schema):
         return conversation.archived_at is not None
 
 
+class PresetOut(Schema):
+    id: int
+    name: str
+    slug: str = Field(description="On /v1 the preset is the model id preset:<slug>")
+    description: str
+    system_prompt: str
+    model: str = Field(description="Its model; empty: the default one")
+    params: dict[str, Any] = Field(description="The parameters it sets (the chat page's)")
+    published: bool = Field(description="Offered to everybody by an admin")
+    mine: bool = Field(description="Yours to change")
+    created: datetime
+    updated: datetime
+
+    @staticmethod
+    def resolve_mine(preset: Preset, context: dict[str, Any]) -> bool:
+        return bool(preset.owner_id == auth_user(context["request"]).pk)
+
+
+class PresetIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., max_length=100)
+    description: str = Field("", max_length=300)
+    system_prompt: str = Field("", description=f"At most {settings.CHAT_MAX_MESSAGE_CHARS} characters")
+    model: str = Field("", max_length=100, description="A model from GET /v1/models; empty: the default")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="max_new_tokens, temperature, top_p, repetition_penalty"
+    )
+
+
+class PresetPatch(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=100)
+    description: str | None = Field(None, max_length=300)
+    system_prompt: str | None = None
+    model: str | None = Field(None, max_length=100)
+    params: dict[str, Any] | None = None
+
+
 class ConversationIn(Schema):
     title: str = Field("", max_length=TITLE_CHARS)
+    preset_id: int | None = Field(
+        None, ge=1, le=MAX_ID, description="Start from this preset: its system prompt, model and parameters"
+    )
     model: str = Field("", max_length=100, description="A model from GET /v1/models; left out: the default")
     system_prompt: str | None = Field(
         None,
@@ -286,6 +331,11 @@ def _invalid_input(request: HttpRequest, exc: limits.InvalidInput) -> JsonRespon
     return _error(400, str(exc))
 
 
+@api.exception_handler(InvalidParameter)
+def _invalid_parameter(request: HttpRequest, exc: InvalidParameter) -> JsonResponse:
+    return _error(400, str(exc))
+
+
 @api.exception_handler(limits.ModelNotDeclared)
 def _no_such_model(request: HttpRequest, exc: limits.ModelNotDeclared) -> JsonResponse:
     return _error(404, str(exc))
@@ -358,11 +408,19 @@ def conversation_list(request: HttpRequest, query: Query[ConversationQuery]) -> 
 @api.post("/conversations", response={201: ConversationOut, **WITH_404}, tags=["conversations"])
 def conversation_create(request: HttpRequest, payload: ConversationIn) -> Status[Conversation]:
     """Start a conversation; it becomes the one `POST /chat` continues."""
+    user = auth_user(request)
+    preset = None
+    if payload.preset_id is not None:
+        try:
+            preset = selectors.preset_usable(user=user, preset_id=payload.preset_id)
+        except Preset.DoesNotExist:
+            raise _not_found("Preset", payload.preset_id) from None
     conversation = conversations.conversation_create(
-        user=auth_user(request),
+        user=user,
         title=" ".join(payload.title.split()),
         system_prompt=payload.system_prompt,
         model=payload.model,
+        preset=preset,
     )
     return Status(201, conversation)
 
@@ -397,6 +455,39 @@ def conversation_update(
         )
     except Conversation.DoesNotExist:
         raise _not_found("Conversation", conversation_id) from None
+
+
+PresetId = Annotated[int, Path(..., ge=1, le=MAX_ID, description="A preset of yours")]
+
+
+@api.get("/presets", response={200: list[PresetOut], **ERRORS}, tags=["presets"])
+def preset_list(request: HttpRequest) -> list[Preset]:
+    """Your presets, then the ones an admin published for everybody."""
+    return list(selectors.preset_list(user=auth_user(request)))
+
+
+@api.post("/presets", response={201: PresetOut, **WITH_404}, tags=["presets"])
+def preset_create(request: HttpRequest, payload: PresetIn) -> Status[Preset]:
+    """Make a preset: a new chat (or a /v1 request for model preset:<slug>) starts from it."""
+    return Status(201, presets.preset_create(user=auth_user(request), **payload.model_dump()))
+
+
+@api.patch("/presets/{preset_id}", response={200: PresetOut, **WITH_404}, tags=["presets"])
+def preset_update(request: HttpRequest, preset_id: PresetId, payload: PresetPatch) -> Preset:
+    """Change one of your presets; conversations started from it keep what they copied."""
+    try:
+        return presets.preset_update(user=auth_user(request), preset_id=preset_id, **payload.model_dump())
+    except Preset.DoesNotExist:
+        raise _not_found("Preset", preset_id) from None
+
+
+@api.delete("/presets/{preset_id}", response={204: None, **WITH_404}, tags=["presets"])
+def preset_delete(request: HttpRequest, preset_id: PresetId) -> Status[None]:
+    try:
+        presets.preset_delete(user=auth_user(request), preset_id=preset_id)
+    except Preset.DoesNotExist:
+        raise _not_found("Preset", preset_id) from None
+    return Status(204, None)
 
 
 @api.delete("/conversations/{conversation_id}", response={204: None, **WITH_404}, tags=["conversations"])

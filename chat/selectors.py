@@ -13,7 +13,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from chat.branches import Tree
-from chat.models import ApiKey, Conversation, Feedback, Message, Share
+from chat.models import ApiKey, Conversation, Feedback, Message, Preset, Share
 from inference import presence
 from inference.registry import Registry
 from inference.types import Turn
@@ -349,3 +349,26 @@ def model_list(*, registry: Registry, redis_url: str) -> list[ServedModel]:
             )
         )
     return served
+
+
+def preset_list(*, user: User) -> QuerySet[Preset]:
+    """The presets a user may start from: their own, then the published ones of others."""
+    return Preset.objects.filter(Q(owner=user) | Q(published=True)).order_by("-published", "name")
+
+
+def preset_own(*, user: User, preset_id: int) -> Preset:
+    """One of the user's own presets; Preset.DoesNotExist for anyone else's."""
+    return Preset.objects.get(pk=preset_id, owner=user)
+
+
+def preset_usable(*, user: User, preset_id: int) -> Preset:
+    """A preset the user may start from (theirs or published); Preset.DoesNotExist otherwise."""
+    return preset_list(user=user).get(pk=preset_id)
+
+
+def preset_by_slug(*, user: User, slug: str) -> Preset:
+    """`preset:<slug>` on /v1: the user's own preset of that slug, else the published one."""
+    found = preset_list(user=user).filter(slug=slug).order_by("published").first()
+    if found is None:
+        raise Preset.DoesNotExist(slug)
+    return found

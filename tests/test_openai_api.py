@@ -695,6 +695,33 @@ def test_langchains_structured_output_and_tools_get_parsed_answers(stack: Stack,
     assert call["name"] == "get_weather" and call["args"]["city"] in ("Paris", "Rome")
 
 
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_a_preset_is_a_model_id_whose_prompt_and_parameters_reach_the_reply(
+    stack: Stack, owner: Any, owner_key: str
+) -> None:
+    from openai import OpenAI
+
+    from chat.services import presets
+
+    presets.preset_create(
+        user=owner, name="Terse", system_prompt="Answer in three tokens.", params={"max_new_tokens": 3}
+    )
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=owner_key, max_retries=0, timeout=60)
+    listed = {model.id: model for model in client.models.list()}
+    assert "preset:terse" in listed and listed["preset:terse"].model_extra["kind"] == "preset"
+    completion = client.chat.completions.create(
+        model="preset:terse", messages=[{"role": "user", "content": "Hello"}]
+    )
+    assert completion.usage.completion_tokens == 3  # the preset's max_new_tokens (this model never stops)
+    conversation = Message.objects.latest("id").conversation
+    assert conversation.system_prompt == "Answer in three tokens." and conversation.preset is not None
+    import openai
+
+    with pytest.raises(openai.NotFoundError, match="your presets are preset:terse"):
+        client.chat.completions.create(model="preset:nope", messages=[{"role": "user", "content": "Hi"}])
+
+
 WEATHER_TOOL = {
     "type": "function",
     "function": {

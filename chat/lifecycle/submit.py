@@ -25,7 +25,7 @@ from chat.events import send_event
 from chat.lifecycle import dispatch
 from chat.lifecycle.status import reply_pending_create
 from chat.lifecycle.sweep import fail_lost_replies
-from chat.models import Conversation, Message, Profile
+from chat.models import Conversation, Message, Preset, Profile
 from chat.services import limits
 from chat.services.conversations import conversation_create
 from chat.services.profiles import params_for_new_conversations
@@ -48,6 +48,7 @@ class NothingToRegenerate(Exception):
 
 
 Action = Literal["send", "regenerate", "edit"]
+PRESET_PREFIX = "preset:"  # a model id that names a preset (chat.services.presets)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         content = limits.check_message("message", content)
     given = chat_params.params_in(submission.params)
     tools = _tools(submission, given)
+    preset = _preset(user, submission)
     if (new := submission.new_conversation) is not None:
         limits.check_length("system_prompt", new.system_prompt or "")
         for index, turn in enumerate(new.history):
@@ -124,11 +126,14 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
     with transaction.atomic():
         profile = limits.lock_profile(user=user)
         if new is not None:
-            conversation = _new_conversation(user, new, content, tools)  # rolled back if refused below
+            conversation = _new_conversation(
+                user, new, content, tools, preset
+            )  # rolled back if refused below
         else:
             conversation = _conversation(user, profile, submission.conversation_id)
             limits.check_idle(conversation=conversation)
-        model = limits.check_model(submission.model or conversation.model)
+        asked = preset.model if preset is not None else submission.model
+        model = limits.check_model(asked or conversation.model)
         if tools is not None:
             limits.check_tools(model=model)
         if submission.model:
@@ -185,20 +190,49 @@ def _tools(submission: Submission, given: chat_params.ParamsIn) -> chat_params.T
     return tools
 
 
+def _preset(user: User, submission: Submission) -> Preset | None:
+    """The preset a `preset:<slug>` model id names (own, else published), for a new conversation."""
+    if not submission.model.startswith(PRESET_PREFIX):
+        return None
+    try:
+        preset = selectors.preset_by_slug(user=user, slug=submission.model.removeprefix(PRESET_PREFIX))
+    except Preset.DoesNotExist:
+        names = ", ".join(
+            f"{PRESET_PREFIX}{slug}"
+            for slug in selectors.preset_list(user=user).values_list("slug", flat=True)
+        )
+        raise limits.ModelNotDeclared(
+            f"model: {submission.model!r} does not exist here; your presets are {names or 'none yet'}"
+            " (GET /v1/models)."
+        ) from None
+    if submission.new_conversation is None or submission.new_conversation.system_prompt is None:
+        raise limits.InvalidInput("model", "a preset starts a new conversation (as /v1 does with it).")
+    return preset
+
+
 def _new_conversation(
-    user: User, new: NewConversation, content: str, tools: chat_params.ToolsIn | None = None
+    user: User,
+    new: NewConversation,
+    content: str,
+    tools: chat_params.ToolsIn | None = None,
+    preset: Preset | None = None,
 ) -> Conversation:
     """The page's new chat, or the OpenAI API's exchange (which does not become the
-    conversation `POST /chat` continues). Tools the model may call are described
-    at the head of its system prompt."""
+    conversation `POST /chat` continues). A preset's system prompt comes first,
+    then the request's; tools the model may call are described after them. The
+    preset's parameters become the conversation's, under the request's own."""
     if new.system_prompt is None:
         return conversation_create(user=user)  # titled from the question by the caller
     first = new.history[0].content if new.history else content
-    system_prompt = new.system_prompt.strip()
+    parts = [preset.system_prompt if preset is not None else "", new.system_prompt.strip()]
     if tools is not None and tools.choice != "none":
-        system_prompt = "\n\n".join(part for part in (system_prompt, tools_block(tools.declared())) if part)
+        parts.append(tools_block(tools.declared()))
     conversation = Conversation.objects.create(
-        owner=user, title=conversation_title(first), system_prompt=system_prompt
+        owner=user,
+        title=conversation_title(first),
+        system_prompt="\n\n".join(part for part in parts if part),
+        preset=preset,
+        params=dict(preset.params) if preset is not None else {},
     )
     parent = None
     for turn in new.history:  # one branch; the question follows its last turn

@@ -16,6 +16,8 @@ from ninja.errors import HttpError, ValidationError
 
 from chat import selectors
 from chat.auth import auth_user, json_api
+from chat.lifecycle.submit import PRESET_PREFIX
+from chat.models import Preset
 from chat.openai import serving
 from chat.openai.protocol import NOT_A_JSON_OBJECT, ApiError, invalid, parse_completion
 from chat.services import limits
@@ -79,13 +81,40 @@ def _model_object(model: selectors.ServedModel) -> dict[str, Any]:
     }
 
 
+def _preset_object(preset: Preset, served: dict[str, selectors.ServedModel]) -> dict[str, Any]:
+    """A preset as a model id of its own: its model's live state, under `preset:<slug>`."""
+    model = served.get(preset.model or str(settings.MODEL_REGISTRY.default))
+    return {
+        **(_model_object(model) if model is not None else {}),
+        "id": f"{PRESET_PREFIX}{preset.slug}",
+        "created": int(preset.created.timestamp()),
+        "kind": "preset",
+        "preset": {"name": preset.name, "model": model.name if model else preset.model},
+    }
+
+
 @api.get("/models")
 def models(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"object": "list", "data": [_model_object(model) for model in _served_models()]})
+    """The declared models, then the caller's presets (own, then published) as model ids."""
+    served = _served_models()
+    by_name = {model.name: model for model in served}
+    presets = selectors.preset_list(user=auth_user(request))
+    data = [_model_object(model) for model in served] + [_preset_object(p, by_name) for p in presets]
+    return JsonResponse({"object": "list", "data": data})
 
 
 @api.get("/models/{model_id}")
 def model_detail(request: HttpRequest, model_id: str) -> JsonResponse:
+    if model_id.startswith(PRESET_PREFIX):
+        try:
+            preset = selectors.preset_by_slug(
+                user=auth_user(request), slug=model_id.removeprefix(PRESET_PREFIX)
+            )
+        except Preset.DoesNotExist:
+            raise ApiError(
+                404, f"model: {model_id!r} is not one of your presets.", param="model", code="model_not_found"
+            ) from None
+        return JsonResponse(_preset_object(preset, {model.name: model for model in _served_models()}))
     try:
         limits.check_model(model_id)  # the one wording for a model that is not declared
     except limits.ModelNotDeclared as exc:

@@ -12,26 +12,43 @@ from chat import exports, selectors
 from chat import params as chat_params
 from chat.branches import Tree
 from chat.events import send_event
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, Preset
 from chat.services.limits import InvalidInput, check_idle, check_length, check_model
 from chat.services.profiles import params_for_new_conversations, profile_get_or_create
 from inference.params import InvalidParameter
 
 
 def conversation_create(
-    *, user: User, title: str = "", system_prompt: str | None = None, model: str = ""
+    *,
+    user: User,
+    title: str = "",
+    system_prompt: str | None = None,
+    model: str = "",
+    preset: Preset | None = None,
 ) -> Conversation:
     """A new conversation; it becomes the one `POST /chat` continues.
 
     `model`: a declared model's name (ModelNotDeclared otherwise); "" = the default one.
+    `preset`: one the user may use (see selectors.preset_usable), whose system
+    prompt, model and parameters are copied, unless `system_prompt` or `model` say otherwise.
     """
+    if preset is not None:
+        model = model or preset.model
+        system_prompt = preset.system_prompt if system_prompt is None else system_prompt
     model = check_model(model) if model else ""
     profile = profile_get_or_create(user=user)
     if system_prompt is None:
         prompt = profile.default_system_prompt  # checked when it was saved
     else:
         prompt = check_length("system_prompt", system_prompt.strip())
-    conversation = Conversation.objects.create(owner=user, title=title, system_prompt=prompt, model=model)
+    conversation = Conversation.objects.create(
+        owner=user,
+        title=title,
+        system_prompt=prompt,
+        model=model,
+        preset=preset,
+        params=dict(preset.params) if preset is not None else {},
+    )
     profile.current_conversation = conversation
     profile.save(update_fields=["current_conversation"])
     return conversation
