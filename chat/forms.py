@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.conf import settings
 
@@ -33,6 +35,26 @@ class DefaultParamsForm(forms.Form):
     repetition_penalty = forms.FloatField(
         min_value=FORM_FIELDS["repetition_penalty"].min, max_value=FORM_FIELDS["repetition_penalty"].max
     )
+
+
+class PresetForm(DefaultParamsForm):
+    """A new preset: its name, what it says, and the defaults a chat started from it gets."""
+
+    field_order = ["name", "description", "system_prompt", "model"]
+    prefix = "preset"  # beside the profile's own defaults form on one page: ids of its own
+
+    name = forms.CharField(max_length=100)
+    description = forms.CharField(max_length=300, required=False)
+    system_prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), max_length=settings.CHAT_MAX_MESSAGE_CHARS, required=False
+    )
+    model = forms.ChoiceField(choices=(), required=False, help_text="Empty: the site's default model.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        model = self.fields["model"]
+        assert isinstance(model, forms.ChoiceField)
+        model.choices = [("", "(default)"), *((name, name) for name in settings.MODEL_REGISTRY.names)]
 
 
 class ApiKeyForm(forms.Form):

@@ -59,5 +59,7 @@ urlpatterns = [
     path("status/", views.model_status, name="model_status"),
     path("profile/", views.profile, name="profile"),
     path("profile/keys/", views.api_key_new, name="api_key_new"),
+    path("profile/presets/", views.preset_new, name="preset_new"),
+    path("profile/presets/<int:preset_id>/delete/", views.preset_delete, name="preset_delete"),
     path("profile/keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
 ]

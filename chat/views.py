@@ -17,11 +17,11 @@ from django.views.decorators.http import require_POST
 
 from chat import delivery, exports, selectors
 from chat.auth import AuthenticatedHttpRequest
-from chat.forms import ApiKeyForm, DefaultParamsForm, ProfileForm
+from chat.forms import ApiKeyForm, DefaultParamsForm, PresetForm, ProfileForm
 from chat.lifecycle.submit import NewConversation, Submission, params_for
-from chat.models import ApiKey, Conversation, Message
+from chat.models import ApiKey, Conversation, Message, Preset
 from chat.params import CHAT_PARAM_FIELDS, FORM_FIELDS
-from chat.services import accounts, conversations, feedback, profiles
+from chat.services import accounts, conversations, feedback, presets, profiles
 from chat.services.limits import InvalidInput, ModelNotDeclared
 from inference.params import InvalidParameter
 
@@ -57,6 +57,9 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
         "models": settings.MODEL_REGISTRY.names,
         "model": (conversation.model if conversation else "") or settings.MODEL_REGISTRY.default,
         "sharing": settings.SHARING,
+        # A new chat may start from a preset (a click, or "/" in the empty box); a conversation names its own.
+        "presets": [] if conversation else list(selectors.preset_list(user=request.user)),
+        "preset": conversation.preset if conversation else None,
         # The conversation's share link, if it has one (the Share panel shows it).
         "share": selectors.conversation_share(conversation=conversation) if conversation else None,
     }
@@ -367,12 +370,42 @@ def api_key_revoke(request: AuthenticatedHttpRequest, key_id: int) -> HttpRespon
     return redirect("profile")
 
 
+@login_required
+@require_POST
+def preset_new(request: AuthenticatedHttpRequest) -> HttpResponse:
+    form = PresetForm(request.POST)
+    if form.is_valid():
+        data = dict(form.cleaned_data)
+        fields = {name: data.pop(name) for name in ("name", "description", "system_prompt", "model")}
+        try:
+            preset = presets.preset_create(user=request.user, params=data, **fields)
+        except (InvalidInput, InvalidParameter, ModelNotDeclared) as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Preset {preset.name} saved: start a chat from it on the chat page.")
+            return redirect("profile")
+    # Shown again with what was typed and why it was refused.
+    return _render_profile(request, preset_form=form, status=400)
+
+
+@login_required
+@require_POST
+def preset_delete(request: AuthenticatedHttpRequest, preset_id: int) -> HttpResponse:
+    try:
+        presets.preset_delete(user=request.user, preset_id=preset_id)
+    except Preset.DoesNotExist:
+        raise Http404("No such preset.") from None
+    messages.success(request, "Preset deleted. Conversations started from it keep what they had.")
+    return redirect("profile")
+
+
 def _render_profile(
     request: AuthenticatedHttpRequest,
     *,
     profile_form: ProfileForm | None = None,
     params_form: DefaultParamsForm | None = None,
     key_form: ApiKeyForm | None = None,
+    preset_form: PresetForm | None = None,
     new_key: str | None = None,
     new_key_record: ApiKey | None = None,
     status: int = 200,
@@ -391,9 +424,14 @@ def _render_profile(
         params_form = DefaultParamsForm(
             initial={field: getattr(defaults, field) for field in CHAT_PARAM_FIELDS}
         )
+    if preset_form is None:
+        defaults = profiles.params_for_new_conversations(user=request.user)
+        preset_form = PresetForm(initial={field: getattr(defaults, field) for field in CHAT_PARAM_FIELDS})
     context = {
         "profile_form": profile_form,
         "params_form": params_form,
+        "preset_form": preset_form,
+        "presets": selectors.preset_list(user=request.user),
         "key_form": key_form or ApiKeyForm(),
         "api_keys": selectors.api_key_list(user=request.user),
         "new_key": new_key,

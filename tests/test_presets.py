@@ -128,3 +128,30 @@ def test_a_v1_style_submission_of_a_preset_takes_its_prompt_model_and_parameters
                 content="Hi", new_conversation=NewConversation(system_prompt=""), model="preset:nope"
             ),
         )
+
+
+def test_the_profile_page_makes_and_deletes_presets_and_keeps_a_refused_one_typed(
+    client: Client, owner: User, other_user: User
+) -> None:
+    client.force_login(owner)
+    fields = {
+        "preset-name": "Translator",
+        "preset-description": "",
+        "preset-system_prompt": "Translate into French.",
+        "preset-model": "",
+        "preset-max_new_tokens": "64",
+        "preset-temperature": "0.3",
+        "preset-top_p": "0.9",
+        "preset-repetition_penalty": "1.05",
+    }
+    assert client.post("/profile/presets/", fields).status_code == 302
+    made = Preset.objects.get(owner=owner)
+    assert made.system_prompt == "Translate into French." and made.params["temperature"] == 0.3
+    refused = client.post("/profile/presets/", {**fields, "preset-name": "!!!", "preset-temperature": "0.5"})
+    assert refused.status_code == 400
+    page = refused.content.decode()
+    assert "at least one letter or digit" in page and 'value="0.5"' in page  # what was typed stays
+    theirs = presets.preset_create(user=other_user, name="Theirs")
+    assert client.post(f"/profile/presets/{theirs.pk}/delete/").status_code == 404
+    assert client.post(f"/profile/presets/{made.pk}/delete/").status_code == 302
+    assert not Preset.objects.filter(owner=owner).exists()

@@ -205,8 +205,8 @@ def _preset(user: User, submission: Submission) -> Preset | None:
             f"model: {submission.model!r} does not exist here; your presets are {names or 'none yet'}"
             " (GET /v1/models)."
         ) from None
-    if submission.new_conversation is None or submission.new_conversation.system_prompt is None:
-        raise limits.InvalidInput("model", "a preset starts a new conversation (as /v1 does with it).")
+    if submission.new_conversation is None:
+        raise limits.InvalidInput("model", "a preset starts a new conversation; start a new chat from it.")
     return preset
 
 
@@ -221,8 +221,8 @@ def _new_conversation(
     conversation `POST /chat` continues). A preset's system prompt comes first,
     then the request's; tools the model may call are described after them. The
     preset's parameters become the conversation's, under the request's own."""
-    if new.system_prompt is None:
-        return conversation_create(user=user)  # titled from the question by the caller
+    if new.system_prompt is None:  # titled from the question by the caller
+        return conversation_create(user=user, preset=preset)
     first = new.history[0].content if new.history else content
     parts = [preset.system_prompt if preset is not None else "", new.system_prompt.strip()]
     if tools is not None and tools.choice != "none":

@@ -554,7 +554,9 @@
     let answer;
     try {
       const startModel = document.getElementById("start-model");
-      const body = startModel ? { content: text, model: startModel.value } : { content: text };
+      const preset = chat.dataset.preset;  // chosen on the empty page (presets.js)
+      const model = preset ? `preset:${preset}` : startModel?.value;
+      const body = model ? { content: text, model } : { content: text };
       const response = await postJSON(chat.dataset.startUrl, body);
       answer = await response.json();
     } catch (error) {
@@ -584,6 +586,7 @@
     document.getElementById("export-md").href = `${conversation.export_url}?format=md`;
     if (sharePanel) sharePanel.dataset.url = conversation.share_url;
     for (const tool of chat.querySelectorAll(".chat-tools [hidden]")) tool.hidden = false;
+    document.getElementById("preset-start")?.remove();  // the conversation has begun
     const startModel = document.getElementById("start-model");
     if (startModel) {  // chosen for this conversation: from now on its settings panel says so
       settings.elements.model.value = startModel.value;

@@ -743,6 +743,55 @@ def test_the_home_page_is_a_new_chat_stored_with_its_first_message(
     assert Conversation.objects.filter(owner=owner).count() == 1
 
 
+def test_a_preset_made_on_the_profile_starts_a_chat_in_one_click_or_from_slash(
+    page: Page, django_user_model: Any
+) -> None:
+    owner = make_user(django_user_model, "assistant-maker")
+    log_in(page, "assistant-maker")
+    page.goto("/profile/")
+    page.get_by_text("New preset").click()
+    form = page.locator("#preset-form")
+    form.get_by_label("Name").fill("Terse helper")
+    form.get_by_label("Description").fill("Answers in a few words")
+    form.get_by_label("System prompt").fill("Answer in a few words.")
+    form.get_by_label("Max new tokens").fill("5")
+    form.get_by_role("button", name="Save the preset").click()
+    expect(page.locator("#presets")).to_contain_text("preset:terse-helper")
+    page.screenshot(path=str(ARTIFACTS / "presets-profile.png"), full_page=True)
+
+    # One click on the empty chat page, then the first message.
+    page.goto("/")
+    chip = page.get_by_role("button", name="Terse helper")
+    chip.click()
+    expect(chip).to_have_attribute("aria-pressed", "true")
+    page.screenshot(path=str(ARTIFACTS / "presets-new-chat.png"))
+    page.keyboard.type("Hello there")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/c/\d+/$"))
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    conversation = Conversation.objects.get(owner=owner)
+    assert conversation.preset is not None and conversation.system_prompt == "Answer in a few words."
+    reply = Message.objects.get(conversation=conversation, role="assistant")
+    assert reply.params["max_new_tokens"] == 5  # the preset's, not the profile's
+    expect(page.locator("#preset-start")).to_have_count(0)
+    page.reload()
+    expect(page.locator("#preset-of")).to_have_text("From the preset Terse helper")
+
+    # "/" in the empty box lists the presets; Enter picks one instead of sending (at phone width).
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto("/")
+    page.locator("#input").fill("")
+    page.keyboard.type("/ters")
+    menu = page.get_by_role("listbox", name="Presets")
+    expect(menu.get_by_role("option")).to_have_text(["Terse helper — Answers in a few words"])
+    page.screenshot(path=str(ARTIFACTS / "presets-slash-phone.png"))
+    page.keyboard.press("Enter")
+    expect(menu).to_be_hidden()
+    expect(page.locator("#input")).to_have_value("")
+    expect(chip).to_have_attribute("aria-pressed", "true")
+    assert Conversation.objects.filter(owner=owner).count() == 1  # nothing was sent
+
+
 def test_a_refused_first_message_stays_in_the_box_and_stores_nothing(
     page: Page, django_user_model: Any
 ) -> None:
