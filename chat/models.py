@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 
@@ -39,6 +40,30 @@ class Preset(models.Model):
         return self.name
 
 
+class Folder(models.Model):
+    """A user's folder of conversations in the sidebar (chat/services/folders.py).
+
+    A new chat started in it starts from its preset, if it has one. Deleting a
+    folder keeps its conversations: they go back to the main list.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="folders")
+    name = models.CharField(max_length=100)  # unique per owner, whatever the case
+    preset = models.ForeignKey(
+        Preset, null=True, blank=True, on_delete=models.SET_NULL, related_name="folders"
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = [Lower("name"), "id"]
+        constraints = [
+            models.UniqueConstraint(Lower("name"), "owner", name="folder_name_per_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Conversation(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
@@ -53,6 +78,10 @@ class Conversation(models.Model):
     # The preset it started from (its prompt, model and parameters were copied then).
     preset = models.ForeignKey(
         Preset, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations"
+    )
+    # The sidebar folder it is filed in; empty: the main list.
+    folder = models.ForeignKey(
+        Folder, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations"
     )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
