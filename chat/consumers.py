@@ -112,6 +112,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
                 "system_prompt": conversation.system_prompt,
                 "params": chat_params(params_for(conversation=conversation)),
                 "model": conversation.model or settings.MODEL_REGISTRY.default,
+                "use_memory": conversation.use_memory,
             },
             # The branch being viewed; each message lists its alternatives.
             "messages": selectors.branch_payloads(selectors.conversation_branch(conversation=conversation)),

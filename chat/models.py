@@ -75,6 +75,8 @@ class Conversation(models.Model):
     params = models.JSONField(default=dict, blank=True)
     # The declared model (settings.MODEL_REGISTRY) its replies come from; empty: the default one.
     model = models.CharField(max_length=100, blank=True)
+    # Whether its replies see the owner's memory (chat/services/memory.py).
+    use_memory = models.BooleanField(default=True)
     # The preset it started from (its prompt, model and parameters were copied then).
     preset = models.ForeignKey(
         Preset, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations"
@@ -315,3 +317,18 @@ class Share(models.Model):
 
     def __str__(self) -> str:
         return f"Share of {self.conversation}"
+
+
+class MemoryFact(models.Model):
+    """A short fact a user chose to keep; it joins the system prompt of their replies
+    (chat/services/memory.py)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memory")
+    text = models.CharField(max_length=500)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created", "pk"]
+
+    def __str__(self) -> str:
+        return self.text

@@ -9,11 +9,11 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from chat.branches import Tree
-from chat.models import ApiKey, Conversation, Feedback, Message, Preset, Share
+from chat.models import ApiKey, Conversation, Feedback, Folder, MemoryFact, Message, Preset, Share
 from inference import presence
 from inference.registry import Registry
 from inference.types import Turn
@@ -114,6 +114,8 @@ def conversation_sidebar(
     rows = Conversation.objects.filter(owner=user, archived_at__isnull=not archived)
     if query:
         rows = rows.filter(_matching(query))
+    elif not archived:  # filed ones are listed under their folders (folder_sidebar)
+        rows = rows.filter(folder__isnull=True)
     groups = []
     if not archived:
         if before is None:
@@ -277,7 +279,11 @@ def reply_turns(*, reply: Message) -> list[Turn]:
                 turns.append(Turn("user", message.content))
         elif _usable_reply(message) and turns and turns[-1].role == "user":
             turns.append(Turn("assistant", message.content))
-    system = reply.conversation.system_prompt.strip()
+    conversation = reply.conversation
+    parts = [conversation.system_prompt.strip()]
+    if conversation.use_memory:
+        parts.append(memory_block(user_id=conversation.owner_id, budget_chars=settings.MEMORY_PROMPT_CHARS))
+    system = "\n\n".join(part for part in parts if part)
     return ([Turn("system", system)] if system else []) + turns
 
 
@@ -372,3 +378,63 @@ def preset_by_slug(*, user: User, slug: str) -> Preset:
     if found is None:
         raise Preset.DoesNotExist(slug)
     return found
+
+
+MEMORY_HEADING = "What the user asked you to remember about them:"
+
+
+def memory_list(*, user: User) -> QuerySet[MemoryFact]:
+    return MemoryFact.objects.filter(owner=user).order_by("created", "pk")
+
+
+def memory_fact(*, user: User, fact_id: int) -> MemoryFact:
+    """One of the user's facts; MemoryFact.DoesNotExist for anyone else's."""
+    return MemoryFact.objects.get(pk=fact_id, owner=user)
+
+
+def memory_block(*, user_id: int, budget_chars: int) -> str:
+    """The user's facts as a system prompt section within `budget_chars`: the newest
+    that fit, in the order they were kept; "" when there are none (or none fit)."""
+    kept: list[str] = []
+    used = len(MEMORY_HEADING)
+    for text in (
+        MemoryFact.objects.filter(owner_id=user_id).order_by("-created", "-pk").values_list("text", flat=True)
+    ):
+        line = f"- {text}"
+        if used + 1 + len(line) > budget_chars:
+            break
+        kept.append(line)
+        used += 1 + len(line)
+    return "\n".join([MEMORY_HEADING, *reversed(kept)]) if kept else ""
+
+
+# --- Folders -----------------------------------------------------------------------
+
+
+def folder_list(*, user: User) -> QuerySet[Folder]:
+    """The user's folders, by name whatever the case."""
+    return Folder.objects.filter(owner=user).select_related("preset")
+
+
+def folder_get(*, user: User, folder_id: int) -> Folder:
+    """One of the user's folders; Folder.DoesNotExist for anyone else's."""
+    return Folder.objects.select_related("preset").get(pk=folder_id, owner=user)
+
+
+@dataclass(frozen=True)
+class SidebarFolder:
+    folder: Folder
+    conversations: list[Conversation]  # not archived; pinned first, then by last activity
+
+
+def folder_sidebar(*, user: User) -> list[SidebarFolder]:
+    """The sidebar's folders, each with its conversations (archived ones stay in Archived).
+
+    Two queries whatever the number of folders.
+    """
+    folders = list(folder_list(user=user))
+    filed: dict[int, list[Conversation]] = {folder.pk: [] for folder in folders}
+    rows = Conversation.objects.filter(owner=user, folder__isnull=False, archived_at__isnull=True)
+    for conversation in rows.order_by(F("pinned_at").desc(nulls_last=True), "-updated", "-pk"):
+        filed.setdefault(conversation.folder_id or 0, []).append(conversation)
+    return [SidebarFolder(folder, filed[folder.pk]) for folder in folders]

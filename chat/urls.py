@@ -60,6 +60,8 @@ urlpatterns = [
     path("profile/", views.profile, name="profile"),
     path("profile/keys/", views.api_key_new, name="api_key_new"),
     path("profile/presets/", views.preset_new, name="preset_new"),
+    path("profile/memory/", views.memory_new, name="memory_new"),
+    path("profile/memory/<int:fact_id>/forget/", views.memory_forget, name="memory_forget"),
     path("profile/presets/<int:preset_id>/delete/", views.preset_delete, name="preset_delete"),
     path("profile/keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
 ]

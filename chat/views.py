@@ -19,9 +19,9 @@ from chat import delivery, exports, selectors
 from chat.auth import AuthenticatedHttpRequest
 from chat.forms import ApiKeyForm, DefaultParamsForm, PresetForm, ProfileForm
 from chat.lifecycle.submit import NewConversation, Submission, params_for
-from chat.models import ApiKey, Conversation, Message, Preset
+from chat.models import ApiKey, Conversation, MemoryFact, Message, Preset
 from chat.params import CHAT_PARAM_FIELDS, FORM_FIELDS
-from chat.services import accounts, conversations, feedback, presets, profiles
+from chat.services import accounts, conversations, feedback, memory, presets, profiles
 from chat.services.limits import InvalidInput, ModelNotDeclared
 from inference.params import InvalidParameter
 
@@ -60,6 +60,7 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
         # A new chat may start from a preset (a click, or "/" in the empty box); a conversation names its own.
         "presets": [] if conversation else list(selectors.preset_list(user=request.user)),
         "preset": conversation.preset if conversation else None,
+        "use_memory": conversation.use_memory if conversation else True,
         # The conversation's share link, if it has one (the Share panel shows it).
         "share": selectors.conversation_share(conversation=conversation) if conversation else None,
     }
@@ -226,6 +227,7 @@ def conversation_settings(request: AuthenticatedHttpRequest, conversation_id: in
             system_prompt=str(body.get("system_prompt", "")),
             params={field: body.get(field) for field in CHAT_PARAM_FIELDS},
             model=str(body["model"]) if body.get("model") is not None else None,
+            use_memory=body.get("use_memory") if isinstance(body.get("use_memory"), bool) else None,
         )
     except (InvalidParameter, InvalidInput) as exc:
         return JsonResponse({"error": str(exc), "field": exc.field}, status=400)
@@ -236,6 +238,7 @@ def conversation_settings(request: AuthenticatedHttpRequest, conversation_id: in
             "system_prompt": conversation.system_prompt,
             "params": conversation.params,
             "model": conversation.model,
+            "use_memory": conversation.use_memory,
         }
     )
 
@@ -255,7 +258,10 @@ def conversation_export(request: AuthenticatedHttpRequest, conversation_id: int)
 @login_required
 def export_all(request: AuthenticatedHttpRequest) -> HttpResponse:
     conversations = list(
-        selectors.conversation_list(user=request.user).prefetch_related("messages").order_by("created")
+        selectors.conversation_list(user=request.user)
+        .select_related("folder")
+        .prefetch_related("messages")
+        .order_by("created")
     )
 
     def as_json() -> dict[str, Any]:
@@ -263,6 +269,7 @@ def export_all(request: AuthenticatedHttpRequest) -> HttpResponse:
             "format": "sanjai.export",
             "version": exports.VERSION,
             "user": request.user.get_username(),
+            "memory": list(selectors.memory_list(user=request.user).values_list("text", flat=True)),
             "conversations": [exports.conversation_to_dict(c, list(c.messages.all())) for c in conversations],
         }
 
@@ -390,6 +397,37 @@ def preset_new(request: AuthenticatedHttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
+def memory_new(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Keep a fact: from the profile page's form (back to it), or the chat page's Remember (JSON)."""
+    as_json = request.content_type == "application/json"
+    body = _json_object(request) if as_json else request.POST
+    text = body.get("text") if body is not None else None
+    try:
+        fact = memory.memory_add(user=request.user, text=text if isinstance(text, str) else "")
+    except InvalidInput as exc:
+        if as_json:
+            return JsonResponse({"error": str(exc), "field": "text"}, status=400)
+        messages.error(request, f"Not kept: {exc}")
+        return redirect(f"{reverse('profile')}#memory")
+    if as_json:
+        return JsonResponse({"id": fact.pk, "text": fact.text}, status=201)
+    messages.success(request, "Kept in your memory.")
+    return redirect(f"{reverse('profile')}#memory")
+
+
+@login_required
+@require_POST
+def memory_forget(request: AuthenticatedHttpRequest, fact_id: int) -> HttpResponse:
+    try:
+        memory.memory_delete(user=request.user, fact_id=fact_id)
+    except MemoryFact.DoesNotExist:
+        raise Http404("No such fact.") from None
+    messages.success(request, "Forgotten.")
+    return redirect(f"{reverse('profile')}#memory")
+
+
+@login_required
+@require_POST
 def preset_delete(request: AuthenticatedHttpRequest, preset_id: int) -> HttpResponse:
     try:
         presets.preset_delete(user=request.user, preset_id=preset_id)
@@ -432,6 +470,8 @@ def _render_profile(
         "params_form": params_form,
         "preset_form": preset_form,
         "presets": selectors.preset_list(user=request.user),
+        "memory": selectors.memory_list(user=request.user),
+        "memory_max_facts": settings.MEMORY_MAX_FACTS,
         "key_form": key_form or ApiKeyForm(),
         "api_keys": selectors.api_key_list(user=request.user),
         "new_key": new_key,

@@ -344,6 +344,12 @@ VOICE_JOBS_PER_MINUTE = envint("VOICE_JOBS_PER_MINUTE", 12, minimum=0)
 # reads that snapshot without logging in; off, no share can be made and every
 # link answers 404.
 SHARING = envbool("SHARING", True)
+# Memory: facts a user asks the assistant to keep (chat/services/memory.py).
+# At most MEMORY_MAX_FACTS each, and the newest of them that fit in
+# MEMORY_PROMPT_CHARS (about a quarter as many tokens) join the system prompt
+# of every reply in a conversation that uses memory.
+MEMORY_MAX_FACTS = envint("MEMORY_MAX_FACTS", 50, minimum=0)
+MEMORY_PROMPT_CHARS = envint("MEMORY_PROMPT_CHARS", 1500, minimum=0)
 # How long POST /chat waits for the worker before answering 504.
 CHAT_REPLY_TIMEOUT_S = envfloat("CHAT_REPLY_TIMEOUT_S", GENERATION_TIME_LIMIT_S + 30)
 # A worker counts as alive while its heartbeat is younger than this.

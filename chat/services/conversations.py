@@ -13,6 +13,7 @@ from chat import params as chat_params
 from chat.branches import Tree
 from chat.events import send_event
 from chat.models import Conversation, Message, Preset
+from chat.services.folders import folder_for_import
 from chat.services.limits import InvalidInput, check_idle, check_length, check_model
 from chat.services.profiles import params_for_new_conversations, profile_get_or_create
 from inference.params import InvalidParameter
@@ -105,9 +106,16 @@ def _flags(conversation: Conversation, *, pinned: bool | None, archived: bool | 
 
 
 def conversation_settings_update(
-    *, user: User, conversation_id: int, system_prompt: str, params: dict[str, Any], model: str | None = None
+    *,
+    user: User,
+    conversation_id: int,
+    system_prompt: str,
+    params: dict[str, Any],
+    model: str | None = None,
+    use_memory: bool | None = None,
 ) -> Conversation:
-    """Save a conversation's system prompt, generation parameters and model (the page's settings panel).
+    """Save a conversation's system prompt, generation parameters, model and whether its
+    replies see the owner's memory (the page's settings panel).
 
     Raises InvalidParameter or InvalidInput naming the field, ModelNotDeclared,
     DoesNotExist for others'.
@@ -119,7 +127,9 @@ def conversation_settings_update(
     resolved = chat_params.over(given, params_for_new_conversations(user=user))
     conversation.params = chat_params.chat_params(resolved)
     conversation.system_prompt = check_length("system_prompt", system_prompt.strip())
-    conversation.save(update_fields=["params", "system_prompt", "model", "updated"])
+    if use_memory is not None:
+        conversation.use_memory = use_memory
+    conversation.save(update_fields=["params", "system_prompt", "model", "use_memory", "updated"])
     return conversation
 
 
@@ -170,6 +180,9 @@ def conversation_import(*, user: User, data: Any) -> Conversation:
     conversation = conversation_create(
         user=user, title=imported.title or "Imported conversation", system_prompt=imported.system_prompt
     )
+    if imported.folder:  # its folder of that name, made if missing (none if no room: still imported)
+        conversation.folder = folder_for_import(user=user, name=imported.folder)
+        conversation.save(update_fields=["folder"])
     if imported.params:
         conversation.params = chat_params.chat_params(chat_params.over(given, chat_params.site_defaults()))
         conversation.save(update_fields=["params"])

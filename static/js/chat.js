@@ -179,6 +179,8 @@
     if (!busy && message.role === "user" && message === lastOf("user")) {
       actions.append(button("Edit", () => startEdit(message), "Edit your last message and resend"));
     }
+    const remember = window.SanjaiMemory && window.SanjaiMemory.rememberButton(message, postJSON);
+    if (remember) actions.append(remember);
     return actions;
   }
 
@@ -710,6 +712,7 @@
   function fillSettings(conversation) {
     settings.elements.system_prompt.value = conversation.system_prompt || "";
     if (conversation.model) settings.elements.model.value = conversation.model;
+    if (typeof conversation.use_memory === "boolean") settings.elements.use_memory.checked = conversation.use_memory;
     for (const [name, value] of Object.entries(conversation.params || {})) {
       if (settings.elements[name]) settings.elements[name].value = value;
     }
@@ -722,7 +725,11 @@
 
   settings.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const body = { system_prompt: settings.elements.system_prompt.value, model: settings.elements.model.value };
+    const body = {
+      system_prompt: settings.elements.system_prompt.value,
+      model: settings.elements.model.value,
+      use_memory: settings.elements.use_memory.checked,
+    };
     for (const name of ["max_new_tokens", "temperature", "top_p", "repetition_penalty"]) {
       body[name] = Number(settings.elements[name].value);
     }
