@@ -32,6 +32,8 @@ def conversation_to_dict(conversation: Conversation, messages: list[Message]) ->
         "format": FORMAT,
         "version": VERSION,
         "title": conversation.title,
+        # By name: ids mean nothing on another server; an import files it in a folder of this name.
+        "folder": conversation.folder.name if conversation.folder else None,
         "system_prompt": conversation.system_prompt,
         "params": conversation.params,
         "created": conversation.created.isoformat(),
@@ -114,6 +116,7 @@ class ImportedConversation:
     params: dict[str, Any]
     messages: list[ImportedMessage]  # parents before children
     current: int | None = None  # the index of the current branch's leaf; None: the last message
+    folder: str = ""  # the name of the folder it was filed in; "": none
 
 
 def parse_import(data: Any) -> ImportedConversation:
@@ -150,9 +153,17 @@ def parse_import(data: Any) -> ImportedConversation:
     params = data.get("params", {})
     if not isinstance(title, str) or not isinstance(system_prompt, str) or not isinstance(params, dict):
         raise InvalidImport('"title" and "system_prompt" must be text and "params" an object.')
+    folder = data.get("folder") or ""
+    if not isinstance(folder, str):
+        raise InvalidImport('"folder" must be the name of a folder, or null.')
     current = index_of.get(data.get("current_id")) if tree and _is_id(data.get("current_id")) else None
     return ImportedConversation(
-        title=title[:200], system_prompt=system_prompt, params=params, messages=messages, current=current
+        title=title[:200],
+        system_prompt=system_prompt,
+        params=params,
+        messages=messages,
+        current=current,
+        folder=folder,
     )
 
 

@@ -1,8 +1,8 @@
 """The REST API for the app's own data, under /api/v1/.
 
-Conversations (list, search, create, rename, pin, archive, delete), their messages (list
-the branch being viewed or every branch, post, switch branch), and replies (poll,
-cancel), and full-text search over your messages (chat/search.py). Posting a message
+Conversations (list, search, create, rename, pin, archive, file in a folder, delete),
+their messages (list the branch being viewed or every branch, post, switch branch),
+replies (poll, cancel), folders, and full-text search over your messages (chat/search.py). Posting a message
 answers 202 at once with the ids; the reply arrives over the conversation's websocket,
 or by polling `GET /api/v1/messages/{id}` until its status is done, failed or cancelled.
 
@@ -29,9 +29,9 @@ from chat import delivery, search, selectors
 from chat.auth import auth_user, http_error_message, json_api
 from chat.lifecycle.status import NotCancellable, reply_cancel
 from chat.lifecycle.submit import Submission
-from chat.models import Conversation, Message, Preset
+from chat.models import Conversation, Folder, Message, Preset
 from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
-from chat.services import conversations, feedback, limits, presets, sharing
+from chat.services import conversations, feedback, folders, limits, presets, sharing
 from chat.share_views import share_url
 from inference.params import InvalidParameter
 
@@ -100,6 +100,7 @@ class ConversationOut(Schema):
     system_prompt: str
     model: str = Field(description="The model its replies come from")
     preset_id: int | None = Field(description="The preset it started from, if any")
+    folder_id: int | None = Field(description="The folder it is filed in; null: the main list")
     pinned: bool = Field(description="Shown on top of the chat page's list")
     archived: bool = Field(description="Left out of the chat page's list, shown in its Archived view")
     created: datetime
@@ -154,8 +155,30 @@ class PresetPatch(Schema):
     params: dict[str, Any] | None = None
 
 
+class FolderOut(Schema):
+    id: int
+    name: str
+    preset_id: int | None = Field(description="New chats started in it start from this preset")
+    created: datetime
+
+
+class FolderIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., max_length=folders.NAME_CHARS, description="Unique among yours, whatever the case")
+    preset_id: int | None = Field(None, ge=1, le=MAX_ID, description="A preset of yours or a published one")
+
+
+class FolderPatch(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=folders.NAME_CHARS)
+    preset_id: int | None = Field(None, ge=1, le=MAX_ID, description="null: no preset")
+
+
 class ConversationIn(Schema):
     title: str = Field("", max_length=TITLE_CHARS)
+    folder_id: int | None = Field(None, ge=1, le=MAX_ID, description="File it in this folder of yours")
     preset_id: int | None = Field(
         None, ge=1, le=MAX_ID, description="Start from this preset: its system prompt, model and parameters"
     )
@@ -175,6 +198,9 @@ class ConversationPatch(Schema):
     )
     pinned: bool | None = Field(None, description="Pin to the top of the list, or unpin")
     archived: bool | None = Field(None, description="Archive (which also unpins), or unarchive")
+    folder_id: int | None = Field(
+        None, ge=1, le=MAX_ID, description="Move it into this folder of yours; null: back to the main list"
+    )
 
 
 class Usage(Schema):
@@ -415,6 +441,7 @@ def conversation_create(request: HttpRequest, payload: ConversationIn) -> Status
             preset = selectors.preset_usable(user=user, preset_id=payload.preset_id)
         except Preset.DoesNotExist:
             raise _not_found("Preset", payload.preset_id) from None
+    folder = _own_folder(request, payload.folder_id) if payload.folder_id is not None else None
     conversation = conversations.conversation_create(
         user=user,
         title=" ".join(payload.title.split()),
@@ -422,6 +449,9 @@ def conversation_create(request: HttpRequest, payload: ConversationIn) -> Status
         model=payload.model,
         preset=preset,
     )
+    if folder is not None:
+        folders.conversation_move(user=user, conversation_id=conversation.pk, folder_id=folder.pk)
+        conversation.folder = folder
     return Status(201, conversation)
 
 
@@ -442,10 +472,18 @@ def conversation_update(
     request: HttpRequest, conversation_id: ConversationId, payload: ConversationPatch
 ) -> Conversation:
     """Rename a conversation, change its system prompt (used from its next reply on) or
-    its model, pin or archive it."""
+    its model, pin or archive it, move it into a folder or out (`folder_id`: null)."""
+    user = auth_user(request)
+    if "folder_id" in payload.model_fields_set:
+        if payload.folder_id is not None:
+            _own_folder(request, payload.folder_id)  # 404 before anything changes
+        try:
+            folders.conversation_move(user=user, conversation_id=conversation_id, folder_id=payload.folder_id)
+        except Conversation.DoesNotExist:
+            raise _not_found("Conversation", conversation_id) from None
     try:
         return conversations.conversation_update(
-            user=auth_user(request),
+            user=user,
             conversation_id=conversation_id,
             title=payload.title,
             system_prompt=payload.system_prompt,
@@ -455,6 +493,54 @@ def conversation_update(
         )
     except Conversation.DoesNotExist:
         raise _not_found("Conversation", conversation_id) from None
+
+
+FolderId = Annotated[int, Path(..., ge=1, le=MAX_ID, description="A folder of yours")]
+
+
+def _own_folder(request: HttpRequest, folder_id: int) -> Folder:
+    try:
+        return selectors.folder_get(user=auth_user(request), folder_id=folder_id)
+    except Folder.DoesNotExist:
+        raise _not_found("Folder", folder_id) from None
+
+
+@api.get("/folders", response={200: list[FolderOut], **ERRORS}, tags=["folders"])
+def folder_list(request: HttpRequest) -> list[Folder]:
+    """Your folders, by name."""
+    return list(selectors.folder_list(user=auth_user(request)))
+
+
+@api.post("/folders", response={201: FolderOut, **ERRORS}, tags=["folders"])
+def folder_create(request: HttpRequest, payload: FolderIn) -> Status[Folder]:
+    """Make a folder (at most 200); file conversations in it with PATCH /conversations/{id}."""
+    return Status(201, folders.folder_create(user=auth_user(request), **payload.model_dump()))
+
+
+@api.patch("/folders/{folder_id}", response={200: FolderOut, **WITH_404}, tags=["folders"])
+def folder_update(request: HttpRequest, folder_id: FolderId, payload: FolderPatch) -> Folder:
+    """Rename a folder or change its preset (`preset_id`: null for none)."""
+    sent = payload.model_fields_set
+    try:
+        return folders.folder_update(
+            user=auth_user(request),
+            folder_id=folder_id,
+            name=payload.name,
+            preset_id=payload.preset_id,
+            clear_preset="preset_id" in sent and payload.preset_id is None,
+        )
+    except Folder.DoesNotExist:
+        raise _not_found("Folder", folder_id) from None
+
+
+@api.delete("/folders/{folder_id}", response={204: None, **WITH_404}, tags=["folders"])
+def folder_delete(request: HttpRequest, folder_id: FolderId) -> Status[None]:
+    """Delete a folder; its conversations are kept, back in the main list."""
+    try:
+        folders.folder_delete(user=auth_user(request), folder_id=folder_id)
+    except Folder.DoesNotExist:
+        raise _not_found("Folder", folder_id) from None
+    return Status(204, None)
 
 
 PresetId = Annotated[int, Path(..., ge=1, le=MAX_ID, description="A preset of yours")]

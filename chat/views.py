@@ -19,7 +19,7 @@ from chat import delivery, exports, selectors
 from chat.auth import AuthenticatedHttpRequest
 from chat.forms import ApiKeyForm, DefaultParamsForm, PresetForm, ProfileForm
 from chat.lifecycle.submit import NewConversation, Submission, params_for
-from chat.models import ApiKey, Conversation, MemoryFact, Message, Preset
+from chat.models import ApiKey, Conversation, Folder, MemoryFact, Message, Preset
 from chat.params import CHAT_PARAM_FIELDS, FORM_FIELDS
 from chat.services import accounts, conversations, feedback, memory, presets, profiles
 from chat.services.limits import InvalidInput, ModelNotDeclared
@@ -31,8 +31,27 @@ def _sidebar_view(request: AuthenticatedHttpRequest) -> tuple[str, bool]:
     return request.GET.get("q", "").strip(), request.GET.get("archived") == "1"
 
 
+def _sidebar_folders(
+    request: AuthenticatedHttpRequest, query: str, archived: bool
+) -> list[selectors.SidebarFolder] | None:
+    """The folders, above the main list; None (left out) in searches and the Archived view."""
+    return None if query or archived else selectors.folder_sidebar(user=request.user)
+
+
+def _start_folder(request: AuthenticatedHttpRequest) -> Folder | None:
+    """The folder a new chat is started in (`?folder=<id>`: "New chat in this folder")."""
+    folder_id = request.GET.get("folder", "")
+    if not folder_id:
+        return None
+    try:
+        return selectors.folder_get(user=request.user, folder_id=int(folder_id))
+    except (ValueError, OverflowError, Folder.DoesNotExist):
+        raise Http404("No such folder.") from None
+
+
 def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | None) -> HttpResponse:
     query, archived = _sidebar_view(request)
+    start_folder = None if conversation else _start_folder(request)
     sidebar = selectors.conversation_sidebar(user=request.user, query=query, archived=archived)
     branch = selectors.conversation_branch(conversation=conversation) if conversation else None
     if conversation is not None:
@@ -61,6 +80,10 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
         "presets": [] if conversation else list(selectors.preset_list(user=request.user)),
         "preset": conversation.preset if conversation else None,
         "use_memory": conversation.use_memory if conversation else True,
+        "folders": _sidebar_folders(request, query, archived),
+        "folder_presets": list(selectors.preset_list(user=request.user)),  # the folder dialog's choice
+        # "New chat in this folder": filed there, and started from the folder's preset if it has one.
+        "start_folder": start_folder,
         # The conversation's share link, if it has one (the Share panel shows it).
         "share": selectors.conversation_share(conversation=conversation) if conversation else None,
     }
@@ -105,6 +128,8 @@ def sidebar_page(request: AuthenticatedHttpRequest) -> HttpResponse:
     except selectors.InvalidCursor as exc:
         return HttpResponse(str(exc), status=400, content_type="text/plain")
     context = {"sidebar": sidebar, "query": query, "archived": archived}
+    if request.GET.get("before") is None:  # the first page: the folders come first
+        context["folders"] = _sidebar_folders(request, query, archived)
     return render(request, "chat/_sidebar_page.html", context)
 
 
@@ -144,11 +169,15 @@ def conversation_start(request: AuthenticatedHttpRequest) -> JsonResponse:
     model = body.get("model") or ""
     if not isinstance(model, str):
         return JsonResponse({"error": "model: must be the name of a model."}, status=400)
-    submission = Submission(
-        content=body["content"], new_conversation=NewConversation(system_prompt=None), model=model
-    )
+    folder_id = body.get("folder_id")
+    if folder_id is not None and (type(folder_id) is not int or not 1 <= folder_id < 2**63):
+        return JsonResponse({"error": "folder_id: must be the id of a folder of yours, or null."}, status=400)
+    new = NewConversation(system_prompt=None, folder_id=folder_id)
+    submission = Submission(content=body["content"], new_conversation=new, model=model)
     try:
         posted = delivery.submit_sync(user=request.user, submission=submission)
+    except Folder.DoesNotExist:  # deleted meanwhile, or someone else's: nothing was stored
+        return JsonResponse({"error": f"Folder {folder_id} not found.", "code": "not_found"}, status=404)
     except delivery.Problem as problem:
         answer: dict[str, Any] = {"error": problem.message, "code": problem.code}
         if problem.conversation_id is not None:  # stored, but no worker took the reply

@@ -316,6 +316,8 @@ def test_the_openapi_schema_and_docs_are_served(client: Client) -> None:
         f"{API}/conversations/{{conversation_id}}",
         f"{API}/conversations/{{conversation_id}}/messages",
         f"{API}/conversations/{{conversation_id}}/share",
+        f"{API}/folders",
+        f"{API}/folders/{{folder_id}}",
         f"{API}/messages/{{message_id}}",
         f"{API}/messages/{{message_id}}/cancel",
         f"{API}/messages/{{message_id}}/branch",

@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from chat.services import conversations, presets
+from chat.services import conversations, folders, presets
 from tests.conftest import exchange
 from tests.stack import Stack, stack_on_test_database
 
@@ -79,12 +79,18 @@ def test_the_rest_api_survives_schema_fuzzing(stack: Stack, owner: Any, owner_ke
     conversation = conversations.conversation_create(user=owner, title="Fuzzed")
     _, reply = exchange(conversation, "Hello", "Hi.")
     preset = presets.preset_create(user=owner, name="Fuzzed")
-    real_ids = {"conversation_id": conversation.pk, "message_id": reply.pk, "preset_id": preset.pk}
+    folder = folders.folder_create(user=owner, name="Fuzzed")
+    real_ids = {
+        "conversation_id": conversation.pk,
+        "message_id": reply.pk,
+        "preset_id": preset.pk,
+        "folder_id": folder.pk,
+    }
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {owner_key}"
 
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 19, [op.label for op in operations]
+    assert len(operations) == 23, [op.label for op in operations]
     # Deleting the real conversation early would turn every later real-id case into a 404.
     operations.sort(key=lambda op: op.method.upper() == "DELETE")
     tried: dict[str, set[int]] = {}

@@ -63,6 +63,7 @@ class NewConversation:
 
     system_prompt: str | None = ""
     history: tuple[Turn, ...] = ()  # alternating user and assistant turns before the question
+    folder_id: int | None = None  # file it in this folder of the user's (Folder.DoesNotExist otherwise)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
     """Store a question and its pending reply within the rules, then queue the job.
 
     Raises, with nothing stored: InvalidInput or InvalidParameter (bad input,
-    naming the field), Conversation.DoesNotExist (not the user's),
+    naming the field), Conversation.DoesNotExist or Folder.DoesNotExist (not the user's),
     NothingToRegenerate, ModelNotDeclared, ConversationBusy, TooManyReplies, QuotaExceeded,
     RateLimited.
     Raises WorkerUnavailable after storing, with the reply marked failed.
@@ -113,6 +114,8 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         limits.check_length("system_prompt", new.system_prompt or "")
         for index, turn in enumerate(new.history):
             limits.check_length(f"history[{index}]", turn.content)
+        if new.folder_id is not None:  # before anything is stored
+            selectors.folder_get(user=user, folder_id=new.folder_id)
 
     if new is None and submission.conversation_id is not None:
         # A reply whose worker died blocks its conversation only until the
@@ -155,7 +158,9 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         if not conversation.title:
             conversation.title = conversation_title(question.content)
         conversation.current_leaf = reply  # the new reply's branch is the one shown
-        conversation.save(update_fields=["title", "model", "current_leaf", "updated"])
+        if new is not None and new.folder_id is not None:
+            conversation.folder_id = new.folder_id
+        conversation.save(update_fields=["title", "model", "current_leaf", "folder", "updated"])
         for message in (*earlier, reply):
             send_event(conversation.pk, created_event(message))
     dispatch.reply_enqueue(reply=reply, wait_for_model=submission.wait_for_model)

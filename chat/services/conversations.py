@@ -13,6 +13,7 @@ from chat import params as chat_params
 from chat.branches import Tree
 from chat.events import send_event
 from chat.models import Conversation, Message, Preset
+from chat.services.folders import folder_for_import
 from chat.services.limits import InvalidInput, check_idle, check_length, check_model
 from chat.services.profiles import params_for_new_conversations, profile_get_or_create
 from inference.params import InvalidParameter
@@ -179,6 +180,9 @@ def conversation_import(*, user: User, data: Any) -> Conversation:
     conversation = conversation_create(
         user=user, title=imported.title or "Imported conversation", system_prompt=imported.system_prompt
     )
+    if imported.folder:  # its folder of that name, made if missing (none if no room: still imported)
+        conversation.folder = folder_for_import(user=user, name=imported.folder)
+        conversation.save(update_fields=["folder"])
     if imported.params:
         conversation.params = chat_params.chat_params(chat_params.over(given, chat_params.site_defaults()))
         conversation.save(update_fields=["params"])

@@ -559,6 +559,7 @@
       const preset = chat.dataset.preset;  // chosen on the empty page (presets.js)
       const model = preset ? `preset:${preset}` : startModel?.value;
       const body = model ? { content: text, model } : { content: text };
+      if (chat.dataset.folderId) body.folder_id = Number(chat.dataset.folderId);  // folders.js
       const response = await postJSON(chat.dataset.startUrl, body);
       answer = await response.json();
     } catch (error) {
@@ -812,6 +813,7 @@
       }, true);
     }
     if (!sidebar) return;
+    document.addEventListener("sidebar:refresh", refreshSidebar);  // folders.js, after a change
     // Delegated: the list's items are replaced by refreshes and added by More.
     sidebar.addEventListener("submit", (event) => {
       const form = event.target.closest(".delete-form");
