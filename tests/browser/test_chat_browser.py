@@ -1073,3 +1073,82 @@ def test_the_usage_page_draws_tokens_per_day_by_model(page: Page, django_user_mo
     page.screenshot(path=str(ARTIFACTS / "usage-chart-desktop.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=str(ARTIFACTS / "usage-chart-phone.png"), full_page=True)
+
+
+def test_folders_are_made_filled_by_drag_and_menu_renamed_and_deleted_from_the_sidebar(
+    page: Page, django_user_model: Any
+) -> None:
+    from chat.models import Folder
+
+    owner = make_user(django_user_model, "filer")
+    report = conversations.conversation_create(user=owner, title="Quarterly report")
+    recipe = conversations.conversation_create(user=owner, title="Bread recipe")
+    conversations.conversation_create(user=owner, title="Loose thoughts")
+    log_in(page, "filer")
+    sidebar = page.locator("#sidebar")
+
+    # Made from the sidebar; a name already taken (whatever the case) is refused in the dialog, kept typed.
+    sidebar.get_by_role("button", name="+ New folder").click()
+    dialog = page.locator("#folder-edit")
+    expect(dialog).to_be_visible()
+    dialog.get_by_label("Name").fill("Work")
+    dialog.get_by_role("button", name="Save").click()
+    folder = sidebar.locator('.folder[data-name="Work"]')
+    expect(folder).to_be_visible()
+    sidebar.get_by_role("button", name="+ New folder").click()
+    dialog.get_by_label("Name").fill("WORK")
+    dialog.get_by_role("button", name="Save").click()
+    expect(page.locator("#folder-edit-error")).to_contain_text("already have a folder named “WORK”")
+    expect(dialog.get_by_label("Name")).to_have_value("WORK")
+    dialog.get_by_role("button", name="Cancel").click()
+
+    # Dragged in with the mouse.
+    item = sidebar.locator(f'.conversation-item[data-id="{report.pk}"]')
+    item.drag_to(folder)
+    expect(folder.locator(".conversation-link")).to_have_text(["Quarterly report"])
+    assert Conversation.objects.get(pk=report.pk).folder == Folder.objects.get(owner=owner)
+
+    # Moved with the keyboard only: the item's move button, a choice, Enter.
+    move = sidebar.get_by_role("button", name="Move Bread recipe to a folder")
+    move.focus()
+    page.keyboard.press("Enter")
+    mover = page.locator("#folder-move")
+    expect(mover).to_be_visible()
+    mover.get_by_label("Folder").select_option(label="Work")
+    page.keyboard.press("Tab")
+    expect(mover.get_by_role("button", name="Move", exact=True)).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(folder.locator(".conversation-link")).to_have_text(["Bread recipe", "Quarterly report"])
+    expect(sidebar.locator(".conversation-group:not(.folder) .conversation-link")).to_have_text(
+        ["Loose thoughts"]
+    )
+    page.screenshot(path=str(ARTIFACTS / "folders-desktop.png"), full_page=True)
+
+    # Renamed; then deleted, which keeps its conversations in the main list (the confirm says so).
+    folder.get_by_role("button", name="Rename folder Work").click()
+    dialog.get_by_label("Name").fill("Office")
+    dialog.get_by_role("button", name="Save").click()
+    renamed = sidebar.locator('.folder[data-name="Office"]')
+    expect(renamed.locator(".conversation-link")).to_have_count(2)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.click("#sidebar-toggle")
+    expect(sidebar).to_be_in_viewport()
+    expect(renamed.get_by_text("Bread recipe")).to_be_visible()
+    page.wait_for_timeout(300)  # the drawer's slide-in
+    page.screenshot(path=str(ARTIFACTS / "folders-phone.png"), full_page=True)
+    page.keyboard.press("Escape")
+    page.set_viewport_size({"width": 1280, "height": 800})
+    asked: list[str] = []
+
+    def accept(prompt: Any) -> None:
+        asked.append(prompt.message)
+        prompt.accept()
+
+    page.once("dialog", accept)
+    renamed.get_by_role("button", name="Delete folder Office").click()
+    expect(sidebar.locator(".folder")).to_have_count(0)
+    assert "Its conversations are kept: they go back to the main list." in asked[0]
+    expect(sidebar.locator(".conversation-link")).to_have_count(3)
+    assert not Folder.objects.exists()
+    assert Conversation.objects.filter(owner=owner, folder__isnull=True).count() == 3
+    assert Conversation.objects.filter(pk=recipe.pk).exists()
