@@ -29,9 +29,9 @@ from chat import delivery, search, selectors
 from chat.auth import auth_user, http_error_message, json_api
 from chat.lifecycle.status import NotCancellable, reply_cancel
 from chat.lifecycle.submit import Submission
-from chat.models import Conversation, Folder, Message, Preset
+from chat.models import Conversation, Folder, MemoryFact, Message, Preset
 from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
-from chat.services import conversations, feedback, folders, limits, presets, sharing
+from chat.services import conversations, feedback, folders, limits, memory, presets, sharing
 from chat.share_views import share_url
 from inference.params import InvalidParameter
 
@@ -100,6 +100,7 @@ class ConversationOut(Schema):
     system_prompt: str
     model: str = Field(description="The model its replies come from")
     preset_id: int | None = Field(description="The preset it started from, if any")
+    use_memory: bool = Field(description="Its replies see your memory (GET /api/v1/memory)")
     folder_id: int | None = Field(description="The folder it is filed in; null: the main list")
     pinned: bool = Field(description="Shown on top of the chat page's list")
     archived: bool = Field(description="Left out of the chat page's list, shown in its Archived view")
@@ -198,6 +199,7 @@ class ConversationPatch(Schema):
     )
     pinned: bool | None = Field(None, description="Pin to the top of the list, or unpin")
     archived: bool | None = Field(None, description="Archive (which also unpins), or unarchive")
+    use_memory: bool | None = Field(None, description="Let its replies see your memory, or not")
     folder_id: int | None = Field(
         None, ge=1, le=MAX_ID, description="Move it into this folder of yours; null: back to the main list"
     )
@@ -490,9 +492,45 @@ def conversation_update(
             model=payload.model,
             pinned=payload.pinned,
             archived=payload.archived,
+            use_memory=payload.use_memory,
         )
     except Conversation.DoesNotExist:
         raise _not_found("Conversation", conversation_id) from None
+
+
+class MemoryFactOut(Schema):
+    id: int
+    text: str
+    created: datetime
+
+
+class MemoryFactIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., description=f"1 to {memory.MAX_FACT_CHARS} characters: a fact to keep about you")
+
+
+@api.get("/memory", response={200: list[MemoryFactOut], **ERRORS}, tags=["memory"])
+def memory_list(request: HttpRequest) -> list[MemoryFact]:
+    """The facts you keep; they join the system prompt of replies in conversations that use memory."""
+    return list(selectors.memory_list(user=auth_user(request)))
+
+
+@api.post("/memory", response={201: MemoryFactOut, **ERRORS}, tags=["memory"])
+def memory_add(request: HttpRequest, payload: MemoryFactIn) -> Status[MemoryFact]:
+    return Status(201, memory.memory_add(user=auth_user(request), text=payload.text))
+
+
+MemoryFactId = Annotated[int, Path(..., ge=1, le=MAX_ID, description="A fact of yours")]
+
+
+@api.delete("/memory/{fact_id}", response={204: None, **WITH_404}, tags=["memory"])
+def memory_forget(request: HttpRequest, fact_id: MemoryFactId) -> Status[None]:
+    try:
+        memory.memory_delete(user=auth_user(request), fact_id=fact_id)
+    except MemoryFact.DoesNotExist:
+        raise _not_found("Fact", fact_id) from None
+    return Status(204, None)
 
 
 FolderId = Annotated[int, Path(..., ge=1, le=MAX_ID, description="A folder of yours")]

@@ -92,3 +92,22 @@ def test_the_settings_panel_switches_memory_off_for_one_conversation(client: Cli
     assert answer.status_code == 200 and answer.json()["use_memory"] is False
     conversation.refresh_from_db()
     assert conversation.use_memory is False
+
+
+def test_the_rest_api_keeps_lists_and_forgets_facts_and_switches_a_conversation(
+    client: Client, owner_key: str, owner: User, other_user: User
+) -> None:
+    from tests.test_rest_api import Rest
+
+    rest = Rest(client, owner_key)
+    status, fact = rest.call("post", "/memory", {"text": "I am vegetarian."})
+    assert status == 201 and fact["text"] == "I am vegetarian."
+    assert rest.call("post", "/memory", {"text": "i am VEGETARIAN."})[0] == 400
+    assert [f["text"] for f in rest.call("get", "/memory")[1]] == ["I am vegetarian."]
+    theirs = memory.memory_add(user=other_user, text="Theirs.")
+    assert rest.call("delete", f"/memory/{theirs.pk}")[0] == 404
+    conversation = conversations.conversation_create(user=owner)
+    status, changed = rest.call("patch", f"/conversations/{conversation.pk}", {"use_memory": False})
+    assert status == 200 and changed["use_memory"] is False
+    assert rest.call("delete", f"/memory/{fact['id']}")[0] == 204
+    assert rest.call("get", "/memory")[1] == []

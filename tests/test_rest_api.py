@@ -322,6 +322,8 @@ def test_the_openapi_schema_and_docs_are_served(client: Client) -> None:
         f"{API}/messages/{{message_id}}/cancel",
         f"{API}/messages/{{message_id}}/branch",
         f"{API}/messages/{{message_id}}/feedback",
+        f"{API}/memory",
+        f"{API}/memory/{{fact_id}}",
         f"{API}/presets",
         f"{API}/presets/{{preset_id}}",
         f"{API}/search",

@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from chat.services import conversations, folders, presets
+from chat.services import conversations, folders, memory, presets
 from tests.conftest import exchange
 from tests.stack import Stack, stack_on_test_database
 
@@ -80,17 +80,19 @@ def test_the_rest_api_survives_schema_fuzzing(stack: Stack, owner: Any, owner_ke
     _, reply = exchange(conversation, "Hello", "Hi.")
     preset = presets.preset_create(user=owner, name="Fuzzed")
     folder = folders.folder_create(user=owner, name="Fuzzed")
+    fact = memory.memory_add(user=owner, text="I am being fuzzed.")
     real_ids = {
         "conversation_id": conversation.pk,
         "message_id": reply.pk,
         "preset_id": preset.pk,
         "folder_id": folder.pk,
+        "fact_id": fact.pk,
     }
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {owner_key}"
 
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 23, [op.label for op in operations]
+    assert len(operations) == 26, [op.label for op in operations]
     # Deleting the real conversation early would turn every later real-id case into a 404.
     operations.sort(key=lambda op: op.method.upper() == "DELETE")
     tried: dict[str, set[int]] = {}

@@ -64,9 +64,10 @@ def conversation_update(
     model: str | None = None,
     pinned: bool | None = None,
     archived: bool | None = None,
+    use_memory: bool | None = None,
 ) -> Conversation:
-    """Rename a conversation, change its system prompt or its model, pin or archive it;
-    DoesNotExist for others'.
+    """Rename a conversation, change its system prompt or its model, pin or archive it,
+    let its replies see the owner's memory or not; DoesNotExist for others'.
 
     Pinning and archiving leave `updated` alone: they are not activity, and the
     sidebar's date groups go by activity. Archiving unpins.
@@ -87,6 +88,9 @@ def conversation_update(
     if system_prompt is not None:
         conversation.system_prompt = check_length("system_prompt", system_prompt.strip())
         fields.append("system_prompt")
+    if use_memory is not None:
+        conversation.use_memory = use_memory
+        fields.append("use_memory")
     if fields:
         conversation.save(update_fields=[*fields, "updated"])
     return conversation
