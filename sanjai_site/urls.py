@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from chat import pwa_views
 from chat.api import api as chat_api
 from chat.openai.router import api as openai_api
 from chat.rest_api import api as rest_api
@@ -14,6 +15,10 @@ urlpatterns = [
     path("metrics", metrics.metrics, name="metrics"),
     path("v1/", openai_api.urls),  # OpenAI-compatible: /v1/models, /v1/chat/completions
     path("api/v1/", rest_api.urls),  # REST API; schema at /api/v1/openapi.json, docs at /api/v1/docs
+    # The installable app (chat/pwa_views.py): the worker at the root, so its scope is the whole site.
+    path("sw.js", pwa_views.service_worker, name="service_worker"),
+    path("manifest.webmanifest", pwa_views.web_manifest, name="web_manifest"),
+    path("offline/", pwa_views.offline, name="offline"),
     # Pages first: a ninja API mounted at "" also claims "/".
     path("", include("chat.urls")),
     path("", chat_api.urls),  # POST /chat, POST /reset

@@ -1075,6 +1075,87 @@ def test_the_usage_page_draws_tokens_per_day_by_model(page: Page, django_user_mo
     page.screenshot(path=str(ARTIFACTS / "usage-chart-phone.png"), full_page=True)
 
 
+def test_the_app_installs_and_offline_shows_the_list_last_seen_which_logout_forgets(
+    page: Page, django_user_model: Any
+) -> None:
+    owner = make_user(django_user_model, "traveller")
+    lodger = make_user(django_user_model, "lodger")
+    packing = conversations.conversation_create(user=owner, title="Packing list for Lisbon")
+    conversations.conversation_create(user=owner, title="Train times")
+    conversations.conversation_create(user=lodger, title="The lodger's diary")
+    csp: list[str] = []
+    page.on("console", lambda m: csp.append(m.text) if "Content Security Policy" in m.text else None)
+    log_in(page, "traveller")
+    page.goto(f"/c/{packing.pk}/")
+    page.wait_for_function("navigator.serviceWorker.controller !== null")  # installed, and in charge
+
+    # Chromium's own reading of the manifest, and what it says stands between the page and installing.
+    cdp = page.context.new_cdp_session(page)
+    manifest = cdp.send("Page.getAppManifest")
+    assert manifest["url"].endswith("/manifest.webmanifest") and manifest["errors"] == []
+    blockers = [e["errorId"] for e in cdp.send("Page.getInstallabilityErrors")["installabilityErrors"]]
+    assert [e for e in blockers if e != "in-incognito"] == []  # a Playwright context is incognito
+
+    stored = page.evaluate("JSON.parse(localStorage.getItem('sanjai:conversations'))")
+    assert stored["user"] == str(owner.pk)
+    assert sorted(c["title"] for c in stored["conversations"]) == ["Packing list for Lisbon", "Train times"]
+    cached = page.evaluate(
+        """async () => {
+            const found = [];
+            for (const name of await caches.keys()) {
+                for (const request of await (await caches.open(name)).keys()) {
+                    found.push([name, new URL(request.url).pathname]);
+                }
+            }
+            return found;
+        }"""
+    )
+    assert len({name for name, _ in cached}) == 1 and cached[0][0].startswith("sanjai-shell-")
+    paths = {path for _, path in cached}
+    assert {"/offline/", "/manifest.webmanifest", "/static/css/app.css", "/static/js/offline.js"} <= paths
+    assert not [p for p in paths if p.startswith(("/api/", "/v1/", "/c/", "/s/", "/chat", "/ws/"))], paths
+
+    page.context.set_offline(True)
+    page.reload()
+    expect(page.get_by_role("heading", name="You are offline")).to_be_visible()
+    expect(page).to_have_url(re.compile(rf"/c/{packing.pk}/$"))
+    links = page.locator("#offline-list a")
+    expect(links).to_have_count(2)
+    expect(links.filter(has_text="Packing list for Lisbon")).to_have_attribute("href", f"/c/{packing.pk}/")
+    expect(page.locator("#offline-saved")).to_contain_text("As last seen on this device")
+    expect(page.locator("#offline")).not_to_contain_text("diary")
+    # Never the conversation itself, and nothing to send from.
+    assert page.locator(".bubble, textarea, form, #send").count() == 0
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(247, 247, 248)"  # app.css, from the worker's cache
+    page.screenshot(path=str(ARTIFACTS / "offline-desktop.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(ARTIFACTS / "offline-phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+    page.context.set_offline(False)
+    page.get_by_role("button", name="Try again").click()  # the page asked for, from the server
+    expect(page.locator("#messages")).to_be_attached()
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/login/"))
+    assert page.evaluate("localStorage.getItem('sanjai:conversations')") is None
+
+    page.context.set_offline(True)
+    page.goto("/")
+    expect(page.get_by_role("heading", name="You are offline")).to_be_visible()
+    expect(page.locator("#offline-saved")).to_have_text("No conversation list is kept on this device.")
+    expect(page.locator("#offline-list a")).to_have_count(0)
+    page.context.set_offline(False)
+    page.get_by_role("button", name="Try again").click()
+    expect(page).to_have_url(re.compile(r"/login/"))  # "/" sends the logged out to log in
+
+    log_in(page, "lodger")  # another user on the same browser keeps only their own list
+    stored = page.evaluate("JSON.parse(localStorage.getItem('sanjai:conversations'))")
+    assert stored["user"] == str(lodger.pk)
+    assert [c["title"] for c in stored["conversations"]] == ["The lodger's diary"]
+    assert csp == []
+
+
 def test_folders_are_made_filled_by_drag_and_menu_renamed_and_deleted_from_the_sidebar(
     page: Page, django_user_model: Any
 ) -> None:
@@ -1109,7 +1190,7 @@ def test_folders_are_made_filled_by_drag_and_menu_renamed_and_deleted_from_the_s
     assert Conversation.objects.get(pk=report.pk).folder == Folder.objects.get(owner=owner)
 
     # Moved with the keyboard only: the item's move button, a choice, Enter.
-    move = sidebar.get_by_role("button", name="Move Bread recipe to a folder")
+    move = sidebar.get_by_role("button", name="Move Bread recipe", exact=True)
     move.focus()
     page.keyboard.press("Enter")
     mover = page.locator("#folder-move")
