@@ -476,15 +476,11 @@ def conversation_update(
     """Rename a conversation, change its system prompt (used from its next reply on) or
     its model, pin or archive it, move it into a folder or out (`folder_id`: null)."""
     user = auth_user(request)
-    if "folder_id" in payload.model_fields_set:
-        if payload.folder_id is not None:
-            _own_folder(request, payload.folder_id)  # 404 before anything changes
-        try:
-            folders.conversation_move(user=user, conversation_id=conversation_id, folder_id=payload.folder_id)
-        except Conversation.DoesNotExist:
-            raise _not_found("Conversation", conversation_id) from None
+    move = "folder_id" in payload.model_fields_set  # sent as null: out of its folder
+    if move and payload.folder_id is not None:
+        _own_folder(request, payload.folder_id)  # 404 before anything changes
     try:
-        return conversations.conversation_update(
+        conversation = conversations.conversation_update(
             user=user,
             conversation_id=conversation_id,
             title=payload.title,
@@ -496,6 +492,13 @@ def conversation_update(
         )
     except Conversation.DoesNotExist:
         raise _not_found("Conversation", conversation_id) from None
+    if move:  # last: a refused change above leaves the conversation where it was
+        try:
+            folders.conversation_move(user=user, conversation_id=conversation_id, folder_id=payload.folder_id)
+        except Folder.DoesNotExist:  # deleted since the check above
+            raise _not_found("Folder", payload.folder_id or 0) from None
+        conversation.folder_id = payload.folder_id
+    return conversation
 
 
 class MemoryFactOut(Schema):

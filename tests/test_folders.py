@@ -171,6 +171,9 @@ def test_the_rest_api_makes_renames_moves_into_and_deletes_folders(
         status, error = rest.call(method, path, body)
         assert status == 404 and error == {"detail": f"Folder {theirs.pk} not found."}, (method, path)
     assert Conversation.objects.get(pk=chat["id"]).folder_id == work["id"]  # the refused move left it
+    status, error = rest.call("patch", f"/conversations/{chat['id']}", {"folder_id": None, "model": "nope"})
+    assert status == 404 and "nope" in error["detail"]
+    assert Conversation.objects.get(pk=chat["id"]).folder_id == work["id"]  # nothing of a refused PATCH
     assert Conversation.objects.filter(owner=owner).count() == 1  # the refused create made nothing
 
     assert rest.call("delete", f"/folders/{work['id']}") == (204, None)

@@ -1190,7 +1190,7 @@ def test_folders_are_made_filled_by_drag_and_menu_renamed_and_deleted_from_the_s
     assert Conversation.objects.get(pk=report.pk).folder == Folder.objects.get(owner=owner)
 
     # Moved with the keyboard only: the item's move button, a choice, Enter.
-    move = sidebar.get_by_role("button", name="Move Bread recipe to a folder")
+    move = sidebar.get_by_role("button", name="Move Bread recipe", exact=True)
     move.focus()
     page.keyboard.press("Enter")
     mover = page.locator("#folder-move")
