@@ -1160,12 +1160,15 @@ def test_folders_are_made_filled_by_drag_and_menu_renamed_and_deleted_from_the_s
     page: Page, django_user_model: Any
 ) -> None:
     from chat.models import Folder
+    from chat.services import presets
 
     owner = make_user(django_user_model, "filer")
+    terse = presets.preset_create(user=owner, name="Terse", system_prompt="Answer in a few words.")
     report = conversations.conversation_create(user=owner, title="Quarterly report")
     recipe = conversations.conversation_create(user=owner, title="Bread recipe")
     conversations.conversation_create(user=owner, title="Loose thoughts")
     log_in(page, "filer")
+    page.wait_for_load_state("domcontentloaded")  # folders.js (deferred) has run: its buttons work
     sidebar = page.locator("#sidebar")
 
     # Made from the sidebar; a name already taken (whatever the case) is refused in the dialog, kept typed.
@@ -1205,12 +1208,23 @@ def test_folders_are_made_filled_by_drag_and_menu_renamed_and_deleted_from_the_s
     )
     page.screenshot(path=str(ARTIFACTS / "folders-desktop.png"), full_page=True)
 
-    # Renamed; then deleted, which keeps its conversations in the main list (the confirm says so).
+    # Renamed and given a preset; then "New chat in this folder" starts from it, filed there.
     folder.get_by_role("button", name="Rename folder Work").click()
     dialog.get_by_label("Name").fill("Office")
+    dialog.get_by_label("New chats in it start from").select_option(label="Terse")
     dialog.get_by_role("button", name="Save").click()
     renamed = sidebar.locator('.folder[data-name="Office"]')
     expect(renamed.locator(".conversation-link")).to_have_count(2)
+    renamed.get_by_role("link", name="New chat in Office").click()
+    expect(page.locator("#folder-of")).to_have_text("In the folder Office")
+    expect(page.get_by_role("button", name="Terse", exact=True)).to_have_attribute("aria-pressed", "true")
+    send(page, "Where is the stapler?")
+    expect(page).to_have_url(re.compile(r"/c/\d+/$"))
+    expect(renamed.locator(".conversation-link")).to_have_count(3)
+    started = Conversation.objects.get(owner=owner, title="Where is the stapler?")
+    assert started.folder == Folder.objects.get(owner=owner) and started.preset == terse
+    assert started.system_prompt == "Answer in a few words."
+    page.goto("/")
     page.set_viewport_size({"width": 390, "height": 844})
     page.click("#sidebar-toggle")
     expect(sidebar).to_be_in_viewport()
@@ -1229,7 +1243,7 @@ def test_folders_are_made_filled_by_drag_and_menu_renamed_and_deleted_from_the_s
     renamed.get_by_role("button", name="Delete folder Office").click()
     expect(sidebar.locator(".folder")).to_have_count(0)
     assert "Its conversations are kept: they go back to the main list." in asked[0]
-    expect(sidebar.locator(".conversation-link")).to_have_count(3)
+    expect(sidebar.locator(".conversation-link")).to_have_count(4)
     assert not Folder.objects.exists()
-    assert Conversation.objects.filter(owner=owner, folder__isnull=True).count() == 3
+    assert Conversation.objects.filter(owner=owner, folder__isnull=True).count() == 4
     assert Conversation.objects.filter(pk=recipe.pk).exists()
