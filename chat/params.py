@@ -231,6 +231,11 @@ def tools_in(raw: Mapping[str, Any] | None) -> ToolsIn | None:
         ) from None
     for index, function in enumerate(tools.functions):
         if function.parameters is not None:
+            if function.parameters.get("type", "object") != "object":
+                raise InvalidParameter(
+                    f"tools[{index}].function.parameters",
+                    'must be a JSON Schema of an object ("type": "object"): the arguments are an object',
+                )
             problem = schema_problem(schema_text(function.parameters))
             if problem is not None:
                 raise InvalidParameter(

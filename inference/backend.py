@@ -17,7 +17,7 @@ from transformers import (
 
 from inference.engine.detokenizer import cut_at_stop_strings
 from inference.engine.sampler import allowed_tokens
-from inference.grammar import GrammarTokenizer, RowGrammar, constraint_of
+from inference.grammar import GrammarFailed, GrammarTokenizer, RowGrammar, constraint_of
 from inference.loading import LoadedModel
 from inference.params import GenerationParams
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
@@ -107,7 +107,9 @@ class _GrammarDone(StoppingCriteria):
         for token in input_ids[0, self.mask.taken :].tolist():
             grammar.accept(token)
         self.mask.taken = input_ids.shape[1]
-        done = grammar.finished or grammar.broken
+        if grammar.broken:  # as in the engine: the reply fails rather than end off its format
+            raise GrammarFailed(grammar.error)
+        done = grammar.finished
         return cast(torch.BoolTensor, torch.full((input_ids.shape[0],), done, device=input_ids.device))
 
 

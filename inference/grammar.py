@@ -3,8 +3,10 @@
 A reply asked to answer in JSON (OpenAI's `response_format`) carries its
 schema as JSON text (GenerationParams.response_schema). Before each token the
 reply's `RowGrammar` says which tokens keep the text a valid prefix of some
-document the schema accepts; the sampler masks the others out, so a finished
-reply always parses, whatever the model. The engine and the one-at-a-time
+document the schema accepts; the sampler masks the others out, so a reply that
+ends (not cut by max_new_tokens) parses, whatever the model. Should the grammar
+break (a limit of llguidance's parser met while decoding), the reply fails with
+GrammarFailed rather than end as text that does not follow its format. The engine and the one-at-a-time
 backend both use it; remote models get the schema passed on instead.
 
 The grammar library is llguidance (Microsoft's Rust engine behind Guidance,
@@ -33,6 +35,7 @@ from typing import Any
 import llguidance
 
 from inference.params import GenerationParams
+from inference.types import GenerationError
 
 # response_format {"type": "json_object"}: any JSON object.
 JSON_OBJECT_SCHEMA = '{"type":"object"}'  # as schema_text writes it
@@ -91,6 +94,17 @@ def schema_problem(json_schema: str) -> str | None:
     return grammar_problem(grammar)
 
 
+class GrammarFailed(GenerationError):
+    """A reply's grammar broke (llguidance met a limit of its parser, or a token the
+    mask should have forbidden): the reply fails rather than end as text that does
+    not follow its format."""
+
+    code = "response_format_failed"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The reply could not follow its response format: {reason[:300]}")
+
+
 class RowGrammar:
     """One reply's position in its grammar: which tokens may come next, and what it has taken."""
 
@@ -127,10 +141,16 @@ class GrammarTokenizer:
         import llguidance.hf  # imports transformers: worker side only
 
         self.vocab_size = vocab_size
+        # At least the tokenizer's own size (llguidance refuses fewer); the mask is
+        # cut or padded to the logits' width where it is applied (sampler.allowed_tokens).
         self._tokenizer = llguidance.hf.from_tokenizer(
-            hf_tokenizer, n_vocab=vocab_size, eos_token=list(end_tokens)
+            hf_tokenizer, n_vocab=max(vocab_size, len(hf_tokenizer)), eos_token=list(end_tokens)
         )
 
     def row(self, grammar: str) -> RowGrammar:
-        """A fresh state of a grammar (see constraint_of; the submit path checked it) for one reply."""
-        return RowGrammar(llguidance.LLMatcher(self._tokenizer, grammar, log_level=0))
+        """A fresh state of a grammar (see constraint_of; the submit path checked it) for one
+        reply; GrammarFailed if it cannot even start (a limit only the tokenizer shows)."""
+        row = RowGrammar(llguidance.LLMatcher(self._tokenizer, grammar, log_level=0))
+        if row.broken:
+            raise GrammarFailed(row.error)
+        return row

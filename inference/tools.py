@@ -109,12 +109,18 @@ def parse_calls(text: str, names: Sequence[str]) -> tuple[str, list[ToolCall]]:
 
 
 def _call_schema(function: Mapping[str, Any]) -> dict[str, Any]:
-    parameters = function.get("parameters") or {"type": "object", "properties": {}}
+    """One call of `function` as a JSON Schema document of its own. The arguments'
+    `$defs` (what pydantic writes for nested models) move to its root, where
+    their `#/$defs/...` references resolve."""
+    parameters = dict(function.get("parameters") or {"type": "object", "properties": {}})
+    definitions = {key: parameters.pop(key) for key in ("$defs", "definitions") if key in parameters}
     return {
         "type": "object",
         "properties": {"name": {"const": function["name"]}, "arguments": parameters},
         "required": ["name", "arguments"],
         "additionalProperties": False,
+        "x-guidance": {"whitespace_flexible": False},
+        **definitions,
     }
 
 
@@ -124,10 +130,11 @@ def calls_grammar(
     """A Lark grammar (llguidance's dialect) for a reply that is nothing but calls:
     of the function named `only`, or of any of `functions`; at most MAX_CALLS, or one."""
     chosen = [f for f in functions if only is None or f["name"] == only]
-    schema = {"anyOf": [_call_schema(f) for f in chosen], "x-guidance": {"whitespace_flexible": False}}
     more = f'("\\n" call){{0,{MAX_CALLS - 1}}}' if parallel else ""
-    return (
-        f"start: call {more}\n"
-        'call: "<tool_call>\\n" body "\\n</tool_call>"\n'
-        f"body: %json {json.dumps(schema, ensure_ascii=False)}\n"
-    )
+    bodies = " | ".join(f"body{index}" for index in range(len(chosen)))
+    rules = [f"start: call {more}", f'call: "<tool_call>\\n" ({bodies}) "\\n</tool_call>"']
+    rules += [
+        f"body{index}: %json {json.dumps(_call_schema(f), ensure_ascii=False)}"
+        for index, f in enumerate(chosen)
+    ]
+    return "\n".join(rules) + "\n"

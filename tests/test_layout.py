@@ -105,11 +105,22 @@ def test_chat_has_no_import_cycles() -> None:
 
 def status_writes(path: Path) -> list[int]:
     """Lines that write a Message's status: `status=` in an update(), a create() or
-    Message(), or a {"status": Message.Status...} mapping (fields splatted into
-    one), except the creation of messages finished from the start (a user's
-    question, an imported message: status=Message.Status.DONE)."""
+    Message(), a {"status": Message.Status...} mapping (fields splatted into
+    one), or an assignment to a `.status` attribute, except the creation of
+    messages finished from the start (a user's question, an imported message:
+    status=Message.Status.DONE)."""
     lines = []
     for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign | ast.AugAssign):  # message.status = ... (then a save)
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            # Not `self.status`: an exception's or a response's own HTTP status.
+            if any(
+                isinstance(t, ast.Attribute)
+                and t.attr == "status"
+                and not (isinstance(t.value, ast.Name) and t.value.id == "self")
+                for t in targets
+            ):
+                lines.append(node.lineno)
         if isinstance(node, ast.Dict):
             for key, value in zip(node.keys, node.values, strict=True):
                 if (

@@ -218,6 +218,12 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {}}}
         (ask(n=2), "n", "only n=1"),
         (ask(tool_choice="auto"), "tool_choice", "tool_choice: needs tools to choose from"),
         (ask(tool_choice="f"), "tool_choice", 'must be "auto", "none", "required" or {"type": "function"'),
+        (ask(tools=[TOOL], tool_choice={"type": "function", "function": "f"}), "tool_choice", "got {"),
+        (
+            ask(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]),
+            "tools[0].function.parameters",
+            "must be a JSON Schema of an object",
+        ),
         (
             ask(tools=[TOOL], tool_choice={"type": "function", "function": {"name": "g"}}),
             "tool_choice",
@@ -825,3 +831,30 @@ def test_a_stream_cleans_up_as_soon_as_django_stops_reading_it() -> None:
     finally:
         gc.enable()
     assert cleaned == ["closed"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_streamed_text_goes_out_up_to_where_a_call_may_begin_whatever_the_pieces(seed: int) -> None:
+    # The stream with tools: text before a call goes out as it comes; nothing of
+    # the call's own text does, however the reply is cut into pieces; and text
+    # that turns out not to be a call goes out at the end, whole.
+    import random
+
+    from chat.openai.serving import _HeldBack
+    from inference.tools import CALL_START
+
+    rng = random.Random(seed)  # noqa: S311 - where the pieces are cut, not a secret
+    before = "Let me check <that> for you. "
+    for final, sendable in (
+        (before + CALL_START + '\n{"name": "f", "arguments": {}}\n</tool_call>', before),
+        (before + "<tool_cal and no call", before + "<tool_cal and no call"),
+    ):
+        held = _HeldBack(CALL_START)
+        cuts = sorted(rng.sample(range(1, len(final)), 6))
+        pieces = [final[a:b] for a, b in zip([0, *cuts], [*cuts, len(final)], strict=True)]
+        out = "".join(held.take(piece) for piece in pieces)
+        assert CALL_START not in out and sendable.startswith(out)
+        if CALL_START not in final:
+            assert out + held.rest(final) == final
+        else:
+            assert out == before  # all of it, once the call's start has come

@@ -18,7 +18,7 @@ import pytest
 from inference.backend import TransformersBackend
 from inference.engine.config import EngineConfig
 from inference.engine.core import Engine
-from inference.grammar import JSON_OBJECT_SCHEMA, schema_problem, schema_text
+from inference.grammar import JSON_OBJECT_SCHEMA, GrammarFailed, schema_problem, schema_text
 from inference.loading import LoadedModel, load_model
 from inference.params import GenerationParams
 from inference.types import GenerationRequest, Turn
@@ -126,6 +126,20 @@ def test_constrained_and_free_rows_share_a_batch_and_each_answers_as_alone(
         assert any_object.text.startswith("{")
 
 
+def test_a_grammar_that_breaks_while_decoding_fails_the_reply_instead_of_ending_it(engine: Engine) -> None:
+    # Within the submit path's checks, but past a limit llguidance's parser only
+    # meets while decoding (at most 2,000 items in a row): the reply must fail,
+    # never end as text that does not follow its schema.
+    wide = {"type": "object", "properties": {f"p{n}": {"type": "string"} for n in range(500)}}
+    assert schema_problem(schema_text(wide)) is None
+    with pytest.raises(GrammarFailed, match="could not follow its response format"):
+        engine.generate(GenerationRequest(turns=PROMPTS[0], params=constrained(wide)))
+    # The engine goes on serving.
+    assert_parses(
+        engine.generate(GenerationRequest(turns=PROMPTS[0], params=constrained(PERSON))).text, PERSON
+    )
+
+
 def test_the_one_at_a_time_backend_constrains_the_same_way(tiny_backend: TransformersBackend) -> None:
     completion = tiny_backend.generate(
         GenerationRequest(turns=[Turn("user", "Describe a colour.")], params=constrained(PERSON))
@@ -196,22 +210,47 @@ def test_calls_are_parsed_only_when_every_one_is_a_well_formed_call_of_a_declare
     assert parse_calls("Just words.", names) == ("Just words.", [])
 
 
-@pytest.mark.parametrize(("only", "parallel"), [(None, True), ("get_weather", False)])
+# What pydantic writes for a nested model: the arguments refer to their own $defs.
+BOOKING = {
+    "name": "book_table",
+    "parameters": {
+        "$defs": {
+            "Guest": {
+                "type": "object",
+                "properties": {"name": {"enum": ["Ana", "Bo"]}},
+                "required": ["name"],
+                "additionalProperties": False,
+            }
+        },
+        "type": "object",
+        "properties": {
+            "guest": {"$ref": "#/$defs/Guest"},
+            "seats": {"type": "integer", "minimum": 1, "maximum": 8},
+        },
+        "required": ["guest", "seats"],
+        "additionalProperties": False,
+    },
+}
+
+
+@pytest.mark.parametrize(("only", "parallel"), [(None, True), ("get_weather", False), ("book_table", True)])
 def test_a_required_call_of_a_random_model_always_parses_against_its_tool(
     engine: Engine, only: str | None, parallel: bool
 ) -> None:
     from inference.tools import calls_grammar, parse_calls
 
-    grammar = calls_grammar([WEATHER, TIME], only=only, parallel=parallel)
+    grammar = calls_grammar([WEATHER, TIME, BOOKING], only=only, parallel=parallel)
     params = GenerationParams(max_new_tokens=200, temperature=1.0, seed=5, response_grammar=grammar)
     for prompt in PROMPTS[:2]:
         completion = engine.generate(GenerationRequest(turns=prompt, params=params))
-        text, calls = parse_calls(completion.text, ["get_weather", "get_time"])
+        text, calls = parse_calls(completion.text, ["get_weather", "get_time", "book_table"])
         assert calls and text == "", completion.text
         assert completion.finish_reason == "stop"
         if not parallel:
             assert len(calls) == 1
         for call in calls:
             assert only is None or call.name == only
-            schema = WEATHER["parameters"] if call.name == "get_weather" else TIME["parameters"]
+            schema = {"get_weather": WEATHER, "get_time": TIME, "book_table": BOOKING}[call.name][
+                "parameters"
+            ]
             jsonschema_rs.validate(schema, call.arguments)

@@ -109,6 +109,8 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         content = limits.check_message("message", content)
     given = chat_params.params_in(submission.params)
     tools = _tools(submission, given)
+    # Compiled here, outside the transaction below: it depends on the input alone.
+    tools_grammar = chat_params.tools_grammar(tools) if tools is not None else None
     preset = _preset(user, submission)
     if (new := submission.new_conversation) is not None:
         limits.check_length("system_prompt", new.system_prompt or "")
@@ -151,7 +153,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
             question=question,
             params=replace(
                 chat_params.over(given, params_for(conversation=conversation)),
-                response_grammar=chat_params.tools_grammar(tools) if tools else None,
+                response_grammar=tools_grammar,
             ).as_dict(),
             model=model,
         )
@@ -192,6 +194,8 @@ def _tools(submission: Submission, given: chat_params.ParamsIn) -> chat_params.T
         )
     if given.response_schema is not None:
         raise InvalidParameter("tools", "cannot be combined with a JSON response format; send one of them")
+    # Their description joins the system prompt: it fits the same limit.
+    limits.check_length("tools", tools_block(tools.declared()))
     return tools
 
 
@@ -202,10 +206,7 @@ def _preset(user: User, submission: Submission) -> Preset | None:
     try:
         preset = selectors.preset_by_slug(user=user, slug=submission.model.removeprefix(PRESET_PREFIX))
     except Preset.DoesNotExist:
-        names = ", ".join(
-            f"{PRESET_PREFIX}{slug}"
-            for slug in selectors.preset_list(user=user).values_list("slug", flat=True)
-        )
+        names = ", ".join(f"{PRESET_PREFIX}{preset.slug}" for preset in selectors.preset_list(user=user))
         raise limits.ModelNotDeclared(
             f"model: {submission.model!r} does not exist here; your presets are {names or 'none yet'}"
             " (GET /v1/models)."
@@ -225,7 +226,8 @@ def _new_conversation(
     """The page's new chat, or the OpenAI API's exchange (which does not become the
     conversation `POST /chat` continues). A preset's system prompt comes first,
     then the request's; tools the model may call are described after them. The
-    preset's parameters become the conversation's, under the request's own."""
+    preset's parameters become the conversation's, under the request's own. The
+    owner's memory is not used: a program's prompt is what it sent."""
     if new.system_prompt is None:  # titled from the question by the caller
         return conversation_create(user=user, preset=preset)
     first = new.history[0].content if new.history else content
@@ -238,6 +240,8 @@ def _new_conversation(
         system_prompt="\n\n".join(part for part in parts if part),
         preset=preset,
         params=dict(preset.params) if preset is not None else {},
+        # A program's exchange (/v1) says all its prompt itself: the owner's memory stays out.
+        use_memory=False,
     )
     parent = None
     for turn in new.history:  # one branch; the question follows its last turn

@@ -168,6 +168,8 @@ class ChatMessage(_Object):
     @model_validator(mode="before")
     @classmethod
     def _content_checked(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("role") == "tool" and data.get("content") in (None, ""):
+            return {**data, "content": ""}  # a tool may return nothing
         if isinstance(data, dict) and not (data.get("role") == "assistant" and data.get("tool_calls")):
             try:
                 data = {**data, "content": _content(data.get("content"))}
@@ -319,7 +321,8 @@ def _tool_choice(value: Any) -> Any:
     if value in ("auto", "none", "required"):
         return value
     if isinstance(value, dict) and value.get("type") == "function":
-        name = (value.get("function") or {}).get("name")
+        function = value.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
         if isinstance(name, str) and name:
             return name
     raise refuse(

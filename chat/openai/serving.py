@@ -329,11 +329,10 @@ async def _stream(exchange: Exchange) -> AsyncGenerator[str, None]:
             held = _HeldBack(CALL_START if exchange.request.tool_names else "")
             try:
                 async for piece in watch.text(settings.CHAT_REPLY_TIMEOUT_S):
-                    if piece:
+                    if piece and (text := held.take(piece)):
                         quiet_since = time.monotonic()
-                        if text := held.take(piece):
-                            yield _sse(exchange.chunk({"content": text}))
-                    elif time.monotonic() - quiet_since >= KEEPALIVE_S:
+                        yield _sse(exchange.chunk({"content": text}))
+                    elif time.monotonic() - quiet_since >= KEEPALIVE_S:  # held text counts as quiet
                         quiet_since = time.monotonic()
                         yield ": keep-alive\n\n"
                 reply = await exchange.finished_reply()

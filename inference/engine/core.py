@@ -38,7 +38,7 @@ from inference.engine.kv import KVRows, capacity_for
 from inference.engine.prefix_cache import PrefixCache
 from inference.engine.sampler import Sampler, SamplingRow
 from inference.engine.scheduler import Request, Scheduler, SchedulerOutput
-from inference.grammar import GrammarTokenizer, RowGrammar, constraint_of
+from inference.grammar import GrammarFailed, GrammarTokenizer, RowGrammar, constraint_of
 from inference.loading import LoadedModel
 from inference.metrics import WorkerMetrics, worker_metrics
 from inference.model.decoder import FastDecoder, KVRow, supports
@@ -422,10 +422,11 @@ class Engine:
         grammar = job.grammar
         if grammar is not None:
             grammar.accept(token)
-            if grammar.broken:  # cannot happen through the mask; ends the reply rather than loop
-                logger.warning("a constrained reply left its grammar: %s", grammar.error)
+            if grammar.broken:
+                self._fail(job, GrammarFailed(grammar.error))
+                return
         stopped_at = job.text.add(token)
-        if stopped_at is not None or (grammar is not None and (grammar.finished or grammar.broken)):
+        if stopped_at is not None or (grammar is not None and grammar.finished):
             self._finish(job, "stop", stopped_at)
             return
         self._emit(job, job.text.safe_length())
@@ -440,6 +441,13 @@ class Engine:
             job.events.put(("text", job.text.text[job.emitted : upto]))
             job.emitted = upto
             job.emitted_at = moment
+
+    def _fail(self, job: _Job, exc: Exception) -> None:
+        """End one job with an error its caller raises (the others go on)."""
+        self.scheduler.finish(job.sched)
+        self._release(job)
+        self.metrics.replies.labels(finish_reason="error").inc()
+        job.events.put(("error", exc))
 
     def _finish(self, job: _Job, reason: FinishReason, stopped_at: int | None = None) -> None:
         self.scheduler.finish(job.sched)
