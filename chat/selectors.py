@@ -357,9 +357,13 @@ def model_list(*, registry: Registry, redis_url: str) -> list[ServedModel]:
     return served
 
 
-def preset_list(*, user: User) -> QuerySet[Preset]:
-    """The presets a user may start from: their own, then the published ones of others."""
-    return Preset.objects.filter(Q(owner=user) | Q(published=True)).order_by("-published", "name")
+def preset_list(*, user: User) -> list[Preset]:
+    """The presets a user may start from: their own, then the published ones of others,
+    except a published one whose slug the user's own has (preset:<slug> names theirs)."""
+    own = list(Preset.objects.filter(owner=user).order_by("name", "pk"))
+    taken = {preset.slug for preset in own}
+    published = Preset.objects.filter(published=True).exclude(owner=user).exclude(slug__in=taken)
+    return own + list(published.order_by("name", "pk"))
 
 
 def preset_own(*, user: User, preset_id: int) -> Preset:
@@ -367,14 +371,18 @@ def preset_own(*, user: User, preset_id: int) -> Preset:
     return Preset.objects.get(pk=preset_id, owner=user)
 
 
+def _usable(user: User) -> QuerySet[Preset]:
+    return Preset.objects.filter(Q(owner=user) | Q(published=True))
+
+
 def preset_usable(*, user: User, preset_id: int) -> Preset:
     """A preset the user may start from (theirs or published); Preset.DoesNotExist otherwise."""
-    return preset_list(user=user).get(pk=preset_id)
+    return _usable(user).get(pk=preset_id)
 
 
 def preset_by_slug(*, user: User, slug: str) -> Preset:
     """`preset:<slug>` on /v1: the user's own preset of that slug, else the published one."""
-    found = preset_list(user=user).filter(slug=slug).order_by("published").first()
+    found = next((preset for preset in preset_list(user=user) if preset.slug == slug), None)
     if found is None:
         raise Preset.DoesNotExist(slug)
     return found

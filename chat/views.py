@@ -436,8 +436,8 @@ def memory_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     except InvalidInput as exc:
         if as_json:
             return JsonResponse({"error": str(exc), "field": "text"}, status=400)
-        messages.error(request, f"Not kept: {exc}")
-        return redirect(f"{reverse('profile')}#memory")
+        # Shown again with what was typed and why it was refused.
+        return _render_profile(request, memory_text=str(text or ""), memory_error=str(exc), status=400)
     if as_json:
         return JsonResponse({"id": fact.pk, "text": fact.text}, status=201)
     messages.success(request, "Kept in your memory.")
@@ -473,6 +473,8 @@ def _render_profile(
     params_form: DefaultParamsForm | None = None,
     key_form: ApiKeyForm | None = None,
     preset_form: PresetForm | None = None,
+    memory_text: str = "",
+    memory_error: str = "",
     new_key: str | None = None,
     new_key_record: ApiKey | None = None,
     status: int = 200,
@@ -501,6 +503,8 @@ def _render_profile(
         "presets": selectors.preset_list(user=request.user),
         "memory": selectors.memory_list(user=request.user),
         "memory_max_facts": settings.MEMORY_MAX_FACTS,
+        "memory_text": memory_text,
+        "memory_error": memory_error,
         "key_form": key_form or ApiKeyForm(),
         "api_keys": selectors.api_key_list(user=request.user),
         "new_key": new_key,

@@ -67,6 +67,12 @@ def test_the_page_keeps_a_fact_on_a_click_and_the_profile_lists_and_forgets_it(
     refused = client.post("/profile/memory/", {"text": ""}, content_type="application/json")
     assert refused.status_code == 400 and "1 to 500 characters" in refused.json()["error"]
     assert client.post("/profile/memory/", {"text": "Answer in French."}).status_code == 302
+    again = client.post("/profile/memory/", {"text": "answer in french."})
+    assert again.status_code == 400  # shown again with what was typed, and why
+    assert (
+        'value="answer in french."' in again.content.decode()
+        and "in your memory already" in again.content.decode()
+    )
     page = client.get("/profile/").content.decode()
     assert "I prefer metric units." in page and "Answer in French." in page
     export = json.loads(client.get("/profile/export/?format=json").content)
@@ -111,3 +117,16 @@ def test_the_rest_api_keeps_lists_and_forgets_facts_and_switches_a_conversation(
     assert status == 200 and changed["use_memory"] is False
     assert rest.call("delete", f"/memory/{fact['id']}")[0] == 204
     assert rest.call("get", "/memory")[1] == []
+
+
+def test_a_programs_exchange_leaves_the_owners_memory_out(owner: User, queued: list[int]) -> None:
+    from chat.lifecycle.submit import NewConversation, Submission, reply_submit
+
+    memory.memory_add(user=owner, text="Always answer in French.")
+    posted = reply_submit(
+        user=owner,
+        submission=Submission(
+            content="Return JSON.", new_conversation=NewConversation(system_prompt="Be exact.")
+        ),
+    )
+    assert selectors.reply_turns(reply=posted.reply)[0].content == "Be exact."

@@ -155,3 +155,22 @@ def test_the_profile_page_makes_and_deletes_presets_and_keeps_a_refused_one_type
     assert client.post(f"/profile/presets/{theirs.pk}/delete/").status_code == 404
     assert client.post(f"/profile/presets/{made.pk}/delete/").status_code == 302
     assert not Preset.objects.filter(owner=owner).exists()
+
+
+def test_an_edited_published_preset_waits_for_the_admin_again_and_names_may_be_any_script(
+    owner: User, other_user: User
+) -> None:
+    from chat import selectors
+
+    published = presets.preset_create(user=owner, **TUTOR)
+    assert presets.preset_publish(preset=published, published=True)
+    presets.preset_update(user=owner, preset_id=published.pk, description=TUTOR["description"])
+    assert Preset.objects.get(pk=published.pk).published  # nothing changed: still published
+    presets.preset_update(user=owner, preset_id=published.pk, system_prompt="Now something else.")
+    assert not Preset.objects.get(pk=published.pk).published
+    assert selectors.preset_list(user=other_user) == []
+    assert presets.preset_create(user=owner, name="日本語の先生").slug == "日本語の先生"
+    # A published preset whose slug the user's own has is not listed beside it.
+    theirs = presets.preset_create(user=other_user, name="Python tutor")
+    assert presets.preset_publish(preset=theirs, published=True)
+    assert [p.pk for p in selectors.preset_list(user=owner) if p.slug == "python-tutor"] == [published.pk]

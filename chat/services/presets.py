@@ -35,7 +35,7 @@ def _fields(
     fields: dict[str, Any] = {}
     if name is not None:
         name = " ".join(name.split())
-        if not 1 <= len(name) <= 100 or not slugify(name):
+        if not 1 <= len(name) <= 100 or not _slug_of(name):
             raise InvalidInput("name", "must be 1 to 100 characters, with at least one letter or digit.")
         fields["name"] = name
     if description is not None:
@@ -58,8 +58,13 @@ def _fields(
     return fields
 
 
+def _slug_of(name: str) -> str:
+    """A name's slug, in any script (日本語の先生 keeps its letters)."""
+    return slugify(name, allow_unicode=True)
+
+
 def _free_slug(user: User, name: str, exclude: int | None = None) -> str:
-    base = slugify(name)[:90]
+    base = _slug_of(name)[:90]
     mine = Preset.objects.filter(owner=user)
     if exclude is not None:
         mine = mine.exclude(pk=exclude)
@@ -86,7 +91,13 @@ def preset_create(
         raise InvalidInput(
             "name", f"you have {MAX_PRESETS} presets, the most one may keep; delete one first."
         )
-    return Preset.objects.create(owner=user, slug=_free_slug(user, fields["name"]), **fields)
+    for _ in range(3):  # two makes of one name at once (a double click) race for its slug
+        try:
+            with transaction.atomic():
+                return Preset.objects.create(owner=user, slug=_free_slug(user, fields["name"]), **fields)
+        except IntegrityError:
+            continue
+    raise InvalidInput("name", "a preset of this name is being made already; try again.")
 
 
 def preset_update(
@@ -99,13 +110,19 @@ def preset_update(
     model: str | None = None,
     params: Mapping[str, Any] | None = None,
 ) -> Preset:
-    """Change your own preset (Preset.DoesNotExist for anyone else's); a new name gives a new slug."""
+    """Change your own preset (Preset.DoesNotExist for anyone else's); a new name gives a new slug.
+
+    A published preset that changes is published no more: what everybody is
+    offered is what an admin published, so the admin publishes it again.
+    """
     preset = selectors.preset_own(user=user, preset_id=preset_id)
     fields = _fields(
         name=name, description=description, system_prompt=system_prompt, model=model, params=params
     )
     if "name" in fields and fields["name"] != preset.name:
         fields["slug"] = _free_slug(user, fields["name"], exclude=preset.pk)
+    if preset.published and any(getattr(preset, field) != value for field, value in fields.items()):
+        fields["published"] = False
     for field, value in fields.items():
         setattr(preset, field, value)
     try:

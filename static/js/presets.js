@@ -97,6 +97,10 @@
       selected = (selected + step + shown.length) % Math.max(shown.length, 1);
       renderMenu();
     } else if (event.key === "Enter" && !event.shiftKey) {
+      if (!shown.length) {  // no preset by that name: the text is a message ("/usr/bin is ...")
+        closeMenu();
+        return;
+      }
       event.preventDefault();
       event.stopPropagation();
       pick(selected);
