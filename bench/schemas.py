@@ -183,3 +183,46 @@ TASKS: list[tuple[str, Schema]] = [
         ),
     ),
 ]
+
+
+# Function calling: four tools and ten questions, each of which one of them answers.
+TOOLS: list[Schema] = [
+    {
+        "name": "get_weather",
+        "description": "The weather forecast for a city",
+        "parameters": _object({"city": _text(), "days": {"type": "integer", "minimum": 1, "maximum": 7}}),
+    },
+    {
+        "name": "get_time",
+        "description": "The current time in a time zone",
+        "parameters": _object({"timezone": {"type": "string", "pattern": "^[A-Za-z_]{1,20}/[A-Za-z_]{1,20}$"}}),
+    },
+    {
+        "name": "convert_currency",
+        "description": "Convert an amount of money from one currency to another",
+        "parameters": _object(
+            {
+                "amount": {"type": "number", "minimum": 0, "maximum": 1000000},
+                "source": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                "target": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            }
+        ),
+    },
+    {
+        "name": "search_web",
+        "description": "Search the web",
+        "parameters": _object({"query": _text(80)}),
+    },
+]
+TOOL_QUESTIONS: list[str] = [
+    "What will the weather be in Paris for the next 3 days?",
+    "Is it going to rain in London tomorrow?",
+    "What time is it in Tokyo right now?",
+    "What is the current time in America/New_York?",
+    "How much is 100 US dollars in euros?",
+    "Convert 2500 JPY to GBP.",
+    "Search the web for the latest Django release.",
+    "Find news about the James Webb telescope.",
+    "What's the forecast for Berlin this week?",
+    "How many Swiss francs do I get for 50 EUR?",
+]

@@ -6,10 +6,15 @@ and constrained to it. A free
 answer counts as parsing when its text is a JSON document the schema
 accepts; a second, kinder count also takes the first JSON object found in it
 (inside a ``` fence, say). Then the decode rate of a constrained reply against
-a free one, in the same run and interleaved: one at a time, and four of each
-sharing a batch of eight.
+a free one, in the same run and interleaved: one at a time, and a batch of
+four of each against a batch of eight free ones.
 
     .venv/bin/python -m bench.structured [--tokens 64] [--rounds 3]
+
+Then function calling: ten questions, each answered by one of four tools
+described in the system prompt (bench/schemas.py TOOLS), with tool_choice
+"auto" (the model chooses) and "required" (decoded under the calls' grammar):
+the share answered with well-formed calls whose arguments follow their tool.
 
 Targets (issue 21): every constrained answer parses; a constrained reply's
 decode rate >= 0.8x a free reply's.
@@ -30,12 +35,13 @@ import jsonschema_rs
 
 from bench import plots
 from bench.engine_bench import ROWS, print_checks, record
-from bench.schemas import TASKS
+from bench.schemas import TASKS, TOOL_QUESTIONS, TOOLS
 from inference.engine.config import EngineConfig
 from inference.engine.core import Engine
 from inference.grammar import schema_text
 from inference.loading import load_model
 from inference.params import GenerationParams
+from inference.tools import calls_grammar, parse_calls, tools_block
 from inference.types import Completion, GenerationRequest, Turn
 
 # A schema whose one string cannot end within the speed rows' token budget:
@@ -84,6 +90,26 @@ def answer_all(engine: Engine, constrained: bool, max_new_tokens: int = 256) -> 
         return list(pool.map(one, TASKS))
 
 
+def tool_call_rate(engine: Engine, required: bool) -> float:
+    """The share of TOOL_QUESTIONS answered with well-formed calls of the tools whose
+    arguments follow their schemas: as the model chooses ("auto"), or under the grammar."""
+    names = [tool["name"] for tool in TOOLS]
+    schemas = {tool["name"]: tool["parameters"] for tool in TOOLS}
+    grammar = calls_grammar(TOOLS) if required else None
+
+    def one(question: str) -> bool:
+        turns = [Turn("system", tools_block(TOOLS)), Turn("user", question)]
+        params = GenerationParams(max_new_tokens=160, temperature=0, response_grammar=grammar)
+        completion = engine.generate(GenerationRequest(turns=turns, params=params))
+        _, calls = parse_calls(completion.text, names)
+        if required and not calls:
+            print(f"    no calls ({completion.finish_reason}): {question!r} -> {completion.text[-160:]!r}")
+        return bool(calls) and all(jsonschema_rs.is_valid(schemas[c.name], c.arguments) for c in calls)
+
+    with ThreadPoolExecutor(engine.config.max_batch) as pool:
+        return sum(pool.map(one, TOOL_QUESTIONS)) / len(TOOL_QUESTIONS)
+
+
 def decode_rate(engine: Engine, constrained: bool, tokens: int) -> float:
     """Tokens per second after the first token, of one reply."""
     params = GenerationParams(
@@ -101,12 +127,13 @@ def decode_rate(engine: Engine, constrained: bool, tokens: int) -> float:
     return (completion.completion_tokens - 1) / (done - first[0])
 
 
-def mixed_rates(engine: Engine, tokens: int) -> tuple[float, float]:
-    """Mean decode rate of 4 free and of 4 constrained replies sharing one batch."""
-    kinds = [False, True] * 4
+def batch_rate(engine: Engine, kinds: list[bool], tokens: int) -> float:
+    """Mean decode rate of the constrained replies among `kinds` sharing one batch
+    (of all of them, when none is constrained)."""
     with ThreadPoolExecutor(len(kinds)) as pool:
         rates = list(pool.map(lambda constrained: decode_rate(engine, constrained, tokens), kinds))
-    return statistics.mean(rates[0::2]), statistics.mean(rates[1::2])
+    chosen = [rate for rate, constrained in zip(rates, kinds, strict=True) if constrained] or rates
+    return statistics.mean(chosen)
 
 
 def main() -> int:
@@ -134,19 +161,31 @@ def main() -> int:
                 f"    did not parse ({completion.finish_reason}): {question!r} -> {completion.text[:120]!r}"
             )
 
+    auto_calls = tool_call_rate(engine, required=False)
+    required_calls = tool_call_rate(engine, required=True)
+    record("tool questions answered with well-formed calls, tool_choice auto", auto_calls * 100, "%", kind="")
+    record(
+        "the same, tool_choice required (decoded under the calls' grammar)",
+        required_calls * 100,
+        "%",
+        kind="",
+    )
+
     decode_rate(engine, True, 8)  # warm-up: builds the grammar's view of the vocabulary
     engine.stop_token_ids = []  # the free replies run to --tokens; the constrained ones end with their JSON
-    alone_free, alone_bound, mixed_free, mixed_bound = [], [], [], []
+    # Rows of one batch decode in the same passes: a constrained row's cost shows as
+    # slower passes for all of them, so a batch with constrained rows is compared
+    # with a batch of free ones alone, not with the free rows beside them.
+    alone_free, alone_bound, eight_free, mixed_bound = [], [], [], []
     for _ in range(args.rounds):
         alone_free.append(decode_rate(engine, False, args.tokens))
         alone_bound.append(decode_rate(engine, True, args.tokens))
-        free_rate, bound_rate = mixed_rates(engine, args.tokens)
-        mixed_free.append(free_rate)
-        mixed_bound.append(bound_rate)
+        eight_free.append(batch_rate(engine, [False] * 8, args.tokens))
+        mixed_bound.append(batch_rate(engine, [False, True] * 4, args.tokens))
     engine.close()
     x1_free = record("free reply x1: decode", statistics.median(alone_free))
     x1_bound = record("constrained reply x1: decode", statistics.median(alone_bound))
-    x8_free = record("4 free + 4 constrained: a free reply's decode", statistics.median(mixed_free))
+    x8_free = record("8 free replies in a batch: a reply's decode", statistics.median(eight_free))
     x8_bound = record("4 free + 4 constrained: a constrained reply's decode", statistics.median(mixed_bound))
     plots.write_results("structured", [asdict(row) for row in ROWS], {})
 
@@ -154,8 +193,9 @@ def main() -> int:
     print_checks(
         [
             ("every constrained answer parses", constrained_ok / total, 1.0, True),
+            ("every required tool call parses against its tool", required_calls, 1.0, True),
             ("constrained x1 decode >= 0.8x free x1", x1_bound / x1_free, 0.8, True),
-            ("constrained decode >= 0.8x free, sharing a batch of 8", x8_bound / x8_free, 0.8, True),
+            ("constrained decode in a batch of 8 >= 0.8x a batch of 8 free", x8_bound / x8_free, 0.8, True),
         ]
     )
     return 0
