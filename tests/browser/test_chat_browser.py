@@ -792,6 +792,38 @@ def test_a_preset_made_on_the_profile_starts_a_chat_in_one_click_or_from_slash(
     assert Conversation.objects.filter(owner=owner).count() == 1  # nothing was sent
 
 
+def test_remember_keeps_a_fact_only_on_a_click_and_the_next_reply_sees_it(
+    page: Page, django_user_model: Any
+) -> None:
+    from chat import selectors
+    from chat.models import MemoryFact
+
+    owner = make_user(django_user_model, "rememberer")
+    log_in(page, "rememberer")
+    page.keyboard.type("I write Python and like short answers.")
+    page.keyboard.press("Enter")
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    mine = page.locator(".bubble.user").last
+    mine.get_by_role("button", name="Keep this in your memory").click()
+    editor = mine.locator("form.remember textarea")
+    expect(editor).to_have_value("I write Python and like short answers.")
+    assert not MemoryFact.objects.filter(owner=owner).exists()  # suggested, not kept
+    editor.fill("I write Python; answer briefly.")
+    page.screenshot(path=str(ARTIFACTS / "memory-remember.png"))
+    mine.get_by_role("button", name="Keep in memory").click()
+    expect(mine.locator(".remembered")).to_have_text("Kept in memory")
+    assert list(MemoryFact.objects.filter(owner=owner).values_list("text", flat=True)) == [
+        "I write Python; answer briefly."
+    ]
+    send(page, "And now?")
+    expect(page.locator(".bubble.user")).to_have_count(2)
+    expect(last_reply(page)).to_have_attribute("data-status", "done")
+    reply = Message.objects.filter(conversation__owner=owner, role="assistant").latest("id")
+    assert "- I write Python; answer briefly." in selectors.reply_turns(reply=reply)[0].content
+    page.goto("/profile/")
+    expect(page.locator("#memory")).to_contain_text("I write Python; answer briefly.")
+
+
 def test_a_refused_first_message_stays_in_the_box_and_stores_nothing(
     page: Page, django_user_model: Any
 ) -> None:
