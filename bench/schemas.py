@@ -195,7 +195,9 @@ TOOLS: list[Schema] = [
     {
         "name": "get_time",
         "description": "The current time in a time zone",
-        "parameters": _object({"timezone": {"type": "string", "pattern": "^[A-Za-z_]{1,20}/[A-Za-z_]{1,20}$"}}),
+        "parameters": _object(
+            {"timezone": {"type": "string", "pattern": "^[A-Za-z_]{1,20}/[A-Za-z_]{1,20}$"}}
+        ),
     },
     {
         "name": "convert_currency",
