@@ -313,6 +313,8 @@ GENERATION_DEFAULT_MAX_NEW_TOKENS = envint("GENERATION_DEFAULT_MAX_NEW_TOKENS", 
 GENERATION_MAX_NEW_TOKENS = envint("GENERATION_MAX_NEW_TOKENS", 1024, minimum=1)
 GENERATION_TIME_LIMIT_S = envfloat("GENERATION_TIME_LIMIT_S", 120.0)
 CHAT_MAX_MESSAGE_CHARS = envint("CHAT_MAX_MESSAGE_CHARS", 16000, minimum=1)
+# The most earlier turns one request may bring (a /v1 exchange's messages, each stored as a row).
+CHAT_MAX_HISTORY_TURNS = envint("CHAT_MAX_HISTORY_TURNS", 500, minimum=1)
 # The largest file the page's import takes (an export of one conversation).
 # Other request bodies are held to Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB).
 # Both are refused before the body is read (sanjai_site/uploads.py).

@@ -217,6 +217,14 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {}}}
         ),
         (ask(n=2), "n", "only n=1"),
         (ask(tool_choice="auto"), "tool_choice", "tool_choice: needs tools to choose from"),
+        (
+            {
+                "model": MODEL,
+                "messages": [{"role": ("user", "assistant")[n % 2], "content": "x"} for n in range(503)],
+            },
+            "messages",
+            "messages: at most 500 earlier messages may come with a request, got 502.",
+        ),
         (ask(tool_choice="f"), "tool_choice", 'must be "auto", "none", "required" or {"type": "function"'),
         (ask(tools=[TOOL], tool_choice={"type": "function", "function": "f"}), "tool_choice", "got {"),
         (

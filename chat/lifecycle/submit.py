@@ -114,6 +114,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
     preset = _preset(user, submission)
     if (new := submission.new_conversation) is not None:
         limits.check_length("system_prompt", new.system_prompt or "")
+        limits.check_history(len(new.history))
         for index, turn in enumerate(new.history):
             limits.check_length(f"history[{index}]", turn.content)
         if new.folder_id is not None:  # before anything is stored

@@ -94,7 +94,7 @@ def _openai_param(field: str, request: CompletionRequest) -> str:
         return request.sources[-1]
     if field.startswith("history["):
         return request.sources[int(field[len("history[") : -1])]
-    if field == "system_prompt":
+    if field in ("system_prompt", "history"):
         return "messages"
     if field == "response_schema":
         return "response_format"

@@ -74,6 +74,16 @@ def check_length(field: str, text: str) -> str:
     return text
 
 
+def check_history(turns: int) -> None:
+    """The earlier turns a new conversation brings (a /v1 exchange's messages): each is a
+    stored row, written in one transaction."""
+    most = settings.CHAT_MAX_HISTORY_TURNS
+    if turns > most:
+        raise InvalidInput(
+            "history", f"at most {most} earlier messages may come with a request, got {turns}."
+        )
+
+
 def check_message(field: str, text: str) -> str:
     """A user message: not blank, within the length limit. Returns it stripped."""
     text = text.strip()

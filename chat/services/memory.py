@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import transaction
 
 from chat import selectors
 from chat.models import MemoryFact
-from chat.services.limits import InvalidInput
+from chat.services.limits import InvalidInput, lock_profile
 
 MAX_FACT_CHARS = 500
 
@@ -24,6 +25,12 @@ def memory_add(*, user: User, text: str) -> MemoryFact:
     text = " ".join(text.split())
     if not 1 <= len(text) <= MAX_FACT_CHARS:
         raise InvalidInput("text", f"must be 1 to {MAX_FACT_CHARS} characters, got {len(text)}.")
+    with transaction.atomic():
+        lock_profile(user=user)  # two keeps at once: one after the other, each seeing the other's
+        return _add(user, text)
+
+
+def _add(user: User, text: str) -> MemoryFact:
     facts = MemoryFact.objects.filter(owner=user)
     if facts.filter(text__iexact=text).exists():
         raise InvalidInput("text", "is in your memory already.")
