@@ -9,6 +9,7 @@
 "use strict";
 
 (function () {
+  const { csrfToken, postJSON } = window.SanjaiHttp;  // static/js/http.js
   const chat = document.getElementById("chat");
   setUpSidebar();
   setUpShortcuts();
@@ -179,7 +180,7 @@
     if (!busy && message.role === "user" && message === lastOf("user")) {
       actions.append(button("Edit", () => startEdit(message), "Edit your last message and resend"));
     }
-    const remember = window.SanjaiMemory && window.SanjaiMemory.rememberButton(message, postJSON);
+    const remember = window.SanjaiMemory && window.SanjaiMemory.rememberButton(message);
     if (remember) actions.append(remember);
     return actions;
   }
@@ -956,17 +957,4 @@
     });
   }
 
-  function csrfToken() {
-    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-    return match ? decodeURIComponent(match[1]) : "";
-  }
-
-  function postJSON(url, body) {
-    return fetch(url, {
-      method: "POST",
-      body: JSON.stringify(body),
-      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
-      credentials: "same-origin",
-    });
-  }
 })();

@@ -20,10 +20,7 @@
   let moving = null;  // the conversation item being moved by the dialog
   let opener = null;  // where the focus goes back to when a dialog closes
 
-  function csrfToken() {
-    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-    return match ? decodeURIComponent(match[1]) : "";
-  }
+  const { csrfToken } = window.SanjaiHttp;  // static/js/http.js
 
   // The API's errors are {"detail": "..."}; the message names what is allowed.
   async function call(method, url, body) {

@@ -16,18 +16,18 @@ window.SanjaiMemory = (function () {
     if (announcer) announcer.textContent = text;
   }
 
-  function rememberButton(message, postJSON) {
+  function rememberButton(message) {
     if (!chat || !chat.dataset.memoryUrl || message.role !== "user" || !message.el) return null;
     if (!LOOKS_LIKE_A_FACT.test((message.content || "").trim())) return null;
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = "Remember";
     button.setAttribute("aria-label", "Keep this in your memory");
-    button.addEventListener("click", () => openEditor(message, postJSON));
+    button.addEventListener("click", () => openEditor(message));
     return button;
   }
 
-  function openEditor(message, postJSON) {
+  function openEditor(message) {
     if (message.el.querySelector(".remember")) return;
     const form = document.createElement("form");
     form.className = "remember";
@@ -54,7 +54,7 @@ window.SanjaiMemory = (function () {
       save.disabled = true;
       let answer;
       try {
-        const response = await postJSON(chat.dataset.memoryUrl, { text: text.value });
+        const response = await window.SanjaiHttp.postJSON(chat.dataset.memoryUrl, { text: text.value });
         answer = response.ok ? null : await response.json();
       } catch (error) {
         answer = { error: "The server could not be reached; nothing was kept." };

@@ -182,11 +182,10 @@
       sessionStorage.removeItem(tried);
       return notice("it is no longer in this conversation.");
     }
-    const token = (document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/) || [])[1] || "";
     const response = await fetch(`/api/v1/messages/${id}/branch`, {
       method: "POST",
       credentials: "same-origin",
-      headers: { "X-CSRFToken": decodeURIComponent(token), Accept: "application/json" },
+      headers: { "X-CSRFToken": window.SanjaiHttp.csrfToken(), Accept: "application/json" },
     });
     if (response.ok) {
       sessionStorage.setItem(tried, "1");

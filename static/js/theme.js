@@ -9,14 +9,8 @@
   choice.addEventListener("change", async () => {
     const previous = document.documentElement.dataset.theme;
     document.documentElement.dataset.theme = choice.value;
-    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
     try {
-      const response = await fetch(choice.dataset.url, {
-        method: "POST",
-        body: JSON.stringify({ theme: choice.value }),
-        headers: { "Content-Type": "application/json", "X-CSRFToken": match ? decodeURIComponent(match[1]) : "" },
-        credentials: "same-origin",
-      });
+      const response = await window.SanjaiHttp.postJSON(choice.dataset.url, { theme: choice.value });
       if (!response.ok) throw new Error(`status ${response.status}`);
     } catch (error) {
       // Not saved: show the theme the next page will have.

@@ -11,10 +11,7 @@ window.SanjaiVoice = (function () {
   const mic = document.getElementById("dictate");
   const RATE = 16000;
 
-  function csrfToken() {
-    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-    return match ? decodeURIComponent(match[1]) : "";
-  }
+  const { csrfToken } = window.SanjaiHttp;  // static/js/http.js
 
   function say(text) {
     const announcer = document.getElementById("announcer");

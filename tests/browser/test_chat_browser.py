@@ -800,10 +800,13 @@ def test_remember_keeps_a_fact_only_on_a_click_and_the_next_reply_sees_it(
 
     owner = make_user(django_user_model, "rememberer")
     log_in(page, "rememberer")
-    page.keyboard.type("I write Python and like short answers.")
+    expect(page.locator("#send")).to_be_enabled()  # the page's scripts are running
+    page.fill("#input", "I write Python and like short answers.")
     page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/c/\d+/$"))
     expect(last_reply(page)).to_have_attribute("data-status", "done")
     mine = page.locator(".bubble.user").last
+    expect(mine.get_by_role("button", name="Keep this in your memory")).to_be_visible()
     mine.get_by_role("button", name="Keep this in your memory").click()
     editor = mine.locator("form.remember textarea")
     expect(editor).to_have_value("I write Python and like short answers.")
