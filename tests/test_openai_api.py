@@ -24,6 +24,7 @@ from chat.services import conversations, profiles
 from inference import presence, registry
 from tests.conftest import exchange
 from tests.stack import Stack, stack_on_test_database
+from tests.test_structured import WEATHER
 
 URL = "/v1/chat/completions"
 MODEL = "tiny"  # the in-process tests' configured model (MODEL_PATH=/models/tiny.gguf)
@@ -736,22 +737,7 @@ def test_a_preset_is_a_model_id_whose_prompt_and_parameters_reach_the_reply(
         client.chat.completions.create(model="preset:nope", messages=[{"role": "user", "content": "Hi"}])
 
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city, for some days",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"enum": ["Paris", "Rome"]},
-                "days": {"type": "integer", "minimum": 1, "maximum": 7},
-            },
-            "required": ["city", "days"],
-            "additionalProperties": False,
-        },
-    },
-}
+WEATHER_TOOL = {"type": "function", "function": WEATHER}
 
 
 @pytest.mark.stack

@@ -1,6 +1,39 @@
+from __future__ import annotations
+
 import os
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.stack import CHROMIUM, CHROMIUM_ARGS, Stack
+
+# How long a page action may take here: shared machines can be slow.
+TIMEOUT_MS = 20_000
 
 # Playwright's sync API keeps an event loop running on the main thread, and
 # Django refuses ORM calls from a thread with a running loop. The tests' own
 # ORM calls are plain synchronous code, so this is safe here.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+# One Chromium per test module, and a fresh context per test on the module's own
+# stack (each browser test module defines `stack`; the voice tests their own browser).
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, stack: Stack) -> Iterator[Page]:
+    context = browser.new_context(base_url=stack.base_url, viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"

@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from chat.models import Conversation, Message
 from chat.services import conversations
 from inference.presence import live_workers, ready_worker_ids
-from tests.stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Stack, stack_on_test_database
+from tests.browser.conftest import TIMEOUT_MS
+from tests.stack import ARTIFACTS, Stack, stack_on_test_database
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "a long test passphrase"
-TIMEOUT_MS = 20_000
 expect.set_options(timeout=TIMEOUT_MS)  # shared machines can be slow
 
 
@@ -39,26 +39,6 @@ def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> It
     env = {"MODEL_PATH": str(model), "GENERATION_MAX_NEW_TOKENS": "4000"}
     with stack_on_test_database(name="browser", env=env) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser, stack: Stack) -> Iterator[Page]:
-    context = browser.new_context(base_url=stack.base_url, viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
 def log_in(page: Page, username: str) -> None:

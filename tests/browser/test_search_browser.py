@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from chat.models import Conversation, Message
 from chat.services import conversations
-from tests.browser.test_chat_browser import TIMEOUT_MS, log_in, make_user
+from tests.browser.test_chat_browser import log_in, make_user
 from tests.conftest import exchange
-from tests.stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Stack, stack_on_test_database
+from tests.stack import ARTIFACTS, Stack, stack_on_test_database
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -24,26 +24,6 @@ pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 def stack(django_db_setup: None, tiny_model_dir: Path) -> Iterator[Stack]:
     with stack_on_test_database(name="search", env={"MODEL_PATH": str(tiny_model_dir)}) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser, stack: Stack) -> Iterator[Page]:
-    context = browser.new_context(base_url=stack.base_url, viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
 def garden(owner: Any) -> tuple[Conversation, Message]:
