@@ -60,6 +60,7 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
     else:  # the home page: a new chat, made with the first message as conversation_create makes one
         params = profiles.params_for_new_conversations(user=request.user)
         system_prompt = profiles.profile_get_or_create(user=request.user).default_system_prompt
+    usable_presets = selectors.preset_list(user=request.user)  # the start buttons and the folder dialog
     context = {
         "conversation": conversation,
         "sidebar": sidebar,
@@ -77,11 +78,11 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
         "model": (conversation.model if conversation else "") or settings.MODEL_REGISTRY.default,
         "sharing": settings.SHARING,
         # A new chat may start from a preset (a click, or "/" in the empty box); a conversation names its own.
-        "presets": [] if conversation else list(selectors.preset_list(user=request.user)),
+        "presets": [] if conversation else usable_presets,
         "preset": conversation.preset if conversation else None,
         "use_memory": conversation.use_memory if conversation else True,
         "folders": _sidebar_folders(request, query, archived),
-        "folder_presets": list(selectors.preset_list(user=request.user)),  # the folder dialog's choice
+        "folder_presets": usable_presets,  # the folder dialog's choice
         # "New chat in this folder": filed there, and started from the folder's preset if it has one.
         "start_folder": start_folder,
         # The conversation's share link, if it has one (the Share panel shows it).
