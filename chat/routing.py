@@ -18,6 +18,12 @@ websocket_urlpatterns = [
     path("ws/conversations/<int:conversation_id>/", ConversationConsumer.as_asgi()),
 ]
 
+
+def conversation_ws_path(conversation_id: int) -> str:
+    """The path of a conversation's socket, as the route above matches it (the page is given it)."""
+    return f"/ws/conversations/{conversation_id}/"
+
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 

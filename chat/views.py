@@ -17,13 +17,22 @@ from django.views.decorators.http import require_POST
 
 from chat import delivery, exports, selectors
 from chat.auth import AuthenticatedHttpRequest
+from chat.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from chat.forms import ApiKeyForm, DefaultParamsForm, PresetForm, ProfileForm
-from chat.lifecycle.submit import NewConversation, Submission, params_for
+from chat.lifecycle.submit import TITLE_LENGTH, NewConversation, Submission, params_for
 from chat.models import ApiKey, Conversation, Folder, MemoryFact, Message, Preset
 from chat.params import CHAT_PARAM_FIELDS, FORM_FIELDS
+from chat.routing import conversation_ws_path
 from chat.services import accounts, conversations, feedback, memory, presets, profiles
 from chat.services.limits import InvalidInput, ModelNotDeclared
 from inference.params import InvalidParameter
+
+# What the chat page's script needs from the server, given once (json_script)
+# rather than repeated in it: the socket's close codes and the title's length.
+PAGE_CONSTANTS = {
+    "closeCodes": {"unauthenticated": CLOSE_UNAUTHENTICATED, "notFound": CLOSE_NOT_FOUND},
+    "titleLength": TITLE_LENGTH,
+}
 
 
 def _sidebar_view(request: AuthenticatedHttpRequest) -> tuple[str, bool]:
@@ -87,6 +96,8 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
         "start_folder": start_folder,
         # The conversation's share link, if it has one (the Share panel shows it).
         "share": selectors.conversation_share(conversation=conversation) if conversation else None,
+        "ws_path": conversation_ws_path(conversation.pk) if conversation else "",
+        "page_constants": PAGE_CONSTANTS,  # chat.js reads them from the page (json_script)
     }
     return render(request, "chat/chat.html", context)
 
@@ -149,7 +160,7 @@ def _conversation_links(conversation: Conversation) -> dict[str, Any]:
         "id": conversation.pk,
         "title": conversation.title,
         "url": reverse("conversation", kwargs=kwargs),
-        "ws_path": f"/ws/conversations/{conversation.pk}/",
+        "ws_path": conversation_ws_path(conversation.pk),
         "settings_url": reverse("conversation_settings", kwargs=kwargs),
         "export_url": reverse("conversation_export", kwargs=kwargs),
         "share_url": reverse("conversation_share", kwargs=kwargs),

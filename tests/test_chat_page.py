@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
+from django.urls.resolvers import RegexPattern, URLResolver
 from django.utils import timezone
 
 from chat import selectors
+from chat.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
+from chat.lifecycle.submit import TITLE_LENGTH
 from chat.models import Conversation, Message, Profile
+from chat.routing import websocket_urlpatterns
 from chat.services import conversations
 from tests.conftest import exchange, submit
 
@@ -42,6 +47,26 @@ def test_the_page_has_the_sidebar_messages_and_settings_ranges(browser: Client, 
     assert "(0, 1]" in body and "[0, 2]" in body and "from 1 to 1024" in body
     assert 'name="temperature" min="0.0" max="2.0"' in body
     assert 'aria-live="polite"' in body
+
+
+def test_the_page_gets_its_socket_path_and_close_codes_from_the_server(
+    browser: Client, conversation: Any
+) -> None:
+    """The script connects where the websocket route listens and reads the codes the consumer closes with."""
+    body = browser.get(f"/c/{conversation.pk}/").content.decode()
+    path = re.search(r'data-ws-path="([^"]+)"', body)
+    assert path is not None
+    match = URLResolver(RegexPattern(r"^/"), websocket_urlpatterns).resolve(path.group(1))
+    assert match.kwargs == {"conversation_id": conversation.pk}
+    constants = re.search(r'<script id="page-constants" type="application/json">(.*?)</script>', body)
+    assert constants is not None
+    assert json.loads(constants.group(1)) == {
+        "closeCodes": {"unauthenticated": CLOSE_UNAUTHENTICATED, "notFound": CLOSE_NOT_FOUND},
+        "titleLength": TITLE_LENGTH,
+    }
+    # The home page (a new chat) has no socket yet, and the constants all the same.
+    home = browser.get("/").content.decode()
+    assert "data-ws-path" not in home and 'id="page-constants"' in home
 
 
 def test_pages_forbid_inline_script_and_remote_content(browser: Client, conversation: Any) -> None:

@@ -24,6 +24,8 @@
   const announcer = document.getElementById("announcer");
   const title = document.getElementById("chat-title");
 
+  // The socket's close codes and the title's length, as the server defines them.
+  const constants = JSON.parse(document.getElementById("page-constants").textContent);
   const messages = new Map(); // id -> {id, role, content, status, error, usage, el}
   let socket = null;
   let retryDelay = 500;
@@ -429,7 +431,7 @@
       withScroll(() => render(message));
       if (message.role === "user") unsent = null;
       if (message.role === "user" && title.textContent === "New conversation") {
-        title.textContent = message.content.split(/\s+/).join(" ").slice(0, 60);
+        title.textContent = message.content.split(/\s+/).join(" ").slice(0, constants.titleLength);
         const link = document.querySelector(`.conversation-item[data-id="${chat.dataset.conversationId}"] .conversation-link`);
         if (link) link.textContent = title.textContent;
       }
@@ -513,10 +515,10 @@
     });
     socket.addEventListener("close", (event) => {
       refreshControls();
-      if (event.code === 4401) {
+      if (event.code === constants.closeCodes.unauthenticated) {
         closedForGood = true;
         location.href = `/login/?next=${encodeURIComponent(location.pathname)}`;
-      } else if (event.code === 4404) {
+      } else if (event.code === constants.closeCodes.notFound) {
         closedForGood = true;
         showBanner("This conversation does not exist or is not yours.");
       } else if (!closedForGood) {
