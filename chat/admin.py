@@ -3,16 +3,29 @@
 Conversations and messages are a record of what people and the model said:
 the admin shows them read-only, so a review can never rewrite history.
 Superusers may still delete (for example on a user's request).
+
+Other users' conversations and messages open only with the permission
+chat.read_others_conversations (chat.models.READ_OTHERS_CONVERSATIONS), which
+running the site (staff, other model permissions) does not give; every view and
+export of one is written to the append-only audit log (AuditEntry, below).
+Superusers hold it implicitly, as Django gives them every permission: a superuser
+can grant any permission to anyone, themselves included, so withholding it would
+protect nothing; the log is what makes their reading visible. Staff without it
+keep the feedback queue: the replies people rated, which they asked to be read.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from contextvars import ContextVar
 from datetime import date, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import linebreaksbr
@@ -21,9 +34,21 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from chat import charts, selectors
-from chat.models import ApiKey, Conversation, Feedback, Invite, Message, Preset, Profile, Share, Usage
-from chat.services import presets, usage
+from chat import charts, exports, selectors
+from chat.models import (
+    READ_OTHERS_CONVERSATIONS,
+    ApiKey,
+    AuditEntry,
+    Conversation,
+    Feedback,
+    Invite,
+    Message,
+    Preset,
+    Profile,
+    Share,
+    Usage,
+)
+from chat.services import audit, presets, usage
 from chat.spreadsheets import csv_response
 
 
@@ -36,6 +61,44 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.user.is_superuser
+
+
+def shown_object(response: HttpResponse) -> Any:
+    """The object a change view showed, or None when it refused or redirected."""
+    if isinstance(response, TemplateResponse) and response.status_code == 200:
+        return (response.context_data or {}).get("original")
+    return None
+
+
+class ReadsOthersMixin:
+    """Conversations' content: opened only with READ_OTHERS_CONVERSATIONS, each view audited."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        allowed = super().has_view_permission(request, obj)  # type: ignore[misc]
+        return bool(allowed) and request.user.has_perm(READ_OTHERS_CONVERSATIONS)
+
+    def shown_conversations(self, obj: Any) -> Iterable[Conversation]:
+        raise NotImplementedError
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        response = super().change_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+        self._record_view(request, shown_object(response))
+        return response
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
+        """The confirmation lists the messages to go, each by its start: a view too."""
+        response = super().delete_view(request, object_id, extra_context)  # type: ignore[misc]
+        if isinstance(response, TemplateResponse) and response.status_code == 200:
+            self._record_view(request, (response.context_data or {}).get("object"))
+        return response
+
+    def _record_view(self, request: HttpRequest, obj: Any) -> None:
+        if obj is not None:  # shown, not refused or redirected
+            audit.audit_record(
+                request=request, conversations=self.shown_conversations(obj), action=AuditEntry.Action.VIEW
+            )
 
 
 def follows(obj: Message) -> str:
@@ -61,7 +124,7 @@ class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class ConversationAdmin(ReadsOthersMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("display_title", "owner", "model", "created", "updated", "message_count")
     list_select_related = ("owner",)
     # messages__content joins every message; the changelist de-duplicates
@@ -71,9 +134,35 @@ class ConversationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     date_hierarchy = "created"
     readonly_fields = ("owner", "title", "model", "system_prompt", "current_leaf", "created", "updated")
     inlines = [MessageInline]
+    actions = ["export_json"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
         return super().get_queryset(request).annotate(message_count=Count("messages"))
+
+    def shown_conversations(self, obj: Conversation) -> Iterable[Conversation]:
+        return [obj]
+
+    @admin.action(description="Export the selected conversations as JSON", permissions=["view"])
+    def export_json(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
+        """The format of a user's own export (chat/exports.py), one document for the selection;
+        every conversation of someone else in it is audited as exported."""
+        chosen = list(
+            queryset.select_related("owner", "folder").prefetch_related("messages").order_by("created", "pk")
+        )
+        audit.audit_record(request=request, conversations=chosen, action=AuditEntry.Action.EXPORT)
+        body = {
+            "format": "sanjai.admin-export",
+            "version": exports.VERSION,
+            "conversations": [
+                {"owner": c.owner.get_username(), **exports.conversation_to_dict(c, list(c.messages.all()))}
+                for c in chosen
+            ],
+        }
+        response = HttpResponse(
+            json.dumps(body, ensure_ascii=False, indent=2), content_type="application/json"
+        )
+        response["Content-Disposition"] = 'attachment; filename="sanjai-conversations.json"'
+        return response
 
     @admin.display(description="Title", ordering="title")
     def display_title(self, obj: Conversation) -> str:
@@ -85,9 +174,25 @@ class ConversationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class MessageAdmin(ReadsOthersMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "follows", "conversation", "role", "status", "model", "created", "preview")
-    list_select_related = ("conversation",)
+    list_select_related = ("conversation__owner",)
+
+    def shown_conversations(self, obj: Message) -> Iterable[Conversation]:
+        return [obj.conversation]
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        """The list shows the start of each message: every conversation on the page is audited."""
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            audit.audit_record(
+                request=request,
+                conversations=(m.conversation for m in changelist.result_list),
+                action=AuditEntry.Action.VIEW,
+            )
+        return response
+
     list_filter = ("status", "role", "model", "created")
     search_fields = ("content",)
     date_hierarchy = "created"
@@ -289,6 +394,10 @@ class InviteAdmin(admin.ModelAdmin):
         return obj is None or obj.used_at is None
 
 
+# Whether the request being served may open the whole conversation (the feedback review's
+# link to it): the admin instance is shared by every request, a context variable is not.
+READS_OTHERS: ContextVar[bool] = ContextVar("reads_others", default=False)
+
 # How many messages before the rated reply the review shows.
 CONTEXT_MESSAGES = 4
 
@@ -335,12 +444,38 @@ class FeedbackAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 for m in shown
             ),
         )
+        if not READS_OTHERS.get():
+            return rows  # the whole conversation is not theirs to open
         link = reverse("admin:chat_conversation_change", args=[reply.conversation_id])
         return format_html('{}<p><a href="{}">The whole conversation</a></p>', rows, link)
 
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        """One rated reply with the turns before it: content of its owner's conversation, audited.
+        (The queue's list shows only the rated replies' starts, which their owners handed in.)"""
+        token = READS_OTHERS.set(request.user.has_perm(READ_OTHERS_CONVERSATIONS))
+        try:
+            response = super().change_view(request, object_id, form_url, extra_context)
+            if isinstance(response, TemplateResponse):
+                response.render()  # now: the context column reads READS_OTHERS
+        finally:
+            READS_OTHERS.reset(token)
+        feedback = shown_object(response)
+        if feedback is not None:
+            audit.audit_record(
+                request=request, conversations=[feedback.message.conversation], action=AuditEntry.Action.VIEW
+            )
+        return response
+
     @admin.action(description="Export the selected feedback as CSV")
     def export_csv(self, request: HttpRequest, queryset: QuerySet[Feedback]) -> HttpResponse:
-        chosen = queryset.select_related("message__conversation__owner").order_by("-updated")
+        chosen = list(queryset.select_related("message__conversation__owner").order_by("-updated"))
+        audit.audit_record(
+            request=request,
+            conversations=(feedback.message.conversation for feedback in chosen),
+            action=AuditEntry.Action.EXPORT,
+        )
         return csv_response(
             "sanjai-feedback.csv",
             ["updated", "rating", "user", "model", "conversation_id", "message_id", "reply", "comment"],
@@ -361,3 +496,73 @@ class FeedbackAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # people's own ratings: they take them back themselves
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The append-only log of who viewed or exported whose conversation: filtered here, exported as CSV."""
+
+    list_display = ("created", "actor_username", "action", "owner_username", "conversation_id", "ip", "path")
+    list_filter = (
+        "action",
+        ("actor", admin.RelatedOnlyFieldListFilter),
+        ("owner", admin.RelatedOnlyFieldListFilter),
+        "created",
+    )
+    search_fields = ("actor_username", "owner_username", "=conversation_id", "ip")
+    date_hierarchy = "created"
+    fields = (
+        "created",
+        "actor",
+        "actor_username",
+        "action",
+        "owner",
+        "owner_username",
+        "conversation_id",
+        "ip",
+        "path",
+    )
+    readonly_fields = fields
+    actions = ["export_csv"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # written only by the views they record
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # append-only: not even a superuser removes a trace
+
+    def get_urls(self) -> list[URLPattern]:
+        export = path("export/", self.admin_site.admin_view(self.export_view), name="chat_auditentry_export")
+        return [export, *super().get_urls()]
+
+    def export_view(self, request: HttpRequest) -> HttpResponse:
+        """The whole log as CSV, narrowed by the same filters as the list (its query string)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        changelist = self.get_changelist_instance(request)
+        return self._csv(changelist.get_queryset(request))
+
+    @admin.action(description="Export the selected entries as CSV", permissions=["view"])
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[AuditEntry]) -> HttpResponse:
+        return self._csv(queryset)
+
+    def _csv(self, queryset: QuerySet[AuditEntry]) -> HttpResponse:
+        return csv_response(
+            "sanjai-audit.csv",
+            ["created", "actor", "action", "owner", "conversation_id", "ip", "path"],
+            (
+                [
+                    e.created.isoformat(),
+                    e.actor_username,
+                    e.action,
+                    e.owner_username,
+                    e.conversation_id,
+                    e.ip or "",
+                    e.path,
+                ]
+                for e in queryset.order_by("-created", "-pk").iterator()
+            ),
+        )

@@ -332,3 +332,51 @@ class MemoryFact(models.Model):
 
     def __str__(self) -> str:
         return self.text
+
+
+# The permission that opens other users' conversations in the admin (chat/admin.py).
+READ_OTHERS_CONVERSATIONS = "chat.read_others_conversations"
+
+
+class AuditEntry(models.Model):
+    """One view or export of another user's conversation in the admin (chat/services/audit.py).
+
+    Append-only: written once, never changed; the admin offers no add, change or delete.
+    Both people are kept by name too, so the entry outlives either account: the
+    record of who read whose conversation is the point of the log, and it holds no
+    conversation content.
+    """
+
+    class Action(models.TextChoices):
+        VIEW = "view", "viewed"
+        EXPORT = "export", "exported"
+
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="audit_actions"
+    )
+    actor_username = models.CharField(max_length=150)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="audit_notices"
+    )
+    owner_username = models.CharField(max_length=150)
+    action = models.CharField(max_length=10, choices=Action.choices)
+    # An id, not a foreign key: the entry stays when the conversation is deleted.
+    conversation_id = models.BigIntegerField()
+    path = models.CharField(max_length=300)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-pk"]
+        verbose_name_plural = "audit entries"
+        permissions = [("read_others_conversations", "Can read other users' conversations in the admin")]
+        indexes = [models.Index(fields=["owner", "-created"])]
+
+    def __str__(self) -> str:
+        action = self.get_action_display()
+        return f"{self.actor_username} {action} #{self.conversation_id} of {self.owner_username}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None:
+            raise ValueError("Audit entries are append-only: an entry is never changed.")
+        super().save(*args, **kwargs)

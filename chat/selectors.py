@@ -13,7 +13,7 @@ from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from chat.branches import Tree
-from chat.models import ApiKey, Conversation, Feedback, Folder, MemoryFact, Message, Preset, Share
+from chat.models import ApiKey, AuditEntry, Conversation, Feedback, Folder, MemoryFact, Message, Preset, Share
 from inference import presence
 from inference.registry import Registry
 from inference.types import Turn
@@ -446,3 +446,12 @@ def folder_sidebar(*, user: User) -> list[SidebarFolder]:
     for conversation in rows.order_by(F("pinned_at").desc(nulls_last=True), "-updated", "-pk"):
         filed.setdefault(conversation.folder_id or 0, []).append(conversation)
     return [SidebarFolder(folder, filed[folder.pk]) for folder in folders]
+
+
+# How many audit entries a user's profile lists: the latest, the rest stay in the admin.
+AUDIT_NOTICE_ENTRIES = 20
+
+
+def audit_notice_list(*, user: User, limit: int = AUDIT_NOTICE_ENTRIES) -> list[AuditEntry]:
+    """The latest times someone else opened or exported one of the user's conversations."""
+    return list(AuditEntry.objects.filter(owner=user).order_by("-created", "-pk")[:limit])

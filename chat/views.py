@@ -521,6 +521,9 @@ def _render_profile(
         "api_keys": selectors.api_key_list(user=request.user),
         "new_key": new_key,
         "new_key_record": new_key_record,
+        # Who opened the user's conversations in the admin (AUDIT_NOTICE off: the admin's log only).
+        "audit_notices": selectors.audit_notice_list(user=request.user) if settings.AUDIT_NOTICE else None,
+        "audit_notice_entries": selectors.AUDIT_NOTICE_ENTRIES,
     }
     return render(request, "chat/profile.html", context, status=status)
 

@@ -346,6 +346,10 @@ VOICE_JOBS_PER_MINUTE = envint("VOICE_JOBS_PER_MINUTE", 12, minimum=0)
 # reads that snapshot without logging in; off, no share can be made and every
 # link answers 404.
 SHARING = envbool("SHARING", True)
+# Audit notice (chat/services/audit.py): every view or export of someone else's
+# conversation in the admin is logged whatever this says; on, the owner's profile
+# also lists the latest of them (who, what, when); off, only the admin's log shows them.
+AUDIT_NOTICE = envbool("AUDIT_NOTICE", True)
 # Memory: facts a user asks the assistant to keep (chat/services/memory.py).
 # At most MEMORY_MAX_FACTS each, and the newest of them that fit in
 # MEMORY_PROMPT_CHARS (about a quarter as many tokens) join the system prompt
