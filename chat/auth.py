@@ -23,6 +23,23 @@ from ninja.security import APIKeyCookie, HttpBearer
 from chat.services.accounts import api_key_authenticate
 
 
+def client_ip_behind_proxy(request: HttpRequest) -> str | None:
+    """The client's address as the TLS proxy saw it (settings.TLS_PROXY).
+
+    The right-most X-Forwarded-For entry is the one the proxy itself appended;
+    anything left of it came from the client and may be forged.
+    """
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if forwarded.strip():
+        return forwarded.split(",")[-1].strip()
+    return request.META.get("REMOTE_ADDR")
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """Where the request came from: the direct peer, or under TLS_PROXY the proxy's own entry."""
+    return client_ip_behind_proxy(request) if settings.TLS_PROXY else request.META.get("REMOTE_ADDR")
+
+
 class AuthenticatedHttpRequest(HttpRequest):
     """The request of a view behind @login_required, whose user is never anonymous.
 

@@ -28,8 +28,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, REGISTRY, generate_latest
 
+from chat.auth import client_ip
 from inference.metrics import WorkerSnapshots
-from sanjai_site.middleware import client_ip_behind_proxy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -52,7 +52,7 @@ def metrics_allowed(request: HttpRequest) -> bool:
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
             return True
     try:
-        peer = client_ip_behind_proxy(request) if settings.TLS_PROXY else request.META.get("REMOTE_ADDR")
+        peer = client_ip(request)
         address = ipaddress.ip_address(peer or "")
     except ValueError:
         return False

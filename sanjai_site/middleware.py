@@ -32,15 +32,3 @@ class ContentSecurityPolicyMiddleware:
         if not request.path.startswith("/admin/"):
             response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         return response
-
-
-def client_ip_behind_proxy(request: HttpRequest) -> str | None:
-    """The client's address as the TLS proxy saw it (settings.TLS_PROXY).
-
-    The right-most X-Forwarded-For entry is the one the proxy itself appended;
-    anything left of it came from the client and may be forged.
-    """
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if forwarded.strip():
-        return forwarded.split(",")[-1].strip()
-    return request.META.get("REMOTE_ADDR")

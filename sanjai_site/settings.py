@@ -175,7 +175,7 @@ AXES_LOCKOUT_CALLABLE = "chat.account_views.locked_out"
 AXES_VERBOSE = False  # its start-up banner; lockouts are still logged
 # Behind the proxy every request comes from the proxy's address: count failures
 # against the client's address that the proxy forwards instead.
-AXES_CLIENT_IP_CALLABLE = "sanjai_site.middleware.client_ip_behind_proxy" if TLS_PROXY else None
+AXES_CLIENT_IP_CALLABLE = "chat.auth.client_ip_behind_proxy" if TLS_PROXY else None
 
 # Password reset mails go through this. The default prints them on the web
 # process's console (docs/operating/shared-server.md); set EMAIL_HOST

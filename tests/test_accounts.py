@@ -74,7 +74,7 @@ def test_a_successful_login_clears_the_failure_count(client: Client, owner: User
 def test_behind_the_tls_proxy_failures_count_against_the_forwarded_address() -> None:
     from django.test import RequestFactory
 
-    from sanjai_site.middleware import client_ip_behind_proxy
+    from chat.auth import client_ip_behind_proxy
 
     request = RequestFactory().get("/", REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.9")
     assert client_ip_behind_proxy(request) == "203.0.113.9"  # the proxy's own entry, not the forgeable one

@@ -9,23 +9,16 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http import HttpRequest
 
+from chat.auth import client_ip
 from chat.models import AuditEntry, Conversation
 
 
-def client_ip(request: HttpRequest) -> str | None:
-    """Where the request came from, by the rule /metrics uses (sanjai_site/middleware.py's
-    client_ip_behind_proxy): the direct peer, or under TLS_PROXY the address the proxy
-    appended last to X-Forwarded-For. Repeated here because chat may not import sanjai_site."""
-    raw = request.META.get("REMOTE_ADDR", "")
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if settings.TLS_PROXY and forwarded.strip():
-        raw = forwarded.split(",")[-1].strip()
+def _ip(request: HttpRequest) -> str | None:
     try:
-        return str(ipaddress.ip_address(raw))
+        return str(ipaddress.ip_address(client_ip(request) or ""))
     except ValueError:
         return None  # not an address (a misconfigured proxy): kept empty rather than refused
 
@@ -53,7 +46,7 @@ def audit_record(
                 action=action,
                 conversation_id=conversation.pk,
                 path=request.get_full_path()[:300],
-                ip=client_ip(request),
+                ip=_ip(request),
             )
         )
     return AuditEntry.objects.bulk_create(entries)
