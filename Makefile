@@ -177,9 +177,10 @@ espeak:
 typecheck: install-dev  ## mypy with django-stubs over chat/, inference/ and sanjai_site/ (see pyproject.toml)
 	$(PY) -m mypy
 
-lint: install-dev
+lint: install-dev  ## ruff (lint and format) over the Python, ESLint over the page scripts
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(MAKE) --no-print-directory lint-js
 
 # ESLint over static/js (eslint.config.mjs), at the versions package-lock.json
 # holds. npm ci runs only when the lock is newer than the last install, so the
@@ -231,4 +232,4 @@ hooks:  ## check commit messages in this checkout (.githooks/commit-msg: subject
 	git config core.hooksPath .githooks
 
 clean:
-	rm -rf $(VENV) test-artifacts site var/bench-models var/peers $(WHEELHOUSE) /var/tmp/sanjai-base-images
+	rm -rf $(VENV) node_modules test-artifacts site var/bench-models var/peers $(WHEELHOUSE) /var/tmp/sanjai-base-images
