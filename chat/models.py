@@ -324,7 +324,7 @@ class MemoryFact(models.Model):
     (chat/services/memory.py)."""
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memory")
-    text = models.CharField(max_length=500)
+    text = models.CharField(max_length=500)  # the limit the service, the forms and the page read
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

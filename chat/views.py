@@ -28,10 +28,11 @@ from chat.services.limits import InvalidInput, ModelNotDeclared
 from inference.params import InvalidParameter
 
 # What the chat page's script needs from the server, given once (json_script)
-# rather than repeated in it: the socket's close codes and the title's length.
+# rather than repeated in it: the socket's close codes, the title's length, a memory's length.
 PAGE_CONSTANTS = {
     "closeCodes": {"unauthenticated": CLOSE_UNAUTHENTICATED, "notFound": CLOSE_NOT_FOUND},
     "titleLength": TITLE_LENGTH,
+    "memoryFactChars": memory.MAX_FACT_CHARS,
 }
 
 
@@ -516,6 +517,7 @@ def _render_profile(
         "memory": selectors.memory_list(user=request.user),
         "memory_max_facts": settings.MEMORY_MAX_FACTS,
         "memory_text": memory_text,
+        "memory_max_chars": memory.MAX_FACT_CHARS,
         "memory_error": memory_error,
         "key_form": key_form or ApiKeyForm(),
         "api_keys": selectors.api_key_list(user=request.user),

@@ -16,7 +16,7 @@ from django.utils import timezone
 from chat import selectors
 from chat.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from chat.lifecycle.submit import TITLE_LENGTH
-from chat.models import Conversation, Message, Profile
+from chat.models import Conversation, MemoryFact, Message, Profile
 from chat.routing import websocket_urlpatterns
 from chat.services import conversations
 from tests.conftest import exchange, submit
@@ -63,6 +63,7 @@ def test_the_page_gets_its_socket_path_and_close_codes_from_the_server(
     assert json.loads(constants.group(1)) == {
         "closeCodes": {"unauthenticated": CLOSE_UNAUTHENTICATED, "notFound": CLOSE_NOT_FOUND},
         "titleLength": TITLE_LENGTH,
+        "memoryFactChars": MemoryFact._meta.get_field("text").max_length,
     }
     # The home page (a new chat) has no socket yet, and the constants all the same.
     home = browser.get("/").content.decode()

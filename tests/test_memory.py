@@ -75,6 +75,7 @@ def test_the_page_keeps_a_fact_on_a_click_and_the_profile_lists_and_forgets_it(
     )
     page = client.get("/profile/").content.decode()
     assert "I prefer metric units." in page and "Answer in French." in page
+    assert 'name="text" maxlength="500"' in page  # the form holds the limit the server keeps
     export = json.loads(client.get("/profile/export/?format=json").content)
     assert export["memory"] == ["I prefer metric units.", "Answer in French."]
     theirs = memory.memory_add(user=other_user, text="Not yours.")

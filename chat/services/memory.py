@@ -17,7 +17,7 @@ from chat import selectors
 from chat.models import MemoryFact
 from chat.services.limits import InvalidInput, lock_profile
 
-MAX_FACT_CHARS = 500
+MAX_FACT_CHARS: int = MemoryFact._meta.get_field("text").max_length  # type: ignore[assignment]
 
 
 def memory_add(*, user: User, text: str) -> MemoryFact:

@@ -7,7 +7,8 @@
 
 window.SanjaiMemory = (function () {
   const chat = document.getElementById("chat");
-  const MAX_CHARS = 500;
+  // The longest fact the server keeps (chat/services/memory.py), from the page's constants.
+  const MAX_CHARS = JSON.parse(document.getElementById("page-constants").textContent).memoryFactChars;
   // First-person statements and standing instructions: what a memory is for.
   const LOOKS_LIKE_A_FACT = /^(i|i'm|i am|i've|my|call me|please always|always|never|from now on)\b/i;
 
