@@ -24,7 +24,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -41,6 +44,7 @@ from chat.models import (
     AuditEntry,
     Conversation,
     Feedback,
+    GroupPolicy,
     Invite,
     Message,
     Preset,
@@ -566,3 +570,45 @@ class AuditEntryAdmin(admin.ModelAdmin):
                 for e in queryset.order_by("-created", "-pk").iterator()
             ),
         )
+
+
+# --- Groups --------------------------------------------------------------------
+
+
+class GroupPolicyForm(forms.ModelForm):
+    """Names only declared models: a misspelt one would silently allow nothing."""
+
+    class Meta:
+        model = GroupPolicy
+        fields = ["allowed_models", "daily_token_limit", "monthly_token_limit", "max_concurrent_replies"]
+
+    def clean_allowed_models(self) -> list[str]:
+        names = self.cleaned_data["allowed_models"] or []
+        declared = list(settings.MODEL_REGISTRY.names)
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise forms.ValidationError(
+                f'A JSON list of model names, e.g. ["{declared[0]}"]; [] for every model.'
+            )
+        unknown = [name for name in names if name not in declared]
+        if unknown:
+            raise forms.ValidationError(
+                f"Not declared here: {', '.join(unknown)}. The models are {', '.join(declared)}."
+            )
+        return names
+
+
+class GroupPolicyInline(admin.StackedInline):
+    model = GroupPolicy
+    form = GroupPolicyForm
+    can_delete = True
+    verbose_name = "policy"
+    verbose_name_plural = "policy (what members may use; a member of several groups gets the most generous)"
+
+
+# Django's own Group admin, with the group's policy on the same page.
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class PolicyGroupAdmin(GroupAdmin):
+    inlines = [GroupPolicyInline]

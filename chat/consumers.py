@@ -14,7 +14,6 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.conf import settings
 
 from chat import delivery, selectors
 from chat.auth import UNEXPECTED
@@ -23,6 +22,7 @@ from chat.lifecycle.status import NotCancellable, reply_cancel
 from chat.lifecycle.submit import Submission, params_for
 from chat.models import Conversation, Message
 from chat.params import chat_params
+from chat.services import policies
 from chat.services.conversations import branch_switch
 from chat.services.limits import ConversationBusy
 
@@ -111,7 +111,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
                 "title": conversation.title,
                 "system_prompt": conversation.system_prompt,
                 "params": chat_params(params_for(conversation=conversation)),
-                "model": conversation.model or settings.MODEL_REGISTRY.default,
+                "model": conversation.model or policies.default_model_for(user=self.user),
                 "use_memory": conversation.use_memory,
             },
             # The branch being viewed; each message lists its alternatives.

@@ -108,6 +108,8 @@ def problem(exc: Exception, submission: Submission) -> Problem | None:
         return Problem(400, "invalid_request", str(exc))
     if isinstance(exc, limits.ModelNotDeclared):
         return Problem(404, exc.code, str(exc), field="model")
+    if isinstance(exc, limits.ModelNotAllowed):
+        return Problem(403, exc.code, str(exc), field="model")
     if isinstance(exc, Conversation.DoesNotExist):
         return Problem(404, "not_found", f"Conversation {submission.conversation_id} not found.")
     if isinstance(exc, limits.ConversationBusy):

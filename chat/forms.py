@@ -4,9 +4,11 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth.models import User
 
 from chat.models import ApiKey, Profile
 from chat.params import FORM_FIELDS
+from chat.services import policies
 
 
 class ProfileForm(forms.Form):
@@ -50,11 +52,13 @@ class PresetForm(DefaultParamsForm):
     )
     model = forms.ChoiceField(choices=(), required=False, help_text="Empty: the site's default model.")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: User | None = None, **kwargs: Any) -> None:
+        """`user`: offer only the models their groups let them use (chat.services.policies)."""
         super().__init__(*args, **kwargs)
         model = self.fields["model"]
         assert isinstance(model, forms.ChoiceField)
-        model.choices = [("", "(default)"), *((name, name) for name in settings.MODEL_REGISTRY.names)]
+        names = settings.MODEL_REGISTRY.names if user is None else policies.models_for(user=user)
+        model.choices = [("", "(default)"), *((name, name) for name in names)]
 
 
 class ApiKeyForm(forms.Form):

@@ -380,3 +380,38 @@ class AuditEntry(models.Model):
         if self.pk is not None:
             raise ValueError("Audit entries are append-only: an entry is never changed.")
         super().save(*args, **kwargs)
+
+
+class GroupPolicy(models.Model):
+    """What a Django group's members may use: models, token budgets, concurrent replies.
+
+    A user in several groups gets the most generous of them (chat.services.policies).
+    """
+
+    group = models.OneToOneField("auth.Group", on_delete=models.CASCADE, related_name="policy")
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Declared models the members may use, e.g. ["small", "large"]; []: every model.',
+    )
+    daily_token_limit = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Tokens a member may use a day; empty: QUOTA_DAILY_TOKENS; 0: no limit.",
+    )
+    monthly_token_limit = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Tokens a member may use a month; empty: QUOTA_MONTHLY_TOKENS; 0: no limit.",
+    )
+    max_concurrent_replies = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Replies a member may have running at once; empty: MAX_CONCURRENT_REPLIES; 0: no limit.",
+    )
+
+    class Meta:
+        verbose_name_plural = "group policies"
+
+    def __str__(self) -> str:
+        return f"Policy of {self.group}"

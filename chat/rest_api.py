@@ -369,6 +369,11 @@ def _no_such_model(request: HttpRequest, exc: limits.ModelNotDeclared) -> JsonRe
     return _error(404, str(exc))
 
 
+@api.exception_handler(limits.ModelNotAllowed)
+def _model_not_allowed(request: HttpRequest, exc: limits.ModelNotAllowed) -> JsonResponse:
+    return _error(403, str(exc))
+
+
 def _field_problem(field: str, value: Any) -> str | None:
     """The wording every surface uses for a bad message or parameter."""
     if field in PARAM_FIELDS:

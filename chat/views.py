@@ -23,7 +23,7 @@ from chat.lifecycle.submit import TITLE_LENGTH, NewConversation, Submission, par
 from chat.models import ApiKey, Conversation, Folder, MemoryFact, Message, Preset
 from chat.params import CHAT_PARAM_FIELDS, FORM_FIELDS
 from chat.routing import conversation_ws_path
-from chat.services import accounts, conversations, feedback, memory, presets, profiles
+from chat.services import accounts, conversations, feedback, memory, policies, presets, profiles
 from chat.services.limits import InvalidInput, ModelNotDeclared
 from inference.params import InvalidParameter
 
@@ -84,8 +84,10 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
         "fields": FORM_FIELDS,  # the settings panel's ranges, from the one parameter schema
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         # The settings panel's model choice; the conversation's own, or the default.
-        "models": settings.MODEL_REGISTRY.names,
-        "model": (conversation.model if conversation else "") or settings.MODEL_REGISTRY.default,
+        # Only the models the user's groups allow; their default falls back to their first one.
+        "models": policies.models_for(user=request.user),
+        "model": (conversation.model if conversation else "")
+        or policies.default_model_for(user=request.user),
         "sharing": settings.SHARING,
         # A new chat may start from a preset (a click, or "/" in the empty box); a conversation names its own.
         "presets": [] if conversation else usable_presets,
@@ -115,7 +117,9 @@ def _own_conversation(request: AuthenticatedHttpRequest, conversation_id: int) -
 @login_required
 def model_status(request: AuthenticatedHttpRequest) -> JsonResponse:
     """The models and their state (ready, loading with a percentage, no worker), for the page."""
-    models = selectors.model_list(registry=settings.MODEL_REGISTRY, redis_url=settings.REDIS_URL)
+    mine = policies.allowance(user=request.user)
+    served = selectors.model_list(registry=settings.MODEL_REGISTRY, redis_url=settings.REDIS_URL)
+    models = [m for m in served if mine.allows(m.name)]
     return JsonResponse(
         {
             "models": [
@@ -422,7 +426,7 @@ def api_key_revoke(request: AuthenticatedHttpRequest, key_id: int) -> HttpRespon
 @login_required
 @require_POST
 def preset_new(request: AuthenticatedHttpRequest) -> HttpResponse:
-    form = PresetForm(request.POST)
+    form = PresetForm(request.POST, user=request.user)
     if form.is_valid():
         data = dict(form.cleaned_data)
         fields = {name: data.pop(name) for name in ("name", "description", "system_prompt", "model")}
@@ -508,7 +512,9 @@ def _render_profile(
         )
     if preset_form is None:
         defaults = profiles.params_for_new_conversations(user=request.user)
-        preset_form = PresetForm(initial={field: getattr(defaults, field) for field in CHAT_PARAM_FIELDS})
+        preset_form = PresetForm(
+            user=request.user, initial={field: getattr(defaults, field) for field in CHAT_PARAM_FIELDS}
+        )
     context = {
         "profile_form": profile_form,
         "params_form": params_form,

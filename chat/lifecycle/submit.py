@@ -100,7 +100,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
 
     Raises, with nothing stored: InvalidInput or InvalidParameter (bad input,
     naming the field), Conversation.DoesNotExist or Folder.DoesNotExist (not the user's),
-    NothingToRegenerate, ModelNotDeclared, ConversationBusy, TooManyReplies, QuotaExceeded,
+    NothingToRegenerate, ModelNotDeclared, ModelNotAllowed, ConversationBusy, TooManyReplies, QuotaExceeded,
     RateLimited.
     Raises WorkerUnavailable after storing, with the reply marked failed.
     """
@@ -139,7 +139,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
             conversation = _conversation(user, profile, submission.conversation_id)
             limits.check_idle(conversation=conversation)
         asked = preset.model if preset is not None else submission.model
-        model = limits.check_model(asked or conversation.model)
+        model = limits.check_model(asked or conversation.model, user=user)
         if tools is not None:
             limits.check_tools(model=model)
         if submission.model:

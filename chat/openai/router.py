@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from ninja import Body
 from ninja.errors import HttpError, ValidationError
@@ -20,7 +21,7 @@ from chat.lifecycle.submit import PRESET_PREFIX
 from chat.models import Preset
 from chat.openai import serving
 from chat.openai.protocol import NOT_A_JSON_OBJECT, ApiError, invalid, parse_completion
-from chat.services import limits
+from chat.services import limits, policies
 
 
 def _api_error(request: HttpRequest | None, exc: ApiError) -> JsonResponse:
@@ -64,8 +65,11 @@ def _http_error(request: HttpRequest, exc: HttpError) -> JsonResponse:
 # --- Models --------------------------------------------------------------------
 
 
-def _served_models() -> list[selectors.ServedModel]:
-    return selectors.model_list(registry=settings.MODEL_REGISTRY, redis_url=settings.REDIS_URL)
+def _served_models(user: User) -> list[selectors.ServedModel]:
+    """The declared models the user's groups let them use (chat.services.policies)."""
+    served = selectors.model_list(registry=settings.MODEL_REGISTRY, redis_url=settings.REDIS_URL)
+    mine = policies.allowance(user=user)
+    return [model for model in served if mine.allows(model.name)]
 
 
 def _model_object(model: selectors.ServedModel) -> dict[str, Any]:
@@ -96,9 +100,11 @@ def _preset_object(preset: Preset, served: dict[str, selectors.ServedModel]) -> 
 @api.get("/models")
 def models(request: HttpRequest) -> JsonResponse:
     """The declared models, then the caller's presets (own, then published) as model ids."""
-    served = _served_models()
+    user = auth_user(request)
+    served = _served_models(user)
     by_name = {model.name: model for model in served}
-    presets = selectors.preset_list(user=auth_user(request))
+    # A preset of a model the user may not use would only be refused: not listed either.
+    presets = [p for p in selectors.preset_list(user=user) if not p.model or p.model in by_name]
     data = [_model_object(model) for model in served] + [_preset_object(p, by_name) for p in presets]
     return JsonResponse({"object": "list", "data": data})
 
@@ -114,12 +120,16 @@ def model_detail(request: HttpRequest, model_id: str) -> JsonResponse:
             raise ApiError(
                 404, f"model: {model_id!r} is not one of your presets.", param="model", code="model_not_found"
             ) from None
-        return JsonResponse(_preset_object(preset, {model.name: model for model in _served_models()}))
+        served = {model.name: model for model in _served_models(auth_user(request))}
+        return JsonResponse(_preset_object(preset, served))
+    user = auth_user(request)
     try:
-        limits.check_model(model_id)  # the one wording for a model that is not declared
+        limits.check_model(model_id, user=user)  # the one wording for a model that is not declared
     except limits.ModelNotDeclared as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from None
-    (model,) = [served for served in _served_models() if served.name == model_id]
+    except limits.ModelNotAllowed as exc:
+        raise ApiError(403, str(exc), kind="permission_error", param="model", code=exc.code) from None
+    (model,) = [served for served in _served_models(user) if served.name == model_id]
     return JsonResponse(_model_object(model))
 
 

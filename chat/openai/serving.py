@@ -68,7 +68,7 @@ async def complete(*, user: User, request: CompletionRequest, prefer: str) -> Ht
 
 # The OpenAI error type of each status the submit path or a failed reply answers with.
 KINDS = {400: "invalid_request_error", 404: "invalid_request_error", 409: "invalid_request_error"}
-KINDS |= {429: "rate_limit_error"}
+KINDS |= {403: "permission_error", 429: "rate_limit_error"}
 
 
 def _api_problem(problem: delivery.Problem, request: CompletionRequest) -> ApiError:

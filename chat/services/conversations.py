@@ -36,7 +36,7 @@ def conversation_create(
     if preset is not None:
         model = model or preset.model
         system_prompt = preset.system_prompt if system_prompt is None else system_prompt
-    model = check_model(model) if model else ""
+    model = check_model(model, user=user) if model else ""
     profile = profile_get_or_create(user=user)
     if system_prompt is None:
         prompt = profile.default_system_prompt  # checked when it was saved
@@ -80,7 +80,7 @@ def conversation_update(
             setattr(conversation, name, value)
     fields = []
     if model is not None:
-        conversation.model = check_model(model)
+        conversation.model = check_model(model, user=user)
         fields.append("model")
     if title is not None:
         conversation.title = " ".join(title.split())[:200]
@@ -126,7 +126,7 @@ def conversation_settings_update(
     """
     conversation = selectors.conversation_get(user=user, conversation_id=conversation_id)
     if model is not None:
-        conversation.model = check_model(model)
+        conversation.model = check_model(model, user=user)
     given = chat_params.params_in({field: params.get(field) for field in chat_params.CHAT_PARAM_FIELDS})
     resolved = chat_params.over(given, params_for_new_conversations(user=user))
     conversation.params = chat_params.chat_params(resolved)

@@ -18,6 +18,7 @@ from django.contrib.auth.models import User
 
 from chat import selectors
 from chat.models import Conversation, Profile
+from chat.services import policies
 from chat.services.usage import budgets
 from inference.params import InvalidParameter
 
@@ -62,6 +63,12 @@ class ModelNotDeclared(SubmissionRefused):
     code = "model_not_found"
 
 
+class ModelNotAllowed(SubmissionRefused):
+    """A declared model the user's groups do not let them use (chat.models.GroupPolicy)."""
+
+    code = "model_not_allowed"
+
+
 # A hint for clients over the concurrency cap: about how long a short reply takes.
 BUSY_RETRY_AFTER_S = 5
 
@@ -92,15 +99,27 @@ def check_message(field: str, text: str) -> str:
     return check_length(field, text)
 
 
-def check_model(name: str) -> str:
-    """A declared model's name ("" = the default one); ModelNotDeclared names the ones there are."""
+def check_model(name: str, *, user: User | None = None) -> str:
+    """A declared model's name ("" = the default one); ModelNotDeclared names the ones there are.
+
+    With `user`: one their groups let them use (ModelNotAllowed names theirs); "" is
+    their default (chat.services.policies.default_model_for).
+    """
     registry = settings.MODEL_REGISTRY
     if not name:
-        return str(registry.default)
+        if user is None:
+            return str(registry.default)
+        # Checked below too: a policy may list only models no longer declared.
+        name = policies.default_model_for(user=user)
     if registry.get(name) is None:
         names = ", ".join(registry.names)
         raise ModelNotDeclared(
             f"model: {name!r} does not exist here; the models are {names} (GET /v1/models)."
+        )
+    if user is not None and not policies.allowance(user=user).allows(name):
+        theirs = ", ".join(policies.models_for(user=user)) or "none"
+        raise ModelNotAllowed(
+            f"model: you may not use {name!r}; the models you may use are {theirs} (GET /v1/models)."
         )
     return name
 
@@ -124,8 +143,9 @@ def check_idle(*, conversation: Conversation) -> None:
 
 
 def check_concurrency(*, user: User) -> None:
-    """At most MAX_CONCURRENT_REPLIES replies queued or generating per user, on all surfaces."""
-    limit = settings.MAX_CONCURRENT_REPLIES
+    """At most MAX_CONCURRENT_REPLIES (or the user's groups' limit) replies queued or
+    generating per user, on all surfaces."""
+    limit = policies.allowance(user=user).concurrent
     if not limit:
         return
     running = selectors.reply_unfinished_count(user=user)

@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import F, QuerySet, Sum
 from django.utils import timezone
 
 from chat.models import Profile, Usage
+from chat.services.policies import allowance
 
 
 def usage_record(*, user_id: int, model: str, prompt_tokens: int, completion_tokens: int, day: date) -> None:
@@ -61,23 +61,25 @@ def _tokens(rows: QuerySet[Usage]) -> int:
 def budgets(
     *, user: User, profile: Profile | None = None, now: datetime | None = None
 ) -> tuple[Budget, Budget]:
-    """The user's daily and monthly budgets as of `now`."""
+    """The user's daily and monthly budgets as of `now`: their own Profile limit, else
+    their groups' (chat.services.policies), else the site's QUOTA_*_TOKENS."""
     if profile is None:
         profile = Profile.objects.get_or_create(user=user)[0]
     today = timezone.localdate(now or timezone.now())
     month_start = today.replace(day=1)
     next_month = (month_start + timedelta(days=32)).replace(day=1)
     mine = Usage.objects.filter(user=user)
+    groups = allowance(user=user)
     return (
         Budget(
             "day",
-            _limit(profile.daily_token_limit, settings.QUOTA_DAILY_TOKENS),
+            _limit(profile.daily_token_limit, groups.daily),
             _tokens(mine.filter(day=today)),
             _start_of(today + timedelta(days=1)),
         ),
         Budget(
             "month",
-            _limit(profile.monthly_token_limit, settings.QUOTA_MONTHLY_TOKENS),
+            _limit(profile.monthly_token_limit, groups.monthly),
             _tokens(mine.filter(day__gte=month_start)),
             _start_of(next_month),
         ),
