@@ -268,7 +268,10 @@ class UsageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             since = form.cleaned_data["since"] or since
             until = form.cleaned_data["until"] or until
         rows = usage.usage_report(since=since, until=until)
+        groups = usage.usage_by_group(since=since, until=until)
         if request.GET.get("format") == "csv":
+            if request.GET.get("by") == "group":
+                return _group_csv(groups, since, until)
             return _report_csv(rows, since, until)
         drawn_from = max(since, until - timedelta(days=CHART_MAX_DAYS - 1))  # a bar a day: at most a year
         chart = charts.tokens_by_day(
@@ -283,6 +286,7 @@ class UsageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             "opts": self.model._meta,
             "form": form,
             "rows": rows,
+            "groups": groups,
             "chart": chart,
             "csv_query": urlencode({"since": since.isoformat(), "until": until.isoformat(), "format": "csv"}),
         }
@@ -303,6 +307,17 @@ def _report_csv(rows: list[usage.ReportRow], since: date, until: date) -> HttpRe
         ["user", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"],
         (
             [row.username, row.model, row.replies, row.prompt_tokens, row.completion_tokens, row.total_tokens]
+            for row in rows
+        ),
+    )
+
+
+def _group_csv(rows: list[usage.GroupRow], since: date, until: date) -> HttpResponse:
+    return csv_response(
+        f"sanjai-usage-by-group-{since}-to-{until}.csv",
+        ["group", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"],
+        (
+            [row.group, row.model, row.replies, row.prompt_tokens, row.completion_tokens, row.total_tokens]
             for row in rows
         ),
     )

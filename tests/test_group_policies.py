@@ -6,10 +6,12 @@ websocket, POST /chat, /v1/chat/completions, REST), plus the listings.
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.utils import timezone
 
@@ -225,3 +227,31 @@ def test_a_policy_naming_only_models_no_longer_declared_allows_none(owner: Any) 
     with pytest.raises(ModelNotAllowed, match="the models you may use are none"):
         ask(owner, "")  # not even the site's default
     assert not Conversation.objects.exists()
+
+
+def test_the_usage_report_sums_by_group(admin_client: Client, owner: Any, other_user: Any) -> None:
+    """Each group's members' tokens; a member of two groups counts in both, the groupless together."""
+    today = timezone.localdate()
+    join(owner, "students")
+    both = join(other_user, "staff")
+    owner.groups.add(both)
+    Usage.objects.create(
+        user=owner, day=today, model="tiny", replies=2, prompt_tokens=100, completion_tokens=20
+    )
+    Usage.objects.create(
+        user=other_user, day=today, model="tiny", replies=1, prompt_tokens=10, completion_tokens=5
+    )
+    loner = User.objects.create_user("loner", password="pw-for-tests")
+    Usage.objects.create(user=loner, day=today, model="big", replies=1, prompt_tokens=1, completion_tokens=1)
+    page = admin_client.get("/admin/chat/usage/report/")
+    assert [(r.group, r.model, r.replies, r.total_tokens) for r in page.context["groups"]] == [
+        ("staff", "tiny", 3, 135),
+        ("students", "tiny", 2, 120),
+        ("", "big", 1, 2),
+    ]
+    assert "(no group)" in page.content.decode()
+    exported = admin_client.get("/admin/chat/usage/report/", {"format": "csv", "by": "group"})
+    assert list(csv.reader(io.StringIO(exported.content.decode())))[:2] == [
+        ["group", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"],
+        ["staff", "tiny", "3", "110", "25", "135"],
+    ]

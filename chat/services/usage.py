@@ -163,3 +163,38 @@ def usage_report(*, since: date, until: date) -> list[ReportRow]:
         )
         for r in rows
     ]
+
+
+@dataclass(frozen=True)
+class GroupRow(Tokens):
+    group: str  # "" for users in no group
+    model: str
+
+
+def usage_by_group(*, since: date, until: date) -> list[GroupRow]:
+    """Usage per Django group and model between two days (both included), biggest first.
+
+    A member of two groups counts in both: each group's figure is what its members
+    used, as a team's budget holder reads it. Users in no group form one row ("").
+    """
+    rows = (
+        Usage.objects.filter(day__gte=since, day__lte=until)
+        .values("user__groups__name", "model")
+        .annotate(
+            replies_sum=Sum("replies"),
+            prompt_sum=Sum("prompt_tokens"),
+            completion_sum=Sum("completion_tokens"),
+            total=Sum(F("prompt_tokens") + F("completion_tokens")),
+        )
+        .order_by("-total", "user__groups__name", "model")
+    )
+    return [
+        GroupRow(
+            group=r["user__groups__name"] or "",
+            model=r["model"],
+            replies=r["replies_sum"],
+            prompt_tokens=r["prompt_sum"],
+            completion_tokens=r["completion_sum"],
+        )
+        for r in rows
+    ]
