@@ -16,7 +16,7 @@ from django.test import Client
 from django.utils import timezone
 
 from chat.lifecycle.submit import NewConversation, Submission, reply_submit
-from chat.models import Conversation, GroupPolicy, Message, Profile, Usage
+from chat.models import Conversation, GroupPolicy, Message, Preset, Profile, Usage
 from chat.services import conversations
 from chat.services.limits import ModelNotAllowed, QuotaExceeded
 from chat.services.policies import Allowance, allowance
@@ -255,3 +255,17 @@ def test_the_usage_report_sums_by_group(admin_client: Client, owner: Any, other_
         ["group", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"],
         ["staff", "tiny", "3", "110", "25", "135"],
     ]
+
+
+def test_a_preset_of_a_model_not_allowed_is_neither_listed_nor_described(
+    client: Client, owner: Any, owner_key: str
+) -> None:
+    Preset.objects.create(owner=owner, name="Big thinker", slug="big-thinker", model="big")
+    Preset.objects.create(owner=owner, name="Small talk", slug="small-talk", model="tiny")
+    join(owner, "students", allowed_models=["tiny"])
+    auth = {"Authorization": f"Bearer {owner_key}"}
+    listed = [model["id"] for model in client.get("/v1/models", headers=auth).json()["data"]]
+    assert listed == ["tiny", "preset:small-talk"]
+    refused = client.get("/v1/models/preset:big-thinker", headers=auth)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
+    assert client.get("/v1/models/preset:small-talk", headers=auth).json()["id"] == "preset:small-talk"

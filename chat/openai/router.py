@@ -111,26 +111,25 @@ def models(request: HttpRequest) -> JsonResponse:
 
 @api.get("/models/{model_id}")
 def model_detail(request: HttpRequest, model_id: str) -> JsonResponse:
+    """A declared model the caller may use, or one of their presets (whose model they may use)."""
+    user = auth_user(request)
+    preset = None
     if model_id.startswith(PRESET_PREFIX):
         try:
-            preset = selectors.preset_by_slug(
-                user=auth_user(request), slug=model_id.removeprefix(PRESET_PREFIX)
-            )
+            preset = selectors.preset_by_slug(user=user, slug=model_id.removeprefix(PRESET_PREFIX))
         except Preset.DoesNotExist:
             raise ApiError(
                 404, f"model: {model_id!r} is not one of your presets.", param="model", code="model_not_found"
             ) from None
-        served = {model.name: model for model in _served_models(auth_user(request))}
-        return JsonResponse(_preset_object(preset, served))
-    user = auth_user(request)
     try:
-        limits.check_model(model_id, user=user)  # the one wording for a model that is not declared
+        # The one wording for a model that is not declared, or not the caller's to use.
+        name = limits.check_model(preset.model if preset is not None else model_id, user=user)
     except limits.ModelNotDeclared as exc:
         raise ApiError(404, str(exc), param="model", code="model_not_found") from None
     except limits.ModelNotAllowed as exc:
         raise ApiError(403, str(exc), kind="permission_error", param="model", code=exc.code) from None
-    (model,) = [served for served in _served_models(user) if served.name == model_id]
-    return JsonResponse(_model_object(model))
+    served = {model.name: model for model in _served_models(user)}
+    return JsonResponse(_preset_object(preset, served) if preset is not None else _model_object(served[name]))
 
 
 # --- Completions ---------------------------------------------------------------
