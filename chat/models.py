@@ -415,3 +415,58 @@ class GroupPolicy(models.Model):
 
     def __str__(self) -> str:
         return f"Policy of {self.group}"
+
+
+class Document(models.Model):
+    """A file a user uploaded to chat with, and where its reading stands.
+
+    The bytes live in `path` under DOCUMENT_DIR; the worker on the "documents"
+    queue reads them into `DocumentChunk`s (chat.services.documents.document_ingest).
+    """
+
+    class Status(models.TextChoices):
+        PROCESSING = "processing"
+        READY = "ready"
+        FAILED = "failed"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="documents")
+    name = models.CharField(max_length=255)  # chat.documents.clean_filename of what was sent
+    kind = models.CharField(max_length=20)
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    page_count = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PROCESSING)
+    progress = models.PositiveSmallIntegerField(default=0)  # 0-100
+    error = models.TextField(blank=True)
+    path = models.CharField(max_length=500)  # relative to DOCUMENT_DIR
+    created = models.DateTimeField(default=timezone.now)
+    # The claim sets both; the sweeper clears `worker` (and restarts the clock)
+    # when it queues a stale one again, which it does `requeues` < 1 times.
+    ingest_started_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    requeues = models.PositiveSmallIntegerField(default=0)
+    indexed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-pk"]
+        indexes = [models.Index(fields=["owner", "-created"]), models.Index(fields=["status", "created"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DocumentChunk(models.Model):
+    """A passage of a document, in document order, with the page and heading it came from."""
+
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    ordinal = models.PositiveIntegerField()
+    text = models.TextField()
+    page = models.PositiveIntegerField(null=True, blank=True)
+    heading = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["document", "ordinal"]
+        constraints = [models.UniqueConstraint(fields=["document", "ordinal"], name="document_chunk_ordinal")]
+
+    def __str__(self) -> str:
+        return f"{self.document_id}#{self.ordinal}"

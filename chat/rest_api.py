@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
-from ninja import Field, Path, Query, Schema, Status
+from ninja import Field, File, Path, Query, Schema, Status, UploadedFile
 from ninja.errors import HttpError, ValidationError
 from pydantic import ConfigDict
 
@@ -29,9 +29,9 @@ from chat import delivery, search, selectors
 from chat.auth import auth_user, http_error_message, json_api
 from chat.lifecycle.status import NotCancellable, reply_cancel
 from chat.lifecycle.submit import Submission
-from chat.models import Conversation, Folder, MemoryFact, Message, Preset
+from chat.models import Conversation, Document, Folder, MemoryFact, Message, Preset
 from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
-from chat.services import conversations, feedback, folders, limits, memory, presets, sharing
+from chat.services import conversations, documents, feedback, folders, limits, memory, presets, sharing
 from chat.share_views import share_url
 from inference.params import InvalidParameter
 
@@ -813,3 +813,66 @@ def message_cancel(request: HttpRequest, message_id: MessageId) -> Message:
         raise _not_found("Message", message_id) from None
     except NotCancellable as exc:
         raise HttpError(400, str(exc)) from None
+
+
+# --- Documents -------------------------------------------------------------------
+
+
+class DocumentOut(Schema):
+    id: int
+    name: str
+    kind: str
+    status: Literal["processing", "ready", "failed"]
+    size_bytes: int
+    page_count: int | None
+    progress: int = Field(..., description="0-100 while it is read")
+    error: str = Field(..., description="Why it could not be read, when failed")
+    created: datetime
+
+
+DocumentId = Annotated[int, Path(..., ge=1, le=MAX_ID, description="A document of yours")]
+
+
+@api.get("/documents", response={200: list[DocumentOut], **ERRORS}, tags=["documents"])
+def document_list(request: HttpRequest) -> list[Document]:
+    """Your documents, newest first."""
+    return list(documents.document_list(user=auth_user(request)))
+
+
+@api.post("/documents", response={201: DocumentOut, 413: ErrorOut, **ERRORS}, tags=["documents"])
+def document_upload(request: HttpRequest, file: File[UploadedFile]) -> Status[Document]:
+    """Upload a file (multipart field `file`); it is read in the background: poll until ready or failed.
+
+    PDF, DOCX, PPTX, XLSX, CSV, HTML, Markdown, text and code files. Over
+    DOCUMENT_MAX_BYTES, or past your storage budget, it is refused with 413.
+    """
+    user = auth_user(request)
+    size_limit = settings.DOCUMENT_MAX_BYTES
+    if file.size is not None and file.size > size_limit:
+        # Refused before the file is read into memory.
+        raise HttpError(
+            413, f"file: {file.name} is over {size_limit / 1_000_000:g} MB, the most a document may be."
+        )
+    try:
+        document = documents.document_upload(user=user, name=file.name or "", data=file.read(size_limit + 1))
+    except (documents.DocumentTooLarge, limits.QuotaExceeded) as exc:
+        raise HttpError(413, str(exc)) from None
+    return Status(201, document)
+
+
+@api.get("/documents/{document_id}", response={200: DocumentOut, **WITH_404}, tags=["documents"])
+def document_get(request: HttpRequest, document_id: DocumentId) -> Document:
+    try:
+        return documents.document_get(user=auth_user(request), document_id=document_id)
+    except Document.DoesNotExist:
+        raise _not_found("Document", document_id) from None
+
+
+@api.delete("/documents/{document_id}", response={204: None, **WITH_404}, tags=["documents"])
+def document_delete(request: HttpRequest, document_id: DocumentId) -> Status[None]:
+    """Delete the document, its passages and its stored file."""
+    try:
+        documents.document_delete(user=auth_user(request), document_id=document_id)
+    except Document.DoesNotExist:
+        raise _not_found("Document", document_id) from None
+    return Status(204, None)

@@ -6,10 +6,14 @@ torch: the worker's loaded model comes from inference.worker at run time.
 
 from __future__ import annotations
 
+import os
+import socket
+
 from celery import shared_task
 from django.conf import settings
 
 from chat.lifecycle.run import reply_generate, reply_generate_remote
+from chat.services.documents import INGEST_TASK, document_ingest
 
 
 @shared_task(
@@ -47,3 +51,12 @@ def generate_reply(message_id: int) -> None:
 def generate_reply_queued_before_the_upgrade(message_id: int) -> None:
     """The task's name before it moved to chat/: jobs already queued under it still run."""
     generate_reply(message_id)
+
+
+@shared_task(
+    name=INGEST_TASK,
+    acks_late=True,  # safe: document_ingest claims the document with a conditional update
+)
+def ingest_document(document_id: int) -> None:
+    """Read an uploaded document into chunks, on the "documents" queue's worker."""
+    document_ingest(document_id=document_id, worker=f"documents@{socket.gethostname()}:{os.getpid()}")

@@ -35,6 +35,12 @@ application = ProtocolTypeRouter(
                     import_too_large(settings.IMPORT_MAX_BYTES),
                     refused_url=f"{reverse('profile')}?{IMPORT_REFUSED}",
                 ),
+                # A document upload (the REST API's multipart field `file`).
+                "/api/v1/documents": PathLimit(
+                    settings.DOCUMENT_MAX_BYTES + MULTIPART_OVERHEAD_BYTES,
+                    f"The file is larger than {settings.DOCUMENT_MAX_BYTES / 1_000_000:g} MB, "
+                    "the most a document may be.",
+                ),
                 reverse("dictation"): PathLimit(
                     settings.VOICE_MAX_BYTES,
                     f"The recording is larger than {settings.VOICE_MAX_BYTES / 1_000_000:g} MB, "

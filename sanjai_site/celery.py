@@ -36,6 +36,9 @@ def _take_own_jobs(sender: Any = None, **kwargs: Any) -> None:
 def _load_model(sender: Any = None, **kwargs: Any) -> None:
     from django.conf import settings
 
+    if settings.DOCUMENTS_WORKER:
+        return  # it reads uploaded documents (the "documents" queue) and loads no model
+
     from chat.events import publish_from_own_loop
     from chat.lifecycle.sweep import sweep
     from inference import worker

@@ -1,7 +1,8 @@
 """`make run`: the whole app on one machine, kept running, stopped cleanly with Ctrl-C.
 
 Starts an embedded Redis-compatible server (unless REDIS_URL points at one),
-applies migrations, then runs the ASGI web server and a generation worker as a
+applies migrations, then runs the ASGI web server, a generation worker and a
+documents worker (the "documents" queue: uploads are read there) as a
 small supervisor: a child that dies (web, worker or the embedded Redis) is
 reported with its exit status and restarted after a delay that doubles from
 1 s to 30 s, and starts over once the child has stayed up for a minute. Redis
@@ -72,6 +73,22 @@ def worker_command(hostname: str, model: str) -> list[str]:
     return [
         PYTHON, "-m", "celery", "-A", "sanjai_site", "worker",
         "--pool", "threads", "--queues", queue_for(model),
+        "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+        "--hostname", hostname,
+    ]  # fmt: skip
+
+
+def documents_worker_command(hostname: str) -> list[str]:
+    """The worker that reads uploaded documents: the "documents" queue only, a few
+    threads (DOCUMENT_WORKER_CONCURRENCY), each parse in a child of its own. Start
+    it with DOCUMENTS_WORKER=1 in its environment, so that it loads no model."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sanjai_site.settings")
+    from django.conf import settings
+
+    return [
+        PYTHON, "-m", "celery", "-A", "sanjai_site", "worker",
+        "--pool", "threads", "--queues", settings.DOCUMENT_QUEUE,
+        "--concurrency", str(settings.DOCUMENT_WORKER_CONCURRENCY),
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",
         "--hostname", hostname,
     ]  # fmt: skip
@@ -409,6 +426,8 @@ def main() -> int:
             model_env = {**env, "WORKER_MODEL": model.name}
             command = worker_command(f"{model.name}@%h", model.name)
             children.append(Worker(name, command, model_env, model=model.name))
+        documents_env = {**env, "DOCUMENTS_WORKER": "1"}
+        children.append(Command("documents worker", documents_worker_command("documents@%h"), documents_env))
         children.append(Command("web", web_command(host, port), env))
         for child in children:
             if child is not embedded:

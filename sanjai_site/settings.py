@@ -324,6 +324,29 @@ IMPORT_MAX_BYTES = envint("IMPORT_MAX_BYTES", 20_000_000, minimum=1)
 REQUEST_BODY_TIMEOUT_S = envfloat("REQUEST_BODY_TIMEOUT_S", 60.0)
 if REQUEST_BODY_TIMEOUT_S <= 0:
     raise ConfigError(f"REQUEST_BODY_TIMEOUT_S={REQUEST_BODY_TIMEOUT_S:g}: must be above 0")
+# --- Documents a user uploads to chat with (chat/documents/, chat/services/documents.py) ---
+# One file may weigh DOCUMENT_MAX_BYTES (refused from the request's head,
+# sanjai_site/uploads.py); all of one user's files together DOCUMENT_STORAGE_BYTES_PER_USER.
+# Each is read in a child process held to DOCUMENT_PARSE_TIME_LIMIT_S and
+# DOCUMENT_PARSE_MEMORY_BYTES, on the "documents" queue's worker. One still
+# processing after DOCUMENT_INGEST_STALE_S is queued again once by the sweeper,
+# then failed. The files live under DATA_DIR / "documents".
+DOCUMENT_MAX_BYTES = envint("DOCUMENT_MAX_BYTES", 20_000_000, minimum=1)
+DOCUMENT_STORAGE_BYTES_PER_USER = envint("DOCUMENT_STORAGE_BYTES_PER_USER", 200_000_000, minimum=1)
+DOCUMENT_PARSE_TIME_LIMIT_S = envfloat("DOCUMENT_PARSE_TIME_LIMIT_S", 60.0)
+if DOCUMENT_PARSE_TIME_LIMIT_S <= 0:
+    raise ConfigError(f"DOCUMENT_PARSE_TIME_LIMIT_S={DOCUMENT_PARSE_TIME_LIMIT_S:g}: must be above 0")
+DOCUMENT_PARSE_MEMORY_BYTES = envint(
+    "DOCUMENT_PARSE_MEMORY_BYTES", 1024 * 1024 * 1024, minimum=64 * 1024 * 1024
+)
+DOCUMENT_INGEST_STALE_S = envfloat("DOCUMENT_INGEST_STALE_S", 2 * DOCUMENT_PARSE_TIME_LIMIT_S + 60)
+DOCUMENT_DIR = DATA_DIR / "documents"
+DOCUMENT_QUEUE = "documents"
+CELERY_TASK_ROUTES = {"chat.ingest_document": {"queue": DOCUMENT_QUEUE}}
+# `make run` starts one worker for that queue (sanjai_site/launcher.py): it
+# loads no model, and reads this many documents at once, each in its own child.
+DOCUMENTS_WORKER = envbool("DOCUMENTS_WORKER", False)  # set by the launcher for that worker only
+DOCUMENT_WORKER_CONCURRENCY = envint("DOCUMENT_WORKER_CONCURRENCY", 2, minimum=1)
 # Voice (inference/speech.py): a dictated recording may last this long and
 # weigh this much (the page sends 16 kHz mono WAV: 32 kB a second); a reply
 # read aloud by the server may be this long.

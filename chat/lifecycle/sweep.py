@@ -23,6 +23,9 @@ Sending to a conversation whose reply lost its worker ends that reply at once
 (`chat.lifecycle.submit.reply_submit`), without waiting for the next sweep. A missing heartbeat is
 only evidence of a death while Redis is reachable and has been up for at
 least T: a restarted Redis is empty until every worker's next beat (T / 3).
+
+Documents still processing after DOCUMENT_INGEST_STALE_S are queued again
+once, then failed (chat.services.documents.sweep_stale_documents).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from django.utils import timezone
 from chat.lifecycle.dispatch import WorkerUnavailable, reply_enqueue
 from chat.lifecycle.status import reply_fail
 from chat.models import Message
+from chat.services.documents import sweep_stale_documents
 from inference import presence
 
 logger = logging.getLogger(__name__)
@@ -126,7 +130,7 @@ def fail_unstarted() -> int:
 
 def sweep() -> None:
     """One pass over every rule; errors are logged, never raised (the next pass tries again)."""
-    for rule in (fail_lost_replies, fail_overrun, requeue_unpublished, fail_unstarted):
+    for rule in (fail_lost_replies, fail_overrun, requeue_unpublished, fail_unstarted, sweep_stale_documents):
         try:
             if count := rule():
                 logger.warning("sweeper: %s handled %d replies", rule.__name__, count)

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from chat.events import end_sessions
 from chat.models import ApiKey, Invite
+from chat.services.documents import documents_remove_files
 from chat.services.profiles import profile_get_or_create
 
 
@@ -73,6 +74,7 @@ def account_delete(*, user: User) -> None:
     """Delete the user with every conversation, message, key and profile (cascades),
     and close their open sockets."""
     end_sessions(user.pk)
+    documents_remove_files(user=user)  # the rows cascade; their files go once this commits
     user.delete()
 
 
