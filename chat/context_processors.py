@@ -13,6 +13,7 @@ def site(request: HttpRequest) -> dict[str, object]:
     and which voice features this server has (inference/speech.py)."""
     return {
         "signup_mode": settings.SIGNUP,
+        "sso_provider": settings.OIDC_PROVIDER_NAME if settings.OIDC_ISSUER else "",  # chat/sso.py
         "theme": _theme(request),
         "voice": speech.available(),
         "voice_max_seconds": settings.VOICE_MAX_SECONDS,

@@ -177,6 +177,39 @@ AXES_VERBOSE = False  # its start-up banner; lockouts are still logged
 # against the client's address that the proxy forwards instead.
 AXES_CLIENT_IP_CALLABLE = "chat.auth.client_ip_behind_proxy" if TLS_PROXY else None
 
+# --- Single sign-on: OpenID Connect (chat/sso.py, docs/operating/shared-server.md) ---
+# Off while OIDC_ISSUER is empty: then nothing else here has any effect. The
+# provider's endpoints come from <issuer>/.well-known/openid-configuration,
+# fetched on the first sign-in (not at start-up, so a provider that is down
+# does not stop the site) and kept for the process's life.
+OIDC_ISSUER = envstr("OIDC_ISSUER", "").rstrip("/")
+OIDC_CLIENT_ID = envstr("OIDC_CLIENT_ID", "")
+# The secret, or the name of the variable that holds it (a file-mounted secret's env).
+OIDC_CLIENT_SECRET = envstr(envstr("OIDC_CLIENT_SECRET_ENV", "") or "OIDC_CLIENT_SECRET", "")
+OIDC_SCOPES = envstr("OIDC_SCOPES", "openid email profile")
+OIDC_USERNAME_CLAIM = envstr("OIDC_USERNAME_CLAIM", "preferred_username")
+OIDC_GROUPS_CLAIM = envstr("OIDC_GROUPS_CLAIM", "groups")
+OIDC_PROVIDER_NAME = envstr("OIDC_PROVIDER_NAME", "single sign-on")  # "Sign in with <this>"
+OIDC_TIMEOUT_S = envfloat("OIDC_TIMEOUT_S", 10.0)  # each request to the provider
+if OIDC_ISSUER:
+    if not OIDC_CLIENT_ID:
+        raise ConfigError(
+            "OIDC_ISSUER is set but OIDC_CLIENT_ID is empty: set the client id the provider gave."
+        )
+    AUTHENTICATION_BACKENDS.append("chat.sso.SsoBackend")
+# mozilla-django-oidc's own names, from the ones above (the endpoints: chat.sso).
+OIDC_RP_CLIENT_ID = OIDC_CLIENT_ID
+OIDC_RP_CLIENT_SECRET = OIDC_CLIENT_SECRET
+OIDC_RP_SCOPES = OIDC_SCOPES
+OIDC_RP_SIGN_ALGO = "RS256"
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = OIDC_TIMEOUT_S
+OIDC_STORE_ID_TOKEN = True  # in the server-side session only: the id_token_hint of the provider's logout
+OIDC_OP_LOGOUT_URL_METHOD = "chat.sso.provider_logout_url"
+OIDC_AUTHENTICATE_CLASS = "chat.sso.SsoAuthenticateView"
+OIDC_CALLBACK_CLASS = "chat.sso.SsoCallbackView"
+LOGIN_REDIRECT_URL_FAILURE = "login"
+
 # Password reset mails go through this. The default prints them on the web
 # process's console (docs/operating/shared-server.md); set EMAIL_HOST
 # and friends to send real mail.

@@ -19,6 +19,8 @@ urlpatterns = [
     path("sw.js", pwa_views.service_worker, name="service_worker"),
     path("manifest.webmanifest", pwa_views.web_manifest, name="web_manifest"),
     path("offline/", pwa_views.offline, name="offline"),
+    # Single sign-on (chat/sso.py): sign-in answers 404 while OIDC_ISSUER is empty.
+    path("oidc/", include("mozilla_django_oidc.urls")),
     # Pages first: a ninja API mounted at "" also claims "/".
     path("", include("chat.urls")),
     path("", chat_api.urls),  # POST /chat, POST /reset
