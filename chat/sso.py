@@ -206,9 +206,13 @@ class SsoCallbackView(OIDCAuthenticationCallbackView):
 
 
 def provider_logout_url(request: HttpRequest) -> str:
-    """The provider's end_session_endpoint when it has one (so its session ends too), else the login page."""
+    """The provider's end_session_endpoint when it has one (so its session ends too), else the login page.
+
+    Only for a session the provider opened: a local sign-in (the break-glass
+    admin) logs out here alone, as it signed in."""
     local = str(resolve_url(settings.LOGOUT_REDIRECT_URL))
-    if not settings.OIDC_ISSUER:
+    id_token = request.session.get("oidc_id_token")
+    if not settings.OIDC_ISSUER or not id_token:
         return local
     try:
         endpoint = discovery().get("end_session_endpoint")
@@ -216,8 +220,5 @@ def provider_logout_url(request: HttpRequest) -> str:
         return local
     if not endpoint:
         return local
-    query = {"client_id": settings.OIDC_CLIENT_ID}
-    id_token = request.session.get("oidc_id_token")
-    if id_token:
-        query["id_token_hint"] = id_token
+    query = {"client_id": settings.OIDC_CLIENT_ID, "id_token_hint": id_token}
     return f"{endpoint}?{urlencode(query)}"

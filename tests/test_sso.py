@@ -249,6 +249,20 @@ def test_logout_ends_the_session_here_and_at_the_provider(sso_on: Provider) -> N
 
 
 @pytest.mark.django_db
+def test_the_pages_log_out_goes_to_the_provider_only_for_its_own_sessions(
+    sso_on: Provider, django_user_model: Any
+) -> None:
+    """The header's Log out ends an SSO session at the provider too; a local sign-in only here."""
+    admin = django_user_model.objects.create_user("break-glass", password="pw-for-tests")
+    client = Client()
+    client.force_login(admin)
+    assert 'action="/oidc/logout/"' in client.get("/profile/").content.decode()
+    local = client.post("/oidc/logout/")
+    assert local.status_code == 302 and local["Location"] == "/login/"
+    assert not client.get("/").wsgi_request.user.is_authenticated
+
+
+@pytest.mark.django_db
 def test_provider_stopped_mid_login_gives_a_readable_page(settings: Any, tmp_path: Path) -> None:
     with _running_provider(tmp_path) as short_lived:
         _sso_settings(settings, short_lived)
