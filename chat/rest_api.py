@@ -402,7 +402,11 @@ def _invalid(request: HttpRequest, exc: ValidationError) -> JsonResponse:
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any]:
-    """The JSON object sent, for quoting a bad value back; {} if it is not one."""
+    """The JSON object sent, for quoting a bad value back; {} if it is not one.
+
+    A multipart upload (POST /documents) is not JSON, and its body has been read as a stream."""
+    if request.content_type != "application/json":
+        return {}
     try:
         body = json.loads(request.body or b"{}")
     except ValueError:

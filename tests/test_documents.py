@@ -182,3 +182,17 @@ def test_a_requeued_document_is_read_by_the_next_job(owner: Any, queued: list[in
     sweep()
     ingest_document(document_id)
     assert Document.objects.get(pk=document_id).status == Document.Status.READY
+
+
+def test_an_upload_without_a_file_says_which_field_is_missing(
+    client: Any, owner: Any, owner_key: str
+) -> None:
+    """Found by the schema fuzz: an empty multipart body was a 500."""
+    response = client.post(
+        "/api/v1/documents",
+        data=b"--b--\r\n",
+        content_type="multipart/form-data; boundary=b",
+        headers={"Authorization": f"Bearer {owner_key}"},
+    )
+    assert response.status_code == 400 and "file" in response.json()["detail"]
+    assert not Document.objects.exists()

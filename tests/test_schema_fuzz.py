@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from chat.services import conversations, folders, memory, presets
+from chat.services import conversations, documents, folders, memory, presets
 from tests.conftest import exchange
 from tests.stack import Stack, stack_on_test_database
 
@@ -81,18 +81,20 @@ def test_the_rest_api_survives_schema_fuzzing(stack: Stack, owner: Any, owner_ke
     preset = presets.preset_create(user=owner, name="Fuzzed")
     folder = folders.folder_create(user=owner, name="Fuzzed")
     fact = memory.memory_add(user=owner, text="I am being fuzzed.")
+    document = documents.document_upload(user=owner, name="fuzzed.txt", data=b"Fuzzed text.")
     real_ids = {
         "conversation_id": conversation.pk,
         "message_id": reply.pk,
         "preset_id": preset.pk,
         "folder_id": folder.pk,
         "fact_id": fact.pk,
+        "document_id": document.pk,
     }
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {owner_key}"
 
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 26, [op.label for op in operations]
+    assert len(operations) == 30, [op.label for op in operations]
     # Deleting the real conversation early would turn every later real-id case into a 404.
     operations.sort(key=lambda op: op.method.upper() == "DELETE")
     tried: dict[str, set[int]] = {}
@@ -112,3 +114,4 @@ def test_the_rest_api_survives_schema_fuzzing(stack: Stack, owner: Any, owner_ke
     assert 200 in tried["GET /api/v1/conversations/{conversation_id}/messages"]
     assert 202 in tried["POST /api/v1/conversations/{conversation_id}/messages"]
     assert 200 in tried["GET /api/v1/messages/{message_id}"]
+    assert 200 in tried["GET /api/v1/documents/{document_id}"]
