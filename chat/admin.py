@@ -302,23 +302,23 @@ class UsageReportForm(forms.Form):
 
 
 def _report_csv(rows: list[usage.ReportRow], since: date, until: date) -> HttpResponse:
-    return csv_response(
-        f"sanjai-usage-{since}-to-{until}.csv",
-        ["user", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"],
-        (
-            [row.username, row.model, row.replies, row.prompt_tokens, row.completion_tokens, row.total_tokens]
-            for row in rows
-        ),
-    )
+    return _tokens_csv(f"sanjai-usage-{since}-to-{until}.csv", "user", [(r.username, r) for r in rows])
 
 
 def _group_csv(rows: list[usage.GroupRow], since: date, until: date) -> HttpResponse:
+    return _tokens_csv(f"sanjai-usage-by-group-{since}-to-{until}.csv", "group", [(r.group, r) for r in rows])
+
+
+def _tokens_csv(
+    filename: str, who: str, rows: list[tuple[str, usage.ReportRow | usage.GroupRow]]
+) -> HttpResponse:
+    """One row per (who, model): its replies and tokens."""
     return csv_response(
-        f"sanjai-usage-by-group-{since}-to-{until}.csv",
-        ["group", "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"],
+        filename,
+        [who, "model", "replies", "prompt_tokens", "completion_tokens", "total_tokens"],
         (
-            [row.group, row.model, row.replies, row.prompt_tokens, row.completion_tokens, row.total_tokens]
-            for row in rows
+            [name, row.model, row.replies, row.prompt_tokens, row.completion_tokens, row.total_tokens]
+            for name, row in rows
         ),
     )
 

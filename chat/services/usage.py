@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db.models import F, QuerySet, Sum
@@ -140,28 +141,29 @@ def usage_per_day(*, since: date, until: date) -> list[tuple[date, str, int]]:
     return [(r["day"], r["model"], r["total"]) for r in rows]
 
 
-def usage_report(*, since: date, until: date) -> list[ReportRow]:
-    """Every user's usage per model between two days (both included), biggest users first."""
+def _totals_by(field: str, *, since: date, until: date) -> list[tuple[Any, str, Tokens]]:
+    """(the `field` value, model, their tokens) between two days (both included), biggest first."""
     rows = (
         Usage.objects.filter(day__gte=since, day__lte=until)
-        .values("user__username", "model")
+        .values(field, "model")
         .annotate(
             replies_sum=Sum("replies"),
             prompt_sum=Sum("prompt_tokens"),
             completion_sum=Sum("completion_tokens"),
             total=Sum(F("prompt_tokens") + F("completion_tokens")),
         )
-        .order_by("-total", "user__username", "model")
+        .order_by("-total", field, "model")
     )
     return [
-        ReportRow(
-            username=r["user__username"],
-            model=r["model"],
-            replies=r["replies_sum"],
-            prompt_tokens=r["prompt_sum"],
-            completion_tokens=r["completion_sum"],
-        )
-        for r in rows
+        (r[field], r["model"], Tokens(r["replies_sum"], r["prompt_sum"], r["completion_sum"])) for r in rows
+    ]
+
+
+def usage_report(*, since: date, until: date) -> list[ReportRow]:
+    """Every user's usage per model between two days (both included), biggest users first."""
+    return [
+        ReportRow(username=username, model=model, **vars(tokens))
+        for username, model, tokens in _totals_by("user__username", since=since, until=until)
     ]
 
 
@@ -177,24 +179,7 @@ def usage_by_group(*, since: date, until: date) -> list[GroupRow]:
     A member of two groups counts in both: each group's figure is what its members
     used, as a team's budget holder reads it. Users in no group form one row ("").
     """
-    rows = (
-        Usage.objects.filter(day__gte=since, day__lte=until)
-        .values("user__groups__name", "model")
-        .annotate(
-            replies_sum=Sum("replies"),
-            prompt_sum=Sum("prompt_tokens"),
-            completion_sum=Sum("completion_tokens"),
-            total=Sum(F("prompt_tokens") + F("completion_tokens")),
-        )
-        .order_by("-total", "user__groups__name", "model")
-    )
     return [
-        GroupRow(
-            group=r["user__groups__name"] or "",
-            model=r["model"],
-            replies=r["replies_sum"],
-            prompt_tokens=r["prompt_sum"],
-            completion_tokens=r["completion_sum"],
-        )
-        for r in rows
+        GroupRow(group=group or "", model=model, **vars(tokens))
+        for group, model, tokens in _totals_by("user__groups__name", since=since, until=until)
     ]
