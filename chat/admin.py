@@ -111,9 +111,42 @@ def follows(obj: Message) -> str:
     return "—" if obj.parent_id is None else f"#{obj.parent_id}"
 
 
+def sources(obj: Message) -> str:
+    """What the reply was given from its conversation's documents, cited or not: a reviewer
+    tells "retrieval missed" (nothing relevant here) from "the model ignored it"."""
+    if not obj.citations:
+        return "—"
+    return format_html_join(
+        "",
+        "<p><b>[{}]</b> {}{}{} <i>{}</i><br>{}</p>",
+        (
+            (
+                c["n"],
+                c["document"],
+                f", page {c['page']}" if c.get("page") is not None else "",
+                f" (score {c['score']:.3g})" if c.get("score") is not None else " (whole document)",
+                "cited" if c.get("cited") else "not cited",
+                c["passage"][:400],
+            )
+            for c in obj.citations
+        ),
+    )
+
+
 class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Message
-    fields = ("id", "follows", "created", "role", "status", "model", "content", "error", "completion_tokens")
+    fields = (
+        "id",
+        "follows",
+        "created",
+        "role",
+        "status",
+        "model",
+        "content",
+        "sources",
+        "error",
+        "completion_tokens",
+    )
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -126,6 +159,10 @@ class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
     def follows(self, obj: Message) -> str:
         return follows(obj)
 
+    @admin.display(description="Sources")
+    def sources(self, obj: Message) -> str:
+        return sources(obj)
+
 
 @admin.register(Conversation)
 class ConversationAdmin(ReadsOthersMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
@@ -136,7 +173,16 @@ class ConversationAdmin(ReadsOthersMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("owner__username", "title", "messages__content")
     list_filter = ("model", "messages__status", "created")
     date_hierarchy = "created"
-    readonly_fields = ("owner", "title", "model", "system_prompt", "current_leaf", "created", "updated")
+    readonly_fields = (
+        "owner",
+        "title",
+        "model",
+        "system_prompt",
+        "documents",
+        "current_leaf",
+        "created",
+        "updated",
+    )
     inlines = [MessageInline]
     actions = ["export_json"]
 
@@ -181,6 +227,8 @@ class ConversationAdmin(ReadsOthersMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 class MessageAdmin(ReadsOthersMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "follows", "conversation", "role", "status", "model", "created", "preview")
     list_select_related = ("conversation__owner",)
+    exclude = ("citations",)  # shown readable, as "Sources"
+    readonly_fields = ("sources",)
 
     def shown_conversations(self, obj: Message) -> Iterable[Conversation]:
         return [obj.conversation]
@@ -208,6 +256,10 @@ class MessageAdmin(ReadsOthersMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="Follows")
     def follows(self, obj: Message) -> str:
         return follows(obj)
+
+    @admin.display(description="Sources")
+    def sources(self, obj: Message) -> str:
+        return sources(obj)
 
 
 @admin.register(ApiKey)

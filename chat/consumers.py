@@ -113,6 +113,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
                 "params": chat_params(params_for(conversation=conversation)),
                 "model": conversation.model or policies.default_model_for(user=self.user),
                 "use_memory": conversation.use_memory,
+                "documents": selectors.conversation_documents(conversation=conversation),
             },
             # The branch being viewed; each message lists its alternatives.
             "messages": selectors.branch_payloads(selectors.conversation_branch(conversation=conversation)),
@@ -130,7 +131,12 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     def _send(self, content: dict[str, Any]) -> None:
         self._submit(
-            Submission(content=_text(content), conversation_id=self.conversation_id, params=_params(content))
+            Submission(
+                content=_text(content),
+                conversation_id=self.conversation_id,
+                params=_params(content),
+                documents=content.get("documents", ()),
+            )
         )
 
     def _regenerate(self, content: dict[str, Any]) -> None:

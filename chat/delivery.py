@@ -31,7 +31,7 @@ from chat import selectors
 from chat.events import FINISHED_EVENT_TYPES, Subscription, subscribe
 from chat.lifecycle.dispatch import WorkerUnavailable
 from chat.lifecycle.submit import NothingToRegenerate, PostedMessage, Submission, reply_submit
-from chat.models import Conversation, Message
+from chat.models import Conversation, Document, Message
 from chat.services import limits
 from inference.params import InvalidParameter
 
@@ -112,6 +112,8 @@ def problem(exc: Exception, submission: Submission) -> Problem | None:
         return Problem(403, exc.code, str(exc), field="model")
     if isinstance(exc, Conversation.DoesNotExist):
         return Problem(404, "not_found", f"Conversation {submission.conversation_id} not found.")
+    if isinstance(exc, Document.DoesNotExist):
+        return Problem(404, "not_found", str(exc), field="documents")
     if isinstance(exc, limits.ConversationBusy):
         return Problem(409, exc.code, str(exc), retry_after_s=exc.retry_after_s)
     if isinstance(exc, limits.TooManyReplies | limits.RateLimited | limits.QuotaExceeded):

@@ -14,6 +14,8 @@ FORMAT = "sanjai.conversation"
 VERSION = 2
 READABLE_VERSIONS = {1, 2}
 MAX_IMPORT_MESSAGES = 10_000
+MAX_IMPORT_CITATIONS = 50  # per reply (DOCUMENT_PASSAGES, or a small document given whole)
+MAX_PASSAGE_CHARS = 10_000  # a chunk is about 1,350 at most
 
 
 class InvalidImport(ValueError):
@@ -53,6 +55,7 @@ def conversation_to_dict(conversation: Conversation, messages: list[Message]) ->
                     if m.completion_tokens is not None
                     else {}
                 ),
+                **({"citations": m.citations} if m.citations else {}),
             }
             for m in messages
         ],
@@ -79,6 +82,7 @@ def conversation_to_markdown(conversation: Conversation, messages: list[Message]
             if len(versions) > 1:
                 note += f" _(version {versions.index(message_id) + 1} of {len(versions)})_"
             lines.extend([f"{level} {speaker}{note}", "", message.content or message.error or "", ""])
+            lines.extend(_sources(message.citations))
 
     shown = tree.path(tree.leaf(conversation.current_leaf_id))
     section(shown, "##")
@@ -97,6 +101,19 @@ def conversation_to_markdown(conversation: Conversation, messages: list[Message]
     return "\n".join(lines)
 
 
+def _sources(citations: list[dict[str, Any]]) -> list[str]:
+    """A reply's citations as a Markdown list under it: marker, source, then the passage quoted."""
+    if not citations:
+        return []
+    lines = ["Sources:", ""]
+    for c in citations:
+        page = f"page {c['page']}" if c.get("page") is not None else ""
+        where = ", ".join(part for part in (c["document"], page, c.get("heading") or "") if part)
+        quoted = " ".join(c["passage"].split())
+        lines.append(f"- [{c['n']}] {where}{' (cited)' if c.get('cited') else ''}: “{quoted[:300]}”")
+    return [*lines, ""]
+
+
 def _quote(message: Message, length: int = 60) -> str:
     text = " ".join((message.content or message.error).split())
     return text if len(text) <= length else text[: length - 1] + "…"
@@ -107,6 +124,7 @@ class ImportedMessage:
     role: str
     content: str
     parent: int | None = None  # the index of the message it follows in the import; None: a first one
+    citations: tuple[dict[str, Any], ...] = ()  # a reply's, without the other server's row ids
 
 
 @dataclass(frozen=True)
@@ -148,7 +166,10 @@ def parse_import(data: Any) -> ImportedConversation:
         if tree:
             parent = _parent_index(index, raw, index_of)
             index_of[raw["id"]] = index
-        messages.append(ImportedMessage(role=raw["role"], content=raw["content"], parent=parent))
+        citations = _citations(index, raw.get("citations", [])) if raw["role"] == "assistant" else ()
+        messages.append(
+            ImportedMessage(role=raw["role"], content=raw["content"], parent=parent, citations=citations)
+        )
     title, system_prompt = data.get("title", ""), data.get("system_prompt", "")
     params = data.get("params", {})
     if not isinstance(title, str) or not isinstance(system_prompt, str) or not isinstance(params, dict):
@@ -165,6 +186,44 @@ def parse_import(data: Any) -> ImportedConversation:
         current=current,
         folder=folder,
     )
+
+
+def _citations(index: int, raw: Any) -> tuple[dict[str, Any], ...]:
+    """A reply's citations as exported: the passages stay readable; the ids of the documents
+    and chunks they came from are dropped (they name rows of the server that exported them)."""
+    where = f"messages[{index}].citations"
+    if not isinstance(raw, list) or len(raw) > MAX_IMPORT_CITATIONS:
+        raise InvalidImport(f"{where} must be a list of at most {MAX_IMPORT_CITATIONS} citations.")
+    kept = []
+    for number, item in enumerate(raw):
+        if not (
+            isinstance(item, dict)
+            and type(item.get("n")) is int
+            and isinstance(item.get("document"), str)
+            and isinstance(item.get("passage"), str)
+            and len(item["passage"]) <= MAX_PASSAGE_CHARS
+            and (item.get("page") is None or type(item["page"]) is int)
+            and isinstance(item.get("heading", ""), str)
+            and (item.get("score") is None or isinstance(item["score"], int | float))
+        ):
+            raise InvalidImport(
+                f"{where}[{number}] needs a number n, a document name and a passage of at most "
+                f"{MAX_PASSAGE_CHARS} characters (page a number or null, score a number or null)."
+            )
+        kept.append(
+            {
+                "n": item["n"],
+                "document_id": None,
+                "document": item["document"][:255],
+                "page": item.get("page"),
+                "heading": item.get("heading", "")[:500],
+                "chunk_id": None,
+                "passage": item["passage"],
+                "score": item.get("score"),
+                "cited": item.get("cited") is True,
+            }
+        )
+    return tuple(kept)
 
 
 def _is_id(value: Any) -> bool:

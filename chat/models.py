@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
+
+MAX_ID = 2**63 - 1  # the database's largest id: bigger numbers are refused, not overflowed
 
 
 class Preset(models.Model):
@@ -97,6 +100,10 @@ class Conversation(models.Model):
     current_leaf = models.ForeignKey(
         "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The owner's documents its replies search (chat.documents.search) and cite.
+    documents: models.ManyToManyField[Document, Any] = models.ManyToManyField(
+        "Document", blank=True, related_name="conversations"
+    )
 
     class Meta:
         indexes = [models.Index(fields=["owner", "-updated"], name="conversation_owner_recent")]
@@ -145,6 +152,11 @@ class Message(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     error_code = models.CharField(max_length=32, blank=True)
     error = models.TextField(blank=True)  # readable reason, shown to the user
+    # For assistant replies: the passages of the conversation's documents its
+    # prompt was given, each with its marker and whether the reply cites it
+    # (chat.documents.retrieval.Citation). Kept when it cites none, so a
+    # reviewer can tell "retrieval missed" from "the model ignored it".
+    citations = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["created", "id"]

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
 from ninja import Field, File, Path, Query, Schema, Status, UploadedFile
@@ -29,7 +30,7 @@ from chat import delivery, search, selectors
 from chat.auth import auth_user, http_error_message, json_api
 from chat.lifecycle.status import NotCancellable, reply_cancel
 from chat.lifecycle.submit import Submission
-from chat.models import Conversation, Document, Folder, MemoryFact, Message, Preset
+from chat.models import MAX_ID, Conversation, Document, Folder, MemoryFact, Message, Preset
 from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
 from chat.services import conversations, documents, feedback, folders, limits, memory, presets, sharing
 from chat.share_views import share_url
@@ -55,7 +56,6 @@ api = json_api(
     openapi_url="/openapi.json",
 )
 
-MAX_ID = 2**63 - 1  # the database's largest id; bigger numbers are refused, not overflowed
 MAX_OFFSET = 1_000_000_000
 PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -235,6 +235,18 @@ class FeedbackIn(Schema):
     comment: str = Field("", max_length=feedback.COMMENT_CHARS)
 
 
+class CitationOut(Schema):
+    n: int = Field(description="Its marker in the reply's prompt and text: [n]")
+    document_id: int | None = Field(description="Null in an imported conversation")
+    document: str = Field(description="The document's name when it was retrieved")
+    page: int | None
+    heading: str
+    chunk_id: int | None
+    passage: str
+    score: float | None = Field(description="The search's score; null when the documents were given whole")
+    cited: bool = Field(description="Whether the reply's text cites it as [n]")
+
+
 class MessageOut(Schema):
     id: int
     conversation_id: int
@@ -250,6 +262,9 @@ class MessageOut(Schema):
     error: str = Field(description="Why a failed reply failed, readable")
     usage: Usage | None = Field(description="Token counts of a finished reply")
     feedback: FeedbackOut | None = Field(description="Your rating of this reply, if any")
+    citations: list[CitationOut] = Field(
+        description="For a reply: the passages of the conversation's documents it was given"
+    )
     created: datetime
     finished_at: datetime | None
 
@@ -276,6 +291,11 @@ class MessageIn(ParamsIn):
     )
     model: str = Field(
         "", max_length=100, description="Answer with this model from now on; left out: the conversation's"
+    )
+    documents: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(
+        [],
+        max_length=settings.DOCUMENTS_PER_CONVERSATION,
+        description="Ids of your documents to attach to the conversation first; the reply searches them",
     )
 
 
@@ -470,6 +490,10 @@ def conversation_create(request: HttpRequest, payload: ConversationIn) -> Status
     "/conversations/{conversation_id}", response={200: ConversationOut, **WITH_404}, tags=["conversations"]
 )
 def conversation_detail(request: HttpRequest, conversation_id: ConversationId) -> Conversation:
+    return _conversation(request, conversation_id)
+
+
+def _conversation(request: HttpRequest, conversation_id: int) -> Conversation:
     try:
         return selectors.conversation_get(user=auth_user(request), conversation_id=conversation_id)
     except Conversation.DoesNotExist:
@@ -741,8 +765,9 @@ def message_post(
     submission = Submission(
         content=payload.content,
         conversation_id=conversation_id,
-        params=payload.dict(exclude={"content", "model"}),
+        params=payload.dict(exclude={"content", "model", "documents"}),
         model=payload.model,
+        documents=payload.documents,
     )
     posted = delivery.submit_sync(
         user=auth_user(request), submission=submission, prefer=request.headers.get("Prefer", "")
@@ -837,6 +862,20 @@ class DocumentOut(Schema):
 DocumentId = Annotated[int, Path(..., ge=1, le=MAX_ID, description="A document of yours")]
 
 
+class DocumentRenameIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=1000, description="Cut to its last path component")
+
+
+class AttachIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    document_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(
+        ..., min_length=1, max_length=settings.DOCUMENTS_PER_CONVERSATION
+    )
+
+
 @api.get("/documents", response={200: list[DocumentOut], **ERRORS}, tags=["documents"])
 def document_list(request: HttpRequest) -> list[Document]:
     """Your documents, newest first."""
@@ -879,4 +918,60 @@ def document_delete(request: HttpRequest, document_id: DocumentId) -> Status[Non
         documents.document_delete(user=auth_user(request), document_id=document_id)
     except Document.DoesNotExist:
         raise _not_found("Document", document_id) from None
+    return Status(204, None)
+
+
+@api.patch("/documents/{document_id}", response={200: DocumentOut, **WITH_404}, tags=["documents"])
+def document_rename(request: HttpRequest, document_id: DocumentId, payload: DocumentRenameIn) -> Document:
+    """Rename the document."""
+    try:
+        return documents.document_rename(user=auth_user(request), document_id=document_id, name=payload.name)
+    except Document.DoesNotExist:
+        raise _not_found("Document", document_id) from None
+
+
+@api.get(
+    "/conversations/{conversation_id}/documents",
+    response={200: list[DocumentOut], **WITH_404},
+    tags=["documents"],
+)
+def conversation_document_list(request: HttpRequest, conversation_id: ConversationId) -> list[Document]:
+    """The documents attached to the conversation, which its replies search."""
+    conversation = _conversation(request, conversation_id)
+    return list(conversation.documents.filter(owner=conversation.owner).order_by("created", "pk"))
+
+
+@api.post(
+    "/conversations/{conversation_id}/documents",
+    response={200: list[DocumentOut], **WITH_404},
+    tags=["documents"],
+)
+def conversation_document_attach(
+    request: HttpRequest, conversation_id: ConversationId, payload: AttachIn
+) -> list[Document]:
+    """Attach documents of yours; the conversation's next replies search them. Answers the attached list."""
+    conversation = _conversation(request, conversation_id)
+    try:
+        found = documents.documents_owned(user=auth_user(request), ids=payload.document_ids)
+    except Document.DoesNotExist as exc:
+        raise HttpError(404, str(exc)) from None
+    with transaction.atomic():
+        documents.documents_attach(conversation=conversation, documents=found)
+    return list(conversation.documents.order_by("created", "pk"))
+
+
+@api.delete(
+    "/conversations/{conversation_id}/documents/{document_id}",
+    response={204: None, **WITH_404},
+    tags=["documents"],
+)
+def conversation_document_detach(
+    request: HttpRequest, conversation_id: ConversationId, document_id: DocumentId
+) -> Status[None]:
+    """Detach a document: later replies stop searching it (it stays among your documents)."""
+    conversation = _conversation(request, conversation_id)
+    try:
+        documents.documents_detach(conversation=conversation, document_id=document_id)
+    except Document.DoesNotExist:
+        raise _not_found("Attached document", document_id) from None
     return Status(204, None)

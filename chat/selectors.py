@@ -13,7 +13,18 @@ from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from chat.branches import Tree
-from chat.models import ApiKey, AuditEntry, Conversation, Feedback, Folder, MemoryFact, Message, Preset, Share
+from chat.models import (
+    ApiKey,
+    AuditEntry,
+    Conversation,
+    Document,
+    Feedback,
+    Folder,
+    MemoryFact,
+    Message,
+    Preset,
+    Share,
+)
 from inference import presence
 from inference.registry import Registry
 from inference.types import Turn
@@ -159,6 +170,27 @@ def message_get(*, user: User, message_id: int) -> Message:
     return Message.objects.select_related("conversation").get(pk=message_id, conversation__owner=user)
 
 
+def document_payload(document: Document) -> dict[str, Any]:
+    """A document as the page sees it (the REST API's DocumentOut has the same fields)."""
+    return {
+        "id": document.pk,
+        "name": document.name,
+        "kind": document.kind,
+        "status": document.status,
+        "progress": document.progress,
+        "error": document.error,
+        "size_bytes": document.size_bytes,
+        "page_count": document.page_count,
+        "created": document.created.isoformat(),
+    }
+
+
+def conversation_documents(*, conversation: Conversation) -> list[dict[str, Any]]:
+    """The documents attached to a conversation, in the order they were uploaded."""
+    attached = conversation.documents.filter(owner_id=conversation.owner_id).order_by("created", "pk")
+    return [document_payload(document) for document in attached]
+
+
 def conversation_messages(*, conversation: Conversation) -> QuerySet[Message]:
     """Every message, of every branch, oldest first."""
     return conversation.messages.select_related("feedback").order_by("created", "id")
@@ -249,6 +281,7 @@ def message_payload(message: Message) -> dict[str, Any]:
         "usage": message_usage(message),
         "timing": message_timing(message),
         "feedback": message_feedback(message),
+        "citations": message.citations,
         "created": message.created.isoformat(),
     }
 

@@ -12,12 +12,13 @@ import socket
 from celery import shared_task
 from django.conf import settings
 
+from chat.lifecycle.dispatch import GENERATE_TASK, release_waiting
 from chat.lifecycle.run import reply_generate, reply_generate_remote
 from chat.services.documents import INGEST_TASK, document_ingest
 
 
 @shared_task(
-    name="chat.generate_reply",
+    name=GENERATE_TASK,
     acks_late=True,  # safe: reply_generate claims the reply with a conditional update
     # The threads pool these workers run cannot enforce Celery's time limits:
     # the limit is a stopping criterion inside generation, and the sweeper
@@ -60,3 +61,5 @@ def generate_reply_queued_before_the_upgrade(message_id: int) -> None:
 def ingest_document(document_id: int) -> None:
     """Read an uploaded document into chunks, on the "documents" queue's worker."""
     document_ingest(document_id=document_id, worker=f"documents@{socket.gethostname()}:{os.getpid()}")
+    # Read or failed: the replies that waited for it go on (with it, or without it).
+    release_waiting(document_id=document_id)

@@ -190,7 +190,9 @@ def conversation_start(request: AuthenticatedHttpRequest) -> JsonResponse:
     if folder_id is not None and (type(folder_id) is not int or not 1 <= folder_id < 2**63):
         return JsonResponse({"error": "folder_id: must be the id of a folder of yours, or null."}, status=400)
     new = NewConversation(system_prompt=None, folder_id=folder_id)
-    submission = Submission(content=body["content"], new_conversation=new, model=model)
+    submission = Submission(
+        content=body["content"], new_conversation=new, model=model, documents=body.get("documents", ())
+    )
     try:
         posted = delivery.submit_sync(user=request.user, submission=submission)
     except Folder.DoesNotExist:  # deleted meanwhile, or someone else's: nothing was stored

@@ -133,3 +133,10 @@ def build_prompt(
         )
     start = cuts[index]
     return Prompt(input_ids=encoded[start], dropped_turns=start)
+
+
+def fits(tokenizer: Any, turns: Sequence[Turn], *, context_tokens: int, max_new_tokens: int) -> bool:
+    """Whether the system prompt and the newest turn of `turns` fit the context with the
+    reply (older history may still be dropped to make room, as build_prompt does)."""
+    kept = [*(t for t in turns[:1] if t.role == "system"), turns[-1]]
+    return len(_encode(tokenizer, kept)) <= context_tokens - max_new_tokens

@@ -380,6 +380,14 @@ CELERY_TASK_ROUTES = {"chat.ingest_document": {"queue": DOCUMENT_QUEUE}}
 # loads no model, and reads this many documents at once, each in its own child.
 DOCUMENTS_WORKER = envbool("DOCUMENTS_WORKER", False)  # set by the launcher for that worker only
 DOCUMENT_WORKER_CONCURRENCY = envint("DOCUMENT_WORKER_CONCURRENCY", 2, minimum=1)
+# A conversation may have DOCUMENTS_PER_CONVERSATION documents attached. A
+# reply is given the DOCUMENT_PASSAGES best passages of the ready ones
+# (chat/documents/retrieval.py), or all of their text when it fits, within
+# DOCUMENT_CONTEXT_TOKENS (counted as characters / 4): the model's context
+# must hold that, the conversation and the answer.
+DOCUMENTS_PER_CONVERSATION = envint("DOCUMENTS_PER_CONVERSATION", 20, minimum=1)
+DOCUMENT_PASSAGES = envint("DOCUMENT_PASSAGES", 4, minimum=1)
+DOCUMENT_CONTEXT_TOKENS = envint("DOCUMENT_CONTEXT_TOKENS", 2000, minimum=100)
 # Voice (inference/speech.py): a dictated recording may last this long and
 # weigh this much (the page sends 16 kHz mono WAV: 32 kB a second); a reply
 # read aloud by the server may be this long.

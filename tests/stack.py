@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from inference import presence, registry
-from sanjai_site.launcher import web_command, worker_command
+from sanjai_site.launcher import documents_worker_command, web_command, worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -36,6 +36,7 @@ class Stack:
     start_web: Callable[[], subprocess.Popen[bytes]]
     start_worker: Callable[[], subprocess.Popen[bytes]]
     workers: list[subprocess.Popen[bytes]]  # one per declared model (or more); `worker` is the first
+    documents_worker: subprocess.Popen[bytes]  # reads uploads, as `make run` starts one
 
     def pause_worker(self) -> None:
         self.worker.send_signal(signal.SIGSTOP)
@@ -128,6 +129,7 @@ def running_stack(
             for index in range(len(models))
         ]
         web_log = logs.enter_context(open(ARTIFACTS / f"{name}-web.log", "wb"))
+        documents_log = logs.enter_context(open(ARTIFACTS / f"{name}-documents.log", "wb"))
 
         def start_worker(index: int = 0) -> subprocess.Popen[bytes]:
             return subprocess.Popen(
@@ -148,6 +150,13 @@ def running_stack(
             )
 
         workers = [start_worker(index) for index in range(len(models))]
+        documents_worker = subprocess.Popen(
+            documents_worker_command(f"{name}-documents@%h"),
+            cwd=ROOT,
+            env={**process_env, "DOCUMENTS_WORKER": "1"},
+            stdout=documents_log,
+            stderr=subprocess.STDOUT,
+        )
         stack = Stack(
             base_url=f"http://127.0.0.1:{port}",
             redis_url=redis_url,
@@ -156,6 +165,7 @@ def running_stack(
             start_web=start_web,
             start_worker=start_worker,
             workers=workers,
+            documents_worker=documents_worker,
         )
         try:
             _wait("web server", lambda: _web_ready(stack.base_url), 60, [stack.web])
@@ -167,7 +177,7 @@ def running_stack(
             )
             yield stack
         finally:
-            processes = [stack.web, stack.worker, *stack.workers]
+            processes = [stack.web, stack.worker, *stack.workers, stack.documents_worker]
             for process in processes:
                 process.send_signal(signal.SIGCONT)
                 process.terminate()

@@ -329,6 +329,8 @@ def test_the_openapi_schema_and_docs_are_served(client: Client) -> None:
         f"{API}/search",
         f"{API}/documents",
         f"{API}/documents/{{document_id}}",
+        f"{API}/conversations/{{conversation_id}}/documents",
+        f"{API}/conversations/{{conversation_id}}/documents/{{document_id}}",
     }
     post = schema["paths"][f"{API}/conversations/{{conversation_id}}/messages"]["post"]
     assert set(post["responses"]) >= {"202", "400", "401", "404", "409", "429", "503"}

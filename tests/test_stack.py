@@ -265,3 +265,48 @@ def test_a_stalled_worker_gives_504_and_the_reply_arrives_later(
     assert (
         Message.objects.get(conversation_id=body["conversation_id"], role="user").content == "Are you there?"
     )
+
+
+def test_a_question_about_a_file_waits_while_it_is_read_then_cites_it(
+    stack: Stack, owner: Any, owner_key: str
+) -> None:
+    import signal
+
+    api = httpx.Client(
+        base_url=f"{stack.base_url}/api/v1", headers={"Authorization": f"Bearer {owner_key}"}, timeout=60
+    )
+    text = "# Parking\n\nVisitors park in lot C behind the library, free after six.\n"
+    # The documents worker is held, so the question surely comes before the file is read.
+    stack.documents_worker.send_signal(signal.SIGSTOP)
+    try:
+        uploaded = api.post("/documents", files={"file": ("campus.md", text.encode(), "text/markdown")})
+        assert uploaded.status_code == 201, uploaded.text
+        document_id = uploaded.json()["id"]
+        conversation = api.post("/conversations", json={"title": "Campus"}).json()
+        posted = api.post(
+            f"/conversations/{conversation['id']}/messages",
+            json={"content": "Where do visitors park?", "documents": [document_id], "max_new_tokens": 8},
+        )
+        assert posted.status_code == 202, posted.text
+        reply_id = posted.json()["reply"]["id"]
+        time.sleep(1.0)
+        waiting = api.get(f"/messages/{reply_id}").json()
+        assert waiting["status"] == "pending" and waiting["citations"] == []
+    finally:
+        stack.documents_worker.send_signal(signal.SIGCONT)
+
+    deadline = time.monotonic() + 60
+    while (reply := api.get(f"/messages/{reply_id}").json())["status"] in {"pending", "streaming"}:
+        assert time.monotonic() < deadline, reply
+        time.sleep(0.2)
+    assert reply["status"] == "done", (reply["error_code"], reply["error"])
+    assert api.get(f"/documents/{document_id}").json()["status"] == "ready"
+    (citation,) = reply["citations"]
+    assert citation["document_id"] == document_id and citation["document"] == "campus.md"
+    assert "lot C" in citation["passage"] and citation["heading"] == "Parking"
+
+
+# --- Documents on /v1 and POST /chat (chat/openai/files.py, chat/api.py) ---------------
+
+LLAMAS = "Llamas hum when curious."
+LLAMA_NOTES = f"# Llamas\n\n{LLAMAS}\n".encode()

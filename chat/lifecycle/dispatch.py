@@ -10,20 +10,27 @@ by the sweeper (chat.lifecycle.sweep).
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from celery import current_app
 from django.conf import settings
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
+from chat.events import send_event
 from chat.lifecycle.status import reply_fail
-from chat.models import Message
-from chat.tasks import generate_reply
+from chat.models import Document, Message
 from inference import presence
 from inference.registry import queue_for
 
 logger = logging.getLogger(__name__)
+
+# chat.tasks.generate_reply's name: published by name, so the tasks module
+# (whose document job releases waiting replies here) can import this one.
+GENERATE_TASK = "chat.generate_reply"
 
 
 class WorkerUnavailable(Exception):
@@ -58,7 +65,13 @@ def reply_enqueue(*, reply: Message, wait_for_model: bool = True) -> None:
     model = reply.model or settings.MODEL_REGISTRY.default  # replies from before models had names
     try:
         workers = _check_workers(reply, model, wait_for_model=wait_for_model)
-        generate_reply.apply_async(args=[reply.pk], queue=_queue(reply, model, workers), retry=False)
+        if waiting := documents_waiting(reply):
+            # Queued once they are read (release_waiting), so it is not answered without them.
+            send_event(reply.conversation_id, waiting_event(reply, waiting))
+            return
+        current_app.send_task(
+            GENERATE_TASK, args=[reply.pk], queue=_queue(reply, model, workers), retry=False
+        )
     except (redis.RedisError, BrokerError, OSError) as exc:
         logger.warning("broker unreachable while queueing reply %s: %s", reply.pk, exc)
         error = WorkerUnavailable(f"The message broker at {broker_name()} is unreachable.", reply=reply)
@@ -68,6 +81,40 @@ def reply_enqueue(*, reply: Message, wait_for_model: bool = True) -> None:
         reply_fail(reply_id=reply.pk, code=exc.code, error=str(exc), only_pending=True)
         raise
     Message.objects.filter(pk=reply.pk, queued_at__isnull=True).update(queued_at=timezone.now())
+
+
+def documents_waiting(reply: Message) -> list[Document]:
+    """The documents attached to the reply's conversation that are still being read."""
+    processing = Document.objects.filter(
+        conversations=reply.conversation_id, status=Document.Status.PROCESSING
+    )
+    return list(processing.order_by("created", "pk"))
+
+
+def waiting_event(reply: Message, documents: list[Document]) -> dict[str, Any]:
+    """What the page shows in a reply that waits: "indexing report.pdf, 40%"."""
+    return {
+        "type": "reply.waiting",
+        "message_id": reply.pk,
+        "documents": [{"id": d.pk, "name": d.name, "progress": d.progress} for d in documents],
+    }
+
+
+def release_waiting(*, document_id: int) -> int:
+    """Queue the pending replies that waited for this document, now read (or failed);
+    returns how many were tried. One that still waits for another document stays."""
+    waiting = list(
+        Message.objects.filter(
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.PENDING,
+            queued_at__isnull=True,
+            conversation__documents=document_id,
+        )
+    )
+    for reply in waiting:
+        with suppress(WorkerUnavailable):  # failed with the reason by reply_enqueue
+            reply_enqueue(reply=reply)
+    return len(waiting)
 
 
 def _queue(reply: Message, model: str, workers: list[presence.WorkerInfo]) -> str:

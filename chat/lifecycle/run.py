@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING
 from asgiref.sync import sync_to_async
 
 from chat import selectors
+from chat.documents.retrieval import Citation, passages_for, question_with_passages
 from chat.events import DeltaCoalescer, send_event
 from chat.lifecycle.status import reply_claim, reply_fail, reply_finish
 from chat.models import Message
 from inference.params import GenerationParams
-from inference.types import Backend, GenerationError, GenerationRequest
+from inference.prompt import fits as prompt_fits
+from inference.types import Backend, GenerationError, GenerationRequest, Turn
 
 if TYPE_CHECKING:  # it imports the openai client: the web process need not
     from inference.remote import RemoteBackend
@@ -84,6 +86,35 @@ class _Progress:
             )
 
 
+def reply_prompt(reply: Message, backend: object = None) -> list[Turn]:
+    """The turns a reply is generated from: its branch, with its question given the
+    passages of the conversation's documents that fit the model's context, which
+    are stored as its citations. A remote model's context is its server's to judge."""
+    turns = selectors.reply_turns(reply=reply)
+    if not turns or turns[-1].role != "user":
+        return turns
+    question = turns[-1].content
+    loaded = getattr(backend, "loaded", None)  # a local model's tokenizer and context
+
+    def fits(given: list[Citation]) -> bool:
+        if loaded is None:
+            return True
+        asked = Turn("user", question_with_passages(question, given))
+        return prompt_fits(
+            loaded.tokenizer,
+            [*turns[:-1], asked],
+            context_tokens=loaded.context_tokens,
+            max_new_tokens=GenerationParams.from_dict(reply.params).max_new_tokens,
+        )
+
+    citations = passages_for(conversation=reply.conversation, question=question, fits=fits)
+    if citations:
+        reply.citations = [citation.as_dict() for citation in citations]
+        Message.objects.filter(pk=reply.pk).update(citations=reply.citations)
+        turns[-1] = Turn("user", question_with_passages(turns[-1].content, citations))
+    return turns
+
+
 def reply_generate(
     *, reply_id: int, backend: Backend, worker: str, time_limit_s: float | None = None
 ) -> None:
@@ -126,7 +157,7 @@ async def reply_generate_remote(
         )
         progress = _Progress(reply_id, DeltaCoalescer(reply.conversation_id, reply_id))
         request = GenerationRequest(
-            turns=await sync_to_async(selectors.reply_turns)(reply=reply),
+            turns=await sync_to_async(reply_prompt)(reply, backend),
             params=GenerationParams.from_dict(reply.params),
             time_limit_s=time_limit_s,
         )
@@ -156,7 +187,7 @@ def _generate(reply_id: int, backend: Backend, time_limit_s: float | None) -> No
 
     progress = _Progress(reply_id, DeltaCoalescer(conversation_id, reply_id))
     request = GenerationRequest(
-        turns=selectors.reply_turns(reply=reply),
+        turns=reply_prompt(reply, backend),
         params=GenerationParams.from_dict(reply.params),
         time_limit_s=time_limit_s,
         should_stop=_CancelWatch(reply_id),

@@ -23,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from chat import selectors
+from chat.documents.retrieval import mark_cited
 from chat.events import send_event
 from chat.models import Conversation, Message
 from chat.services.usage import usage_record
@@ -77,6 +78,8 @@ def reply_finish(
         "finished_at": now,
         "first_token_at": datetime.fromtimestamp(first_token_at, tz=UTC) if first_token_at else None,
     }
+    if reply.citations:
+        fields["citations"] = mark_cited(reply.citations, completion.text)
     if completion.finish_reason == "timeout":
         outcome = {
             "status": Message.Status.FAILED,
@@ -172,6 +175,6 @@ def reply_event(reply: Message) -> dict[str, Any]:
         "message_id": reply.pk,
         **{
             field: payload[field]
-            for field in ("content", "finish_reason", "usage", "timing", "code", "error")
+            for field in ("content", "finish_reason", "usage", "timing", "code", "error", "citations")
         },
     }

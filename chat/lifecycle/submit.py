@@ -11,7 +11,7 @@ once that has committed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from chat.lifecycle.sweep import fail_lost_replies
 from chat.models import Conversation, Message, Preset, Profile
 from chat.services import limits
 from chat.services.conversations import conversation_create
+from chat.services.documents import documents_attach, documents_owned
 from chat.services.profiles import params_for_new_conversations
 from inference.params import GenerationParams, InvalidParameter
 from inference.tools import tools_block
@@ -82,6 +83,10 @@ class Submission:
     # While the model's workers are still loading it (or starting), the reply
     # waits in the queue for them; False: refuse it at once (503 model_loading).
     wait_for_model: bool = True
+    # The user's documents to attach to the conversation before the reply; it
+    # searches them (a reply waits while one is still being read). As sent:
+    # checked to be a list of ids here, once for every surface.
+    documents: Sequence[int] = ()
 
 
 @dataclass(frozen=True)
@@ -99,9 +104,9 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
     """Store a question and its pending reply within the rules, then queue the job.
 
     Raises, with nothing stored: InvalidInput or InvalidParameter (bad input,
-    naming the field), Conversation.DoesNotExist or Folder.DoesNotExist (not the user's),
-    NothingToRegenerate, ModelNotDeclared, ModelNotAllowed, ConversationBusy, TooManyReplies, QuotaExceeded,
-    RateLimited.
+    naming the field), Conversation.DoesNotExist, Folder.DoesNotExist or
+    Document.DoesNotExist (not the user's), NothingToRegenerate, ModelNotDeclared,
+    ModelNotAllowed, ConversationBusy, TooManyReplies, QuotaExceeded, RateLimited.
     Raises WorkerUnavailable after storing, with the reply marked failed.
     """
     content = submission.content
@@ -112,6 +117,7 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
     # Compiled here, outside the transaction below: it depends on the input alone.
     tools_grammar = chat_params.tools_grammar(tools) if tools is not None else None
     preset = _preset(user, submission)
+    documents = documents_owned(user=user, ids=submission.documents)
     if (new := submission.new_conversation) is not None:
         limits.check_length("system_prompt", new.system_prompt or "")
         limits.check_history(len(new.history))
@@ -138,6 +144,8 @@ def reply_submit(*, user: User, submission: Submission) -> PostedMessage:
         else:
             conversation = _conversation(user, profile, submission.conversation_id)
             limits.check_idle(conversation=conversation)
+        if documents:
+            documents_attach(conversation=conversation, documents=documents)
         asked = preset.model if preset is not None else submission.model
         model = limits.check_model(asked or conversation.model, user=user)
         if tools is not None:

@@ -191,7 +191,13 @@ def conversation_import(*, user: User, data: Any) -> Conversation:
         conversation.params = chat_params.chat_params(chat_params.over(given, chat_params.site_defaults()))
         conversation.save(update_fields=["params"])
     rows = Message.objects.bulk_create(
-        Message(conversation=conversation, role=m.role, content=m.content, status=Message.Status.DONE)
+        Message(
+            conversation=conversation,
+            role=m.role,
+            content=m.content,
+            status=Message.Status.DONE,
+            citations=list(m.citations),
+        )
         for m in imported.messages
     )
     if any(row.pk is None for row in rows):  # a database that does not return ids from bulk inserts

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Sequence
 from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +29,8 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from chat.documents import ParseLimits, UnreadableDocument, chunk, clean_filename, parse_isolated
 from chat.documents.parsing import kind_of
-from chat.models import Document, DocumentChunk
+from chat.events import send_event
+from chat.models import MAX_ID, Conversation, Document, DocumentChunk
 from chat.services.limits import InvalidInput, QuotaExceeded, lock_profile
 
 logger = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ def file_path(document: Document) -> Path:
 
 def document_upload(*, user: User, name: str, data: bytes) -> Document:
     """Store `data` as a new document of `user`, processing; its reading is queued on commit."""
-    filename = clean_filename(name)
+    filename = _filename("file", name)
     if not data:
         raise InvalidInput("file", "the file is empty.")
     if len(data) > settings.DOCUMENT_MAX_BYTES:
@@ -97,6 +99,13 @@ def document_upload(*, user: User, name: str, data: bytes) -> Document:
     return document
 
 
+def _filename(field: str, name: str) -> str:
+    try:
+        return clean_filename(name)
+    except UnreadableDocument as exc:
+        raise InvalidInput(field, f"{exc}; give the file a name.") from None
+
+
 def _check_budget(*, user: User, size: int) -> None:
     used = Document.objects.filter(owner=user).aggregate(total=Sum("size_bytes"))["total"] or 0
     budget = settings.DOCUMENT_STORAGE_BYTES_PER_USER
@@ -120,6 +129,27 @@ def document_enqueue(*, document_id: int) -> bool:
     return True
 
 
+def progress_event(document: Document) -> dict[str, object]:
+    return {
+        "type": "document.progress",
+        "document_id": document.pk,
+        "name": document.name,
+        "status": document.status,
+        "progress": document.progress,
+        "error": document.error,
+    }
+
+
+def _announce(document_id: int) -> None:
+    """Tell the pages of the conversations the document is attached to where its reading stands."""
+    document = Document.objects.filter(pk=document_id).first()
+    if document is None:
+        return
+    event = progress_event(document)
+    for conversation_id in Conversation.objects.filter(documents=document).values_list("pk", flat=True):
+        send_event(conversation_id, event)
+
+
 def _claim(*, document_id: int, worker: str) -> bool:
     """PROCESSING and unclaimed -> claimed by `worker`; False if another job has it or it is done."""
     claimed = Document.objects.filter(pk=document_id, status=Document.Status.PROCESSING, worker="").update(
@@ -131,9 +161,17 @@ def _claim(*, document_id: int, worker: str) -> bool:
 
 
 def _fail(*, document_id: int, error: str) -> int:
-    return Document.objects.filter(pk=document_id, status=Document.Status.PROCESSING).update(
+    failed = Document.objects.filter(pk=document_id, status=Document.Status.PROCESSING).update(
         status=Document.Status.FAILED, error=error, progress=100
     )
+    if failed:
+        _announce(document_id)
+    return failed
+
+
+def _progress(document_id: int, percent: int) -> None:
+    if Document.objects.filter(pk=document_id, status=Document.Status.PROCESSING).update(progress=percent):
+        _announce(document_id)
 
 
 def document_ingest(*, document_id: int, worker: str) -> None:
@@ -142,6 +180,7 @@ def document_ingest(*, document_id: int, worker: str) -> None:
         raise ValueError("worker: the claiming worker's id is required")
     if not _claim(document_id=document_id, worker=worker):
         return
+    _announce(document_id)
     document = Document.objects.get(pk=document_id)
     try:
         data = file_path(document).read_bytes()
@@ -153,7 +192,7 @@ def document_ingest(*, document_id: int, worker: str) -> None:
     except UnreadableDocument as exc:
         _fail(document_id=document_id, error=str(exc))
         return
-    Document.objects.filter(pk=document_id, status=Document.Status.PROCESSING).update(progress=60)
+    _progress(document_id, 60)
     chunks = chunk(parsed)
     with transaction.atomic():
         # Locked and re-read: a document deleted meanwhile gets no chunks.
@@ -177,6 +216,7 @@ def document_ingest(*, document_id: int, worker: str) -> None:
             error="",
             indexed_at=timezone.now(),
         )
+    _announce(document_id)
 
 
 def document_list(*, user: User) -> QuerySet[Document]:
@@ -187,6 +227,55 @@ def document_list(*, user: User) -> QuerySet[Document]:
 def document_get(*, user: User, document_id: int) -> Document:
     """One of the user's documents; Document.DoesNotExist for anyone else's."""
     return Document.objects.get(pk=document_id, owner=user)
+
+
+def document_rename(*, user: User, document_id: int, name: str) -> Document:
+    """Give one of `user`'s documents a new name (checked as an upload's is); its kind stays."""
+    document = Document.objects.get(pk=document_id, owner=user)
+    document.name = _filename("name", name)
+    document.save(update_fields=["name"])
+    return document
+
+
+def documents_owned(*, user: User, ids: Sequence[int]) -> list[Document]:
+    """The user's documents with these ids, in that order; Document.DoesNotExist naming the first
+    that is not one of theirs (or InvalidInput when `ids` is not a list of ids)."""
+    if not isinstance(ids, list | tuple) or any(type(i) is not int for i in ids):
+        raise InvalidInput("documents", "must be a list of your documents' ids (GET /api/v1/documents).")
+    wanted = list(dict.fromkeys(ids))
+    if len(wanted) > settings.DOCUMENTS_PER_CONVERSATION:
+        raise InvalidInput(
+            "documents", f"at most {settings.DOCUMENTS_PER_CONVERSATION} documents go with one conversation."
+        )
+    found = Document.objects.filter(owner=user).in_bulk([i for i in wanted if 0 < i <= MAX_ID])
+    for document_id in wanted:
+        if document_id not in found:
+            raise Document.DoesNotExist(
+                f"Document {document_id} not found: it is not one of your documents (GET /api/v1/documents)."
+            )
+    return [found[i] for i in wanted]
+
+
+def documents_attach(*, conversation: Conversation, documents: list[Document]) -> None:
+    """Attach the owner's documents to a conversation, within DOCUMENTS_PER_CONVERSATION.
+
+    Call it inside a transaction: over the limit, InvalidInput is raised after the
+    rows were added, and the caller's rollback takes them back."""
+    if any(document.owner_id != conversation.owner_id for document in documents):
+        raise ValueError("a conversation gets only its owner's documents")
+    conversation.documents.add(*documents)
+    if (count := conversation.documents.count()) > settings.DOCUMENTS_PER_CONVERSATION:
+        raise InvalidInput(
+            "documents",
+            f"this conversation would have {count} documents; at most "
+            f"{settings.DOCUMENTS_PER_CONVERSATION} go with one. Detach some first.",
+        )
+
+
+def documents_detach(*, conversation: Conversation, document_id: int) -> None:
+    """Detach a document from a conversation; Document.DoesNotExist if it is not attached."""
+    document = conversation.documents.get(pk=document_id)
+    conversation.documents.remove(document)
 
 
 def document_delete(*, user: User, document_id: int) -> None:
