@@ -54,12 +54,13 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # A user of its own, not root. /data holds what a process writes (the model
-# conversion cache in /data/models on workers); /models is where model folders
+# conversion cache in /data/models on workers, uploads in /data/documents, a
+# volume the web and the documents worker share); /models is where model folders
 # are mounted, read-only. (--no-log-init: no sparse lastlog entry for a high uid.)
 RUN useradd --system --no-log-init --uid 10001 --user-group --home-dir /data \
         --shell /usr/sbin/nologin sanjai \
-    && mkdir -p /data/models /models \
-    && chown sanjai:sanjai /data /data/models
+    && mkdir -p /data/models /data/documents /models \
+    && chown sanjai:sanjai /data /data/models /data/documents
 
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app

@@ -38,8 +38,9 @@ api = json_api(
     openapi_url=None,
 )
 
-# The prototypes' fields, plus the ones every other surface takes.
-FIELDS = ("message", "conversation_id", "model", *PARAM_FIELDS)
+# The prototypes' fields, plus the ones every other surface takes. `documents`: ids
+# of the caller's documents (POST /api/v1/documents) the conversation's replies search.
+FIELDS = ("message", "conversation_id", "model", "documents", *PARAM_FIELDS)
 
 NOT_A_JSON_OBJECT = 'The request body must be a JSON object, for example {"message": "Hello"}.'
 
@@ -80,7 +81,14 @@ def _parse_chat(payload: dict[str, Any]) -> Submission:
     unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
         raise HttpError(400, f"Unknown field(s): {', '.join(unknown)}. Allowed: {', '.join(FIELDS)}.")
-    return Submission(content=message, conversation_id=conversation_id, params=payload, model=model)
+    documents = payload.get("documents")  # checked by the submit path, as on every surface
+    return Submission(
+        content=message,
+        conversation_id=conversation_id,
+        params=payload,
+        model=model,
+        documents=() if documents is None else documents,
+    )
 
 
 @api.post("/chat")
@@ -111,6 +119,8 @@ async def chat(request: HttpRequest, payload: dict[str, Any] = Body(...)) -> Jso
             "reply": reply.content,
             "finish_reason": reply.finish_reason,
             "usage": selectors.message_usage(reply),
+            # The passages the reply was given, each with its document and whether the reply cites it.
+            "citations": reply.citations,
         }
     )
 

@@ -2,11 +2,12 @@
 
     web                  the ASGI server (pages, APIs, websockets) on HOST:PORT
     worker [MODEL]       a generation worker for a declared model (default: the default one)
+    documents            the worker that reads uploaded documents (the "documents" queue)
     migrate              apply migrations once, then exit (a one-shot job before web starts)
     manage <command...>  any manage.py command (createsuperuser, create_api_key, ...)
     <anything else>      run as given (python, bash, ...)
 
-web and worker replace this process (exec), so the server or worker is PID 1
+web, worker and documents replace this process (exec), so the server or worker is PID 1
 and gets the container's SIGTERM itself; migrate runs here and exits. The same commands `make run` starts
 (sanjai_site.launcher), without its supervisor: in a container, the
 container engine restarts what dies.
@@ -25,7 +26,7 @@ import sys
 import time
 
 APP = "/app"
-USAGE = "usage: web | worker [MODEL] | migrate | manage <command...> | <program> [args...]"
+USAGE = "usage: web | worker [MODEL] | documents | migrate | manage <command...> | <program> [args...]"
 
 
 def wait_for_database(*, migrated: bool) -> None:
@@ -99,7 +100,7 @@ def main(argv: list[str]) -> None:
             "SECRET_KEY is not set: give the web container one that stays the same "
             "(compose.yaml reads it from deploy/sanjai.env; `make compose-env` makes that file)"
         )
-    if role in ("web", "worker", "migrate"):
+    if role in ("web", "worker", "documents", "migrate"):
         wait_for_database(migrated=role != "migrate")
     if role == "web":
         from sanjai_site.launcher import web_command
@@ -112,6 +113,11 @@ def main(argv: list[str]) -> None:
 
         run_worker(args[0] if args else None)  # execs Celery; a model not declared exits with its list
         raise SystemExit(1)
+    elif role == "documents":
+        from sanjai_site.launcher import documents_worker_command
+
+        os.environ["DOCUMENTS_WORKER"] = "1"  # it loads no model
+        command = documents_worker_command("documents@%h")
     elif role == "migrate":
         migrate()
         return

@@ -20,6 +20,11 @@ from sanjai_site.uploads import BodyLimit, PathLimit  # noqa: E402
 
 # Multipart framing and the CSRF field around an imported file.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+DOCUMENT_BODY_BYTES = settings.DOCUMENT_MAX_BYTES + MULTIPART_OVERHEAD_BYTES
+DOCUMENT_TOO_LARGE = (
+    f"file: the file is larger than {settings.DOCUMENT_MAX_BYTES / 1_000_000:g} MB, "
+    "the most a document may be."
+)
 
 application = ProtocolTypeRouter(
     {
@@ -35,11 +40,21 @@ application = ProtocolTypeRouter(
                     import_too_large(settings.IMPORT_MAX_BYTES),
                     refused_url=f"{reverse('profile')}?{IMPORT_REFUSED}",
                 ),
-                # A document upload (the REST API's multipart field `file`).
+                # A document upload (the multipart field `file`), refused in each API's envelope.
                 "/api/v1/documents": PathLimit(
-                    settings.DOCUMENT_MAX_BYTES + MULTIPART_OVERHEAD_BYTES,
-                    f"The file is larger than {settings.DOCUMENT_MAX_BYTES / 1_000_000:g} MB, "
-                    "the most a document may be.",
+                    DOCUMENT_BODY_BYTES, DOCUMENT_TOO_LARGE, json_body=lambda message: {"detail": message}
+                ),
+                "/v1/files": PathLimit(
+                    DOCUMENT_BODY_BYTES,
+                    DOCUMENT_TOO_LARGE,
+                    json_body=lambda message: {
+                        "error": {
+                            "message": message,
+                            "type": "invalid_request_error",
+                            "param": "file",
+                            "code": "file_too_large",
+                        }
+                    },
                 ),
                 reverse("dictation"): PathLimit(
                     settings.VOICE_MAX_BYTES,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,11 +51,13 @@ DRAIN_FACTOR = 4  # how much of a refused upload is read and dropped, in times i
 @dataclass(frozen=True)
 class PathLimit:
     """A path's own body limit, and what its 413 page tells the user, or where a
-    browser is sent instead (303: a page that shows the reason itself)."""
+    browser is sent instead (303: a page that shows the reason itself); for an
+    API's path, the 413's JSON body in that API's envelope, made from the message."""
 
     bytes: int
     message: str
     refused_url: str | None = None
+    json_body: Callable[[str], dict[str, Any]] | None = None
 
 
 class BodyLimit:
@@ -141,6 +144,9 @@ class BodyLimit:
         self, receive: Receive, send: Send, own_limit: PathLimit, *, deadline: float, drained: int = 0
     ) -> None:
         """Refuse a body over its path's own limit, as that path asks."""
+        if own_limit.json_body is not None:
+            await _refuse(send, 413, own_limit.message, json_body=own_limit.json_body)
+            return
         if own_limit.refused_url is None:
             await _refuse(send, 413, own_limit.message)
             return
@@ -214,17 +220,22 @@ def _closing(send: Send) -> Send:
     return send_closing
 
 
-async def _refuse(send: Send, status: int, message: str) -> None:
-    title = {400: "Bad request", 408: "Too slow", 413: "Too large"}[status]
-    body = (
-        f'<!doctype html><title>{title}</title><p>{html.escape(message)} <a href="/">Back to SanjAI</a></p>'
-    ).encode()
+async def _refuse(
+    send: Send, status: int, message: str, *, json_body: Callable[[str], dict[str, Any]] | None = None
+) -> None:
+    if json_body is not None:
+        body, kind = json.dumps(json_body(message)).encode(), b"application/json"
+    else:
+        title = {400: "Bad request", 408: "Too slow", 413: "Too large"}[status]
+        back = '<a href="/">Back to SanjAI</a>'
+        body = f"<!doctype html><title>{title}</title><p>{html.escape(message)} {back}</p>".encode()
+        kind = b"text/html; charset=utf-8"
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"text/html; charset=utf-8"),
+                (b"content-type", kind),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),  # the rest of the body is never read
             ],

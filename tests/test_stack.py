@@ -310,3 +310,120 @@ def test_a_question_about_a_file_waits_while_it_is_read_then_cites_it(
 
 LLAMAS = "Llamas hum when curious."
 LLAMA_NOTES = f"# Llamas\n\n{LLAMAS}\n".encode()
+
+
+def read_document(document_id: int, timeout_s: float = 60) -> Any:
+    """The uploaded document once the stack's documents worker has read it."""
+    from chat.models import Document
+
+    deadline = time.monotonic() + timeout_s
+    document = Document.objects.get(pk=document_id)
+    while document.status == Document.Status.PROCESSING and time.monotonic() < deadline:
+        time.sleep(0.1)
+        document.refresh_from_db()
+    assert document.status == Document.Status.READY, (document.status, document.error)
+    return document
+
+
+def cites_llamas(citations: list[dict[str, Any]], document_id: int) -> bool:
+    return any(c["document_id"] == document_id and LLAMAS in c["passage"] for c in citations)
+
+
+def test_a_file_part_reaches_the_reply_through_the_official_client(stack: Stack, owner_key: str) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=owner_key, max_retries=0, timeout=60)
+    uploaded = client.files.create(file=("llamas.md", LLAMA_NOTES), purpose="user_data")
+    assert uploaded.status == "uploaded" and uploaded.filename == "llamas.md"
+    document = read_document(int(uploaded.id.removeprefix("file-")))
+    assert client.files.retrieve(uploaded.id).status == "processed"
+
+    (model,) = [m.id for m in client.models.list()]
+    question = [{"type": "text", "text": "Why do llamas hum?"}]
+    messages: Any = [
+        {"role": "user", "content": [*question, {"type": "file", "file": {"file_id": uploaded.id}}]}
+    ]
+    completion = client.chat.completions.create(model=model, messages=messages, max_tokens=4, temperature=0)
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    citations = completion.model_extra["citations"]  # beside choices: a SanjAI extension
+    assert cites_llamas(citations, document.pk) and {c["file_id"] for c in citations} == {uploaded.id}
+    conversation = Conversation.objects.get(documents=document)
+    assert conversation.messages.get(role="assistant").citations == [
+        {k: v for k, v in c.items() if k != "file_id"} for c in citations
+    ]
+
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=messages, max_tokens=4, temperature=0, stream=True
+        )
+    )
+    last = next(chunk for chunk in reversed(chunks) if chunk.choices and chunk.choices[0].finish_reason)
+    assert cites_llamas(last.model_extra["citations"], document.pk)
+    # A completion without files answers as before: no citations field.
+    plain = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert "citations" not in (plain.model_extra or {})
+
+
+def test_chat_answers_with_the_citations_of_its_documents(stack: Stack, owner_key: str) -> None:
+    auth = {"Authorization": f"Bearer {owner_key}"}
+    uploaded = httpx.post(
+        f"{stack.base_url}/api/v1/documents", files={"file": ("llamas.md", LLAMA_NOTES)}, headers=auth
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    document_id = read_document(uploaded.json()["id"]).pk
+    body = post_chat(
+        stack, owner_key, {"message": "Why do llamas hum?", "documents": [document_id], "max_new_tokens": 4}
+    ).json()
+    assert body["success"] is True and cites_llamas(body["citations"], document_id), body
+    assert body["citations"] == Message.objects.get(pk=body["message_id"]).citations
+    # The conversation keeps the document: a follow-up searches it too.
+    again = post_chat(stack, owner_key, {"message": "Do llamas hum?", "max_new_tokens": 4}).json()
+    assert again["conversation_id"] == body["conversation_id"] and cites_llamas(
+        again["citations"], document_id
+    )
+    httpx.post(f"{stack.base_url}/reset", headers=auth)
+    plain = post_chat(stack, owner_key, {"message": "Hi", "max_new_tokens": 2}).json()
+    assert plain["success"] is True and plain["citations"] == []
+
+
+def test_an_oversized_file_is_refused_from_the_requests_head(stack: Stack, owner_key: str) -> None:
+    from chat.models import Document
+
+    # The head promises 50 MB; only a few bytes follow. An answer now means the
+    # server did not wait to store the rest.
+    headers = {
+        "Authorization": f"Bearer {owner_key}",
+        "Content-Type": "multipart/form-data; boundary=b",
+        "Content-Length": "50000000",
+    }
+    status, _, answer = raw_post(stack, "/v1/files", headers, b"--b\r\n")
+    assert status == 413
+    # In /v1's own envelope, as the SDK reads errors; the REST API's in its own.
+    error = json.loads(answer)["error"]
+    assert error["code"] == "file_too_large" and "the most a document may be" in error["message"]
+    status, _, answer = raw_post(stack, "/api/v1/documents", headers, b"--b\r\n")
+    assert status == 413 and "the most a document may be" in json.loads(answer)["detail"]
+    assert not Document.objects.exists()
+
+
+def test_an_inline_file_is_read_before_its_question_is_answered(
+    stack: Stack, owner: Any, owner_key: str
+) -> None:
+    import base64
+
+    from openai import OpenAI
+
+    from chat.models import Document
+
+    client = OpenAI(base_url=f"{stack.base_url}/v1", api_key=owner_key, max_retries=0, timeout=60)
+    (model,) = [m.id for m in client.models.list()]
+    data = "data:text/markdown;base64," + base64.b64encode(LLAMA_NOTES).decode()
+    inline = {"type": "file", "file": {"file_data": data, "filename": "llamas.md"}}
+    messages: Any = [{"role": "user", "content": [{"type": "text", "text": "Why do llamas hum?"}, inline]}]
+    # Sent at once: the reply waits for the new document to be read, then cites it.
+    completion = client.chat.completions.create(model=model, messages=messages, max_tokens=4, temperature=0)
+    document = Document.objects.get(owner=owner)
+    assert document.status == Document.Status.READY and document.name == "llamas.md"
+    assert cites_llamas(completion.model_extra["citations"], document.pk)

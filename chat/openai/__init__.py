@@ -18,7 +18,15 @@ log probabilities, frequency and presence penalties) is refused with a 400
 that names the field, never silently ignored. A field sent as null counts as absent, so clients that echo back
 full message objects (`"tool_calls": null`) work.
 
+Files (`/v1/files`, purpose `user_data`) are the caller's documents
+(chat.services.documents) under OpenAI's names; a user message's file parts
+(`{"type": "file", "file": {"file_id": ...}}`, or inline `file_data`) attach
+them to the exchange's conversation, whose replies search them. An answer
+about files carries the reply's `citations` beside `choices` (a SanjAI
+extension; in a stream, on the chunk with the finish reason).
+
 - `protocol`: the request as pydantic models, and its refusals in OpenAI's shape;
+- `files`: the file objects, uploads, and the documents a completion's file parts name;
 - `serving`: one exchange, from the submit path to the whole or streamed answer;
 - `router`: the routes and their error envelope (`sanjai_site/urls.py` mounts `router.api`).
 """

@@ -13,11 +13,22 @@ that echo back full message objects (`"tool_calls": null`) work.
 Parameters the submit path owns (temperature, top_p, stop, seed,
 max_tokens, the schema's enforceability) are passed through and checked
 there, as on every surface.
+
+A user's message may carry file parts beside its text, as the SDKs send
+them: `{"type": "file", "file": {"file_id": "file-12"}}` (POST /v1/files) or
+`{"type": "file", "file": {"file_data": "data:application/pdf;base64,...",
+"filename": "x.pdf"}}`. They become `CompletionRequest.files`; the text parts
+are the message. Inline data fits the request body's limit
+(DATA_UPLOAD_MAX_MEMORY_SIZE): larger files go through POST /v1/files.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import mimetypes
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -55,6 +66,97 @@ class ApiError(Exception):
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
+
+
+# --- Files in a user's message -------------------------------------------------
+
+FILE_ID_PREFIX = "file-"  # file-12 is document 12 (chat/openai/files.py)
+_FILE_ID = re.compile(r"file-([0-9]{1,19})")
+MAX_ID = 2**63 - 1  # the database's largest id
+
+
+def file_id_number(value: str) -> int | None:
+    """The document a `file-<n>` id names, or None when it is not such an id."""
+    match = _FILE_ID.fullmatch(value)
+    if match is None or not 1 <= int(match[1]) <= MAX_ID:
+        return None
+    return int(match[1])
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A `{"type": "file", "file": {...}}` content part: an uploaded file, or one sent inline.
+
+    `where` is the part's path in the request (messages[0].content[1].file), for errors.
+    """
+
+    where: str = ""
+    file_id: str = ""  # "file-12"
+    data: bytes = b""  # decoded file_data
+    filename: str = ""
+
+
+def file_part(value: Any, where: str) -> FilePart:
+    """A content part's `file` object, checked (ApiError naming its field otherwise)."""
+    if not isinstance(value, dict) or not value:
+        raise invalid(
+            f'{where}: must be {{"file_id": "file-12"}} or {{"file_data": "data:...;base64,...", '
+            '"filename": "report.pdf"}.',
+            param=where,
+        )
+    unknown = sorted(set(value) - {"file_id", "file_data", "filename"})
+    if unknown:
+        param = f"{where}.{unknown[0]}"
+        raise invalid(
+            f"Unrecognized request argument supplied: {param}. SanjAI does not support it.",
+            param=param,
+            code="unsupported_parameter",
+        )
+    if ("file_id" in value) == ("file_data" in value):
+        raise invalid(f"{where}: send one of file_id and file_data.", param=where)
+    if "file_id" in value:
+        given = value["file_id"]
+        if not isinstance(given, str) or file_id_number(given) is None:
+            shown = repr(given)[:100]
+            raise invalid(
+                f"{where}.file_id: must be a file id from POST /v1/files (like file-12), got {shown}.",
+                param=f"{where}.file_id",
+            )
+        return FilePart(where=f"{where}.file_id", file_id=given)
+    mime, data = _inline(value["file_data"], f"{where}.file_data")
+    filename = value.get("filename")
+    if filename is None:
+        extension = mimetypes.guess_extension(mime) if mime else None
+        if extension is None:
+            raise invalid(
+                f"{where}.filename: needed with file_data (its extension says what the file is, "
+                "as report.pdf).",
+                param=f"{where}.filename",
+            )
+        filename = f"file{extension}"
+    if not isinstance(filename, str):
+        raise invalid(f"{where}.filename: must be a string.", param=f"{where}.filename")
+    return FilePart(where=f"{where}.file_data", data=data, filename=filename)
+
+
+def _inline(value: Any, where: str) -> tuple[str, bytes]:
+    """file_data's media type and bytes: a data URL (data:application/pdf;base64,...) or bare base64."""
+    if not isinstance(value, str) or not value:
+        raise invalid(
+            f"{where}: must be the file as a base64 data URL (data:application/pdf;base64,...).", param=where
+        )
+    mime = ""
+    if value.startswith("data:"):
+        head, comma, value = value.partition(",")
+        if not comma or not head.endswith(";base64"):
+            raise invalid(
+                f"{where}: must be a base64 data URL (data:<media type>;base64,<data>).", param=where
+            )
+        mime = head.removeprefix("data:").removesuffix(";base64").split(";")[0]
+    try:
+        return mime, base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(f"{where}: is not valid base64.", param=where) from None
 
 
 # --- Refusals inside validation ------------------------------------------------
@@ -108,24 +210,36 @@ class _Object(BaseModel):
         return {**dict.fromkeys(cls.REQUIRED), **_present(data)}
 
 
-def _content(value: Any) -> str:
-    if isinstance(value, list):  # content parts: text only
+FILE_PART = '{"type": "file", "file": {"file_id": "file-12"}}'
+
+
+def _content(value: Any, *, files_allowed: bool = False) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """A message's text, and its file parts (where each is, its `file` object) unchecked:
+    they are checked with the message's place in the request known (files.file_part)."""
+    files: list[tuple[str, Any]] = []
+    if isinstance(value, list):  # content parts: text, and files in a user's message
         texts = []
         for index, part in enumerate(value):
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise refuse(
-                    'only text content parts are supported ({"type": "text", "text": "..."}).',
-                    at=f"[{index}]",
-                )
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "file" and files_allowed:
+                unknown = sorted(set(part) - {"type", "file"})
+                if unknown:
+                    raise PydanticCustomError("unknown_field", "file part", {"at": f"[{index}].{unknown[0]}"})
+                files.append((f"[{index}].file", part.get("file")))
+                continue
+            if kind != "text" or not isinstance(part.get("text"), str):
+                text = '{"type": "text", "text": "..."}'
+                allowed = f"text and file content parts are supported ({text} and {FILE_PART})"
+                if not files_allowed:
+                    allowed = f"text content parts are supported here ({text})"
+                raise refuse(f"only {allowed}.", at=f"[{index}]")
             texts.append(part["text"])
         value = "".join(texts)
+    if files and isinstance(value, str):
+        return value, tuple(files)  # the question may be in another message of the turn
     if not isinstance(value, str) or not value.strip():
         raise refuse("must be a non-empty string.")
-    return value  # its length is checked by the submit path, as on every surface
+    return value, ()  # its length is checked by the submit path, as on every surface
 
 
 def _role(value: Any) -> Any:
@@ -164,19 +278,27 @@ class ChatMessage(_Object):
     name: str | None = None  # accepted, not used
     tool_calls: list[ToolCallIn] = Field(default_factory=list)  # an assistant's calls
     tool_call_id: str | None = None  # a tool message's call (results are read in the calls' order)
+    # Set from the content's file parts, never sent as such: (where in content, its `file` object).
+    file_parts: tuple[tuple[str, Any], ...] = ()
 
     @model_validator(mode="before")
     @classmethod
     def _content_checked(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "file_parts" in data:
+            raise PydanticCustomError("unknown_field", "file_parts", {"at": ".file_parts"})
         if isinstance(data, dict) and data.get("role") == "tool" and data.get("content") in (None, ""):
             return {**data, "content": ""}  # a tool may return nothing
         if isinstance(data, dict) and not (data.get("role") == "assistant" and data.get("tool_calls")):
             try:
-                data = {**data, "content": _content(data.get("content"))}
+                text, files = _content(data.get("content"), files_allowed=data.get("role") == "user")
             except PydanticCustomError as exc:  # raised here, it would be located at the message
-                raise refuse(str(exc), at=".content" + str((exc.context or {}).get("at", ""))) from None
+                at = ".content" + str((exc.context or {}).get("at", ""))
+                if exc.type == "unknown_field":
+                    raise PydanticCustomError("unknown_field", str(exc), {"at": at}) from None
+                raise refuse(str(exc), at=at) from None
+            data = {**data, "content": text, "file_parts": files}
         elif isinstance(data, dict) and data.get("content") is not None:
-            data = {**data, "content": _content(data.get("content"))}
+            data = {**data, "content": _content(data.get("content"))[0]}
         return data
 
     @model_validator(mode="after")
@@ -394,8 +516,10 @@ class CompletionRequest:
     store: bool
     tools: dict[str, Any] | None = None  # as the submit path takes them
     tool_names: tuple[str, ...] = ()  # the functions a reply may call: what its calls are parsed against
+    files: tuple[FilePart, ...] = ()  # the user messages' file parts, in order
 
-    def submission(self) -> Submission:
+    def submission(self, documents: tuple[int, ...] = ()) -> Submission:
+        """The submission, with `documents`: the ids the file parts came to (files.attach)."""
         *history, question = self.turns
         return Submission(
             content=question.content,
@@ -403,6 +527,7 @@ class CompletionRequest:
             new_conversation=NewConversation(system_prompt=self.system_prompt, history=tuple(history)),
             model=self.model,
             tools=self.tools,
+            documents=documents,
         )
 
 
@@ -412,6 +537,11 @@ def parse_completion(payload: Any) -> CompletionRequest:
         body = ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
         raise _refusal(exc) from None
+    files = tuple(
+        file_part(raw, f"messages[{index}].content{at}")
+        for index, message in enumerate(body.messages)
+        for at, raw in message.file_parts
+    )
     system_prompt, turns, sources = _dialogue(body.messages)
     length_field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     return CompletionRequest(
@@ -436,6 +566,7 @@ def parse_completion(payload: Any) -> CompletionRequest:
         store=body.store,
         tools=body.tools_spec(),
         tool_names=tuple(tool.function.name for tool in body.tools) if body.tool_choice != "none" else (),
+        files=files,
     )
 
 
@@ -472,13 +603,20 @@ def _dialogue(messages: list[ChatMessage]) -> tuple[str, tuple[Turn, ...], tuple
         elif not turns and message.role == "assistant":
             raise invalid(f"{where}: the first non-system message must be from the user.", param=where)
         elif turns and turns[-1].role == message.role:
-            turns[-1] = Turn(turns[-1].role, f"{turns[-1].content}\n\n{message.content}")
+            joined = "\n\n".join(text for text in (turns[-1].content, message.content) if text)
+            turns[-1] = Turn(turns[-1].role, joined)
             sources[-1] = f"{where}.content"
         else:
             turns.append(Turn("user" if message.role == "user" else "assistant", message.content))
             sources.append(f"{where}.content")
     if not turns or turns[-1].role != "user":
         raise invalid("messages: the last message must be from the user.", param="messages")
+    for turn, source in zip(turns, sources, strict=True):
+        if not turn.content.strip():  # only file parts: nothing to ask about them
+            raise invalid(
+                f"{source}: a message with only file parts needs a text part too (the question about them).",
+                param=source,
+            )
     return "\n\n".join(system), tuple(turns), tuple(sources)
 
 

@@ -1,4 +1,4 @@
-"""The `/v1` routes: `GET /v1/models`, `GET /v1/models/{id}` and `POST /v1/chat/completions`.
+"""The `/v1` routes: models, `POST /v1/chat/completions`, and files (`/v1/files`).
 
 Each route parses (chat/openai/protocol.py), authenticates, and hands over
 to serving (chat/openai/serving.py); every refusal and failure is answered
@@ -11,7 +11,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.http import FileResponse, HttpRequest, HttpResponseBase, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from ninja import Body
 from ninja.errors import HttpError, ValidationError
 
@@ -19,7 +20,7 @@ from chat import selectors
 from chat.auth import auth_user, json_api
 from chat.lifecycle.submit import PRESET_PREFIX
 from chat.models import Preset
-from chat.openai import serving
+from chat.openai import files, serving
 from chat.openai.protocol import NOT_A_JSON_OBJECT, ApiError, invalid, parse_completion
 from chat.services import limits, policies
 
@@ -140,3 +141,81 @@ async def chat_completions(request: HttpRequest, payload: dict[str, Any] = Body(
     parsed = parse_completion(payload)
     user = auth_user(request)
     return await serving.complete(user=user, request=parsed, prefer=request.headers.get("Prefer", ""))
+
+
+# --- Files -----------------------------------------------------------------------
+
+MULTIPART = "POST /v1/files takes multipart/form-data with the fields file and purpose (user_data)."
+
+
+@api.post("/files")
+def file_upload(request: HttpRequest) -> JsonResponse:
+    """A file for chat (multipart `file`, `purpose: user_data`); read in the background (status)."""
+    user = auth_user(request)
+    if request.content_type != "multipart/form-data":
+        raise invalid(MULTIPART)
+    try:
+        fields, sent = dict(request.POST.lists()), dict(request.FILES.lists())
+    except MultiPartParserError as exc:
+        raise invalid(f"{MULTIPART} The body could not be read as one: {exc}") from None
+    document = files.upload(user=user, fields=fields, files=sent)
+    return JsonResponse(files.file_object(document))
+
+
+def _number(request: HttpRequest, name: str, default: int) -> int:
+    value = request.GET.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise invalid(f"{name}: must be a whole number, got {value!r}."[:300], param=name) from None
+
+
+@api.get("/files")
+def file_list(request: HttpRequest) -> JsonResponse:
+    """The caller's files, newest first (`order=asc` for oldest), `limit` a page, `after` a cursor."""
+    user = auth_user(request)
+    known = {"limit", "order", "after", "purpose"}
+    unknown = sorted(set(request.GET) - known)
+    if unknown:
+        raise invalid(
+            f"Unrecognized request argument supplied: {unknown[0]}. SanjAI takes {', '.join(sorted(known))}.",
+            param=unknown[0],
+            code="unsupported_parameter",
+        )
+    return JsonResponse(
+        files.page(
+            user=user,
+            limit=_number(request, "limit", files.LIST_LIMIT),
+            order=request.GET.get("order", "desc"),
+            after=request.GET.get("after", ""),
+            purpose=request.GET.get("purpose", ""),
+        )
+    )
+
+
+@api.get("/files/{file_id}")
+def file_detail(request: HttpRequest, file_id: str) -> JsonResponse:
+    return JsonResponse(files.file_object(files.owned(user=auth_user(request), value=file_id)))
+
+
+@api.delete("/files/{file_id}")
+def file_delete(request: HttpRequest, file_id: str) -> JsonResponse:
+    """Delete the file: its document, passages and stored bytes (conversations that used it lose it)."""
+    user = auth_user(request)
+    document = files.owned(user=user, value=file_id)
+    files.delete(user=user, document=document)
+    return JsonResponse({"id": file_id, "object": "file", "deleted": True})
+
+
+@api.get("/files/{file_id}/content")
+def file_content(request: HttpRequest, file_id: str) -> FileResponse:
+    """The file's bytes as uploaded."""
+    document = files.owned(user=auth_user(request), value=file_id)
+    return FileResponse(
+        files.content(document),
+        as_attachment=True,
+        filename=document.name,
+        content_type="application/octet-stream",
+    )

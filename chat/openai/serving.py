@@ -28,6 +28,7 @@ from chat import delivery, selectors
 from chat.lifecycle.status import reply_cancel
 from chat.lifecycle.submit import PostedMessage
 from chat.models import Conversation, Message
+from chat.openai import files
 from chat.openai.protocol import ApiError, CompletionRequest
 from chat.services.conversations import conversation_delete
 from inference.tools import CALL_START, parse_calls
@@ -45,15 +46,23 @@ STOP_WAIT_S = 5.0
 
 async def complete(*, user: User, request: CompletionRequest, prefer: str) -> HttpResponseBase:
     """Submit a parsed completion request and answer it (ApiError for a refusal)."""
+    attached = files.NONE
+    if request.files:
+        attached = await sync_to_async(files.attach)(user=user, parts=request.files)
     try:
-        posted = await delivery.submit(user=user, submission=request.submission(), prefer=prefer)
+        posted = await delivery.submit(user=user, submission=request.submission(attached.ids), prefer=prefer)
     except delivery.Problem as problem:
         if not request.store and problem.conversation_id is not None:
             with suppress(Conversation.DoesNotExist):
                 await sync_to_async(conversation_delete)(user=user, conversation_id=problem.conversation_id)
             problem.message = problem.message.replace(delivery.SAVED, "")  # and it is not kept
-        raise _api_problem(problem, request) from None
-    exchange = Exchange(user=user, request=request, posted=posted)
+        error = _api_problem(problem, request)
+        if problem.field == "documents" and problem.status == 404:  # a file id not the caller's
+            error = await sync_to_async(files.missing)(user=user, parts=request.files, ids=attached.ids)
+        if not request.store or problem.conversation_id is None:  # nothing kept refers to them
+            await sync_to_async(files.forget)(user=user, created=attached.created)
+        raise error from None
+    exchange = Exchange(user=user, request=request, posted=posted, created_files=attached.created)
     response: HttpResponseBase
     if request.stream:
         response = _ClosingStream(_stream(exchange), content_type="text/event-stream; charset=utf-8")
@@ -98,15 +107,25 @@ def _openai_param(field: str, request: CompletionRequest) -> str:
         return "messages"
     if field == "response_schema":
         return "response_format"
+    if field == "documents":  # the file parts of its messages
+        return "messages"
     return field
 
 
 class Exchange:
     """One completion request from submitting to clean-up, shared by both answer styles."""
 
-    def __init__(self, *, user: User, request: CompletionRequest, posted: PostedMessage) -> None:
+    def __init__(
+        self,
+        *,
+        user: User,
+        request: CompletionRequest,
+        posted: PostedMessage,
+        created_files: tuple[int, ...] = (),
+    ) -> None:
         self.user = user
         self.request = request
+        self.created_files = created_files  # documents stored from the request's inline file_data
         self.watch = delivery.ReplyWatch(user, posted.reply)
         self.reply_id = posted.reply.pk
         self.conversation_id = posted.reply.conversation_id
@@ -164,6 +183,19 @@ class Exchange:
                 await self.watch.wait(STOP_WAIT_S)
         with suppress(Conversation.DoesNotExist):
             await sync_to_async(conversation_delete)(user=self.user, conversation_id=self.conversation_id)
+        await sync_to_async(files.forget)(user=self.user, created=self.created_files)
+
+    def citations(self, reply: Message) -> dict[str, Any]:
+        """The passages the reply was given, beside `choices` (a SanjAI extension), when the
+        request brought files; each names its file as /v1 does (`file_id`)."""
+        if not self.request.files:
+            return {}
+        return {
+            "citations": [
+                {**citation, "file_id": files.file_id(citation["document_id"])}
+                for citation in reply.citations
+            ]
+        }
 
     def headers(self) -> dict[str, str]:
         return {
@@ -209,6 +241,7 @@ class Exchange:
             "model": self.request.model,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
             "usage": self.usage(reply),
+            **self.citations(reply),
         }
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -344,7 +377,7 @@ async def _stream(exchange: Exchange) -> AsyncGenerator[str, None]:
                     yield _sse(exchange.chunk({"tool_calls": [{"index": index, **call}]}))
             elif rest := held.rest(content):
                 yield _sse(exchange.chunk({"content": rest}))
-            yield _sse(exchange.chunk({}, finish_reason=finish_reason))
+            yield _sse(exchange.chunk({}, finish_reason=finish_reason, **exchange.citations(reply)))
             if exchange.request.include_usage:
                 usage_chunk = exchange.chunk({}, usage=exchange.usage(reply))
                 usage_chunk["choices"] = []
