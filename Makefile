@@ -146,7 +146,7 @@ test-fast: install-dev  ## the suite without stacks, browsers or the default mod
 PG_PORT ?= 54329
 POSTGRES_TESTS := tests/test_services.py tests/test_api.py tests/test_consumers.py tests/test_stack.py \
 	tests/test_chat_page.py tests/test_rest_api.py tests/test_reply_rules.py tests/test_load.py \
-	tests/test_accounts.py tests/test_search.py tests/test_presets.py tests/test_folders.py
+	tests/test_accounts.py tests/test_search.py tests/test_presets.py tests/test_folders.py tests/test_dense_search.py
 test-postgres: install-dev
 	@dir=$$(mktemp -d /tmp/sanjai-pg-XXXXXX); \
 	trap "scripts/postgres.sh stop $$dir; rm -rf $$dir" EXIT; \

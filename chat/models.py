@@ -484,6 +484,29 @@ class DocumentChunk(models.Model):
         return f"{self.document_id}#{self.ordinal}"
 
 
+class ChunkVector(models.Model):
+    """A chunk's embedding for dense search (chat.documents.dense), deleted with its chunk.
+
+    Unit-length float32, little-endian: the blob sqlite-vec's functions read as
+    a vector. `model` names the embedder that made it: vectors of another
+    embedder are never compared with a query's.
+    """
+
+    chunk = models.OneToOneField(
+        DocumentChunk, on_delete=models.CASCADE, primary_key=True, related_name="vector"
+    )
+    # The chunk's document again, so a search filters vectors without reading chunks.
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="+")
+    model = models.CharField(max_length=500)
+    embedding = models.BinaryField()
+
+    class Meta:
+        indexes = [models.Index(fields=["document", "model"], name="chunk_vector_document")]
+
+    def __str__(self) -> str:
+        return f"vector of {self.chunk_id}"
+
+
 class OidcIdentity(models.Model):
     """The account a single sign-on identity logs into (chat/sso.py).
 

@@ -388,6 +388,32 @@ DOCUMENT_WORKER_CONCURRENCY = envint("DOCUMENT_WORKER_CONCURRENCY", 2, minimum=1
 DOCUMENTS_PER_CONVERSATION = envint("DOCUMENTS_PER_CONVERSATION", 20, minimum=1)
 DOCUMENT_PASSAGES = envint("DOCUMENT_PASSAGES", 4, minimum=1)
 DOCUMENT_CONTEXT_TOKENS = envint("DOCUMENT_CONTEXT_TOKENS", 2000, minimum=100)
+# Dense (embedding) search beside the lexical one (chat/documents/dense.py), off
+# unless one embedder is named: EMBEDDING_MODEL, a local sentence-transformers or
+# Hugging Face folder (never downloaded; on DEVICE), or EMBEDDING_URL, an
+# OpenAI-compatible base URL (its /embeddings) asked for EMBEDDING_REMOTE_MODEL
+# with the key in the variable EMBEDDING_API_KEY_ENV names. Chunks are embedded
+# EMBEDDING_BATCH_SIZE at a time. /v1/embeddings, served only then, takes at
+# most EMBEDDING_MAX_INPUTS texts of EMBEDDING_MAX_CHARS characters in all, and
+# each web process embeds or queues EMBEDDING_MAX_WAITING requests (503 beyond),
+# each within EMBEDDING_TIMEOUT_S.
+EMBEDDING_MODEL = envstr("EMBEDDING_MODEL", "")
+EMBEDDING_URL = envstr("EMBEDDING_URL", "")
+EMBEDDING_REMOTE_MODEL = envstr("EMBEDDING_REMOTE_MODEL", "")
+EMBEDDING_API_KEY_ENV = envstr("EMBEDDING_API_KEY_ENV", "")
+if EMBEDDING_MODEL and EMBEDDING_URL:
+    raise ConfigError("EMBEDDING_MODEL and EMBEDDING_URL are both set: name one embedder, local or remote")
+if EMBEDDING_MODEL and not Path(EMBEDDING_MODEL).is_dir():
+    raise ConfigError(f"EMBEDDING_MODEL={EMBEDDING_MODEL!r}: not a folder (nothing is downloaded)")
+if EMBEDDING_URL and not EMBEDDING_REMOTE_MODEL:
+    raise ConfigError("EMBEDDING_URL is set without EMBEDDING_REMOTE_MODEL, the model to ask it for")
+EMBEDDING_BATCH_SIZE = envint("EMBEDDING_BATCH_SIZE", 32, minimum=1)
+EMBEDDING_TIMEOUT_S = envfloat("EMBEDDING_TIMEOUT_S", 60.0)
+if EMBEDDING_TIMEOUT_S <= 0:
+    raise ConfigError(f"EMBEDDING_TIMEOUT_S={EMBEDDING_TIMEOUT_S:g}: must be above 0")
+EMBEDDING_MAX_INPUTS = envint("EMBEDDING_MAX_INPUTS", 256, minimum=1)
+EMBEDDING_MAX_CHARS = envint("EMBEDDING_MAX_CHARS", 200_000, minimum=1)
+EMBEDDING_MAX_WAITING = envint("EMBEDDING_MAX_WAITING", 8, minimum=1)
 # Voice (inference/speech.py): a dictated recording may last this long and
 # weigh this much (the page sends 16 kHz mono WAV: 32 kB a second); a reply
 # read aloud by the server may be this long.

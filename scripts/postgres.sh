@@ -15,6 +15,13 @@ if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+# pgvector for dense search (chat/documents/dense.py), where apt has it (Debian from
+# trixie, PostgreSQL's own apt repository); without it dense search compares in numpy.
+major=$(basename "$(dirname "$bin")")
+if [ ! -f "/usr/share/postgresql/$major/extension/vector.control" ] &&
+  apt-cache show "postgresql-$major-pgvector" >/dev/null 2>&1; then
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "postgresql-$major-pgvector" >/dev/null || true
+fi
 as_server() {
   if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi
 }

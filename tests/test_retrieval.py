@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from chat.documents.ranking import Hit, fuse
 from chat.documents.retrieval import INSTRUCTIONS
-from chat.documents.search import Hit, fuse, lexical_search
+from chat.documents.search import lexical_search
 from chat.lifecycle.run import reply_prompt
 from chat.lifecycle.status import reply_claim, reply_finish
 from chat.lifecycle.submit import Submission, reply_submit

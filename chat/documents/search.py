@@ -7,17 +7,26 @@ ts_rank_cd (migration 0019_document_search). A question is matched word by
 word (any word may match: a question's wording seldom repeats a passage's),
 with English stemming, so "costs" finds "cost".
 
+With an embedding model configured (chat.documents.dense), its ranking and
+the lexical one are fused (chat.documents.ranking.fuse).
+
 Every query is filtered by the owner as well as by the document ids the
 caller gives: retrieval never crosses users, whatever ids it is handed.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection
 
 from django.db import connection
+
+from chat.documents import dense
+from chat.documents.ranking import Hit, fuse
+from inference.embedding import EmbeddingError
+
+logger = logging.getLogger(__name__)
 
 # Common English words: matched by nearly every chunk, they only slow FTS5
 # down (PostgreSQL's "english" configuration drops them itself).
@@ -28,12 +37,6 @@ STOP_WORDS = frozenset(
 )
 MAX_QUERY_WORDS = 64  # a pasted page is searched by its first words, not all of them
 WORD = re.compile(r"\w+")
-
-
-@dataclass(frozen=True)
-class Hit:
-    chunk_id: int
-    score: float  # higher is better; comparable only within one ranking
 
 
 def query_words(query: str) -> list[str]:
@@ -76,20 +79,16 @@ def lexical_search(*, user_id: int, document_ids: Collection[int], query: str, k
         return [Hit(chunk_id=row[0], score=float(row[1])) for row in cursor.fetchall()]
 
 
-def fuse(rankings: Sequence[Sequence[Hit]], *, k: int, constant: int = 60) -> list[Hit]:
-    """Reciprocal rank fusion: each chunk scores the sum of 1 / (constant + its rank) over the rankings.
-
-    Only ranks count, so a BM25 score and a cosine similarity need no common
-    scale; `constant` (60, as in Cormack et al.) damps the weight of the very top.
-    """
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, hit in enumerate(ranking, start=1):
-            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (constant + rank)
-    best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:k]
-    return [Hit(chunk_id=chunk_id, score=score) for chunk_id, score in best]
-
-
 def search(*, user_id: int, document_ids: Collection[int], query: str, k: int) -> list[Hit]:
-    """The `k` best chunks for `query`: lexical, fused with dense search when an embedding model is set."""
-    return lexical_search(user_id=user_id, document_ids=document_ids, query=query, k=k)
+    """The `k` best chunks for `query`: lexical, fused with dense search when an embedding model is set.
+
+    An embedder that fails (a remote one that is down) leaves the lexical ranking alone."""
+    lexical = lexical_search(user_id=user_id, document_ids=document_ids, query=query, k=k)
+    if not dense.enabled():
+        return lexical
+    try:
+        vectors = dense.dense_search(user_id=user_id, document_ids=document_ids, query=query, k=k)
+    except EmbeddingError as exc:
+        logger.warning("dense search unavailable (%s); answering from the lexical ranking", exc)
+        return lexical
+    return fuse([lexical, vectors], k=k)

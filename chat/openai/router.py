@@ -49,6 +49,7 @@ api = json_api(
     openapi_url=None,
 )
 api.exception_handler(ApiError)(_api_error)
+api.add_router("", "chat.openai.embeddings.router")  # POST /v1/embeddings, when an embedding model is set
 
 
 @api.exception_handler(ValidationError)

@@ -4,8 +4,9 @@
 stores the bytes under DOCUMENT_DIR and queues the reading once the row is
 committed. `document_ingest` (the "documents" queue's job) claims the row with
 a conditional update, so a job delivered twice reads the file once; it parses
-in a child process held to the configured limits (chat.documents.parse_isolated)
-and writes every chunk in one transaction.
+in a child process held to the configured limits (chat.documents.parse_isolated),
+writes every chunk in one transaction, embeds them when dense search is on
+(chat.documents.dense), and only then marks the document ready.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from django.db.models import QuerySet, Sum
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
-from chat.documents import ParseLimits, UnreadableDocument, chunk, clean_filename, parse_isolated
+from chat.documents import ParseLimits, UnreadableDocument, chunk, clean_filename, dense, parse_isolated
 from chat.documents.parsing import kind_of
 from chat.events import send_event
 from chat.models import MAX_ID, Conversation, Document, DocumentChunk
 from chat.services.limits import InvalidInput, QuotaExceeded, lock_profile
+from inference.embedding import EmbeddingError
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +194,6 @@ def document_ingest(*, document_id: int, worker: str) -> None:
     except UnreadableDocument as exc:
         _fail(document_id=document_id, error=str(exc))
         return
-    _progress(document_id, 60)
     chunks = chunk(parsed)
     with transaction.atomic():
         # Locked and re-read: a document deleted meanwhile gets no chunks.
@@ -209,14 +210,24 @@ def document_ingest(*, document_id: int, worker: str) -> None:
             )
             for c in chunks
         )
-        Document.objects.filter(pk=document_id).update(
-            status=Document.Status.READY,
-            page_count=parsed.page_count,
-            progress=100,
-            error="",
-            indexed_at=timezone.now(),
+    _progress(document_id, 60)
+    # Still processing, so no reply searches it yet: a worker that dies here leaves a
+    # document the sweeper reads again, never a half-indexed one that looks ready.
+    try:
+        dense.index_document(
+            document_id=document_id, progress=lambda percent: _progress(document_id, percent)
         )
-    _announce(document_id)
+    except EmbeddingError as exc:
+        logger.warning("document %s: not embedded (%s); it is searched by its words only", document_id, exc)
+    ready = Document.objects.filter(pk=document_id, worker=worker, status=Document.Status.PROCESSING).update(
+        status=Document.Status.READY,
+        page_count=parsed.page_count,
+        progress=100,
+        error="",
+        indexed_at=timezone.now(),
+    )
+    if ready:
+        _announce(document_id)
 
 
 def document_list(*, user: User) -> QuerySet[Document]:
