@@ -353,3 +353,25 @@ def test_passages_are_left_out_weakest_first_until_the_prompt_fits_the_models_co
     # What is stored is what the model was given, and it fits.
     assert all(f"[{c['n']}] (" in turns[-1].content for c in given)
     build_prompt(tiny_backend.loaded.tokenizer, turns, context_tokens=256, max_new_tokens=8)
+
+
+def test_the_passage_index_is_kept_by_the_database_after_every_migration(
+    owner: Any, unqueued: list[int]
+) -> None:
+    """Every later migration leaves the index working: a chunk written now is found, one deleted is not."""
+    from django.db import connection
+
+    document = read(owner, text="Gliders soar above the quarry.")
+    assert lexical_search(user_id=owner.pk, document_ids=[document.pk], query="gliders", k=1)
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'chat_documentchunk'"
+            )
+            assert {row[0] for row in cursor.fetchall()} == {
+                "chat_documentchunk_fts_insert",
+                "chat_documentchunk_fts_delete",
+                "chat_documentchunk_fts_update",
+            }
+    documents.document_delete(user=owner, document_id=document.pk)
+    assert lexical_search(user_id=owner.pk, document_ids=[document.pk], query="gliders", k=1) == []

@@ -6,7 +6,19 @@ tsvector column with a GIN index on PostgreSQL. Both stem English words
 (porter / the "english" configuration) and ignore accents and case.
 """
 
+import importlib
+
 from django.db import migrations, models
+
+# Adding Message.citations rebuilds chat_message on SQLite, which drops the
+# message search index's triggers (see migration 0011): they are made again.
+_MESSAGE_SEARCH = importlib.import_module("chat.migrations.0011_message_search")
+MESSAGE_TRIGGERS = [
+    "DROP TRIGGER IF EXISTS chat_message_fts_insert",
+    "DROP TRIGGER IF EXISTS chat_message_fts_delete",
+    "DROP TRIGGER IF EXISTS chat_message_fts_update",
+    *(sql for sql in _MESSAGE_SEARCH.SQLITE_FORWARDS if sql.lstrip().startswith("CREATE TRIGGER")),
+]
 
 SQLITE = [
     "CREATE VIRTUAL TABLE chat_documentchunk_fts USING fts5("
@@ -64,6 +76,9 @@ class Migration(migrations.Migration):
             model_name="message",
             name="citations",
             field=models.JSONField(blank=True, default=list),
+        ),
+        migrations.RunPython(
+            _run({"sqlite": MESSAGE_TRIGGERS}), _run({"sqlite": MESSAGE_TRIGGERS})
         ),
         migrations.RunPython(
             _run({"sqlite": SQLITE, "postgresql": POSTGRES}),
