@@ -16,8 +16,9 @@ from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import UserCreationForm, UsernameField
+from django.contrib.auth.forms import AuthenticationForm, UserCreationForm, UsernameField
 from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse_lazy
@@ -25,8 +26,18 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from chat import charts
-from chat.auth import AuthenticatedHttpRequest
+from chat.auth import AuthenticatedHttpRequest, local_login_refusal
 from chat.services import accounts, usage
+
+
+class LoginForm(AuthenticationForm):
+    """Django's, saying why a password sign-in is refused under LOCAL_LOGIN=superusers."""
+
+    def clean(self) -> dict[str, Any]:
+        refusal = local_login_refusal(self.data.get("username") or "")
+        if refusal is not None:
+            raise ValidationError(refusal, code="password_login_off")
+        return super().clean()
 
 
 class SignupForm(UserCreationForm):
@@ -43,6 +54,9 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("home")
     invite_code = request.POST.get("invite") or request.GET.get("invite") or None
+    if settings.LOCAL_LOGIN == "superusers":  # accounts come from the provider's first sign-in
+        reason = f"Accounts here are made by signing in with {settings.OIDC_PROVIDER_NAME}."
+        return render(request, "registration/signup_closed.html", {"reason": reason}, status=403)
     try:
         accounts.signup_check(invite_code=invite_code)
     except accounts.SignupClosed as exc:

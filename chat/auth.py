@@ -1,7 +1,8 @@
 """Who is asking, and how the JSON APIs answer what went wrong.
 
-The typed request of a logged-in page; the JSON APIs' key and session auth;
-and the error handlers every JSON API installs with its own envelope.
+The typed request of a logged-in page; who may sign in with a password; the
+JSON APIs' key and session auth; and the error handlers every JSON API
+installs with its own envelope.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import User
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
@@ -38,6 +40,30 @@ def client_ip_behind_proxy(request: HttpRequest) -> str | None:
 def client_ip(request: HttpRequest) -> str | None:
     """Where the request came from: the direct peer, or under TLS_PROXY the proxy's own entry."""
     return client_ip_behind_proxy(request) if settings.TLS_PROXY else request.META.get("REMOTE_ADDR")
+
+
+class BreakGlassBackend(ModelBackend):
+    """Password sign-in for superusers only (settings.LOCAL_LOGIN=superusers):
+    everyone else signs in through the provider. Covers every password form,
+    the admin's too; the login page says why (chat.account_views.LoginForm)."""
+
+    def user_can_authenticate(self, user: Any) -> bool:
+        return bool(super().user_can_authenticate(user) and user.is_superuser)
+
+
+def local_login_refusal(username: str) -> str | None:
+    """Why `username` may not sign in with a password here, or None if they may.
+
+    Checked before the password, so an account that signs in through the
+    provider never has a password tried."""
+    if settings.LOCAL_LOGIN == "all":
+        return None
+    if User.objects.filter(username=username, is_superuser=True, is_active=True).exists():
+        return None
+    return (
+        "Password sign-in is turned off here, except for the site's administrators. "
+        f"Use “Sign in with {settings.OIDC_PROVIDER_NAME}”."
+    )
 
 
 class AuthenticatedHttpRequest(HttpRequest):

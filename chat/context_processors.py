@@ -12,7 +12,9 @@ def site(request: HttpRequest) -> dict[str, object]:
     the colour theme, set on <html> by the server so a page never flashes the wrong one,
     and which voice features this server has (inference/speech.py)."""
     return {
-        "signup_mode": settings.SIGNUP,
+        # Under LOCAL_LOGIN=superusers accounts come from the provider only.
+        "signup_mode": "closed" if settings.LOCAL_LOGIN == "superusers" else settings.SIGNUP,
+        "local_login": settings.LOCAL_LOGIN,
         "sso_provider": settings.OIDC_PROVIDER_NAME if settings.OIDC_ISSUER else "",  # chat/sso.py
         "theme": _theme(request),
         "voice": speech.available(),

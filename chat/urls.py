@@ -24,7 +24,13 @@ urlpatterns = [
     path("profile/export/", views.export_all, name="export_all"),
     path("profile/delete/", account_views.account_delete, name="account_delete"),
     path("signup/", account_views.signup, name="signup"),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(
+            redirect_authenticated_user=True, authentication_form=account_views.LoginForm
+        ),
+        name="login",
+    ),
     # Django's LogoutView accepts POST only, so a link or prefetch cannot log anyone out.
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("profile/password/", account_views.PasswordChangeView.as_view(), name="password_change"),

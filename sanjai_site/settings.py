@@ -197,6 +197,18 @@ if OIDC_ISSUER:
             "OIDC_ISSUER is set but OIDC_CLIENT_ID is empty: set the client id the provider gave."
         )
     AUTHENTICATION_BACKENDS.append("chat.sso.SsoBackend")
+# LOCAL_LOGIN=superusers turns password sign-in off for everyone but the
+# superusers (the break-glass administrators, for when the provider is down):
+# the others sign in through the provider, and programs keep their API keys.
+LOCAL_LOGIN = envchoice("LOCAL_LOGIN", "all", ("all", "superusers"))
+if LOCAL_LOGIN == "superusers":
+    if not OIDC_ISSUER:
+        raise ConfigError(
+            "LOCAL_LOGIN=superusers needs single sign-on (OIDC_ISSUER): nobody else could sign in."
+        )
+    AUTHENTICATION_BACKENDS[AUTHENTICATION_BACKENDS.index("django.contrib.auth.backends.ModelBackend")] = (
+        "chat.auth.BreakGlassBackend"
+    )
 # mozilla-django-oidc's own names, from the ones above (the endpoints: chat.sso).
 OIDC_RP_CLIENT_ID = OIDC_CLIENT_ID
 OIDC_RP_CLIENT_SECRET = OIDC_CLIENT_SECRET

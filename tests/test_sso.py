@@ -312,3 +312,41 @@ def test_sso_settings_are_off_by_default_and_read_the_secret_from_a_named_variab
     missing = _settings_of(tmp_path, code, OIDC_ISSUER="https://id.example")
     assert missing.returncode != 0
     assert "OIDC_CLIENT_ID is empty" in missing.stderr
+
+
+@pytest.mark.django_db
+def test_password_sign_in_can_be_left_to_the_break_glass_administrators_only(
+    sso_on: Provider, settings: Any, tmp_path: Path
+) -> None:
+    from chat.services.accounts import api_key_create
+
+    settings.LOCAL_LOGIN = "superusers"
+    settings.AUTHENTICATION_BACKENDS = [
+        "chat.auth.BreakGlassBackend" if b.endswith("ModelBackend") else b
+        for b in settings.AUTHENTICATION_BACKENDS
+    ]
+    member = User.objects.create_user("bob", password="a long local password")
+    User.objects.create_superuser("root", password="the break glass secret")
+
+    page = Client().get("/login/").content
+    assert b"Sign in with" in page and b"for the site's administrators only" in page
+    assert b"Sign up" not in page
+    refused = Client().post("/login/", {"username": "bob", "password": "a long local password"})
+    assert refused.status_code == 200 and "Password sign-in is turned off here" in refused.content.decode()
+    assert not refused.wsgi_request.user.is_authenticated
+    # The admin's own login form refuses the password too.
+    admin = Client().post("/admin/login/", {"username": "bob", "password": "a long local password"})
+    assert not admin.wsgi_request.user.is_authenticated
+    root = Client()
+    assert root.post("/login/", {"username": "root", "password": "the break glass secret"}).status_code == 302
+    assert root.get("/").wsgi_request.user.username == "root"
+    assert Client().get("/signup/").status_code == 403
+    # Programs keep their keys; members sign in through the provider.
+    key = api_key_create(user=member, name="script")[1]
+    assert (
+        Client().get("/api/v1/conversations", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    )
+    assert _sso_login(Client()).status_code == 302
+
+    without_sso = _settings_of(tmp_path, "print(s.LOCAL_LOGIN)", LOCAL_LOGIN="superusers")
+    assert without_sso.returncode != 0 and "needs single sign-on" in without_sso.stderr
