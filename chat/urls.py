@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from chat import account_views, share_views, views, voice_views
+from chat import account_views, document_views, share_views, views, voice_views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -35,6 +35,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("profile/password/", account_views.PasswordChangeView.as_view(), name="password_change"),
     path("usage/", account_views.usage_page, name="usage"),
+    path("documents/", document_views.documents_page, name="documents"),
     path("voice/dictation/", voice_views.dictation, name="dictation"),
     path("voice/read/<int:message_id>/", voice_views.read_aloud, name="read_aloud"),
     # Password reset by email (EMAIL_BACKEND; the console by default): Django's views, our pages.

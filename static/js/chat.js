@@ -34,11 +34,16 @@
   // Text sent but not yet stored: put back in the box if the server refuses it
   // (too long, too many replies at once), so nothing the user wrote is lost.
   let unsent = null;
+  let unsentDocuments = [];  // the documents that went with it, pending until it is stored
   let modelLoading = ""; // "Loading <model> … NN%" while the workers load it; a reply sent now waits for it
   let lastEventAt = Date.now();
   let everOpened = false; // the socket has been open before: a snapshot now follows a reconnect
   let reconnected = false;
   let starting = false; // the home page's first message is on its way
+
+  // Documents: the composer's chips (attachments.js) and a reply's sources (citations.js).
+  const attachments = setUpAttachments();
+  const citations = window.SanjaiCitations;
 
   // Markdown, sanitized, with code and math: static/js/markdown.js.
   function renderMarkdownInto(target, text, settled) {
@@ -94,9 +99,11 @@
     const content = document.createElement("div");
     content.className = "content";
     if (message.role === "assistant") {
-      renderMarkdownInto(content, message.content || "", !["pending", "streaming"].includes(message.status));
+      const settled = !["pending", "streaming"].includes(message.status);
+      renderMarkdownInto(content, message.content || "", settled);
+      if (settled && citations) citations.linkMarkers(content, message);
       if ((message.status === "pending" || message.status === "streaming") && !message.content) {
-        content.append(typingIndicator(message.position, message.status === "pending" ? modelLoading : ""));
+        content.append(typingIndicator(message.position, message.status === "pending" ? modelLoading : "", indexingText(message)));
       }
     } else {
       content.textContent = message.content;
@@ -113,9 +120,19 @@
       note.textContent = "Stopped.";
       el.append(note);
     }
+    const sources = citations && message.status !== "pending" && message.status !== "streaming" && citations.chipsFor(message);
+    if (sources) el.append(sources);
     const usage = usageLine(message);
     if (usage) el.append(usage);
     el.append(actionsFor(message));
+  }
+
+  // A reply that waits for its conversation's documents to be read says so:
+  // "indexing report.pdf, 40%" (reply.waiting; after a reload, the chips' own state).
+  function indexingText(message) {
+    if (message.status !== "pending" || message.position) return "";
+    const waiting = message.waiting || (attachments ? attachments.processing() : []);
+    return waiting.map((doc) => `indexing ${doc.name}, ${doc.progress || 0}%`).join("; ");
   }
 
   // Tokens, speed and time to first token, as the server stored them.
@@ -136,10 +153,11 @@
     return line;
   }
 
-  function typingIndicator(position, loading) {
+  function typingIndicator(position, loading, indexing) {
     const wrap = document.createElement("span");
     wrap.className = "typing";
-    const waiting = loading ? `${loading}: the reply starts once it is ready` :
+    const waiting = indexing ? `${indexing}: the reply starts once it is read` :
+      loading ? `${loading}: the reply starts once it is ready` :
       position ? `queued (#${position})` : "";
     wrap.setAttribute("aria-label", waiting || "SanjAI is typing");
     for (let i = 0; i < 3; i++) wrap.append(document.createElement("span"));
@@ -390,6 +408,22 @@
     banner.hidden = true;
   }
 
+  function setUpAttachments() {
+    const list = document.getElementById("attachments");
+    if (!window.SanjaiAttachments || !list) return null;
+    return window.SanjaiAttachments.setUp({
+      list,
+      composer,
+      fileInput: document.getElementById("attach-input"),
+      attachButton: document.getElementById("attach"),
+      documentsUrl: composer.dataset.documentsUrl,
+      conversationsUrl: composer.dataset.conversationsUrl,
+      conversationId: () => chat.dataset.conversationId,
+      showBanner,
+      announce,
+    });
+  }
+
   // ---- Events from the server ------------------------------------------------
   function upsert(payload) {
     const existing = messages.get(payload.id);
@@ -404,6 +438,8 @@
       list.replaceChildren();
       title.textContent = event.conversation.title || "New conversation";
       fillSettings(event.conversation);
+      const attached = event.documents || event.conversation.documents;
+      if (attachments && Array.isArray(attached)) attachments.setAttached(attached);
       for (const payload of event.messages) render(upsert(payload));
       if (!event.messages.length) {
         const empty = document.createElement("li");
@@ -419,6 +455,7 @@
         const stored = mine.length && mine[mine.length - 1].content === unsent.trim();
         if (!stored && !input.value) input.value = unsent;
         unsent = null;
+        unsentDocuments = [];  // stored: the snapshot lists them as attached; if not, they are still pending
       }
     },
     "message.created"(event) {
@@ -429,7 +466,11 @@
       }
       const message = upsert(event.message);
       withScroll(() => render(message));
-      if (message.role === "user") unsent = null;
+      if (message.role === "user" && unsentDocuments.length) attachments.sent(unsentDocuments);
+      if (message.role === "user") {
+        unsent = null;
+        unsentDocuments = [];
+      }
       if (message.role === "user" && title.textContent === "New conversation") {
         title.textContent = message.content.split(/\s+/).join(" ").slice(0, constants.titleLength);
         const link = document.querySelector(`.conversation-item[data-id="${chat.dataset.conversationId}"] .conversation-link`);
@@ -437,9 +478,26 @@
       }
       if (message.role === "assistant") announce("SanjAI is replying.");
     },
+    "reply.waiting"(event) {
+      const message = messages.get(event.message_id);
+      if (!message) return;
+      message.waiting = event.documents;
+      renderSoon(message);
+    },
+    "document.progress"(event) {
+      if (attachments) attachments.progress(event);
+      const reply = activeReply();
+      const waiting = reply && reply.waiting && reply.waiting.find((doc) => doc.id === event.document_id);
+      if (waiting) {
+        waiting.progress = event.progress;
+        if (event.status !== "processing") reply.waiting = reply.waiting.filter((doc) => doc !== waiting);
+      }
+      if (reply && reply.status === "pending") renderSoon(reply);
+    },
     "message.queued"(event) {
       const message = messages.get(event.message_id);
       if (!message) return;
+      message.waiting = null;
       message.position = event.position;
       renderSoon(message);
     },
@@ -448,6 +506,7 @@
       if (!message) return;
       message.status = "streaming";
       message.position = null;
+      message.waiting = null;
       renderSoon(message);
     },
     "message.delta"(event) {
@@ -477,6 +536,7 @@
     error(event) {
       if (event.action === "send" && unsent !== null && !input.value) input.value = unsent;
       unsent = null;
+      unsentDocuments = [];  // refused: they stay in the composer, pending
       showBanner(event.error, "info");
     },
   };
@@ -490,6 +550,13 @@
     message.usage = event.usage;
     message.timing = event.timing;
     message.position = null;
+    message.waiting = null;
+    if (Array.isArray(event.citations)) {
+      message.citations = event.citations;
+    } else if (status === "done" && attachments && attachments.hasAttached()) {
+      // An event without the reply's sources: the snapshot has them.
+      socket.send(JSON.stringify({ action: "sync" }));
+    }
     renderQueued.delete(message);
     withScroll(() => render(message));
     announce(status === "done" ? `${spoken} ${message.content}` : spoken);
@@ -550,7 +617,7 @@
   }
 
   // ---- The home page's first message ------------------------------------------------
-  async function startConversation(text) {
+  async function startConversation(text, documents) {
     if (starting) return;
     starting = true;
     input.value = "";
@@ -563,12 +630,14 @@
       const model = preset ? `preset:${preset}` : startModel?.value;
       const body = model ? { content: text, model } : { content: text };
       if (chat.dataset.folderId) body.folder_id = Number(chat.dataset.folderId);  // folders.js
+      if (documents.length) body.documents = documents;
       const response = await postJSON(chat.dataset.startUrl, body);
       answer = await response.json();
     } catch (error) {
       answer = { error: "The server could not be reached." };
     }
     starting = false;
+    if (answer.conversation && documents.length) attachments.sent(documents);
     if (answer.conversation) enterConversation(answer.conversation);
     if (answer.error) {
       // Refused with nothing stored: the text goes back in the box.
@@ -612,10 +681,18 @@
       return;
     }
     if (activeReply()) return;
+    const still = attachments && attachments.uploading();
+    if (still) {
+      showBanner(`${still} is still uploading: send once its chip says so. Your text stays in the box.`, "info");
+      return;
+    }
+    const documents = attachments ? attachments.pendingIds() : [];
+    const payload = documents.length ? { action: "send", content: text, documents } : { action: "send", content: text };
     if (!chat.dataset.conversationId) {
-      startConversation(text);
-    } else if (send({ action: "send", content: text })) {
+      startConversation(text, documents);
+    } else if (send(payload)) {
       unsent = text;
+      unsentDocuments = documents;
       input.value = "";
       hideBanner();
     }

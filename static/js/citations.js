@@ -1,0 +1,99 @@
+// A reply's sources (issue 20): the passages retrieved from the conversation's documents
+// for its question, stored on the reply as `citations` ({n, document, page, heading,
+// passage, score, cited}). They show as numbered chips under the reply, the ones the
+// reply cites ("[n]" in its text) first and marked; the others were retrieved but not
+// cited. A chip, or a marker "[n]" in the text, opens the passage in a dialog (Esc closes
+// it). The passage is shown as text, never as HTML: it is a file's content.
+"use strict";
+
+window.SanjaiCitations = (function () {
+  const dialog = document.getElementById("citation");
+  let opener = null;  // where the focus goes back to when the dialog closes
+
+  if (dialog) {
+    dialog.querySelector("[data-close]").addEventListener("click", () => dialog.close());
+    dialog.addEventListener("close", () => opener?.focus?.());
+  }
+
+  function where(citation) {
+    return citation.page ? `${citation.document}, page ${citation.page}` : citation.document;
+  }
+
+  // Cited ones first, each group in marker order.
+  function ordered(citations) {
+    return [...citations].sort((a, b) => Number(Boolean(b.cited)) - Number(Boolean(a.cited)) || a.n - b.n);
+  }
+
+  function open(citation, from) {
+    if (!dialog) return;
+    opener = from;
+    document.getElementById("citation-title").textContent = `Source [${citation.n}]: ${citation.document}`;
+    const meta = [];
+    if (citation.page) meta.push(`page ${citation.page}`);
+    if (citation.heading) meta.push(`under “${citation.heading}”`);
+    meta.push(citation.cited ? "cited in the reply" : "retrieved for the question, not cited in the reply");
+    if (typeof citation.score === "number") meta.push(`score ${citation.score.toFixed(3)}`);
+    document.getElementById("citation-meta").textContent = meta.join(" · ");
+    document.getElementById("citation-passage").textContent = citation.passage || "";
+    dialog.showModal();
+    dialog.querySelector("[data-close]").focus();
+  }
+
+  function chipsFor(message) {
+    const citations = message.citations || [];
+    if (message.role !== "assistant" || !citations.length) return null;
+    const wrap = document.createElement("div");
+    wrap.className = "citations";
+    wrap.setAttribute("role", "group");
+    wrap.setAttribute("aria-label", "Sources of this reply");
+    const label = document.createElement("span");
+    label.className = "muted citations-label";
+    label.textContent = "Sources:";
+    wrap.append(label);
+    for (const citation of ordered(citations)) {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = `citation-chip${citation.cited ? " cited" : ""}`;
+      chip.dataset.n = citation.n;
+      const number = document.createElement("span");
+      number.className = "citation-n";
+      number.textContent = citation.n;
+      const name = document.createElement("span");
+      name.className = "citation-where";
+      name.textContent = where(citation);
+      chip.append(number, name);
+      chip.setAttribute("aria-label", `Source ${citation.n}: ${where(citation)}, ${citation.cited ? "cited" : "not cited"}. Show the passage`);
+      chip.addEventListener("click", () => open(citation, chip));
+      wrap.append(chip);
+    }
+    return wrap;
+  }
+
+  // "[n]" in the rendered reply becomes a button that opens source n (not inside code).
+  function linkMarkers(content, message) {
+    const byNumber = new Map((message.citations || []).map((citation) => [String(citation.n), citation]));
+    if (!byNumber.size) return;
+    const walker = document.createTreeWalker(content, NodeFilter.SHOW_TEXT, {
+      acceptNode: (node) => (node.parentElement.closest("pre, code, button") ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT),
+    });
+    const nodes = [];
+    while (walker.nextNode()) if (/\[\d{1,3}\]/.test(walker.currentNode.nodeValue)) nodes.push(walker.currentNode);
+    for (const node of nodes) {
+      const parts = node.nodeValue.split(/(\[\d{1,3}\])/);
+      const pieces = parts.map((part) => {
+        const citation = byNumber.get(part.slice(1, -1));
+        if (!/^\[\d{1,3}\]$/.test(part) || !citation) return document.createTextNode(part);
+        const marker = document.createElement("button");
+        marker.type = "button";
+        marker.className = "cite-ref";
+        marker.textContent = part;
+        marker.setAttribute("aria-label", `Source ${citation.n}: ${where(citation)}`);
+        marker.addEventListener("click", () => open(citation, marker));
+        return marker;
+      });
+      node.replaceWith(...pieces);
+    }
+  }
+
+  return { chipsFor, linkMarkers };
+})();
