@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -54,7 +55,7 @@ class SsoUnavailable(Exception):
     """The provider could not be asked (down, slow, or its discovery document is wrong)."""
 
 
-def discovery() -> dict[str, Any]:
+def discovery(timeout_s: float | None = None) -> dict[str, Any]:
     """The issuer's discovery document, fetched on first use and kept (only a good one is kept)."""
     issuer = settings.OIDC_ISSUER
     with _discovery_lock:
@@ -62,7 +63,7 @@ def discovery() -> dict[str, Any]:
             return _discovered[issuer]
         url = f"{issuer}/.well-known/openid-configuration"
         try:
-            response = requests.get(url, timeout=settings.OIDC_TIMEOUT_S)
+            response = requests.get(url, timeout=timeout_s or settings.OIDC_TIMEOUT_S)
             response.raise_for_status()
             document = response.json()
         except (requests.RequestException, ValueError) as exc:
@@ -74,6 +75,34 @@ def discovery() -> dict[str, Any]:
             raise SsoUnavailable(f"The discovery document at {url} names another issuer than OIDC_ISSUER.")
         _discovered[issuer] = document
         return document
+
+
+# /readyz asks at most this often while the provider does not answer, and waits this long.
+PROBE_INTERVAL_S = 30.0
+PROBE_TIMEOUT_S = 2.0
+_last_probe: dict[str, tuple[float, str]] = {}  # issuer -> (when, why it failed)
+
+
+def discovery_state() -> dict[str, Any]:
+    """For /readyz: whether the provider's discovery document could be fetched.
+
+    Informational: a provider that is down stops sign-ins through it, not the
+    site (local administrators still sign in). A failure is retried at most
+    every PROBE_INTERVAL_S, each try within PROBE_TIMEOUT_S, so probes stay fast."""
+    issuer = settings.OIDC_ISSUER
+    if issuer in _discovered:
+        return {"discovery": "fetched"}
+    when, error = _last_probe.get(issuer, (0.0, ""))
+    if time.monotonic() - when >= PROBE_INTERVAL_S:
+        try:
+            discovery(timeout_s=PROBE_TIMEOUT_S)
+            return {"discovery": "fetched"}
+        except SsoUnavailable as exc:
+            # The kind of failure only: the probe's output names no host or URL.
+            cause = type(exc.__cause__).__name__ if exc.__cause__ else "another issuer"
+            error = f"the provider's discovery document could not be fetched ({cause})"
+            _last_probe[issuer] = (time.monotonic(), error)
+    return {"discovery": "failed", "error": error}
 
 
 def _setting(attr: str, *args: Any) -> Any:

@@ -7,7 +7,9 @@
   trivial query, Redis answers PING, and every declared model has at least
   one worker whose heartbeat is live and that has finished loading (workers
   still loading are listed apart). 200 when all pass, 503 otherwise, with
-  each check's result either way.
+  each check's result either way. With single sign-on on, `sso` says
+  whether the provider's discovery document could be fetched: reported, never
+  a reason to fail (administrators still sign in with a password).
 
 Neither needs a login. The output names no host, URL or password: errors are
 the exception's class and message, with the configured passwords masked.
@@ -31,6 +33,7 @@ from django.views.decorators.http import require_safe
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from chat import sso
 from inference import presence
 
 logger = logging.getLogger(__name__)
@@ -55,7 +58,10 @@ def readyz(request: HttpRequest) -> JsonResponse:
     checks: dict[str, Check] = {"database": _check_database(), "redis": _check_redis()}
     checks["workers"] = _check_workers(redis_ok=checks["redis"]["ok"])
     ready = all(check["ok"] for check in checks.values())
-    return JsonResponse({"status": "ok" if ready else "fail", "checks": checks}, status=200 if ready else 503)
+    answer: dict[str, Any] = {"status": "ok" if ready else "fail", "checks": checks}
+    if settings.OIDC_ISSUER:  # reported, never a reason to take the site out of rotation
+        answer["sso"] = sso.discovery_state()
+    return JsonResponse(answer, status=200 if ready else 503)
 
 
 def declared_models() -> list[str]:

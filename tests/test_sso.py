@@ -350,3 +350,19 @@ def test_password_sign_in_can_be_left_to_the_break_glass_administrators_only(
 
     without_sso = _settings_of(tmp_path, "print(s.LOCAL_LOGIN)", LOCAL_LOGIN="superusers")
     assert without_sso.returncode != 0 and "needs single sign-on" in without_sso.stderr
+
+
+@pytest.mark.django_db
+def test_readyz_reports_the_providers_discovery_without_failing_because_of_it(
+    sso_on: Provider, settings: Any
+) -> None:
+    up = Client().get("/readyz")
+    assert up.json()["sso"] == {"discovery": "fetched"}
+    settings.OIDC_ISSUER = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    down = Client().get("/readyz")
+    assert down.status_code == up.status_code  # readiness is the database's, Redis's and workers'
+    assert down.json()["sso"]["discovery"] == "failed"
+    assert "could not be fetched (ConnectionError)" in down.json()["sso"]["error"]
+    assert "127.0.0.1" not in down.json()["sso"]["error"]
+    settings.OIDC_ISSUER = ""
+    assert "sso" not in Client().get("/readyz").json()
