@@ -862,6 +862,30 @@ class DocumentOut(Schema):
 DocumentId = Annotated[int, Path(..., ge=1, le=MAX_ID, description="A document of yours")]
 
 
+class PassageOut(Schema):
+    id: int = Field(description="A citation's chunk_id")
+    ordinal: int = Field(description="Its place in the document, from 0")
+    page: int | None
+    heading: str
+    text: str
+
+
+class PassagePage(Schema):
+    count: int
+    limit: int
+    offset: int
+    items: list[PassageOut]
+
+
+class PassageQuery(PageQuery):
+    around: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_ID,
+        description="A passage's id: the page is the ones around it (a citation's chunk_id)",
+    )
+
+
 class DocumentRenameIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
@@ -919,6 +943,26 @@ def document_delete(request: HttpRequest, document_id: DocumentId) -> Status[Non
     except Document.DoesNotExist:
         raise _not_found("Document", document_id) from None
     return Status(204, None)
+
+
+@api.get("/documents/{document_id}/passages", response={200: PassagePage, **WITH_404}, tags=["documents"])
+def document_passages(
+    request: HttpRequest, document_id: DocumentId, query: Query[PassageQuery]
+) -> dict[str, Any]:
+    """The document's passages in order, as it was read: a citation is shown in its document.
+
+    With `around`, the page holds the passages around that one (`limit` of them, it in the middle)."""
+    try:
+        document = documents.document_get(user=auth_user(request), document_id=document_id)
+    except Document.DoesNotExist:
+        raise _not_found("Document", document_id) from None
+    passages = document.chunks.order_by("ordinal")
+    if query.around is not None:
+        ordinal = passages.filter(pk=query.around).values_list("ordinal", flat=True).first()
+        if ordinal is None:
+            raise HttpError(404, f"Passage {query.around} is not in document {document_id}.")
+        query = query.model_copy(update={"offset": max(0, ordinal - (query.limit - 1) // 2)})
+    return _page(passages, query)
 
 
 @api.patch("/documents/{document_id}", response={200: DocumentOut, **WITH_404}, tags=["documents"])

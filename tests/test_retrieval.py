@@ -375,3 +375,26 @@ def test_the_passage_index_is_kept_by_the_database_after_every_migration(
             }
     documents.document_delete(user=owner, document_id=document.pk)
     assert lexical_search(user_id=owner.pk, document_ids=[document.pk], query="gliders", k=1) == []
+
+
+def test_a_citation_opens_in_its_document(owner: Any, other_user: Any, unqueued: list[int]) -> None:
+    body = "\n\n".join(f"# Part {n}\n\nParagraph {n} of the manual." for n in range(1, 8))
+    document = read(owner, name="manual.md", text=body)
+    chunks = list(document.chunks.order_by("ordinal"))
+    client = Client(headers={"Authorization": f"Bearer {api_key_create(user=owner, name='t')[1]}"})
+    base = f"/api/v1/documents/{document.pk}/passages"
+
+    whole = client.get(base).json()
+    assert whole["count"] == len(chunks) == 7 and [p["heading"] for p in whole["items"]][:2] == [
+        "Part 1",
+        "Part 2",
+    ]
+    around = client.get(base, {"around": chunks[4].pk, "limit": 3}).json()
+    assert [p["id"] for p in around["items"]] == [c.pk for c in chunks[3:6]]  # it in the middle
+    assert client.get(base, {"around": chunks[0].pk, "limit": 3}).json()["items"][0]["id"] == chunks[0].pk
+
+    theirs = read(other_user)
+    assert client.get(f"/api/v1/documents/{theirs.pk}/passages").status_code == 404
+    stranger = theirs.chunks.first()
+    assert stranger is not None
+    assert client.get(base, {"around": stranger.pk}).status_code == 404
