@@ -21,12 +21,13 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse_lazy
+from django.urls import reverse, reverse_lazy
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from chat import charts
+from chat import charts, sso
 from chat.auth import AuthenticatedHttpRequest, local_login_refusal
+from chat.models import OidcIdentity
 from chat.services import accounts, usage
 
 
@@ -91,6 +92,21 @@ def locked_out(request: HttpRequest, original_response: Any = None, credentials:
     )
     response["Retry-After"] = str(minutes * 60)
     return response
+
+
+@login_required
+@require_POST
+def sso_link(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Link the signed-in account to the provider: a sign-in there follows, and its
+    identity opens this account from then on (instead of a new one). A POST, so no
+    other site can start it."""
+    if not settings.OIDC_ISSUER:
+        return redirect("profile")
+    if OidcIdentity.objects.filter(user=request.user).exists():
+        messages.info(request, f"Your account is already linked to {settings.OIDC_PROVIDER_NAME}.")
+        return redirect("profile")
+    request.session[sso.LINK_SESSION_KEY] = request.user.pk
+    return redirect(f"{reverse('oidc_authentication_init')}?next={reverse('profile')}")
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):

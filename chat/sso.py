@@ -55,6 +55,15 @@ class SsoUnavailable(Exception):
     """The provider could not be asked (down, slow, or its discovery document is wrong)."""
 
 
+class IdentityTaken(Exception):
+    """Linking was asked for, but the provider's identity opens another account already."""
+
+
+# The session key a signed-in user's "link my account" sets before the sign-in
+# (chat.account_views.sso_link): the callback then links instead of creating.
+LINK_SESSION_KEY = "sso_link_user"
+
+
 def discovery(timeout_s: float | None = None) -> dict[str, Any]:
     """The issuer's discovery document, fetched on first use and kept (only a good one is kept)."""
     issuer = settings.OIDC_ISSUER
@@ -151,9 +160,24 @@ class SsoBackend(OIDCAuthenticationBackend):
         return bool(claims.get("sub"))  # no email needed: accounts are not found by it
 
     def filter_users_by_claims(self, claims: dict[str, Any]) -> Any:
-        return self.UserModel.objects.filter(
+        linked = self.UserModel.objects.filter(
             oidc_identity__issuer=settings.OIDC_ISSUER, oidc_identity__subject=str(claims["sub"])
         )
+        linking = self.request.session.pop(LINK_SESSION_KEY, None)
+        user = self.request.user
+        if linking is None or not user.is_authenticated or linking != user.pk:
+            return linked
+        if linked.exists():
+            if linked.filter(pk=user.pk).exists():
+                return linked
+            raise IdentityTaken(
+                f"This {settings.OIDC_PROVIDER_NAME} account already opens another SanjAI account;"
+                " it was not linked to yours."
+            )
+        # The signed-in account (its password sign-in proved it) and the provider's identity, now one.
+        OidcIdentity.objects.create(user=user, issuer=settings.OIDC_ISSUER, subject=str(claims["sub"]))
+        logger.info("sso: linked user %s to a provider subject", user.pk)
+        return self.UserModel.objects.filter(pk=user.pk)
 
     @transaction.atomic
     def create_user(self, claims: dict[str, Any]) -> User:
@@ -214,6 +238,8 @@ class SsoCallbackView(OIDCAuthenticationCallbackView):
             response: HttpResponse = super().get(request)
         except SignupClosed as exc:
             return render(request, "registration/signup_closed.html", {"reason": str(exc)}, status=403)
+        except IdentityTaken as exc:
+            return _failure(request, str(exc), 409)
         except SuspiciousOperation:
             reason = (
                 "This sign-in could not be checked: it was not started from this browser,"

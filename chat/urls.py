@@ -24,6 +24,7 @@ urlpatterns = [
     path("profile/export/", views.export_all, name="export_all"),
     path("profile/delete/", account_views.account_delete, name="account_delete"),
     path("signup/", account_views.signup, name="signup"),
+    path("profile/sso-link/", account_views.sso_link, name="sso_link"),
     path(
         "login/",
         auth_views.LoginView.as_view(

@@ -366,3 +366,36 @@ def test_readyz_reports_the_providers_discovery_without_failing_because_of_it(
     assert "127.0.0.1" not in down.json()["sso"]["error"]
     settings.OIDC_ISSUER = ""
     assert "sso" not in Client().get("/readyz").json()
+
+
+@pytest.mark.django_db
+def test_a_local_account_can_be_linked_to_the_provider_and_keeps_its_conversations(
+    sso_on: Provider,
+) -> None:
+    from chat.services import conversations
+
+    local = User.objects.create_user("alice", password="local-password-1")
+    mine = conversations.conversation_create(user=local, title="Years of notes")
+    client = Client()
+    client.force_login(local)
+    started = client.post("/profile/sso-link/")
+    assert started.status_code == 302 and started["Location"].startswith("/oidc/authenticate/")
+    assert _sso_login(client).status_code == 302
+    identity = OidcIdentity.objects.get()
+    assert identity.user == local and User.objects.count() == 1
+
+    # From now on the provider's sign-in opens this account, with its conversations.
+    fresh = Client()
+    assert _sso_login(fresh).status_code == 302
+    assert fresh.get("/").wsgi_request.user == local
+    assert fresh.get(f"/c/{mine.pk}/").status_code == 200
+
+    # Another local account cannot take the same identity.
+    other = User.objects.create_user("alice2", password="local-password-2")
+    thief = Client()
+    thief.force_login(other)
+    thief.post("/profile/sso-link/")
+    taken = _sso_login(thief)
+    assert taken.status_code == 409 and b"already opens another SanjAI account" in taken.content
+    assert OidcIdentity.objects.get().user == local
+    assert thief.get("/profile/sso-link/").status_code == 405  # a POST only: no other site starts it
