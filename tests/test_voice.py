@@ -271,7 +271,8 @@ def test_a_job_past_its_timeout_is_stopped_and_the_next_one_is_served(
 ) -> None:
     client.force_login(owner)
     settings.VOICE_JOB_TIMEOUT_S = 0.5
-    stopped = dictate(client, noise(3))  # about a second and a half to decode
+    # 3 s of noise (about 1.5 s to decode) once finished inside the limit; 8 s leaves a wide margin.
+    stopped = dictate(client, noise(8))
     assert stopped.status_code == 504
     assert stopped.json()["error"] == (
         "Transcribing the recording took longer than 0.5 s, the most this server allows, "
