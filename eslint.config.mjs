@@ -14,6 +14,10 @@ const shared = {
   DOMPurify: "readonly",
   hljs: "readonly",
   katex: "readonly",
+  // Django's JavaScript catalog (/jsi18n/, loaded first by templates/base.html).
+  gettext: "readonly",
+  ngettext: "readonly",
+  interpolate: "readonly",
 };
 
 const rules = {

@@ -23,6 +23,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from chat import charts, sso
@@ -42,7 +44,11 @@ class LoginForm(AuthenticationForm):
 
 
 class SignupForm(UserCreationForm):
-    email = forms.EmailField(required=False, help_text="Optional. Lets you reset a forgotten password.")
+    email = forms.EmailField(
+        label=gettext_lazy("Email"),
+        required=False,
+        help_text=gettext_lazy("Optional. Lets you reset a forgotten password."),
+    )
 
     class Meta:  # Django's, with the email field
         model = User
@@ -56,7 +62,9 @@ def signup(request: HttpRequest) -> HttpResponse:
         return redirect("home")
     invite_code = request.POST.get("invite") or request.GET.get("invite") or None
     if settings.LOCAL_LOGIN == "superusers":  # accounts come from the provider's first sign-in
-        reason = f"Accounts here are made by signing in with {settings.OIDC_PROVIDER_NAME}."
+        reason = _("Accounts here are made by signing in with %(provider)s.") % {
+            "provider": settings.OIDC_PROVIDER_NAME
+        }
         return render(request, "registration/signup_closed.html", {"reason": reason}, status=403)
     try:
         accounts.signup_check(invite_code=invite_code)
@@ -76,7 +84,7 @@ def signup(request: HttpRequest) -> HttpResponse:
         # The account was just created with a password, so the model backend
         # is the one that vouches for it; naming it skips a second password hash.
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, "Welcome to SanjAI.")
+        messages.success(request, _("Welcome to SanjAI."))
         return redirect("home")
     return render(request, "registration/signup.html", {"form": form, "invite": invite_code})
 
@@ -103,7 +111,10 @@ def sso_link(request: AuthenticatedHttpRequest) -> HttpResponse:
     if not settings.OIDC_ISSUER:
         return redirect("profile")
     if OidcIdentity.objects.filter(user=request.user).exists():
-        messages.info(request, f"Your account is already linked to {settings.OIDC_PROVIDER_NAME}.")
+        messages.info(
+            request,
+            _("Your account is already linked to %(provider)s.") % {"provider": settings.OIDC_PROVIDER_NAME},
+        )
         return redirect("profile")
     request.session[sso.LINK_SESSION_KEY] = request.user.pk
     return redirect(f"{reverse('oidc_authentication_init')}?next={reverse('profile')}")
@@ -118,7 +129,7 @@ class PasswordChangeView(auth_views.PasswordChangeView):
 
     def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
-        messages.success(self.request, "Password changed. Your other sessions were signed out.")
+        messages.success(self.request, _("Password changed. Your other sessions were signed out."))
         return response
 
 
@@ -132,7 +143,7 @@ def usage_page(request: AuthenticatedHttpRequest) -> HttpResponse:
         ((row.day, row.model, row.total_tokens) for row in rows),
         first=today - timedelta(days=29),
         last=today,
-        label="Your tokens per day over the last 30 days, by model",
+        label=_("Your tokens per day over the last 30 days, by model"),
     )
     context = {"rows": rows, "budgets": [day, month], "chart": chart}
     return render(request, "chat/usage.html", context)
@@ -142,10 +153,10 @@ def usage_page(request: AuthenticatedHttpRequest) -> HttpResponse:
 @require_POST
 def account_delete(request: AuthenticatedHttpRequest) -> HttpResponse:
     if not request.user.check_password(request.POST.get("password", "")):
-        messages.error(request, "Your account was not deleted: the password did not match.")
+        messages.error(request, _("Your account was not deleted: the password did not match."))
         return redirect("profile")
     user: User = request.user
     accounts.account_delete(user=user)
     logout(request)
-    messages.success(request, "Your account and all its conversations were deleted.")
+    messages.success(request, _("Your account and all its conversations were deleted."))
     return redirect("login")

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.contrib.auth import get_user_model
-from django.contrib.auth.signals import user_logged_out
+from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.db.backends.signals import connection_created
 from django.db.models.signals import post_save, pre_save
 
@@ -59,6 +59,9 @@ class ChatConfig(AppConfig):
     def ready(self) -> None:
         connection_created.connect(_private_sqlite_files, dispatch_uid="sanjai-private-sqlite")
         user_logged_out.connect(_close_sockets, dispatch_uid="sanjai-logout-closes-sockets")
+        from chat.i18n import language_on_login
+
+        user_logged_in.connect(language_on_login, dispatch_uid="sanjai-login-language")
         user_model = get_user_model()
         uid = "sanjai-credentials-change"
         pre_save.connect(_note_credentials_change, sender=user_model, dispatch_uid=uid)

@@ -186,6 +186,8 @@ class Profile(models.Model):
     default_params = models.JSONField(default=dict, blank=True)  # for new conversations
     # The pages' colours; "system" follows the browser's light or dark setting.
     theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.SYSTEM)
+    # The interface's language (settings.LANGUAGES); empty: the browser's (chat/i18n.py).
+    language = models.CharField(max_length=8, blank=True, default="")
     # The conversation `POST /chat` continues when a caller names none.
     current_conversation = models.ForeignKey(
         Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -12,10 +12,12 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import translation
+from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from chat import delivery, exports, selectors
+from chat import delivery, exports, i18n, selectors
 from chat.auth import AuthenticatedHttpRequest
 from chat.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from chat.forms import ApiKeyForm, DefaultParamsForm, PresetForm, ProfileForm
@@ -25,7 +27,12 @@ from chat.params import CHAT_PARAM_FIELDS, FORM_FIELDS
 from chat.routing import conversation_ws_path
 from chat.services import accounts, conversations, feedback, memory, policies, presets, profiles
 from chat.services.limits import InvalidInput, ModelNotDeclared
-from inference.params import InvalidParameter
+from inference.params import (
+    REPETITION_PENALTY_RANGE,
+    TEMPERATURE_RANGE,
+    TOP_P_RANGE,
+    InvalidParameter,
+)
 
 # What the chat page's script needs from the server, given once (json_script)
 # rather than repeated in it: the socket's close codes, the title's length, a memory's length.
@@ -82,6 +89,12 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
         "params": params,
         "system_prompt": system_prompt,
         "fields": FORM_FIELDS,  # the settings panel's ranges, from the one parameter schema
+        # The same ranges as intervals ("(0, 1]"), for the panel's words in the page's language.
+        "ranges": {
+            "temperature": TEMPERATURE_RANGE.describe(),
+            "top_p": TOP_P_RANGE.describe(),
+            "repetition_penalty": REPETITION_PENALTY_RANGE.describe(),
+        },
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         # The settings panel's model choice; the conversation's own, or the default.
         # Only the models the user's groups allow; their default falls back to their first one.
@@ -254,7 +267,7 @@ def conversation_flags(request: AuthenticatedHttpRequest, conversation_id: int) 
 def conversation_delete(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     _own_conversation(request, conversation_id)
     conversations.conversation_delete(user=request.user, conversation_id=conversation_id)
-    messages.success(request, "Conversation deleted.")
+    messages.success(request, _("Conversation deleted."))
     return redirect("home")
 
 
@@ -363,9 +376,9 @@ def conversation_import(request: AuthenticatedHttpRequest) -> HttpResponse:
             raise exports.InvalidImport("The file is nested too deeply to be an export.") from None
         conversation = conversations.conversation_import(user=request.user, data=data)
     except exports.InvalidImport as exc:
-        messages.error(request, f"Import failed: {exc}")
+        messages.error(request, _("Import failed: %(reason)s") % {"reason": exc})
         return redirect("profile")  # the import form's page
-    messages.success(request, "Conversation imported.")
+    messages.success(request, _("Conversation imported."))
     return redirect("conversation", conversation_id=conversation.pk)
 
 
@@ -381,11 +394,18 @@ def profile(request: AuthenticatedHttpRequest) -> HttpResponse:
         if profile_form.is_valid() and params_form.is_valid():
             profiles.profile_update(user=request.user, **profile_form.cleaned_data)
             profiles.profile_defaults_update(user=request.user, params=params_form.cleaned_data)
-            messages.success(request, "Profile saved.")
+            i18n.remember_language(request, profile_form.cleaned_data["language"])
+            # In the language just chosen: the message shows on the next page, which has it.
+            chosen = profile_form.cleaned_data["language"] or translation.get_language_from_request(request)
+            with translation.override(chosen):
+                messages.success(request, _("Profile saved."))
             return redirect("profile")
         return _render_profile(request, profile_form=profile_form, params_form=params_form, status=400)
     if request.GET.urlencode() == IMPORT_REFUSED:  # sent back by the body limit (sanjai_site/uploads.py)
-        messages.error(request, f"Import failed: {exports.import_too_large(settings.IMPORT_MAX_BYTES)}")
+        messages.error(
+            request,
+            _("Import failed: %(reason)s") % {"reason": exports.import_too_large(settings.IMPORT_MAX_BYTES)},
+        )
     return _render_profile(request)
 
 
@@ -421,7 +441,7 @@ def api_key_revoke(request: AuthenticatedHttpRequest, key_id: int) -> HttpRespon
         accounts.api_key_revoke(user=request.user, key_id=key_id)
     except ApiKey.DoesNotExist:
         raise Http404("No such API key.") from None
-    messages.success(request, "API key revoked.")
+    messages.success(request, _("API key revoked."))
     return redirect("profile")
 
 
@@ -437,7 +457,10 @@ def preset_new(request: AuthenticatedHttpRequest) -> HttpResponse:
         except (InvalidInput, InvalidParameter, ModelNotDeclared) as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, f"Preset {preset.name} saved: start a chat from it on the chat page.")
+            messages.success(
+                request,
+                _("Preset %(name)s saved: start a chat from it on the chat page.") % {"name": preset.name},
+            )
             return redirect("profile")
     # Shown again with what was typed and why it was refused.
     return _render_profile(request, preset_form=form, status=400)
@@ -459,7 +482,7 @@ def memory_new(request: AuthenticatedHttpRequest) -> HttpResponse:
         return _render_profile(request, memory_text=str(text or ""), memory_error=str(exc), status=400)
     if as_json:
         return JsonResponse({"id": fact.pk, "text": fact.text}, status=201)
-    messages.success(request, "Kept in your memory.")
+    messages.success(request, _("Kept in your memory."))
     return redirect(f"{reverse('profile')}#memory")
 
 
@@ -470,7 +493,7 @@ def memory_forget(request: AuthenticatedHttpRequest, fact_id: int) -> HttpRespon
         memory.memory_delete(user=request.user, fact_id=fact_id)
     except MemoryFact.DoesNotExist:
         raise Http404("No such fact.") from None
-    messages.success(request, "Forgotten.")
+    messages.success(request, _("Forgotten."))
     return redirect(f"{reverse('profile')}#memory")
 
 
@@ -481,7 +504,7 @@ def preset_delete(request: AuthenticatedHttpRequest, preset_id: int) -> HttpResp
         presets.preset_delete(user=request.user, preset_id=preset_id)
     except Preset.DoesNotExist:
         raise Http404("No such preset.") from None
-    messages.success(request, "Preset deleted. Conversations started from it keep what they had.")
+    messages.success(request, _("Preset deleted. Conversations started from it keep what they had."))
     return redirect("profile")
 
 
@@ -505,6 +528,7 @@ def _render_profile(
                 "display_name": current.display_name,
                 "email": request.user.email,
                 "default_system_prompt": current.default_system_prompt,
+                "language": current.language,
             }
         )
     if params_form is None:

@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.i18n import JavaScriptCatalog
 
 from chat import pwa_views
 from chat.api import api as chat_api
@@ -19,6 +20,8 @@ urlpatterns = [
     path("sw.js", pwa_views.service_worker, name="service_worker"),
     path("manifest.webmanifest", pwa_views.web_manifest, name="web_manifest"),
     path("offline/", pwa_views.offline, name="offline"),
+    # The page scripts' translations (locale/*/LC_MESSAGES/djangojs.po) in the request's language.
+    path("jsi18n/", JavaScriptCatalog.as_view(packages=["chat"]), name="javascript-catalog"),
     # Single sign-on (chat/sso.py): sign-in answers 404 while OIDC_ISSUER is empty.
     path("oidc/", include("mozilla_django_oidc.urls")),
     # Pages first: a ninja API mounted at "" also claims "/".

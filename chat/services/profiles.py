@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 
 from chat import params as chat_params
@@ -17,18 +18,28 @@ def profile_get_or_create(*, user: User) -> Profile:
     return profile
 
 
-def profile_update(*, user: User, display_name: str, default_system_prompt: str, email: str = "") -> Profile:
+def profile_update(
+    *, user: User, display_name: str, default_system_prompt: str, email: str = "", language: str | None = None
+) -> Profile:
     """Save the user's profile; the system prompt applies to conversations created later.
 
-    The email address is the one password-reset links go to.
+    The email address is the one password-reset links go to. `language`: one of
+    settings.LANGUAGES for the pages, "" for the browser's (ValueError otherwise),
+    None to keep the one chosen.
     """
+    if language and language not in {code for code, _name in settings.LANGUAGES}:
+        raise ValueError(f"language: must be empty or one of {', '.join(c for c, _n in settings.LANGUAGES)}.")
     if email != user.email:
         user.email = email
         user.save(update_fields=["email"])
     profile = profile_get_or_create(user=user)
     profile.display_name = display_name.strip()
     profile.default_system_prompt = check_length("default_system_prompt", default_system_prompt.strip())
-    profile.save(update_fields=["display_name", "default_system_prompt"])
+    fields = ["display_name", "default_system_prompt"]
+    if language is not None:
+        profile.language = language
+        fields.append("language")
+    profile.save(update_fields=fields)
     return profile
 
 

@@ -53,12 +53,13 @@ window.SanjaiAttachments = (function () {
         chip.title = item.error;
         chip.append(why);
       }
-      chip.title = chip.title || (item.attached ? "Attached to this conversation" : "Goes with your next message");
+      chip.title = chip.title || (item.attached ? gettext("Attached to this conversation") : gettext("Goes with your next message"));
       const remove = document.createElement("button");
       remove.type = "button";
       remove.className = "icon chip-remove";
       remove.textContent = "✕";
-      remove.setAttribute("aria-label", item.attached ? `Detach ${item.name} from this conversation` : `Remove ${item.name}`);
+      remove.setAttribute("aria-label", interpolate(item.attached
+        ? gettext("Detach %(name)s from this conversation") : gettext("Remove %(name)s"), { name: item.name }, true));
       remove.addEventListener("click", () => removeItem(item));
       chip.append(remove);
       return chip;
@@ -71,7 +72,7 @@ window.SanjaiAttachments = (function () {
           showBanner(answer.error, "info");
           return;
         }
-        announce(`${item.name} is detached; it stays in your documents.`);
+        announce(interpolate(gettext("%(name)s is detached; it stays in your documents."), { name: item.name }, true));
       }
       items = items.filter((other) => other !== item);
       render();
@@ -94,7 +95,7 @@ window.SanjaiAttachments = (function () {
           showBanner(answer.error, "info");
         } else {
           Object.assign(item, fromDocument(answer.document));
-          announce(`${item.name} uploaded; it goes with your next message.`);
+          announce(interpolate(gettext("%(name)s uploaded; it goes with your next message."), { name: item.name }, true));
         }
         render();
         watch();
@@ -185,8 +186,10 @@ window.SanjaiAttachments = (function () {
         Object.assign(item, { status: event.status, progress: event.progress, error: event.error || "" });
         if (event.name) item.name = event.name;
         render();
-        if (event.status === "ready") announce(`${item.name} is ready.`);
-        if (event.status === "failed") announce(`${item.name} could not be read: ${item.error}`);
+        if (event.status === "ready") announce(interpolate(gettext("%(name)s is ready."), { name: item.name }, true));
+        if (event.status === "failed") {
+          announce(interpolate(gettext("%(name)s could not be read: %(reason)s"), { name: item.name, reason: item.error }, true));
+        }
       },
       // Attached documents still being read: [{name, progress}].
       processing: () => items.filter((item) => item.attached && item.status === "processing")

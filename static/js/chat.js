@@ -6,6 +6,9 @@
 // The home page is a new chat with no conversation yet: its first message is
 // posted over HTTP, which stores the conversation with it, and the page then
 // becomes that conversation's page (its URL, its socket) without a reload.
+//
+// Words shown go through Django's JavaScript catalog (gettext, interpolate: /jsi18n/,
+// templates/base.html); the server's own refusals (answer.error) come as it words them.
 "use strict";
 
 (function () {
@@ -112,12 +115,12 @@
     if (message.status === "failed") {
       const error = document.createElement("div");
       error.className = "error-text";
-      error.textContent = message.error || "The reply failed.";
+      error.textContent = message.error || gettext("The reply failed.");
       el.append(error);
     } else if (message.status === "cancelled") {
       const note = document.createElement("div");
       note.className = "meta";
-      note.textContent = "Stopped.";
+      note.textContent = gettext("Stopped.");
       el.append(note);
     }
     const sources = citations && message.status !== "pending" && message.status !== "streaming" && citations.chipsFor(message);
@@ -132,7 +135,7 @@
   function indexingText(message) {
     if (message.status !== "pending" || message.position) return "";
     const waiting = message.waiting || (attachments ? attachments.processing() : []);
-    return waiting.map((doc) => `indexing ${doc.name}, ${doc.progress || 0}%`).join("; ");
+    return waiting.map((doc) => interpolate(gettext("indexing %(name)s, %(progress)s%"), { name: doc.name, progress: doc.progress || 0 }, true)).join("; ");
   }
 
   // Tokens, speed and time to first token, as the server stored them.
@@ -141,25 +144,29 @@
     const usage = message.usage || {};
     const timing = message.timing || {};
     if (!usage.prompt_tokens && !usage.completion_tokens) return null;
-    const parts = [`${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion tokens`];
-    if (timing.tokens_per_second != null) parts.push(`${timing.tokens_per_second.toFixed(1)} tokens/s`);
+    const parts = [interpolate(gettext("%(prompt)s prompt + %(completion)s completion tokens"), {
+      prompt: number(usage.prompt_tokens), completion: number(usage.completion_tokens),
+    }, true)];
+    if (timing.tokens_per_second != null) {
+      parts.push(interpolate(gettext("%(speed)s tokens/s"), { speed: number(timing.tokens_per_second, 1) }, true));
+    }
     if (timing.time_to_first_token_s != null) {
-      parts.push(`${timing.time_to_first_token_s.toFixed(2)} s to first token`);
+      parts.push(interpolate(gettext("%(seconds)s s to first token"), { seconds: number(timing.time_to_first_token_s, 2) }, true));
     }
     const line = document.createElement("div");
     line.className = "meta usage";
     line.textContent = parts.join(" · ");
-    line.title = "Speed counts from the first token to the last; the wait runs from queueing to the first token.";
+    line.title = gettext("Speed counts from the first token to the last; the wait runs from queueing to the first token.");
     return line;
   }
 
   function typingIndicator(position, loading, indexing) {
     const wrap = document.createElement("span");
     wrap.className = "typing";
-    const waiting = indexing ? `${indexing}: the reply starts once it is read` :
-      loading ? `${loading}: the reply starts once it is ready` :
-      position ? `queued (#${position})` : "";
-    wrap.setAttribute("aria-label", waiting || "SanjAI is typing");
+    const waiting = indexing ? interpolate(gettext("%(what)s: the reply starts once it is read"), { what: indexing }, true) :
+      loading ? interpolate(gettext("%(what)s: the reply starts once it is ready"), { what: loading }, true) :
+      position ? interpolate(gettext("queued (#%(position)s)"), { position }, true) : "";
+    wrap.setAttribute("aria-label", waiting || gettext("SanjAI is typing"));
     for (let i = 0; i < 3; i++) wrap.append(document.createElement("span"));
     if (waiting) {
       const text = document.createElement("small");
@@ -168,6 +175,12 @@
       wrap.append(text);
     }
     return wrap;
+  }
+
+  // A number as the page's language writes it (1,234.5 or 1.234,5).
+  function number(value, digits) {
+    const options = digits === undefined ? {} : { minimumFractionDigits: digits, maximumFractionDigits: digits };
+    return Number(value).toLocaleString(document.documentElement.lang || undefined, options);
   }
 
   function button(label, onClick, extra) {
@@ -187,7 +200,7 @@
     const versions = branchNav(message, busy);
     if (versions) actions.append(versions);
     if (message.role === "assistant" && finished && message.content) {
-      actions.append(button("Copy", () => copyText(message.content, "Reply copied."), "Copy this reply"));
+      actions.append(button(gettext("Copy"), () => copyText(message.content, gettext("Reply copied.")), gettext("Copy this reply")));
     }
     if (message.role === "assistant" && finished && message.content) {
       const reading = window.SanjaiVoice && window.SanjaiVoice.readAloudButton(message);
@@ -195,10 +208,10 @@
     }
     if (message.role === "assistant" && finished && message.id) actions.append(feedbackFor(message));
     if (!busy && message.role === "assistant" && finished && message === lastOf("assistant")) {
-      actions.append(button("Regenerate", () => send({ action: "regenerate" }), "Regenerate the last reply"));
+      actions.append(button(gettext("Regenerate"), () => send({ action: "regenerate" }), gettext("Regenerate the last reply")));
     }
     if (!busy && message.role === "user" && message === lastOf("user")) {
-      actions.append(button("Edit", () => startEdit(message), "Edit your last message and resend"));
+      actions.append(button(gettext("Edit"), () => startEdit(message), gettext("Edit your last message and resend")));
     }
     const remember = window.SanjaiMemory && window.SanjaiMemory.rememberButton(message);
     if (remember) actions.append(remember);
@@ -210,7 +223,7 @@
     const wrap = document.createElement("span");
     wrap.className = "feedback";
     const current = message.feedback || null;
-    for (const [rating, name] of [["up", "Good reply"], ["down", "Bad reply"]]) {
+    for (const [rating, name] of [["up", gettext("Good reply")], ["down", gettext("Bad reply")]]) {
       const chosen = current !== null && current.rating === rating;
       const b = button("", () => rate(message, chosen ? null : rating, current ? current.comment : ""), name);
       b.append(thumb(rating));
@@ -220,7 +233,7 @@
       wrap.append(b);
     }
     if (current) {
-      const comment = button(current.comment ? "Edit comment" : "Add a comment", () => editComment(message));
+      const comment = button(current.comment ? gettext("Edit comment") : gettext("Add a comment"), () => editComment(message));
       comment.className = "rate-comment";
       wrap.append(comment);
     }
@@ -246,12 +259,12 @@
     const response = await postJSON(url, { rating, comment });
     const answer = await response.json();
     if (!response.ok) {
-      showBanner(answer.error || "The rating was not saved.", "info");
+      showBanner(answer.error || gettext("The rating was not saved."), "info");
       return;
     }
     message.feedback = answer.feedback;
     render(message);
-    announce(rating ? "Thanks: your rating was saved." : "Rating removed.");
+    announce(rating ? gettext("Thanks: your rating was saved.") : gettext("Rating removed."));
   }
 
   function editComment(message) {
@@ -261,11 +274,11 @@
     area.rows = 2;
     area.maxLength = 2000;
     area.value = message.feedback.comment || "";
-    area.setAttribute("aria-label", "What was good or bad about this reply?");
-    area.placeholder = "What was good or bad about this reply? (optional)";
+    area.setAttribute("aria-label", gettext("What was good or bad about this reply?"));
+    area.placeholder = gettext("What was good or bad about this reply? (optional)");
     const save = document.createElement("button");
     save.type = "submit";
-    save.textContent = "Save comment";
+    save.textContent = gettext("Save comment");
     form.append(area, save);
     form.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -284,14 +297,14 @@
     const index = siblings.indexOf(message.id);
     const nav = document.createElement("span");
     nav.className = "branch-nav";
-    const kind = message.role === "assistant" ? "reply" : "message";
+    const reply = message.role === "assistant";
     const go = (to) => () => {
       if (send({ action: "switch", message_id: siblings[to] })) {
-        announce(`Showing version ${to + 1} of ${siblings.length}.`);
+        announce(interpolate(gettext("Showing version %(number)s of %(count)s."), { number: to + 1, count: siblings.length }, true));
       }
     };
-    const previous = button("‹", go(index - 1), `Previous version of this ${kind}`);
-    const next = button("›", go(index + 1), `Next version of this ${kind}`);
+    const previous = button("‹", go(index - 1), reply ? gettext("Previous version of this reply") : gettext("Previous version of this message"));
+    const next = button("›", go(index + 1), reply ? gettext("Next version of this reply") : gettext("Next version of this message"));
     previous.disabled = busy || index <= 0;
     next.disabled = busy || index >= siblings.length - 1;
     const position = document.createElement("span");
@@ -355,7 +368,7 @@
     announce(spoken);
     if (feedbackButton) {
       const label = feedbackButton.textContent;
-      feedbackButton.textContent = "Copied";
+      feedbackButton.textContent = gettext("Copied");
       setTimeout(() => { feedbackButton.textContent = label; }, 1500);
     }
   }
@@ -367,15 +380,15 @@
     const area = document.createElement("textarea");
     area.value = message.content;
     area.rows = 3;
-    area.setAttribute("aria-label", "Edit your message");
+    area.setAttribute("aria-label", gettext("Edit your message"));
     const row = document.createElement("div");
     row.className = "actions";
     row.append(
-      button("Save and resend", () => {
-        if (!area.value.trim()) return showBanner("The message is empty.", "info");
+      button(gettext("Save and resend"), () => {
+        if (!area.value.trim()) return showBanner(gettext("The message is empty."), "info");
         send({ action: "edit", content: area.value });
       }),
-      button("Cancel", () => render(message)),
+      button(gettext("Cancel"), () => render(message)),
     );
     box.append(area, row);
     el.replaceChildren(box);
@@ -436,7 +449,7 @@
     snapshot(event) {
       messages.clear();
       list.replaceChildren();
-      title.textContent = event.conversation.title || "New conversation";
+      title.textContent = event.conversation.title || gettext("New conversation");
       fillSettings(event.conversation);
       const attached = event.documents || event.conversation.documents;
       if (attachments && Array.isArray(attached)) attachments.setAttached(attached);
@@ -445,7 +458,7 @@
         const empty = document.createElement("li");
         empty.id = "empty-chat";
         empty.className = "muted empty-chat";
-        empty.textContent = "Ask anything. Replies are generated on this machine.";
+        empty.textContent = gettext("Ask anything. Replies are generated on this machine.");
         list.append(empty);
       }
       list.scrollTop = list.scrollHeight;
@@ -471,12 +484,12 @@
         unsent = null;
         unsentDocuments = [];
       }
-      if (message.role === "user" && title.textContent === "New conversation") {
+      if (message.role === "user" && title.textContent === gettext("New conversation")) {
         title.textContent = message.content.split(/\s+/).join(" ").slice(0, constants.titleLength);
         const link = document.querySelector(`.conversation-item[data-id="${chat.dataset.conversationId}"] .conversation-link`);
         if (link) link.textContent = title.textContent;
       }
-      if (message.role === "assistant") announce("SanjAI is replying.");
+      if (message.role === "assistant") announce(gettext("SanjAI is replying."));
     },
     "reply.waiting"(event) {
       const message = messages.get(event.message_id);
@@ -521,12 +534,12 @@
       message.position = null;
       renderSoon(message);
     },
-    "message.done"(event) { finish(event, "done", "Reply finished."); },
-    "message.cancelled"(event) { finish(event, "cancelled", "Reply stopped."); },
+    "message.done"(event) { finish(event, "done", gettext("Reply finished.")); },
+    "message.cancelled"(event) { finish(event, "cancelled", gettext("Reply stopped.")); },
     "message.failed"(event) {
-      finish(event, "failed", "The reply failed.");
+      finish(event, "failed", gettext("The reply failed."));
       if (event.code === "worker_unavailable" || event.code === "model_loading") {
-        showBanner(`${event.error} Your message is saved: once a worker runs, use Regenerate.`);
+        showBanner(interpolate(gettext("%(error)s Your message is saved: once a worker runs, use Regenerate."), { error: event.error }, true));
       }
     },
     "branch.switched"() {
@@ -587,9 +600,9 @@
         location.href = `/login/?next=${encodeURIComponent(location.pathname)}`;
       } else if (event.code === constants.closeCodes.notFound) {
         closedForGood = true;
-        showBanner("This conversation does not exist or is not yours.");
+        showBanner(gettext("This conversation does not exist or is not yours."));
       } else if (!closedForGood) {
-        showBanner(`Connection lost — reconnecting in ${Math.round(retryDelay / 100) / 10} s…`);
+        showBanner(interpolate(gettext("Connection lost — reconnecting in %(seconds)s s…"), { seconds: number(Math.round(retryDelay / 100) / 10) }, true));
         setTimeout(connect, retryDelay);
         retryDelay = Math.min(retryDelay * 2, 8000);
       }
@@ -609,7 +622,7 @@
 
   function send(payload) {
     if (!socket || socket.readyState !== WebSocket.OPEN) {
-      showBanner("Not connected — reconnecting. Your text is still in the box.");
+      showBanner(gettext("Not connected — reconnecting. Your text is still in the box."));
       return false;
     }
     socket.send(JSON.stringify(payload));
@@ -634,7 +647,7 @@
       const response = await postJSON(chat.dataset.startUrl, body);
       answer = await response.json();
     } catch (error) {
-      answer = { error: "The server could not be reached." };
+      answer = { error: gettext("The server could not be reached.") };
     }
     starting = false;
     if (answer.conversation && documents.length) attachments.sent(documents);
@@ -654,7 +667,7 @@
     chat.dataset.conversationId = conversation.id;
     chat.dataset.wsPath = conversation.ws_path;
     history.replaceState(null, "", conversation.url);
-    title.textContent = conversation.title || "New conversation";
+    title.textContent = conversation.title || gettext("New conversation");
     document.title = `${title.textContent} · SanjAI`;
     settings.dataset.url = conversation.settings_url;
     document.getElementById("export-json").href = `${conversation.export_url}?format=json`;
@@ -676,14 +689,14 @@
     event.preventDefault();
     const text = input.value;
     if (!text.trim()) {
-      showBanner("Type a message first.", "info");
+      showBanner(gettext("Type a message first."), "info");
       input.focus();
       return;
     }
     if (activeReply()) return;
     const still = attachments && attachments.uploading();
     if (still) {
-      showBanner(`${still} is still uploading: send once its chip says so. Your text stays in the box.`, "info");
+      showBanner(interpolate(gettext("%(name)s is still uploading: send once its chip says so. Your text stays in the box."), { name: still }, true), "info");
       return;
     }
     const documents = attachments ? attachments.pendingIds() : [];
@@ -720,7 +733,7 @@
     if (reply) {
       event.preventDefault();
       send({ action: "cancel", message_id: reply.id });
-      announce("Stopping the reply.");
+      announce(gettext("Stopping the reply."));
     }
   });
 
@@ -750,7 +763,7 @@
         method, body, headers: { "X-CSRFToken": csrfToken() }, credentials: "same-origin",
       });
       const answer = await response.json().catch(() => ({}));
-      if (!response.ok) throw new Error(answer.error || `The server answered ${response.status}.`);
+      if (!response.ok) throw new Error(answer.error || interpolate(gettext("The server answered %(status)s."), { status: response.status }, true));
       return answer;
     }
 
@@ -761,8 +774,8 @@
         const answer = await call("POST", form);
         url.value = answer.url;
         link.hidden = revoke.hidden = false;
-        make.textContent = "Update the link";
-        announce("The link shows the conversation as it is now.");
+        make.textContent = gettext("Update the link");
+        announce(gettext("The link shows the conversation as it is now."));
       } catch (error) {
         showBanner(error.message);
       }
@@ -773,15 +786,15 @@
         await call("DELETE");
         url.value = "";
         link.hidden = revoke.hidden = true;
-        make.textContent = "Create a link";
-        announce("The conversation is no longer shared: its link answers nothing.");
+        make.textContent = gettext("Create a link");
+        announce(gettext("The conversation is no longer shared: its link answers nothing."));
       } catch (error) {
         showBanner(error.message);
       }
     });
 
     document.getElementById("share-copy").addEventListener("click", (event) => {
-      copyText(url.value, "Link copied.", event.currentTarget);
+      copyText(url.value, gettext("Link copied."), event.currentTarget);
     });
   }
 
@@ -816,7 +829,7 @@
     }
     const response = await postJSON(settings.dataset.url, body);
     const answer = await response.json();
-    settingsStatus.textContent = response.ok ? "Saved." : answer.error;
+    settingsStatus.textContent = response.ok ? gettext("Saved.") : answer.error;
   });
 
   // Replies rendered by the server arrive as plain text: show them as
@@ -841,7 +854,8 @@
         const loading = chosen.find((model) => model.state === "loading");
         const wasLoading = modelLoading;
         modelLoading = loading === undefined || chosen.some((model) => model.state === "ready") ? "" :
-          `Loading ${loading.name} … ${loading.progress}%` + (loading.stage ? ` (${loading.stage})` : "");
+          interpolate(gettext("Loading %(model)s … %(progress)s%"), { model: loading.name, progress: loading.progress }, true) +
+          (loading.stage ? ` (${loading.stage})` : "");
         if (modelLoading) {
           modelStatus.textContent = modelLoading;
           next = 2000;
@@ -866,12 +880,13 @@
   }
 
   // The model choices say what each model is doing right now.
-  const STATE_LABELS = { ready: "ready", loading: "loading", no_worker: "no worker" };
+  const STATE_LABELS = { ready: gettext("ready"), loading: gettext("loading"), no_worker: gettext("no worker") };
   function labelModelChoices(models) {
     for (const option of document.querySelectorAll("select[data-model-choice] option")) {
       const model = models.find((candidate) => candidate.name === option.value);
       if (!model) continue;
-      const state = model.state === "loading" ? `loading ${model.progress}%` : STATE_LABELS[model.state];
+      const state = model.state === "loading"
+        ? interpolate(gettext("loading %(progress)s%"), { progress: model.progress }, true) : STATE_LABELS[model.state];
       option.textContent = `${model.name} (${state})`;
     }
   }
@@ -899,7 +914,8 @@
       const form = event.target.closest(".delete-form");
       if (!form) return;
       const name = form.closest("li").querySelector(".conversation-link").textContent;
-      if (!confirm(`Delete “${name}” and all its messages? This cannot be undone.`)) event.preventDefault();
+      const question = interpolate(gettext("Delete “%(name)s” and all its messages? This cannot be undone."), { name }, true);
+      if (!confirm(question)) event.preventDefault();
     });
     sidebar.addEventListener("click", (event) => {
       const more = event.target.closest("a[data-more]");
@@ -918,7 +934,7 @@
     const item = b.closest("li");
     const link = item.querySelector(".conversation-link");
     const old = link.textContent;
-    const name = prompt("Rename conversation", old);
+    const name = prompt(gettext("Rename conversation"), old);
     if (name === null || !name.trim()) return;
     const form = new FormData();
     form.append("title", name);
@@ -928,9 +944,9 @@
     if (!response.ok) return;
     const answer = await response.json();
     link.textContent = answer.title;
+    // "Rename <title>", in whichever word order the page's language has.
     for (const labelled of item.querySelectorAll("button[aria-label]")) {
-      const verb = labelled.getAttribute("aria-label").split(" ")[0];
-      labelled.setAttribute("aria-label", `${verb} ${answer.title}`);
+      labelled.setAttribute("aria-label", labelled.getAttribute("aria-label").replace(old, answer.title));
     }
     const current = document.getElementById("chat");
     if (current && current.dataset.conversationId === item.dataset.id) {

@@ -16,7 +16,7 @@ window.SanjaiCitations = (function () {
   }
 
   function where(citation) {
-    return citation.page ? `${citation.document}, page ${citation.page}` : citation.document;
+    return citation.page ? interpolate(gettext("%(document)s, page %(page)s"), { document: citation.document, page: citation.page }, true) : citation.document;
   }
 
   // Cited ones first, each group in marker order.
@@ -27,12 +27,15 @@ window.SanjaiCitations = (function () {
   function open(citation, from) {
     if (!dialog) return;
     opener = from;
-    document.getElementById("citation-title").textContent = `Source [${citation.n}]: ${citation.document}`;
+    document.getElementById("citation-title").textContent = interpolate(gettext("Source [%(n)s]: %(document)s"), { n: citation.n, document: citation.document }, true);
     const meta = [];
-    if (citation.page) meta.push(`page ${citation.page}`);
-    if (citation.heading) meta.push(`under “${citation.heading}”`);
-    meta.push(citation.cited ? "cited in the reply" : "retrieved for the question, not cited in the reply");
-    if (typeof citation.score === "number") meta.push(`score ${citation.score.toFixed(3)}`);
+    if (citation.page) meta.push(interpolate(gettext("page %(page)s"), { page: citation.page }, true));
+    if (citation.heading) meta.push(interpolate(gettext("under “%(heading)s”"), { heading: citation.heading }, true));
+    meta.push(citation.cited ? gettext("cited in the reply") : gettext("retrieved for the question, not cited in the reply"));
+    if (typeof citation.score === "number") {
+      const score = citation.score.toLocaleString(document.documentElement.lang || undefined, { minimumFractionDigits: 3, maximumFractionDigits: 3 });
+      meta.push(interpolate(gettext("score %(score)s"), { score }, true));
+    }
     document.getElementById("citation-meta").textContent = meta.join(" · ");
     document.getElementById("citation-passage").textContent = citation.passage || "";
     dialog.showModal();
@@ -45,10 +48,10 @@ window.SanjaiCitations = (function () {
     const wrap = document.createElement("div");
     wrap.className = "citations";
     wrap.setAttribute("role", "group");
-    wrap.setAttribute("aria-label", "Sources of this reply");
+    wrap.setAttribute("aria-label", gettext("Sources of this reply"));
     const label = document.createElement("span");
     label.className = "muted citations-label";
-    label.textContent = "Sources:";
+    label.textContent = gettext("Sources:");
     wrap.append(label);
     for (const citation of ordered(citations)) {
       const chip = document.createElement("button");
@@ -62,7 +65,9 @@ window.SanjaiCitations = (function () {
       name.className = "citation-where";
       name.textContent = where(citation);
       chip.append(number, name);
-      chip.setAttribute("aria-label", `Source ${citation.n}: ${where(citation)}, ${citation.cited ? "cited" : "not cited"}. Show the passage`);
+      chip.setAttribute("aria-label", interpolate(citation.cited
+        ? gettext("Source %(n)s: %(where)s, cited. Show the passage") : gettext("Source %(n)s: %(where)s, not cited. Show the passage"),
+      { n: citation.n, where: where(citation) }, true));
       chip.addEventListener("click", () => open(citation, chip));
       wrap.append(chip);
     }
@@ -87,7 +92,7 @@ window.SanjaiCitations = (function () {
         marker.type = "button";
         marker.className = "cite-ref";
         marker.textContent = part;
-        marker.setAttribute("aria-label", `Source ${citation.n}: ${where(citation)}`);
+        marker.setAttribute("aria-label", interpolate(gettext("Source %(n)s: %(where)s"), { n: citation.n, where: where(citation) }, true));
         marker.addEventListener("click", () => open(citation, marker));
         return marker;
       });

@@ -35,7 +35,7 @@
     dismiss.type = "button";
     dismiss.className = "icon";
     dismiss.textContent = "✕";
-    dismiss.setAttribute("aria-label", "Dismiss this message");
+    dismiss.setAttribute("aria-label", gettext("Dismiss this message"));
     dismiss.addEventListener("click", () => item.remove());
     item.append(" ", dismiss);
     errors.append(item);
@@ -45,7 +45,7 @@
   async function load() {
     const answer = await call("GET", documentsUrl);
     if (!answer.ok) {
-      say(`Your documents could not be listed: ${answer.error}`);
+      say(interpolate(gettext("Your documents could not be listed: %(reason)s"), { reason: answer.error }, true));
     } else {
       documents = answer.data;
       render();
@@ -84,8 +84,10 @@
     const used = documents.reduce((sum, doc) => sum + doc.size_bytes, 0);
     document.getElementById("doc-used").textContent = formatSize(used);
     const reading = documents.filter((doc) => doc.status === "processing").length;
-    say(items.length === 0 ? "No documents yet: upload one above." :
-      `${documents.length} document${documents.length === 1 ? "" : "s"}` + (reading ? `, ${reading} being read.` : "."));
+    const count = documents.length;
+    say(items.length === 0 ? gettext("No documents yet: upload one above.") : reading
+      ? interpolate(ngettext("%(count)s document, %(reading)s being read.", "%(count)s documents, %(reading)s being read.", count), { count, reading }, true)
+      : interpolate(ngettext("%(count)s document.", "%(count)s documents.", count), { count }, true));
   }
 
   function cell(row, name) {
@@ -105,9 +107,9 @@
       row.querySelector(".doc-actions").append(actions);
       // Their names say which file; update() keeps them current after a rename.
       actions.append(
-        action("Rename", "Rename {name}", () => startRename(row)),
-        action("Attach…", "Attach {name} to a conversation", (event) => openAttach(row, event.currentTarget)),
-        action("Delete", "Delete {name}", () => remove(row)),
+        action(gettext("Rename"), gettext("Rename %(name)s"), () => startRename(row)),
+        action(gettext("Attach…"), gettext("Attach %(name)s to a conversation"), (event) => openAttach(row, event.currentTarget)),
+        action(gettext("Delete"), gettext("Delete %(name)s"), () => remove(row)),
       );
       actions.querySelector("button:last-child").classList.add("danger");
     }
@@ -130,7 +132,7 @@
     if (!nameCell.querySelector("form")) {
       nameCell.textContent = item.name;
       for (const button of row.querySelectorAll(".doc-actions button")) {
-        button.setAttribute("aria-label", button.dataset.label.replace("{name}", item.name));
+        button.setAttribute("aria-label", interpolate(button.dataset.label, { name: item.name }, true));
       }
     }
     const state = row.querySelector(".doc-state");
@@ -158,7 +160,7 @@
     if (item.created && !added.firstChild) {
       const time = document.createElement("time");
       time.dateTime = item.created;
-      time.textContent = new Date(item.created).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+      time.textContent = new Date(item.created).toLocaleString(document.documentElement.lang || undefined, { dateStyle: "medium", timeStyle: "short" });
       added.append(time);
     }
   }
@@ -193,7 +195,7 @@
     event.preventDefault();
     const files = [...chooser.files];
     if (!files.length) {
-      showError("Choose a file first.");
+      showError(gettext("Choose a file first."));
       return;
     }
     chooser.value = "";
@@ -230,12 +232,12 @@
     field.value = doc.name;
     field.maxLength = 255;
     field.required = true;
-    field.setAttribute("aria-label", `New name for ${doc.name}`);
+    field.setAttribute("aria-label", interpolate(gettext("New name for %(name)s"), { name: doc.name }, true));
     const save = document.createElement("button");
     save.type = "submit";
     save.className = "primary";
-    save.textContent = "Save";
-    const cancel = action("Cancel", "Cancel the rename", () => stop());
+    save.textContent = gettext("Save");
+    const cancel = action(gettext("Cancel"), gettext("Cancel the rename"), () => stop());
     const why = document.createElement("div");
     why.className = "error-text";
     why.setAttribute("role", "alert");
@@ -264,13 +266,13 @@
       }
       Object.assign(doc, answer.data);
       stop();
-      notice.textContent = `Renamed to ${answer.data.name}.`;
+      notice.textContent = interpolate(gettext("Renamed to %(name)s."), { name: answer.data.name }, true);
     });
   }
 
   async function remove(row) {
     const doc = byRow(row);
-    if (!confirm(`Delete “${doc.name}”? Its file and passages are deleted, and it leaves every conversation it is attached to.`)) return;
+    if (!confirm(interpolate(gettext("Delete “%(name)s”? Its file and passages are deleted, and it leaves every conversation it is attached to."), { name: doc.name }, true))) return;
     const answer = await call("DELETE", `${documentsUrl}/${doc.id}`);
     if (!answer.ok) {
       showError(answer.error);
@@ -278,7 +280,7 @@
     }
     documents = documents.filter((other) => other !== doc);
     render();
-    notice.textContent = `Deleted ${doc.name}.`;
+    notice.textContent = interpolate(gettext("Deleted %(name)s."), { name: doc.name }, true);
   }
 
   // ---- Attach to a conversation ------------------------------------------------------------
@@ -308,17 +310,17 @@
       radio.name = "conversation";
       radio.value = conversation.id;
       radio.checked = index === 0;
-      label.append(radio, ` ${conversation.title || "New conversation"}`);
+      label.append(radio, ` ${conversation.title || gettext("New conversation")}`);
       return label;
     });
     choices.replaceChildren(...items);
-    showAttachError(items.length ? "" : search.value.trim() ? "No conversation matches." : "You have no conversations yet: start a chat first.");
+    showAttachError(items.length ? "" : search.value.trim() ? gettext("No conversation matches.") : gettext("You have no conversations yet: start a chat first."));
   }
 
   function openAttach(row, from) {
     attaching = byRow(row);
     opener = from;
-    document.getElementById("doc-attach-title").textContent = `Attach “${attaching.name}” to a conversation`;
+    document.getElementById("doc-attach-title").textContent = interpolate(gettext("Attach “%(name)s” to a conversation"), { name: attaching.name }, true);
     search.value = "";
     choices.replaceChildren();
     showAttachError("");
@@ -338,7 +340,7 @@
     event.preventDefault();
     const chosen = attachForm.querySelector("input[name=conversation]:checked");
     if (!chosen) {
-      showAttachError("Choose a conversation.");
+      showAttachError(gettext("Choose a conversation."));
       return;
     }
     const id = Number(chosen.value);
@@ -349,10 +351,10 @@
     }
     attachDialog.close();
     const title = chosen.parentElement.textContent.trim();
-    notice.replaceChildren(`Attached ${attaching.name} to “${title}”. `);
+    notice.replaceChildren(`${interpolate(gettext("Attached %(name)s to “%(title)s”."), { name: attaching.name, title }, true)} `);
     const link = document.createElement("a");
     link.href = constants.conversationUrl.replace("/0/", `/${id}/`);
-    link.textContent = "Open the conversation";
+    link.textContent = gettext("Open the conversation");
     notice.append(link);
   });
 

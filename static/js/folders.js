@@ -33,11 +33,11 @@
         credentials: "same-origin",
       });
     } catch (error) {
-      return "The server could not be reached.";
+      return gettext("The server could not be reached.");
     }
     if (response.ok) return null;
     const answer = await response.json().catch(() => ({}));
-    return answer.detail || `The server answered ${response.status}.`;
+    return answer.detail || interpolate(gettext("The server answered %(status)s."), { status: response.status }, true);
   }
 
   function refresh() {
@@ -62,7 +62,8 @@
   // ---- Make, rename, delete --------------------------------------------------------
   function openEditor(folder, from) {
     editing = folder;
-    document.getElementById("folder-edit-title").textContent = folder ? `Rename “${folder.name}”` : "New folder";
+    document.getElementById("folder-edit-title").textContent = folder
+      ? interpolate(gettext("Rename “%(name)s”"), { name: folder.name }, true) : gettext("New folder");
     editForm.elements.name.value = folder ? folder.name : "";
     editForm.elements.preset_id.value = folder ? folder.presetId : "";
     showError(document.getElementById("folder-edit-error"), "");
@@ -92,7 +93,7 @@
   }
 
   async function deleteFolder(folder) {
-    const question = `Delete the folder “${folder.name}”? Its conversations are kept: they go back to the main list.`;
+    const question = interpolate(gettext("Delete the folder “%(name)s”? Its conversations are kept: they go back to the main list."), { name: folder.name }, true);
     if (!confirm(question)) return;
     const error = await call("DELETE", `${foldersUrl}/${folder.id}`);
     if (error) alert(error); else refresh();
@@ -121,15 +122,15 @@
   function openMover(item, from) {
     moving = item;
     const choice = moveForm.elements.folder;
-    const options = [new Option("No folder (the main list)", "")];
+    const options = [new Option(gettext("No folder (the main list)"), "")];
     for (const section of sidebar.querySelectorAll("[data-folder-id]")) {
       options.push(new Option(section.dataset.name, section.dataset.folderId));
     }
     choice.replaceChildren(...options);
     choice.value = item.dataset.folder || "";
     const name = item.querySelector(".conversation-link").textContent;
-    document.getElementById("folder-move-title").textContent = `Move “${name}”`;
-    showError(document.getElementById("folder-move-error"), options.length > 1 ? "" : "You have no folders yet: make one with “+ New folder”.");
+    document.getElementById("folder-move-title").textContent = interpolate(gettext("Move “%(name)s”"), { name }, true);
+    showError(document.getElementById("folder-move-error"), options.length > 1 ? "" : gettext("You have no folders yet: make one with “+ New folder”."));
     open(moveDialog, from);
     choice.focus();
   }

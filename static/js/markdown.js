@@ -170,14 +170,15 @@
     head.className = "code-head";
     const label = document.createElement("span");
     label.className = "code-lang";
-    label.textContent = language || "code";
+    label.textContent = language || gettext("code");
     // Exactly the block's text: marked ends a block with a newline the fence did not have.
     const copyButton = document.createElement("button");
     copyButton.type = "button";
-    copyButton.textContent = "Copy";
+    copyButton.textContent = gettext("Copy");
     copyButton.className = "copy-code";
-    copyButton.setAttribute("aria-label", `Copy this ${language || "code"} block`);
-    copyButton.addEventListener("click", () => copy(text.replace(/\n$/, ""), "Code copied.", copyButton));
+    copyButton.setAttribute("aria-label", language
+      ? interpolate(gettext("Copy this %(language)s block"), { language }, true) : gettext("Copy this code block"));
+    copyButton.addEventListener("click", () => copy(text.replace(/\n$/, ""), gettext("Code copied."), copyButton));
     head.append(label, copyButton);
     pre.replaceWith(block);
     block.append(head, pre);

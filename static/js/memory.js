@@ -9,8 +9,12 @@ window.SanjaiMemory = (function () {
   const chat = document.getElementById("chat");
   // The longest fact the server keeps (chat/services/memory.py), from the page's constants.
   const MAX_CHARS = JSON.parse(document.getElementById("page-constants").textContent).memoryFactChars;
-  // First-person statements and standing instructions: what a memory is for.
-  const LOOKS_LIKE_A_FACT = /^(i|i'm|i am|i've|my|call me|please always|always|never|from now on)\b/i;
+  // First-person statements and standing instructions: what a memory is for, in the
+  // interface's languages (English, German, French, Spanish).
+  const LOOKS_LIKE_A_FACT = new RegExp("^(j['’]|(i|i'm|i am|i've|my|call me|please always|always|never|from now on" +
+    "|ich|mein|meine|nenn mich|immer|nie|ab jetzt" +
+    "|je|mon|ma|mes|appelle-moi|toujours|jamais|désormais" +
+    "|yo|mi|mis|llámame|siempre|nunca|a partir de ahora)(?![\\p{L}]))", "iu");
 
   function say(text) {
     const announcer = document.getElementById("announcer");
@@ -22,8 +26,8 @@ window.SanjaiMemory = (function () {
     if (!LOOKS_LIKE_A_FACT.test((message.content || "").trim())) return null;
     const button = document.createElement("button");
     button.type = "button";
-    button.textContent = "Remember";
-    button.setAttribute("aria-label", "Keep this in your memory");
+    button.textContent = gettext("Remember");
+    button.setAttribute("aria-label", gettext("Keep this in your memory"));
     button.addEventListener("click", () => openEditor(message));
     return button;
   }
@@ -33,7 +37,7 @@ window.SanjaiMemory = (function () {
     const form = document.createElement("form");
     form.className = "remember";
     const label = document.createElement("label");
-    label.textContent = "Keep in your memory (every new reply sees it; you can forget it on your profile)";
+    label.textContent = gettext("Keep in your memory (every new reply sees it; you can forget it on your profile)");
     const text = document.createElement("textarea");
     text.rows = 2;
     text.maxLength = MAX_CHARS;
@@ -42,10 +46,10 @@ window.SanjaiMemory = (function () {
     const save = document.createElement("button");
     save.type = "submit";
     save.className = "primary";
-    save.textContent = "Keep in memory";
+    save.textContent = gettext("Keep in memory");
     const cancel = document.createElement("button");
     cancel.type = "button";
-    cancel.textContent = "Cancel";
+    cancel.textContent = gettext("Cancel");
     const status = document.createElement("span");
     status.className = "muted";
     status.setAttribute("role", "status");
@@ -58,7 +62,7 @@ window.SanjaiMemory = (function () {
         const response = await window.SanjaiHttp.postJSON(chat.dataset.memoryUrl, { text: text.value });
         answer = response.ok ? null : await response.json();
       } catch (error) {
-        answer = { error: "The server could not be reached; nothing was kept." };
+        answer = { error: gettext("The server could not be reached; nothing was kept.") };
       }
       save.disabled = false;
       if (answer) {
@@ -66,9 +70,9 @@ window.SanjaiMemory = (function () {
         return;
       }
       form.remove();
-      say("Kept in your memory.");
+      say(gettext("Kept in your memory."));
       message.el.querySelector(".actions")?.append(Object.assign(document.createElement("span"), {
-        className: "muted remembered", textContent: "Kept in memory",
+        className: "muted remembered", textContent: gettext("Kept in memory"),
       }));
     });
     form.append(label, save, cancel, status);

@@ -21,9 +21,10 @@
   if (!saved || !Array.isArray(saved.conversations) || saved.conversations.length === 0) return;
 
   const when = new Date(saved.savedAt);
+  // The words come translated in the page (templates/chat/offline.html): no catalog offline.
   document.getElementById("offline-saved").textContent = Number.isNaN(when.getTime())
-    ? "As last seen on this device:"
-    : `As last seen on this device, ${when.toLocaleString()}:`;
+    ? page.dataset.savedText
+    : page.dataset.savedWhenText.replace("{when}", when.toLocaleString(document.documentElement.lang || undefined));
 
   const list = document.getElementById("offline-list");
   const href = (id) => page.dataset.conversationUrl.replace("/0/", `/${id}/`);

@@ -24,8 +24,8 @@
     }
     const chosen = buttons.find((button) => button.dataset.preset === slug);
     input.placeholder = again || !chosen
-      ? "Message SanjAI — Enter to send, Shift+Enter for a new line"
-      : `Message ${chosen.textContent.trim()} — Enter to send`;
+      ? gettext("Message SanjAI — Enter to send, Shift+Enter for a new line")
+      : interpolate(gettext("Message %(preset)s — Enter to send"), { preset: chosen.textContent.trim() }, true);
   }
 
   for (const button of buttons) {
@@ -65,7 +65,7 @@
     if (!shown.length) {
       const none = document.createElement("li");
       none.className = "muted";
-      none.textContent = "No preset has that name.";
+      none.textContent = gettext("No preset has that name.");
       menu.append(none);
     }
     menu.hidden = false;

@@ -54,7 +54,7 @@
       const section = item.closest("section[aria-label]");
       conversations.push({
         id: Number(id),
-        title: (link ? link.textContent : "").trim() || "New conversation",
+        title: (link ? link.textContent : "").trim() || gettext("New conversation"),
         group: section ? section.getAttribute("aria-label") : "",
       });
     }

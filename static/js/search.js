@@ -57,7 +57,7 @@
     if (inFlight) inFlight.abort();
     if (!q) return show([], "");
     inFlight = new AbortController();
-    status.textContent = "Searching…";
+    status.textContent = gettext("Searching…");
     try {
       const response = await fetch(`${dialog.dataset.url}?${new URLSearchParams({ q, limit: "20" })}`, {
         signal: inFlight.signal,
@@ -65,10 +65,12 @@
         headers: { Accept: "application/json" },
       });
       const body = await response.json();
-      if (!response.ok) return show([], body.detail || "The search failed.");
-      show(body.items, body.items.length ? `${body.items.length}${body.next_offset ? "+" : ""} found.` : "No messages match.");
+      if (!response.ok) return show([], body.detail || gettext("The search failed."));
+      const count = body.items.length;
+      const found = body.next_offset ? gettext("%(count)s+ found.") : ngettext("%(count)s found.", "%(count)s found.", count);
+      show(body.items, count ? interpolate(found, { count }, true) : gettext("No messages match."));
     } catch (error) {
-      if (error.name !== "AbortError") show([], "Search is not available right now; try again.");
+      if (error.name !== "AbortError") show([], gettext("Search is not available right now; try again."));
     }
   }
 
@@ -89,17 +91,17 @@
     const head = document.createElement("span");
     head.className = "search-hit-head";
     const title = document.createElement("strong");
-    title.textContent = hit.title || "New conversation";
+    title.textContent = hit.title || gettext("New conversation");
     head.append(title);
     if (hit.archived) {
       const label = document.createElement("span");
       label.className = "search-archived";
-      label.textContent = "Archived";
+      label.textContent = gettext("Archived");
       head.append(label);
     }
     const when = document.createElement("time");
     when.dateTime = hit.created;
-    when.textContent = `${hit.role === "user" ? "You" : "SanjAI"} · ${new Date(hit.created).toLocaleString()}`;
+    when.textContent = `${hit.role === "user" ? gettext("You") : "SanjAI"} · ${new Date(hit.created).toLocaleString(document.documentElement.lang || undefined)}`;
     head.append(when);
     const snippet = document.createElement("span");
     snippet.className = "search-snippet";
@@ -180,7 +182,7 @@
     const tried = `sanjai-search-branch-${id}`;
     if (sessionStorage.getItem(tried)) {
       sessionStorage.removeItem(tried);
-      return notice("it is no longer in this conversation.");
+      return notice(gettext("The message found is on another version of this conversation, and it is no longer in this conversation."));
     }
     const response = await fetch(`/api/v1/messages/${id}/branch`, {
       method: "POST",
@@ -193,13 +195,15 @@
       return;
     }
     const body = await response.json().catch(() => ({}));
-    notice(body.detail || "it could not be shown.");
+    notice(body.detail
+      ? interpolate(gettext("The message found is on another version of this conversation, and %(reason)s"), { reason: body.detail }, true)
+      : gettext("The message found is on another version of this conversation, and it could not be shown."));
   }
 
-  function notice(why) {
+  function notice(text) {
     const banner = document.getElementById("banner");
     if (!banner) return;
-    banner.textContent = `The message found is on another version of this conversation, and ${why}`;
+    banner.textContent = text;
     banner.hidden = false;
   }
 

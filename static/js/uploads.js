@@ -24,7 +24,7 @@ window.SanjaiUploads = (function () {
       const text = (page.body.textContent || "").trim();
       if (text) return text;
     }
-    return `The server answered ${status}.`;
+    return interpolate(gettext("The server answered %(status)s."), { status }, true);
   }
 
   // POST /documents, multipart field `file`. XMLHttpRequest rather than fetch: only it
@@ -49,7 +49,7 @@ window.SanjaiUploads = (function () {
       // A refusal from the request's head can close the connection before the browser
       // reads the answer: then there is no message to show but this one.
       request.addEventListener("error", () => resolve({
-        error: `${file.name}: the upload stopped (the server could not be reached, or refused the file as too large).`,
+        error: interpolate(gettext("%(name)s: the upload stopped (the server could not be reached, or refused the file as too large)."), { name: file.name }, true),
         status: 0,
       }));
       const form = new FormData();
@@ -69,7 +69,7 @@ window.SanjaiUploads = (function () {
         credentials: "same-origin",
       });
     } catch (error) {
-      return { ok: false, error: "The server could not be reached." };
+      return { ok: false, error: gettext("The server could not be reached.") };
     }
     const text = await response.text();
     if (!response.ok) {
@@ -78,18 +78,22 @@ window.SanjaiUploads = (function () {
     return { ok: true, data: text ? JSON.parse(text) : null };
   }
 
+  // In the page's language: "1.5 kB" in English, "1,5 kB" in German.
   function formatSize(bytes) {
-    if (bytes < 1000) return `${bytes} B`;
-    if (bytes < 1_000_000) return `${(bytes / 1000).toFixed(bytes < 10_000 ? 1 : 0)} kB`;
-    return `${(bytes / 1_000_000).toFixed(1)} MB`;
+    const lang = document.documentElement.lang || undefined;
+    const fixed = (value, digits) => value.toLocaleString(lang, { minimumFractionDigits: digits, maximumFractionDigits: digits });
+    if (bytes < 1000) return interpolate(gettext("%(size)s B"), { size: fixed(bytes, 0) }, true);
+    if (bytes < 1_000_000) return interpolate(gettext("%(size)s kB"), { size: fixed(bytes / 1000, bytes < 10_000 ? 1 : 0) }, true);
+    return interpolate(gettext("%(size)s MB"), { size: fixed(bytes / 1_000_000, 1) }, true);
   }
 
   // A document's state in a few words: "uploading 40%", "indexing 40%", "ready", "failed".
   function stateText(item) {
-    if (item.status === "uploading") return `uploading ${item.progress || 0}%`;
-    if (item.status === "processing") return `indexing ${item.progress || 0}%`;
-    if (item.status === "error" || item.status === "failed") return "failed";
-    return "ready";
+    const progress = { progress: item.progress || 0 };
+    if (item.status === "uploading") return interpolate(gettext("uploading %(progress)s%"), progress, true);
+    if (item.status === "processing") return interpolate(gettext("indexing %(progress)s%"), progress, true);
+    if (item.status === "error" || item.status === "failed") return gettext("failed");
+    return gettext("ready");
   }
 
   return { upload, call, errorText, formatSize, stateText };

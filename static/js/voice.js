@@ -39,7 +39,7 @@ window.SanjaiVoice = (function () {
     try {
       stream = await navigator.mediaDevices.getUserMedia({ audio: true });
     } catch (error) {
-      showProblem("The microphone is not available: allow it for this site to dictate.");
+      showProblem(gettext("The microphone is not available: allow it for this site to dictate."));
       return;
     }
     const chunks = [];
@@ -50,19 +50,19 @@ window.SanjaiVoice = (function () {
       stream.getTracks().forEach((track) => track.stop());
       recorder = null;
       mic.setAttribute("aria-pressed", "false");
-      mic.textContent = "Dictate";
+      mic.textContent = gettext("Dictate");
       await transcribe(new Blob(chunks, { type: chunks[0]?.type || "audio/webm" }));
     });
     recorder.start();
     mic.setAttribute("aria-pressed", "true");
-    mic.textContent = "■ Stop dictating";
-    say("Recording: speak, then press Stop dictating.");
+    mic.textContent = `■ ${gettext("Stop dictating")}`;
+    say(gettext("Recording: speak, then press Stop dictating."));
     stopTimer = setTimeout(() => recorder && recorder.stop(), Number(mic.dataset.maxSeconds || 60) * 1000);
   }
 
   async function transcribe(blob) {
     mic.disabled = true;
-    say("Transcribing…");
+    say(gettext("Transcribing…"));
     try {
       const wav = await toWav(blob);
       const response = await fetch(mic.dataset.url, {
@@ -73,16 +73,16 @@ window.SanjaiVoice = (function () {
       });
       const answer = await response.json();
       if (!response.ok) {
-        showProblem(answer.error || "The recording could not be transcribed.");
+        showProblem(answer.error || gettext("The recording could not be transcribed."));
       } else if (answer.text) {
         input.value = input.value.trim() ? `${input.value.trimEnd()} ${answer.text}` : answer.text;
         input.dispatchEvent(new Event("input"));
-        say("Dictated text added to the message box: check it, then send.");
+        say(gettext("Dictated text added to the message box: check it, then send."));
       } else {
-        showProblem("No words were recognised in the recording.");
+        showProblem(gettext("No words were recognised in the recording."));
       }
     } catch (error) {
-      showProblem("The recording could not be read.");
+      showProblem(gettext("The recording could not be read."));
     } finally {
       mic.disabled = false;
       input.focus();
@@ -145,17 +145,17 @@ window.SanjaiVoice = (function () {
     const b = document.createElement("button");
     b.type = "button";
     b.className = "read-aloud";
-    b.textContent = "Read aloud";
-    b.setAttribute("aria-label", "Read this reply aloud");
+    b.textContent = gettext("Read aloud");
+    b.setAttribute("aria-label", gettext("Read this reply aloud"));
     b.addEventListener("click", () => {
       stopReading();
       if (hasVoices()) {
         window.speechSynthesis.speak(new SpeechSynthesisUtterance(plainText(message.content)));
       } else {
         playing = new Audio(serverUrl.replace("/0/", `/${message.id}/`));
-        playing.play().catch(() => showProblem("The reply could not be played."));
+        playing.play().catch(() => showProblem(gettext("The reply could not be played.")));
       }
-      say("Reading the reply aloud.");
+      say(gettext("Reading the reply aloud."));
     });
     return b;
   }
