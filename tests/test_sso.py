@@ -378,11 +378,13 @@ def test_a_local_account_can_be_linked_to_the_provider_and_keeps_its_conversatio
     mine = conversations.conversation_create(user=local, title="Years of notes")
     client = Client()
     client.force_login(local)
+    assert b"Link to single sign-on" in client.get("/profile/").content
     started = client.post("/profile/sso-link/")
     assert started.status_code == 302 and started["Location"].startswith("/oidc/authenticate/")
     assert _sso_login(client).status_code == 302
     identity = OidcIdentity.objects.get()
     assert identity.user == local and User.objects.count() == 1
+    assert b"Link to single sign-on" not in client.get("/profile/").content  # linked: nothing to offer
 
     # From now on the provider's sign-in opens this account, with its conversations.
     fresh = Client()

@@ -10,9 +10,39 @@ window.SanjaiCitations = (function () {
   const dialog = document.getElementById("citation");
   let opener = null;  // where the focus goes back to when the dialog closes
 
+  let shown = null;  // the citation the dialog shows
+  const CONTEXT_PASSAGES = 5;  // it, and two on either side
+
   if (dialog) {
     dialog.querySelector("[data-close]").addEventListener("click", () => dialog.close());
     dialog.addEventListener("close", () => opener?.focus?.());
+    document.getElementById("citation-in-document").addEventListener("click", () => inDocument(shown));
+  }
+
+  // The passages around the cited one, as the document has them; the cited one marked.
+  async function inDocument(citation) {
+    const context = document.getElementById("citation-context");
+    const base = `${dialog.dataset.documentsUrl}/${citation.document_id}/passages`;
+    const answer = await window.SanjaiUploads.call(
+      "GET", `${base}?around=${citation.chunk_id}&limit=${CONTEXT_PASSAGES}`);
+    context.replaceChildren();
+    if (!answer.ok) {
+      const note = document.createElement("p");
+      note.className = "muted";
+      note.textContent = gettext("This passage is no longer in your documents: the file was deleted or read again.");
+      context.append(note);
+    } else {
+      for (const passage of answer.data.items) {
+        const block = document.createElement(passage.id === citation.chunk_id ? "blockquote" : "p");
+        block.className = passage.id === citation.chunk_id ? "citation-passage" : "citation-around";
+        block.textContent = passage.text;  // the file's words: text, never HTML
+        context.append(block);
+      }
+    }
+    document.getElementById("citation-passage").hidden = true;
+    document.getElementById("citation-in-document").hidden = true;
+    context.hidden = false;
+    context.querySelector(".citation-passage")?.scrollIntoView({ block: "center" });
   }
 
   function where(citation) {
@@ -38,6 +68,11 @@ window.SanjaiCitations = (function () {
     }
     document.getElementById("citation-meta").textContent = meta.join(" · ");
     document.getElementById("citation-passage").textContent = citation.passage || "";
+    document.getElementById("citation-passage").hidden = false;
+    document.getElementById("citation-context").hidden = true;
+    // An imported conversation's citations name no document of this server's.
+    document.getElementById("citation-in-document").hidden = !(citation.document_id && citation.chunk_id);
+    shown = citation;
     dialog.showModal();
     dialog.querySelector("[data-close]").focus();
   }

@@ -121,6 +121,13 @@ def test_attach_a_file_to_a_new_chat_ask_and_open_the_passage(page: Page, django
     expect(dialog).to_contain_text("A passage from your document")
     expect(dialog.locator("#citation-meta")).to_contain_text("Geography")  # its heading
     page.screenshot(path=str(ARTIFACTS / "documents-citation.png"), full_page=True)
+    # In its document: the passages around it, in order, it set apart.
+    dialog.get_by_role("button", name="Show it in its document").click()
+    context = dialog.locator("#citation-context")
+    expect(context.locator("blockquote.citation-passage")).to_contain_text("Quuxville")
+    expect(context.locator(".citation-around").first).to_be_visible()
+    expect(dialog.locator("#citation-passage")).to_be_hidden()
+    page.screenshot(path=str(ARTIFACTS / "documents-citation-in-document.png"), full_page=True)
     page.keyboard.press("Escape")  # keyboard-closable, and the focus goes back to the chip
     expect(dialog).to_be_hidden()
     expect(source).to_be_focused()
