@@ -199,6 +199,22 @@ def test_tampered_state_is_refused(sso_on: Provider) -> None:
 
 
 @pytest.mark.django_db
+def test_a_replayed_callback_is_refused(sso_on: Provider) -> None:
+    """A callback URL (its code and state) used a second time opens nothing, whoever sends it."""
+    client = Client()
+    callback = urlsplit(_to_callback(client))
+    url = f"{callback.path}?{callback.query}"
+    assert client.get(url).status_code == 302  # the sign-in itself
+    client.post("/logout/")
+    for replayer in (client, Client()):  # the same browser after logging out, or another one
+        replayed = replayer.get(url)
+        # Its state is no longer in any session: refused before the code reaches the provider.
+        assert (replayed.status_code, b"refused this sign-in" in replayed.content) == (403, True)
+        assert not replayer.get("/").wsgi_request.user.is_authenticated
+    assert User.objects.count() == 1
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("mode", "says"),
     [
