@@ -47,6 +47,7 @@ from chat.models import (
     GroupPolicy,
     Invite,
     Message,
+    OidcIdentity,
     Preset,
     Profile,
     Share,
@@ -260,6 +261,19 @@ class MessageAdmin(ReadsOthersMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="Sources")
     def sources(self, obj: Message) -> str:
         return sources(obj)
+
+
+@admin.register(OidcIdentity)
+class OidcIdentityAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Which account each provider identity opens (chat/sso.py). Deleting one unlinks it:
+    that identity's next sign-in makes a new account (or is refused, per SIGNUP)."""
+
+    list_display = ("user", "issuer", "subject", "created_at")
+    list_select_related = ("user",)
+    search_fields = ("user__username", "subject")
+    list_filter = ("issuer",)
+    fields = ("user", "issuer", "subject", "created_at")
+    readonly_fields = fields
 
 
 @admin.register(ApiKey)

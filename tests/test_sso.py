@@ -417,3 +417,13 @@ def test_a_local_account_can_be_linked_to_the_provider_and_keeps_its_conversatio
     assert taken.status_code == 409 and b"already opens another SanjAI account" in taken.content
     assert OidcIdentity.objects.get().user == local
     assert thief.get("/profile/sso-link/").status_code == 405  # a POST only: no other site starts it
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_which_account_each_identity_opens(sso_on: Provider, admin_client: Client) -> None:
+    assert _sso_login(Client()).status_code == 302
+    identity = OidcIdentity.objects.get()
+    listing = admin_client.get("/admin/chat/oidcidentity/")
+    assert listing.status_code == 200 and identity.subject.encode() in listing.content
+    assert admin_client.get(f"/admin/chat/oidcidentity/{identity.pk}/change/").status_code == 200
+    assert admin_client.get("/admin/chat/oidcidentity/add/").status_code == 403  # made by sign-ins only
