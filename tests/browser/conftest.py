@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.stack import CHROMIUM, CHROMIUM_ARGS, Stack
+from tests.stack import CHROMIUM, CHROMIUM_ARGS, Stack, stack_on_test_database
 
 # How long a page action may take here: shared machines can be slow.
 TIMEOUT_MS = 20_000
@@ -15,6 +15,23 @@ TIMEOUT_MS = 20_000
 # Django refuses ORM calls from a thread with a running loop. The tests' own
 # ORM calls are plain synchronous code, so this is safe here.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+# Files over this are refused on the shared stack, so that a test can send one quickly.
+SHARED_DOCUMENT_MAX_BYTES = 100_000
+
+
+@pytest.fixture(scope="session")
+def shared_stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack for the browser modules that need nothing special of it (search, voice,
+    languages, documents): a stack starts in 20-30 s here, and each module had its own.
+    The tiny model's context holds retrieved passages beside a question and its reply."""
+    from tests.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path_factory.mktemp("shared-browser-model"), context_tokens=4096)
+    env = {"MODEL_PATH": str(model), "DOCUMENT_MAX_BYTES": str(SHARED_DOCUMENT_MAX_BYTES)}
+    with stack_on_test_database(name="browser-shared", env=env) as running:
+        yield running
 
 
 # One Chromium per test module, and a fresh context per test on the module's own

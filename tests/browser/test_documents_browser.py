@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,14 +18,14 @@ from playwright.sync_api import FilePayload, Page, expect
 
 from chat.models import Conversation, Document, Message, Profile
 from chat.services import conversations
-from tests.browser.conftest import TIMEOUT_MS
-from tests.stack import ARTIFACTS, Stack, stack_on_test_database
+from tests.browser.conftest import SHARED_DOCUMENT_MAX_BYTES, TIMEOUT_MS
+from tests.stack import ARTIFACTS, Stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "a long test passphrase"
 SHORT_REPLIES = {"max_new_tokens": 12, "temperature": 0}
-MAX_BYTES = 100_000
+MAX_BYTES = SHARED_DOCUMENT_MAX_BYTES  # the shared stack's DOCUMENT_MAX_BYTES
 expect.set_options(timeout=TIMEOUT_MS)  # shared machines can be slow
 
 # A file whose passage the question's words find (lexical search needs no model).
@@ -40,15 +39,8 @@ NOTES = (
 
 
 @pytest.fixture(scope="module")
-def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from tests.tiny_model import build_tiny_model
-
-    # A context long enough for retrieved passages beside the question and the reply.
-    model = build_tiny_model(tmp_path_factory.mktemp("documents-model"), context_tokens=4096)
-    # Files over 100 kB are refused, so that a test can send one quickly.
-    env = {"MODEL_PATH": str(model), "DOCUMENT_MAX_BYTES": str(MAX_BYTES)}
-    with stack_on_test_database(name="documents-browser", env=env) as running:
-        yield running
+def stack(shared_stack: Stack) -> Stack:
+    return shared_stack
 
 
 def log_in(page: Page, django_user_model: Any, username: str) -> Any:

@@ -15,7 +15,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from chat.models import Profile
 from tests.browser.conftest import TIMEOUT_MS
-from tests.stack import ARTIFACTS, Stack, stack_on_test_database
+from tests.stack import ARTIFACTS, Stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -24,12 +24,8 @@ expect.set_options(timeout=TIMEOUT_MS)  # shared machines can be slow
 
 
 @pytest.fixture(scope="module")
-def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from tests.tiny_model import build_tiny_model
-
-    model = build_tiny_model(tmp_path_factory.mktemp("i18n-model"))
-    with stack_on_test_database(name="i18n-browser", env={"MODEL_PATH": str(model)}) as running:
-        yield running
+def stack(shared_stack: Stack) -> Stack:
+    return shared_stack
 
 
 @pytest.fixture

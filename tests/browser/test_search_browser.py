@@ -4,8 +4,6 @@ on the branch it sits on (Debian's Chromium driven by Playwright, the real stack
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,15 +13,14 @@ from chat.models import Conversation, Message
 from chat.services import conversations
 from tests.browser.test_chat_browser import log_in, make_user
 from tests.conftest import exchange
-from tests.stack import ARTIFACTS, Stack, stack_on_test_database
+from tests.stack import ARTIFACTS, Stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(scope="module")
-def stack(django_db_setup: None, tiny_model_dir: Path) -> Iterator[Stack]:
-    with stack_on_test_database(name="search", env={"MODEL_PATH": str(tiny_model_dir)}) as running:
-        yield running
+def stack(shared_stack: Stack) -> Stack:
+    return shared_stack
 
 
 def garden(owner: Any) -> tuple[Conversation, Message]:

@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
 from inference import speech
-from tests.stack import CHROMIUM, CHROMIUM_ARGS, Stack, stack_on_test_database
+from tests.stack import CHROMIUM, CHROMIUM_ARGS, Stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -36,9 +36,8 @@ def sentence(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(django_db_setup: None, tiny_model_dir: Path) -> Iterator[Stack]:
-    with stack_on_test_database(name="voice", env={"MODEL_PATH": str(tiny_model_dir)}) as running:
-        yield running
+def stack(shared_stack: Stack) -> Stack:
+    return shared_stack
 
 
 @pytest.fixture(scope="module")
