@@ -23,7 +23,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.core.exceptions import SuspiciousOperation
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render, resolve_url
 from django.views.generic import View
@@ -179,22 +179,35 @@ class SsoBackend(OIDCAuthenticationBackend):
         logger.info("sso: linked user %s to a provider subject", user.pk)
         return self.UserModel.objects.filter(pk=user.pk)
 
-    @transaction.atomic
     def create_user(self, claims: dict[str, Any]) -> User:
+        """The account of a first sign-in. Two first sign-ins of one subject at once (two
+        tabs) make one account: the second finds the first's identity and opens it."""
         if settings.SIGNUP == "invite":  # invite links are for the password sign-up form
             raise SignupClosed(
                 "Sign-up here is by invitation, which single sign-on cannot use."
                 " Ask the administrator of this server for an account."
             )
         signup_check(invite_code=None)  # raises SignupClosed under "closed"
-        user = get_user_model().objects.create_user(
-            username=_username_for(claims), password=None, email=str(claims.get("email", ""))[:254]
-        )
-        OidcIdentity.objects.create(user=user, issuer=settings.OIDC_ISSUER, subject=str(claims["sub"]))
-        profile_get_or_create(user=user)
-        _groups_sync(user=user, claims=claims)
-        logger.info("sso: created user %s for a new subject", user.pk)
-        return user
+        subject = str(claims["sub"])
+        for _ in range(3):  # a username taken meanwhile by someone else: pick the next one
+            try:
+                with transaction.atomic():
+                    user = get_user_model().objects.create_user(
+                        username=_username_for(claims),
+                        password=None,
+                        email=str(claims.get("email", ""))[:254],
+                    )
+                    OidcIdentity.objects.create(user=user, issuer=settings.OIDC_ISSUER, subject=subject)
+                    profile_get_or_create(user=user)
+                    _groups_sync(user=user, claims=claims)
+            except IntegrityError:
+                won = OidcIdentity.objects.filter(issuer=settings.OIDC_ISSUER, subject=subject).first()
+                if won is not None:  # the other sign-in made the account: this one opens it
+                    return self.update_user(won.user, claims)
+                continue
+            logger.info("sso: created user %s for a new subject", user.pk)
+            return user
+        raise IntegrityError("no free username for this sign-in after three tries")
 
     def update_user(self, user: User, claims: dict[str, Any]) -> User:
         _groups_sync(user=user, claims=claims)

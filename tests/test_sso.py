@@ -427,3 +427,20 @@ def test_the_admin_lists_which_account_each_identity_opens(sso_on: Provider, adm
     assert listing.status_code == 200 and identity.subject.encode() in listing.content
     assert admin_client.get(f"/admin/chat/oidcidentity/{identity.pk}/change/").status_code == 200
     assert admin_client.get("/admin/chat/oidcidentity/add/").status_code == 403  # made by sign-ins only
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_first_sign_ins_of_one_person_at_once_make_one_account(
+    sso_on: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tabs finishing their first sign-in together: both find no account, both try to
+    make one. The second must open the first's, not fail on the identity's uniqueness."""
+    first = Client()
+    assert _sso_login(first).status_code == 302
+    made = OidcIdentity.objects.get().user
+    # The second looks the subject up before the first's account exists: it finds nothing.
+    monkeypatch.setattr(sso.SsoBackend, "filter_users_by_claims", lambda self, claims: User.objects.none())
+    second = Client()
+    assert _sso_login(second).status_code == 302
+    assert second.get("/").wsgi_request.user == made
+    assert User.objects.count() == 1 and OidcIdentity.objects.count() == 1
