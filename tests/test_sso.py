@@ -56,8 +56,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _running_provider(home: Path) -> Iterator[Provider]:
-    """A fresh provider (database, key, user, client) serving on a free port until the block ends."""
+def _running_provider(home: Path, callback: str = CALLBACK) -> Iterator[Provider]:
+    """A fresh provider (database, key, user, client) serving on a free port until the block ends;
+    SanjAI's client may be sent back to `callback` only."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -70,7 +71,7 @@ def _running_provider(home: Path) -> Iterator[Provider]:
         "PROVIDER_GROUPS_FILE": str(home / "groups.json"),
         "PYTHONPATH": str(REPO),
     }
-    bootstrap_args = [PROVIDER_USER, PROVIDER_PASSWORD, CLIENT_ID, CLIENT_SECRET, CALLBACK]
+    bootstrap_args = [PROVIDER_USER, PROVIDER_PASSWORD, CLIENT_ID, CLIENT_SECRET, callback]
     subprocess.run(
         [sys.executable, "tests/oidc_provider/bootstrap.py", *bootstrap_args],
         cwd=REPO,
@@ -444,3 +445,16 @@ def test_two_first_sign_ins_of_one_person_at_once_make_one_account(
     assert _sso_login(second).status_code == 302
     assert second.get("/").wsgi_request.user == made
     assert User.objects.count() == 1 and OidcIdentity.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_the_pages_forms_may_send_the_browser_to_the_provider_and_nowhere_else(
+    settings: Any, provider: Provider
+) -> None:
+    """Browsers hold a form's redirects to the CSP's form-action: "Sign in with" (a GET
+    form) and "Log out" (a POST) end at the provider, which must be allowed there."""
+    settings.OIDC_ISSUER = ""
+    assert "form-action 'self';" in Client().get("/login/")["Content-Security-Policy"]
+    settings.OIDC_ISSUER = provider.issuer
+    origin = provider.issuer.removesuffix("/o")
+    assert f"form-action 'self' {origin};" in Client().get("/login/")["Content-Security-Policy"]
