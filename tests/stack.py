@@ -36,7 +36,8 @@ class Stack:
     start_web: Callable[[], subprocess.Popen[bytes]]
     start_worker: Callable[[], subprocess.Popen[bytes]]
     workers: list[subprocess.Popen[bytes]]  # one per declared model (or more); `worker` is the first
-    documents_worker: subprocess.Popen[bytes]  # reads uploads, as `make run` starts one
+    # Reads uploads, as `make run` starts one; only on stacks that ask for it (documents=True).
+    documents_worker: subprocess.Popen[bytes] | None = None
 
     def pause_worker(self) -> None:
         self.worker.send_signal(signal.SIGSTOP)
@@ -99,7 +100,14 @@ def _web_ready(url: str) -> bool:
 
 @contextmanager
 def running_stack(
-    *, name: str, database: str, redis_url: str, secret_key: str, env: dict[str, str], copies: int = 1
+    *,
+    name: str,
+    database: str,
+    redis_url: str,
+    secret_key: str,
+    env: dict[str, str],
+    copies: int = 1,
+    documents: bool = False,
 ) -> Iterator[Stack]:
     ARTIFACTS.mkdir(exist_ok=True)
     port = free_port()
@@ -129,7 +137,6 @@ def running_stack(
             for index in range(len(models))
         ]
         web_log = logs.enter_context(open(ARTIFACTS / f"{name}-web.log", "wb"))
-        documents_log = logs.enter_context(open(ARTIFACTS / f"{name}-documents.log", "wb"))
 
         def start_worker(index: int = 0) -> subprocess.Popen[bytes]:
             return subprocess.Popen(
@@ -150,12 +157,17 @@ def running_stack(
             )
 
         workers = [start_worker(index) for index in range(len(models))]
-        documents_worker = subprocess.Popen(
-            documents_worker_command(f"{name}-documents@%h"),
-            cwd=ROOT,
-            env={**process_env, "DOCUMENTS_WORKER": "1"},
-            stdout=documents_log,
-            stderr=subprocess.STDOUT,
+        # A process of its own costs every stack a few seconds of these cores: asked for.
+        documents_worker = (
+            subprocess.Popen(
+                documents_worker_command(f"{name}-documents@%h"),
+                cwd=ROOT,
+                env={**process_env, "DOCUMENTS_WORKER": "1"},
+                stdout=logs.enter_context(open(ARTIFACTS / f"{name}-documents.log", "wb")),
+                stderr=subprocess.STDOUT,
+            )
+            if documents
+            else None
         )
         stack = Stack(
             base_url=f"http://127.0.0.1:{port}",
@@ -177,7 +189,9 @@ def running_stack(
             )
             yield stack
         finally:
-            processes = [stack.web, stack.worker, *stack.workers, stack.documents_worker]
+            processes = [stack.web, stack.worker, *stack.workers]
+            if stack.documents_worker is not None:
+                processes.append(stack.documents_worker)
             for process in processes:
                 process.send_signal(signal.SIGCONT)
                 process.terminate()
@@ -189,7 +203,9 @@ def running_stack(
 
 
 @contextmanager
-def stack_on_test_database(*, name: str, env: dict[str, str], copies: int = 1) -> Iterator[Stack]:
+def stack_on_test_database(
+    *, name: str, env: dict[str, str], copies: int = 1, documents: bool = False
+) -> Iterator[Stack]:
     """A stack with its own embedded Redis, on the test session's database.
 
     Use from a fixture that depends on `django_db_setup`; tests that talk to
@@ -208,6 +224,7 @@ def stack_on_test_database(*, name: str, env: dict[str, str], copies: int = 1) -
             secret_key=settings.SECRET_KEY,
             env=env,
             copies=copies,
+            documents=documents,
         ) as stack,
     ):
         yield stack

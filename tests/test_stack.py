@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 @pytest.fixture(scope="module")
 def stack(django_db_setup: None, tiny_model_dir: Path) -> Iterator[Stack]:
     env = {"MODEL_PATH": str(tiny_model_dir), "CHAT_REPLY_TIMEOUT_S": "5", "REQUEST_BODY_TIMEOUT_S": "3"}
-    with stack_on_test_database(name="tiny", env=env) as running:
+    with stack_on_test_database(name="tiny", env=env, documents=True) as running:
         yield running
 
 
@@ -277,6 +277,7 @@ def test_a_question_about_a_file_waits_while_it_is_read_then_cites_it(
     )
     text = "# Parking\n\nVisitors park in lot C behind the library, free after six.\n"
     # The documents worker is held, so the question surely comes before the file is read.
+    assert stack.documents_worker is not None
     stack.documents_worker.send_signal(signal.SIGSTOP)
     try:
         uploaded = api.post("/documents", files={"file": ("campus.md", text.encode(), "text/markdown")})

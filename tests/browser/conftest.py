@@ -30,7 +30,7 @@ def shared_stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
 
     model = build_tiny_model(tmp_path_factory.mktemp("shared-browser-model"), context_tokens=4096)
     env = {"MODEL_PATH": str(model), "DOCUMENT_MAX_BYTES": str(SHARED_DOCUMENT_MAX_BYTES)}
-    with stack_on_test_database(name="browser-shared", env=env) as running:
+    with stack_on_test_database(name="browser-shared", env=env, documents=True) as running:
         yield running
 
 

@@ -181,6 +181,7 @@ def test_files_dropped_on_the_composer_a_refusal_says_why_and_a_question_waits_f
     large.get_by_role("button", name="Remove big.txt").click()
 
     # The documents worker is held: the question waits for the file, and says so.
+    assert stack.documents_worker is not None
     stack.documents_worker.send_signal(signal.SIGSTOP)
     try:
         drop_on_composer(page, "food.md", NOTES.decode())
