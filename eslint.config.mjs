@@ -20,6 +20,9 @@ const shared = {
   interpolate: "readonly",
 };
 
+// ES modules: the chat page's entry and the modules it imports.
+const modules = ["static/js/chat.js", "static/js/chat/**/*.js"];
+
 const rules = {
   // Since ESLint 9 the rule also reports an unused `catch (error)`. Those catches
   // turn a failure (server unreachable, storage off, no microphone) into a message
@@ -32,11 +35,22 @@ export default [
   js.configs.recommended,
   {
     files: ["static/js/**/*.js"],
-    ignores: ["static/js/sw.js"],
+    ignores: ["static/js/sw.js", ...modules],
     languageOptions: {
       ecmaVersion: "latest",
       // The templates load them as classic <script defer>, not type="module".
       sourceType: "script",
+      globals: { ...globals.browser, ...shared },
+    },
+    rules,
+  },
+  {
+    // The chat page: templates/chat/chat.html loads chat.js as <script type="module">,
+    // and it imports the rest. Strict by nature; what they share they import.
+    files: modules,
+    languageOptions: {
+      ecmaVersion: "latest",
+      sourceType: "module",
       globals: { ...globals.browser, ...shared },
     },
     rules,

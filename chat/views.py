@@ -113,7 +113,7 @@ def _chat_page(request: AuthenticatedHttpRequest, conversation: Conversation | N
         # The conversation's share link, if it has one (the Share panel shows it).
         "share": selectors.conversation_share(conversation=conversation) if conversation else None,
         "ws_path": conversation_ws_path(conversation.pk) if conversation else "",
-        "page_constants": PAGE_CONSTANTS,  # chat.js reads them from the page (json_script)
+        "page_constants": PAGE_CONSTANTS,  # static/js/chat/constants.js reads them (json_script)
     }
     return render(request, "chat/chat.html", context)
 

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LANGUAGES = ["de", "fr", "es"]
 # The Django admin keeps Django's own translations; the service worker shows no words.
 TEMPLATES = sorted(path for path in (ROOT / "templates").rglob("*.html") if "admin" not in path.parts)
-SCRIPTS = sorted(path for path in (ROOT / "static/js").glob("*.js") if path.name != "sw.js")
+SCRIPTS = sorted(path for path in (ROOT / "static/js").rglob("*.js") if path.name != "sw.js")
 
 
 def _login(client: Client, user: Any) -> Client:

@@ -47,6 +47,8 @@ def log_in(page: Page, username: str) -> None:
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit]")
     expect(page).to_have_url(re.compile(r"/$"))
+    # The page's scripts run just before DOMContentLoaded: a click before then is lost.
+    page.wait_for_load_state("domcontentloaded")
 
 
 def make_user(django_user_model: Any, username: str) -> Any:
