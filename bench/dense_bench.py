@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.databases import check, on_each, timings  # noqa: E402 (after the path above)
 
 SEED = 20
 PER_DOCUMENT = 100
@@ -93,8 +91,7 @@ def timed(method: Any, runs: int, **arguments: Any) -> dict[str, Any]:
     times.sort()
     return {
         "hits": len(hits),
-        "median_ms": round(statistics.median(times), 2),
-        "p95_ms": round(times[min(len(times) - 1, int(len(times) * 0.95))], 2),
+        **timings(times),
     }
 
 
@@ -145,36 +142,6 @@ def measure(count: int, dimensions: int, runs: int) -> dict[str, Any]:
     }
 
 
-def run_child(database_url: str, data_dir: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "SANJAI_DATA_DIR": str(Path(data_dir) / "data"),
-        "DJANGO_SETTINGS_MODULE": "sanjai_site.settings",
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [sys.executable, "-m", "bench.dense_bench", "--child", f"--chunks={args.chunks}"]
-    output = subprocess.run(
-        [*command, f"--dimensions={args.dimensions}", f"--runs={args.runs}"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(output.stdout.strip().splitlines()[-1])
-
-
-def on_postgres(tmp: str, args: argparse.Namespace) -> dict[str, Any]:
-    cluster = Path(tmp) / "pg"
-    script = str(ROOT / "scripts" / "postgres.sh")
-    subprocess.run([script, "start", str(cluster), str(args.pg_port)], check=True)
-    try:
-        return run_child(f"postgres://postgres@127.0.0.1:{args.pg_port}/postgres", tmp, args)
-    finally:
-        subprocess.run([script, "stop", str(cluster)], check=False)
-
-
 def table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['vendor']}: {result['chunks']:,} chunks of {result['dimensions']} dimensions, "
@@ -201,17 +168,14 @@ def main() -> int:
     if args.child:
         print(json.dumps(measure(args.chunks, args.dimensions, args.runs)))
         return 0
-    for database in args.databases.split(","):
-        with tempfile.TemporaryDirectory(prefix="sanjai-dense-bench-") as tmp:
-            os.chmod(tmp, 0o755)  # noqa: S103 (the postgres user must reach its cluster inside)
-            if database == "sqlite":
-                result = run_child(f"sqlite:///{tmp}/bench.sqlite3", tmp, args)
-            elif database == "postgres":
-                result = on_postgres(tmp, args)
-            else:
-                parser.error(f"--databases: sqlite and/or postgres, not {database!r}")
-            print(table(result), flush=True)
-            print(json.dumps(result), flush=True)
+    try:
+        databases = check(args.databases)
+    except ValueError as exc:
+        parser.error(str(exc))
+    child_args = [f"--chunks={args.chunks}", f"--dimensions={args.dimensions}", f"--runs={args.runs}"]
+    for result in on_each(databases, module="bench.dense_bench", child_args=child_args, pg_port=args.pg_port):
+        print(table(result), flush=True)
+        print(json.dumps(result), flush=True)
     return 0
 
 

@@ -36,10 +36,7 @@ import argparse
 import json
 import os
 import random
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.databases import check, on_each, timings  # noqa: E402 (after the path above)
 from bench.search_bench import corpus  # noqa: E402 (after the path above)
 
 SEED = 20
@@ -253,39 +251,12 @@ def latency(count: int, runs: int) -> dict[str, Any]:
         rows[scope] = {
             "chunks": len(ids) * PER_DOCUMENT,
             "hits": len(hits),
-            "median_ms": round(statistics.median(times), 2),
-            "p95_ms": round(times[min(len(times) - 1, int(len(times) * 0.95))], 2),
+            **timings(times),
         }
     return {"chunks": count, "load_s": round(load_s, 1), "question": question, "scopes": rows}
 
 
 # --- The parent -----------------------------------------------------------------------------
-
-
-def run_child(database_url: str, data_dir: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "SANJAI_DATA_DIR": str(Path(data_dir) / "data"),  # private (0700) by the settings
-        "DJANGO_SETTINGS_MODULE": "sanjai_site.settings",
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [
-        sys.executable, "-m", "bench.documents_bench", "--child",
-        f"--chunks={args.chunks}", f"--runs={args.runs}", f"--pages={args.pages}",
-    ]  # fmt: skip
-    output = subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True, text=True)
-    return json.loads(output.stdout.strip().splitlines()[-1])
-
-
-def on_postgres(tmp: str, args: argparse.Namespace) -> dict[str, Any]:
-    cluster = Path(tmp) / "pg"
-    script = str(ROOT / "scripts" / "postgres.sh")
-    subprocess.run([script, "start", str(cluster), str(args.pg_port)], check=True)
-    try:
-        return run_child(f"postgres://postgres@127.0.0.1:{args.pg_port}/postgres", tmp, args)
-    finally:
-        subprocess.run([script, "stop", str(cluster)], check=False)
 
 
 def first_tokens() -> dict[str, float]:
@@ -362,17 +333,18 @@ def main() -> int:
         print(json.dumps(measure(args)))
         return 0
     results: dict[str, Any] = {}
-    for database in args.databases.split(","):
-        with tempfile.TemporaryDirectory(prefix="sanjai-documents-bench-") as tmp:
-            os.chmod(tmp, 0o755)  # noqa: S103 (the postgres user must reach its cluster inside)
-            if database == "sqlite":
-                result = run_child(f"sqlite:///{tmp}/bench.sqlite3", tmp, args)
-            elif database == "postgres":
-                result = on_postgres(tmp, args)
-            else:
-                parser.error(f"--databases: sqlite and/or postgres, not {database!r}")
-            print(report(result), flush=True)
-            results[database] = result
+    try:
+        databases = check(args.databases)
+    except ValueError as exc:
+        parser.error(str(exc))
+    child_args = [f"--chunks={args.chunks}", f"--runs={args.runs}", f"--pages={args.pages}"]
+    for database, result in zip(
+        databases,
+        on_each(databases, module="bench.documents_bench", child_args=child_args, pg_port=args.pg_port),
+        strict=True,
+    ):
+        print(report(result), flush=True)
+        results[database] = result
     if not args.skip_ttft:
         import django
 

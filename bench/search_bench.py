@@ -19,12 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,6 +28,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.databases import check, on_each, timings  # noqa: E402 (after the path above)
 
 SEED = 22
 VOCABULARY = 20_000
@@ -164,40 +162,12 @@ def measure(count: int, runs: int) -> dict[str, Any]:
             "query": query,
             "matches": matches(query),
             "hits": len(hits),
-            "median_ms": round(statistics.median(times), 2),
-            "p95_ms": round(times[min(len(times) - 1, int(len(times) * 0.95))], 2),
+            **timings(times),
         }
     return {"vendor": connection.vendor, "messages": count, "load_s": round(load_s, 1), "queries": results}
 
 
 # --- The parent: a database each ---------------------------------------------------------
-
-
-def run_child(database_url: str, data_dir: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        # A folder of its own: the settings make the data folder private (0700).
-        "SANJAI_DATA_DIR": str(Path(data_dir) / "data"),
-        "DJANGO_SETTINGS_MODULE": "sanjai_site.settings",
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [sys.executable, "-m", "bench.search_bench", "--child", f"--messages={args.messages}"]
-    output = subprocess.run(
-        [*command, f"--runs={args.runs}"], env=env, cwd=ROOT, check=True, capture_output=True, text=True
-    )
-    return json.loads(output.stdout.strip().splitlines()[-1])
-
-
-def on_postgres(tmp: str, args: argparse.Namespace) -> dict[str, Any]:
-    cluster = Path(tmp) / "pg"
-    script = str(ROOT / "scripts" / "postgres.sh")
-    subprocess.run([script, "start", str(cluster), str(args.pg_port)], check=True)
-    try:
-        url = f"postgres://postgres@127.0.0.1:{args.pg_port}/postgres"
-        return run_child(url, tmp, args)
-    finally:
-        subprocess.run([script, "stop", str(cluster)], check=False)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -226,17 +196,16 @@ def main() -> int:
     if args.child:
         print(json.dumps(measure(args.messages, args.runs)))
         return 0
-    for database in args.databases.split(","):
-        with tempfile.TemporaryDirectory(prefix="sanjai-search-bench-") as tmp:
-            os.chmod(tmp, 0o755)  # noqa: S103 (the postgres user must reach its cluster inside)
-            if database == "sqlite":
-                result = run_child(f"sqlite:///{tmp}/bench.sqlite3", tmp, args)
-            elif database == "postgres":
-                result = on_postgres(tmp, args)
-            else:
-                parser.error(f"--databases: sqlite and/or postgres, not {database!r}")
-            print(table(result), flush=True)
-            print(json.dumps(result), flush=True)
+    try:
+        databases = check(args.databases)
+    except ValueError as exc:
+        parser.error(str(exc))
+    child_args = [f"--messages={args.messages}", f"--runs={args.runs}"]
+    for result in on_each(
+        databases, module="bench.search_bench", child_args=child_args, pg_port=args.pg_port
+    ):
+        print(table(result), flush=True)
+        print(json.dumps(result), flush=True)
     return 0
 
 
