@@ -43,6 +43,7 @@ from inference.sizing import (
     ModelSource,
     available_memory,
     ensure_fits,
+    gguf_layer_bits,
     gguf_parameters,
     memory_needed,
     source_from_path,
@@ -67,6 +68,9 @@ class LoadedModel:
     device: torch.device
     context_tokens: int
     uses_fallback_template: bool
+    # Bits per weight of the source file's layer matrices where it says
+    # (a GGUF: 4 for Q4_1), else None: what ENGINE_WEIGHTS=auto may keep them in.
+    source_bits: int | None = None
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -112,10 +116,14 @@ def storage_dtype(
     return dtype_for(device)
 
 
+# The ENGINE_WEIGHTS choices an engine makes from a model loaded with fp16 weights.
+HALF_LOADED = ("auto", "fp16", "int4", "int4-decode")
+
+
 def load_options(weights: str) -> tuple[bool, torch.dtype | None]:
     """load_model's `half_weights` and `dtype` for an engine that keeps `weights` (ENGINE_WEIGHTS):
     fp16 storage for the weights an engine packs from fp16, bf16 where asked, else the device's own."""
-    return weights in ("auto", "fp16", "int4"), (torch.bfloat16 if weights == "bf16" else None)
+    return weights in HALF_LOADED, (torch.bfloat16 if weights == "bf16" else None)
 
 
 def gguf_cache_folder(source: ModelSource, cache_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -350,4 +358,5 @@ def load_model(
         device=target,
         context_tokens=min(window, context_tokens) if context_tokens else window,
         uses_fallback_template=fallback,
+        source_bits=gguf_layer_bits(source.folder / source.gguf_file) if source.gguf_file else None,
     )

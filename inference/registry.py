@@ -9,7 +9,7 @@
     context_tokens = 0            # 0: the model's own window
     engine = true                 # false: one reply at a time with model.generate()
     max_batch = 8                 # engine options; left out = the site's ENGINE_* settings
-    weights = "auto"              # auto | fp16 | fp32 | bf16 | int4
+    weights = "auto"              # auto | fp16 | fp32 | bf16 | int4 | int4-decode
 
     [models.gpu-box]
     kind = "remote"
@@ -39,7 +39,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"  # what the packaged model is calle
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
 ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # How an engine keeps its weights (see inference/engine/core.py, Engine._store_weights).
-WEIGHT_CHOICES = ("auto", "fp16", "fp32", "bf16", "int4")
+WEIGHT_CHOICES = ("auto", "fp16", "fp32", "bf16", "int4", "int4-decode")
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 

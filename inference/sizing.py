@@ -168,6 +168,24 @@ def gguf_parameters(path: Path) -> int:
     return sum(int(tensor.n_elements) for tensor in GGUFReader(path).tensors)
 
 
+def gguf_layer_bits(path: Path) -> int | None:
+    """Bits per weight of a GGUF file's layer matrices, by their commonest type
+    (Q4_0, Q4_1, Q4_K, IQ4_*: 4; Q8_0: 8; F16: 16); None for types without a number."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    types = Counter(
+        tensor.tensor_type.name
+        for tensor in GGUFReader(path).tensors
+        if tensor.name.startswith("blk.") and len(tensor.shape) == 2
+    )
+    if not types:
+        return None
+    digits = "".join(ch for ch in types.most_common(1)[0][0].split("_")[0] if ch.isdigit())
+    return int(digits) if digits else None
+
+
 def storage_element_size(model: LocalModel) -> int:
     """Bytes per weight the worker will keep for `model`: fp16 where the engine stores half
     weights (x86-64 CPUs, or any GPU), else fp32 (see inference.loading.storage_dtype)."""

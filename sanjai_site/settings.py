@@ -500,6 +500,7 @@ try:
         prefill_threads=envint("ENGINE_PREFILL_THREADS", _engine.prefill_threads, minimum=0),
         gap_ratio=envfloat("ENGINE_GAP_RATIO", _engine.gap_ratio),
         prefill_pass_s=envfloat("ENGINE_PREFILL_PASS_S", _engine.prefill_pass_s),
+        burst_pass_s=envfloat("ENGINE_BURST_PASS_S", _engine.burst_pass_s),
         max_pass_tokens=envint("ENGINE_MAX_PASS_TOKENS", _engine.max_pass_tokens, minimum=1),
         short_first_ratio=envfloat("ENGINE_SHORT_FIRST_RATIO", _engine.short_first_ratio),
     )
@@ -511,7 +512,9 @@ if envstr("ENGINE_PREFILL_CHUNK_TOKENS", ""):
         "(a pass beside running replies takes at most that many times their own pass)"
     )
 if envstr("QUANTIZE", ""):
-    raise ConfigError("QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16, fp32, bf16 or int4) instead")
+    raise ConfigError(
+        f"QUANTIZE is gone: set ENGINE_WEIGHTS ({', '.join(model_registry.WEIGHT_CHOICES)}) instead"
+    )
 # With several workers for one model, a conversation's next turn goes to the
 # worker that wrote its last reply (it holds the conversation's KV cache) while
 # that worker is alive and has a free slot; off: to whichever worker is free.

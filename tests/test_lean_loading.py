@@ -131,13 +131,17 @@ def test_the_engine_keeps_each_weight_once_and_both_paths_answer_as_rounded_fp32
         engine.close()
 
 
+@pytest.mark.parametrize("weights", ["int4", "int4-decode"])
 def test_int4_weights_take_under_a_third_of_fp16_and_the_engine_batched_answers_as_generate(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, weights: str
 ) -> None:
     """ENGINE_WEIGHTS=int4: the worker loads fp16, the engine keeps each layer's
-    weights in 4 bits only, and the plain model computes through them, so
+    weights in 4 bits only; int4-decode keeps the fp16 ones beside them for
+    prompt tokens. The plain model computes through the same weights, so
     generate() (the fallback) is the reference the engine must equal token for
-    token, batched and with prompts prefilled in chunks."""
+    token, batched and with prompts prefilled in chunks: with int4-decode,
+    passes that mix decode rows and prompt chunks must still give each token
+    its own format (prompt fp16, generated 4 bits), whatever shares its pass."""
     from inference import worker
 
     config = worker.WorkerConfig(
@@ -145,20 +149,21 @@ def test_int4_weights_take_under_a_third_of_fp16_and_the_engine_batched_answers_
         model_path=str(tiny_model_dir),
         device="cpu",
         cache_dir=tmp_path,
-        engine=EngineConfig(max_batch=3, weights="int4", max_pass_tokens=8),
+        engine=EngineConfig(max_batch=3, weights=weights, max_pass_tokens=8),
     )
     engine = worker.load_backend(config)
     assert isinstance(engine, Engine)
     engine.stop_token_ids = []
     try:
-        assert engine.weights == "int4"
+        assert engine.weights == weights
         layers = [
             p
             for layer in engine.decoder.decoder_layers()
             for p in (layer.qkv, layer.o, layer.gate_up, layer.down)
         ]
         for projection in layers:
-            assert projection.int4 is not None and projection.packed_fp16 is None
+            assert projection.int4 is not None
+            assert (projection.packed_fp16 is not None) is (weights == "int4-decode")
             assert projection.weight_t.numel() == 0
         fp16_bytes = sum(p.in_features * p.out_features * 2 for p in layers)
         assert sum(p.weight_bytes() for p in layers) == fp16_bytes * 5 // 16  # 4 bits + a bf16 pair per 32
@@ -178,8 +183,42 @@ def test_int4_weights_take_under_a_third_of_fp16_and_the_engine_batched_answers_
             thread.join(60)
         assert [results[index] for index in range(len(prompts))] == expected
         assert engine.stats.max_batch_seen > 1
+        assert engine.stats.steps_while_prefilling > 0  # some passes mixed decode rows and prompt chunks
     finally:
         engine.close()
+
+
+def test_auto_weights_keep_a_4_bit_gguf_in_4_bits_for_decoding(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """ENGINE_WEIGHTS=auto reads the source file's precision: a GGUF whose layer
+    matrices are Q4_1 decodes through 4-bit weights (prompts through fp16),
+    any other source keeps fp16."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter, quants
+
+    path = tmp_path / "q4.gguf"
+    writer = GGUFWriter(path, "llama")
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((64, 64)).astype(np.float32)
+    q4 = GGMLQuantizationType.Q4_1
+    writer.add_tensor("blk.0.attn_q.weight", quants.quantize(matrix, q4), raw_dtype=q4)
+    writer.add_tensor("blk.0.ffn_up.weight", quants.quantize(matrix, q4), raw_dtype=q4)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(64, dtype=np.float32))
+    q8 = GGMLQuantizationType.Q8_0
+    writer.add_tensor("token_embd.weight", quants.quantize(matrix, q8), raw_dtype=q8)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert sizing.gguf_layer_bits(path) == 4
+
+    loaded = load_half(tiny_model_dir, tmp_path)
+    assert loaded.source_bits is None  # a folder of float weights
+    for bits, expected in ((None, "fp16"), (8, "fp16"), (4, "int4-decode")):
+        loaded = load_half(tiny_model_dir, tmp_path)
+        loaded.source_bits = bits
+        engine = Engine(loaded, EngineConfig(max_batch=2))
+        engine.close()
+        assert engine.weights == expected
 
 
 def test_the_worker_loads_half_weights_for_an_fp16_engine_only(tiny_model_dir: Path, tmp_path: Path) -> None:

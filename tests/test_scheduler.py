@@ -186,6 +186,28 @@ def test_a_burst_with_nobody_decoding_is_prefilled_together_at_full_speed() -> N
     assert max(rows_tokens[2] for rows_tokens in run.passes) > 44  # several prompts shared a pass
     # In total about the time of prefilling them all in one pass.
     assert max(firsts) <= 1.3 * cpu_135m(0, 8 * 44) + 3 * cpu_135m(8, 0)
+    # They fit in burst_pass_s, so one pass gives all eight their first token (not 125-token passes in turn).
+    assert len(set(firsts)) == 1
+
+
+def test_a_burst_arriving_over_a_few_milliseconds_gets_its_first_tokens_from_two_passes() -> None:
+    """Requests sent at once reach the engine one by one: the first pass takes
+    what has arrived, the next every other whole prompt, beside the first ones' decode rows."""
+    burst = [Arrival(at=0.004 * i, prompt_tokens=55, new_tokens=64, owner=f"user{i}") for i in range(8)]
+    run = simulate(burst)
+    firsts = [outcome.tokens[0] for outcome in run.outcomes]
+    assert len(set(firsts)) <= 2
+    assert max(firsts) <= cpu_135m(0, 55) + cpu_135m(1, 7 * 55) + 0.01
+
+
+def test_a_long_prompt_is_cut_into_pieces_even_with_nobody_decoding() -> None:
+    """Whole prompts may fill a pass up to burst_pass_s, a long prompt never:
+    its pieces stay within prefill_pass_s, so a question arriving meanwhile waits for one piece at most."""
+    config = EngineConfig()
+    run = simulate([Arrival(at=0.0, prompt_tokens=2400, new_tokens=2)], scheduler=Scheduler(config))
+    pieces = [seconds for seconds, rows, tokens, _ in run.passes if tokens]
+    assert len(pieces) > 3
+    assert max(pieces) <= 1.5 * config.prefill_pass_s
 
 
 def test_one_owner_s_many_prompts_do_not_starve_another_owner_s_one() -> None:

@@ -31,7 +31,7 @@ def test_a_choice_is_read_case_blind_and_an_unknown_one_names_what_is_allowed(
     ("name", "value", "message"),
     [
         ("ENGINE_WEIGHTS", "int8", "ENGINE_WEIGHTS='int8': expected one of auto, fp16, fp32, bf16, int4"),
-        ("QUANTIZE", "int8", "QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16, fp32, bf16 or int4) instead"),
+        ("QUANTIZE", "int8", "QUANTIZE is gone: set ENGINE_WEIGHTS (auto, fp16, fp32, bf16, int4, int4-"),
         ("ENGINE_PREFILL_CHUNK_TOKENS", "12", "ENGINE_PREFILL_CHUNK_TOKENS is gone: each pass"),
         ("ENGINE_GAP_RATIO", "0.5", "ENGINE_*: gap_ratio=0.5: expected at least 1.0"),
     ],

@@ -39,7 +39,7 @@ from inference.engine.prefix_cache import PrefixCache
 from inference.engine.sampler import Sampler, SamplingRow
 from inference.engine.scheduler import Request, Scheduler, SchedulerOutput
 from inference.grammar import GrammarFailed, GrammarTokenizer, RowGrammar, constraint_of
-from inference.loading import LoadedModel
+from inference.loading import HALF_LOADED, LoadedModel
 from inference.metrics import WorkerMetrics, worker_metrics
 from inference.model.decoder import FastDecoder, KVRow, supports
 from inference.model.memory import give_back_freed_memory
@@ -135,6 +135,7 @@ class Engine:
         self.prefill_threads = config.prefill_threads or available_cores()
         self.stop_token_ids = stop_token_ids_for(loaded)
         self.stop_strings = list(FALLBACK_STOP_STRINGS) if loaded.uses_fallback_template else []
+        # int4 only: a half-stored model's layers go straight to 4 bits, never packed for fp16.
         int4_group = INT4_GROUP if config.weights == "int4" else 0
         self.decoder = FastDecoder(loaded.model, int4_group=int4_group)
         # What the weights are stored as, for the log and the benchmark.
@@ -175,7 +176,7 @@ class Engine:
         """Store the projection weights as `weights` asks, where the model and the
         device allow it (see registry.WEIGHT_CHOICES); returns what they are stored as."""
         decoder = self.decoder
-        half = weights in ("auto", "fp16", "int4") and decoder.can_store_half()
+        half = weights in HALF_LOADED and decoder.can_store_half()
         if decoder.half_stored:
             # Loaded in fp16 (load_model(half_weights=True)): there are no originals in another format.
             if weights in ("fp32", "bf16"):
@@ -183,7 +184,7 @@ class Engine:
                     "the model was loaded with fp16 weights; %s weights need a %s load", weights, weights
                 )
             half = True
-        elif weights in ("fp16", "int4") and not half:
+        elif weights in ("fp16", "int4", "int4-decode") and not half:
             logger.warning(
                 "%s weights need an fp32 or fp16 model on an x86-64 CPU; keeping them as loaded", weights
             )
@@ -196,9 +197,12 @@ class Engine:
                 decoder.pack_for_batches(max_batch)
             return DTYPE_NAMES.get(decoder.dtype, str(decoder.dtype))
         decoder.store_half_weights()
-        if weights == "int4":
-            if decoder.store_int4_weights():
-                return "int4"
+        if weights == "auto" and self.loaded.source_bits == 4:
+            # The file's own precision (a Q4 GGUF): 4 bits lose nothing it had.
+            weights = "int4-decode"
+        if weights in ("int4", "int4-decode"):
+            if decoder.store_int4_weights(keep_fp16=weights == "int4-decode"):
+                return weights
             logger.warning("no layer's shapes suit the int4 kernel; keeping fp16 weights")
         return "fp16"
 
@@ -355,6 +359,7 @@ class Engine:
                 [job.length for job in rows],
                 [1] * len(decoding) + [count for _, count in pieces],
                 logits_of,
+                decoding=len(decoding),
             )
         finally:
             if pieces:

@@ -27,7 +27,10 @@ The policy:
   of the replies alone (Sarathi-Serve's stall-free batching); so it adapts to
   the machine and the model. With nobody decoding (or when more prompts wait
   for a first token than replies decode: a burst), a pass carries what fits
-  in `prefill_pass_s`.
+  in `prefill_pass_s`, and whole prompts up to `burst_pass_s`: a burst of
+  short prompts is prefilled in one pass (the weights read once, every first
+  token at once), while a long prompt is cut into pieces, so a question
+  arriving meanwhile waits for one piece at most.
 - **Short prompts first, fairly between owners**: prompts are served in order
   of how much work is ahead of them: within one owner shortest first, and
   across owners by each owner's running total, so one user's many prompts do
@@ -74,6 +77,7 @@ class Request:
     cancelled: bool = False
     phase: Phase = Phase.WAITING
     computed: int = 0  # prompt tokens whose keys and values are in place (cached ones included)
+    uncached: int = 0  # prompt tokens the prefix cache did not hold at admission: the prefill's size
     deadline: float | None = None
 
     @property
@@ -224,25 +228,40 @@ class Scheduler:
         if not 0 <= cached_tokens < request.prompt_tokens:
             raise ValueError(f"{cached_tokens} cached tokens of a {request.prompt_tokens}-token prompt")
         request.computed = cached_tokens
+        request.uncached = request.prompt_tokens - cached_tokens
 
     def schedule(self, now: float) -> SchedulerOutput:
         """The plan of the next pass; changes nothing (see update())."""
         config = self.config
         decode = list(self.decoding)
-        if decode and len(self.prefilling) <= len(decode):
+        beside = bool(decode) and len(self.prefilling) <= len(decode)
+        if beside:
             budget = self.cost.budget_beside(len(decode), config.gap_ratio)
+            whole = budget
         else:
             budget = self.cost.budget_alone(config.prefill_pass_s)
-        budget = max(min(MIN_BUDGET, config.max_pass_tokens), min(budget, config.max_pass_tokens))
+            whole = self.cost.budget_alone(config.burst_pass_s)
+        budget, whole = (
+            max(min(MIN_BUDGET, config.max_pass_tokens), min(limit, config.max_pass_tokens))
+            for limit in (budget, whole)
+        )
+        whole = max(whole, budget)
         plan: list[tuple[Request, int]] = []
-        left = budget
+        taken = 0
+        limit = whole  # whole prompts may fill a pass up to `whole`; once a piece is in it, `budget`
         for request in self.prefill_order(now):
-            if not left:
-                break
-            count = min(request.remaining, left)
+            if request.uncached <= whole and request.remaining <= limit - taken:
+                # A short prompt, whole: in a burst every one that fits gets its first token in
+                # this pass. A long prompt's last piece is no such prompt: it stays a piece.
+                count = request.remaining
+            elif taken < budget:
+                count = min(request.remaining, budget - taken)  # a piece of a longer prompt
+                limit = budget
+            else:
+                continue
             plan.append((request, count))
-            left -= count
-        return SchedulerOutput(decode=decode, prefill=self._short_first(plan), budget=budget)
+            taken += count
+        return SchedulerOutput(decode=decode, prefill=self._short_first(plan), budget=whole)
 
     def prefill_order(self, now: float) -> list[Request]:
         """Prefilling requests by the work ahead of them (see the module docstring)."""

@@ -20,7 +20,7 @@ one-at-a-time backend for anything else.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, cast
 
 import torch
@@ -31,6 +31,7 @@ from inference.model.memory import give_back_freed_memory
 from inference.model.weights import (
     INT4_GROUP,
     HalfLinear,
+    Product,
     Projection,
     can_store_half_on,
     half_stored,
@@ -101,14 +102,7 @@ class KVRow:
 # One layer as FastDecoder.forward reads it: norm1, qkv, o, norm2, gate_up,
 # down, q_norm, k_norm (see FastDecoder.plan).
 _LayerPlan = tuple[
-    torch.Tensor,
-    Callable[[torch.Tensor], torch.Tensor],
-    Callable[[torch.Tensor], torch.Tensor],
-    torch.Tensor,
-    Callable[[torch.Tensor], torch.Tensor],
-    Callable[[torch.Tensor], torch.Tensor],
-    "nn.Module | None",
-    "nn.Module | None",
+    torch.Tensor, Product, Product, torch.Tensor, Product, Product, "nn.Module | None", "nn.Module | None"
 ]
 
 
@@ -116,7 +110,7 @@ class _Plan(NamedTuple):
     """What a pass reads, looked up once (see FastDecoder.plan)."""
 
     layers: list[_LayerPlan]
-    lm_head: Callable[[torch.Tensor], torch.Tensor]
+    lm_head: Product
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
@@ -262,13 +256,15 @@ class FastDecoder(nn.Module):
         """fbgemm's fp16 GEMM runs on x86-64 CPUs (AVX2 and up), for an fp32 model."""
         return can_store_half_on(self.device) and self.dtype == torch.float32
 
-    def store_int4_weights(self, group: int = INT4_GROUP) -> int:
+    def store_int4_weights(self, group: int = INT4_GROUP, *, keep_fp16: bool = False) -> int:
         """4-bit weights for every layer's projections whose shapes suit the kernel
-        (see Projection.store_int4); the output layer keeps its storage. How many were stored."""
+        (see Projection.store_int4), beside their fp16 ones with `keep_fp16`;
+        the output layer keeps its storage (in 4 bits it changed the default
+        model's answers: 15% of greedy tokens equal to fp32's). How many were stored."""
         stored = 0
         for layer in self.decoder_layers():
             for projection in (layer.qkv, layer.o, layer.gate_up, layer.down):
-                stored += projection.store_int4(group)
+                stored += projection.store_int4(group, keep_fp16=keep_fp16)
             give_back_freed_memory()  # the fp16 weights and the transients, layer by layer
         self._plan = None
         return stored
@@ -302,6 +298,7 @@ class FastDecoder(nn.Module):
         starts: Sequence[int],  # where each row's first token sits in its sequence
         counts: Sequence[int],  # how many of `tokens` each row has
         logits_of: Sequence[int] | None = None,  # the rows whose last token's logits to return; None = all
+        decoding: int = 0,  # the first rows that are decode rows (one generated token each)
     ) -> torch.Tensor:
         """Logits of the last token of each row in `logits_of`, [len(logits_of), vocab].
 
@@ -332,6 +329,11 @@ class FastDecoder(nn.Module):
         load does not change (callgrind, 30 layers of the default model's
         shape at width 72, so dispatch is all a pass does): one row -1.7%, 8
         rows -5.5%, the mix -4.2%, a 64-token prompt -5.0%.
+
+        `decoding`: the first rows are decode rows, whose one token each is a
+        generated one; where a projection keeps 4-bit weights beside fp16 ones
+        (ENGINE_WEIGHTS=int4-decode) those tokens go through the 4-bit weights
+        and the prompt tokens through fp16 (see weights._split_product).
 
         Attention runs row by row, each over its own length: no row reads (or
         holds) keys for another row's length. Measured on 2 cores, 8 rows of
@@ -373,7 +375,7 @@ class FastDecoder(nn.Module):
         # torch.rms_norm and torch._C._nn.silu: F.rms_norm and F.silu are Python
         # wrappers over them (a frame and a torch-function check a call, 91 a pass).
         for index, (norm1, qkv, o, norm2, gate_up, down, q_norm, k_norm) in enumerate(plan.layers):
-            fused = qkv(torch.rms_norm(hidden, shape, norm1, eps))  # [total, q + k + v]
+            fused = qkv(torch.rms_norm(hidden, shape, norm1, eps), decoding)  # [total, q + k + v]
             qk = fused[:, :qk_size].view(total, qk_heads, head_dim)
             if q_norm is not None and k_norm is not None:
                 qk = torch.cat((q_norm(qk[:, :heads]), k_norm(qk[:, heads:])), dim=1)
@@ -410,16 +412,16 @@ class FastDecoder(nn.Module):
                         enable_gqa=gqa,
                     )  # [1, heads, count, head_dim]
                     outputs.append(out[0].transpose(0, 1).reshape(count, q_size))
-            hidden.add_(o(outputs[0] if len(outputs) == 1 else torch.cat(outputs)))
-            gate, up = gate_up(torch.rms_norm(hidden, shape, norm2, eps)).chunk(2, dim=-1)
-            hidden.add_(down(torch._C._nn.silu(gate).mul_(up)))
+            hidden.add_(o(outputs[0] if len(outputs) == 1 else torch.cat(outputs), decoding))
+            gate, up = gate_up(torch.rms_norm(hidden, shape, norm2, eps), decoding).chunk(2, dim=-1)
+            hidden.add_(down(torch._C._nn.silu(gate).mul_(up), decoding))
         wanted = range(len(spans)) if logits_of is None else logits_of
         lasts = [spans[row][0] + spans[row][2] - 1 for row in wanted]
         if not lasts:  # a chunk in the middle of a prompt: nothing to sample yet
             return hidden.new_empty(0, self.lm_head.out_features)
         final = hidden[-1:] if lasts == [total - 1] else hidden[torch.tensor(lasts, device=hidden.device)]
         final = torch.rms_norm(final, shape, self.final_norm, eps)
-        return plan.lm_head(final).float()
+        return plan.lm_head(final, 0).float()
 
     def _chunk_mask(self, start: int, count: int) -> torch.Tensor | None:
         """The attention mask of a row of `count` tokens from `start`: None for

@@ -230,15 +230,20 @@ class Projection(nn.Module):
         if self.private:
             self.weight_t = nn.Parameter(weight.new_empty(0), requires_grad=False)
 
-    def store_int4(self, group: int = INT4_GROUP) -> bool:
+    def store_int4(self, group: int = INT4_GROUP, *, keep_fp16: bool = False) -> bool:
         """Keep the weight in 4 bits (see quantize_int4) and use it from now on,
         dropping the fp16 one; False, keeping it as it is, where the shape does not suit the kernel.
+
+        `keep_fp16`: keep fbgemm's fp16 weight as well, for prompt tokens (see
+        forward): the int4 kernel reads a decode step's weights faster, fp16 prefills faster.
 
         From fp16 weights: the fp32 matrix fbgemm unpacks to is the only
         transient, one projection at a time.
         """
         if self.int4 is not None or not can_store_int4(self.out_features, self.in_features, group):
             return self.int4 is not None
+        if keep_fp16 and self.packed_fp16 is None:
+            self.store_half()
         if self.packed_fp16 is not None:
             weight, _ = torch.ops.quantized.linear_unpack_fp16(self.packed_fp16)
         else:
@@ -246,13 +251,21 @@ class Projection(nn.Module):
         packed, scales_and_zeros = quantize_int4(weight, group)
         del weight
         self.int4 = (packed, scales_and_zeros, group)
-        self.packed_fp16, self.packed, self.packed_rows = None, None, 0
+        self.packed, self.packed_rows = None, 0
+        if keep_fp16:
+            return True
+        self.packed_fp16 = None
         if self.private:
             self.weight_t = nn.Parameter(torch.empty(0), requires_grad=False)
         return True
 
+    @property
+    def both(self) -> bool:
+        """4-bit weights for decode tokens and fp16 for prompt tokens (store_int4(keep_fp16=True))."""
+        return self.int4 is not None and self.packed_fp16 is not None
+
     def weight_bytes(self) -> int:
-        """Bytes of weight one product reads."""
+        """Bytes of weight one decode product reads."""
         if self.int4 is not None:
             packed, scales_and_zeros, _ = self.int4
             return packed.numel() * packed.element_size() + scales_and_zeros.numel() * 2
@@ -263,6 +276,14 @@ class Projection(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W^T (+ bias). Holding both formats, one new token per sequence
+        (x [..., 1, in]: a decode step of the plain model) goes through the
+        4-bit weights and anything longer (a prompt) through fp16, as the
+        engine's pass splits its tokens (see plain_product)."""
+        if self.both and x.dim() > 1 and x.shape[-2] == 1:
+            assert self.int4 is not None
+            out = int4_linear(x, *self.int4)
+            return out if self.bias is None else out + self.bias
         if self.packed_fp16 is not None:
             return fp16_linear(x, self.packed_fp16)
         if self.int4 is not None:
@@ -381,29 +402,71 @@ def half_stored(model: Any) -> bool:
     return any(isinstance(m, HalfLinear) for m in model.modules())
 
 
-def _fp16_product(packed: torch.ScriptObject) -> Callable[[torch.Tensor], torch.Tensor]:
+# A product as a pass calls it: (x [tokens, in], decoding) -> [tokens, out], where
+# the first `decoding` rows of x are decode tokens (one generated token of a
+# reply each) and the rest are prompt tokens.
+Product = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _fp16_product(packed: torch.ScriptObject) -> Product:
     linear = _fp16_linear_impl()
 
-    def product(x: torch.Tensor) -> torch.Tensor:
+    def product(x: torch.Tensor, decoding: int) -> torch.Tensor:
         return linear(x, packed)
 
     return product
 
 
-def _int4_product(int4: tuple[torch.Tensor, torch.Tensor, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+def _int4_product(int4: tuple[torch.Tensor, torch.Tensor, int]) -> Product:
     packed, scales_and_zeros, group = int4
 
-    def product(x: torch.Tensor) -> torch.Tensor:
+    def product(x: torch.Tensor, decoding: int) -> torch.Tensor:
         return int4_linear(x, packed, scales_and_zeros, group)
 
     return product
 
 
-def plain_product(projection: Projection) -> Callable[[torch.Tensor], torch.Tensor]:
+def _split_product(
+    int4: tuple[torch.Tensor, torch.Tensor, int], fp16: torch.ScriptObject, bias: torch.Tensor | None
+) -> Product:
+    """Decode tokens through the 4-bit weights, prompt tokens through fp16
+    (whose packing holds the bias).
+
+    Split by what each token is, not by the size of the pass, so a reply's
+    tokens do not depend on what else shares its pass: its prompt is always
+    computed in fp16 and every token it generates in 4 bits, alone or in any
+    batch, as the plain model computes them (see Projection.forward).
+    """
+    packed, scales_and_zeros, group = int4
+    linear = _fp16_linear_impl()
+
+    def decode(x: torch.Tensor) -> torch.Tensor:
+        out = int4_linear(x, packed, scales_and_zeros, group)
+        return out if bias is None else out + bias
+
+    def product(x: torch.Tensor, decoding: int) -> torch.Tensor:
+        if decoding == x.shape[0]:
+            return decode(x)
+        if not decoding:
+            return linear(x, fp16)
+        return torch.cat((decode(x[:decoding]), linear(x[decoding:], fp16)))
+
+    return product
+
+
+def plain_product(projection: Projection) -> Product:
     """A projection's forward as a plain callable: no module call and, for fbgemm's
-    fp16 or 4-bit weights without a bias, no branches (FastDecoder.forward calls 4 per layer)."""
+    fp16 or 4-bit weights, no branches beyond the decode/prompt split
+    (FastDecoder.forward calls 4 per layer)."""
+    if projection.int4 is not None and projection.packed_fp16 is not None:
+        bias = None if projection.bias is None else projection.bias.detach()
+        return _split_product(projection.int4, projection.packed_fp16, bias)
     if projection.packed_fp16 is not None:
         return _fp16_product(projection.packed_fp16)
     if projection.int4 is not None and projection.bias is None:
         return _int4_product(projection.int4)
-    return projection.forward
+
+    def product(x: torch.Tensor, decoding: int) -> torch.Tensor:
+        return projection(x)
+
+    return product
