@@ -201,8 +201,21 @@ def estimate_need(model: LocalModel) -> int:
     """
     source = source_from_path(model.path)
     size = storage_element_size(model)
+    bits = None
     if source.gguf_file is not None:
-        weights = gguf_parameters(source.folder / source.gguf_file) * size
+        gguf = source.folder / source.gguf_file
+        weights = gguf_parameters(gguf) * size
+        bits = gguf_layer_bits(gguf)
     else:
         weights = weight_bytes(source.folder, size)
-    return memory_needed(weights)
+    on_cpu = model.engine and size == 2 and model.device in {"auto", "cpu"}
+    # The 4-bit copy beside the fp16 one (an upper bound: the output layer has none).
+    # No weights of its own: the site's ENGINE_WEIGHTS, auto unless set.
+    extra = weights * 5 // 16 if on_cpu and decodes_in_int4(model.weights or "auto", bits) else 0
+    return memory_needed(weights, extra)
+
+
+def decodes_in_int4(weights: str, source_bits: int | None) -> bool:
+    """Whether an engine keeping `weights` (ENGINE_WEIGHTS) on a CPU adds 4-bit
+    copies of its layers for decoding: int4-decode, or auto for a 4-bit source."""
+    return weights == "int4-decode" or (weights == "auto" and source_bits == 4)

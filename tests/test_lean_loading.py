@@ -31,6 +31,7 @@ from inference.engine.core import Engine
 from inference.loading import LoadedModel, load_model, weight_bytes
 from inference.model.weights import HalfLinear
 from inference.params import GenerationParams
+from inference.registry import LocalModel
 from inference.sizing import ModelTooLarge, memory_needed
 from inference.types import GenerationRequest, Turn
 from tests.tiny_model import greedy_reference
@@ -210,6 +211,9 @@ def test_auto_weights_keep_a_4_bit_gguf_in_4_bits_for_decoding(tiny_model_dir: P
     writer.write_tensors_to_file()
     writer.close()
     assert sizing.gguf_layer_bits(path) == 4
+    # The launcher counts the 4-bit copy when it judges whether a worker fits.
+    auto, fp16 = (sizing.estimate_need(LocalModel("q4", path=str(path), weights=w)) for w in (None, "fp16"))
+    assert auto - fp16 == sizing.gguf_parameters(path) * 2 * 5 // 16
 
     loaded = load_half(tiny_model_dir, tmp_path)
     assert loaded.source_bits is None  # a folder of float weights

@@ -46,6 +46,7 @@ from inference.model.memory import give_back_freed_memory
 from inference.model.weights import INT4_GROUP
 from inference.params import GenerationParams
 from inference.prompt import FALLBACK_STOP_STRINGS, build_prompt
+from inference.sizing import MEMORY_MARGIN_BYTES, available_memory, decodes_in_int4
 from inference.types import Completion, FinishReason, GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -197,9 +198,16 @@ class Engine:
                 decoder.pack_for_batches(max_batch)
             return DTYPE_NAMES.get(decoder.dtype, str(decoder.dtype))
         decoder.store_half_weights()
-        if weights == "auto" and self.loaded.source_bits == 4:
-            # The file's own precision (a Q4 GGUF): 4 bits lose nothing it had.
-            weights = "int4-decode"
+        if weights == "auto" and decodes_in_int4(weights, self.loaded.source_bits):
+            # The file's own precision (a Q4 GGUF): 4 bits lose nothing it had. Where the
+            # 4-bit copy does not fit beside the fp16 one, fp16 alone still serves.
+            layers = decoder.projections()[:-1]  # the output layer stays fp16
+            extra = sum(p.in_features * p.out_features for p in layers) * 5 // 8  # 4 bits + scales
+            available = available_memory()
+            if available is None or extra + MEMORY_MARGIN_BYTES < available:
+                weights = "int4-decode"
+            else:
+                logger.warning("no memory for 4-bit decode weights beside the fp16 ones; keeping fp16")
         if weights in ("int4", "int4-decode"):
             if decoder.store_int4_weights(keep_fp16=weights == "int4-decode"):
                 return weights
