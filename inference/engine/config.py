@@ -29,7 +29,8 @@ class EngineConfig:
     # (see docs/models/weights.md).
     weights: str = "auto"
     # torch intra-op threads for decode passes (0: every core but one, which is
-    # left to the job threads, the web process and Redis).
+    # left to the job threads, the web process and Redis, or every core,
+    # whichever the engine measures faster: see threads.py).
     threads: int = 0
     # torch threads for passes that carry prompt tokens (0: every core):
     # prefill is compute-bound.

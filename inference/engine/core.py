@@ -38,6 +38,7 @@ from inference.engine.kv import KVRows, capacity_for
 from inference.engine.prefix_cache import PrefixCache
 from inference.engine.sampler import Sampler, SamplingRow
 from inference.engine.scheduler import Request, Scheduler, SchedulerOutput
+from inference.engine.threads import ThreadChoice
 from inference.grammar import GrammarFailed, GrammarTokenizer, RowGrammar, constraint_of
 from inference.loading import HALF_LOADED, LoadedModel
 from inference.metrics import WorkerMetrics, worker_metrics
@@ -62,9 +63,9 @@ def available_cores() -> int:
 
 
 def default_threads() -> int:
-    """torch threads for decode passes: every core but one, which is left to the
-    job threads, the web process and Redis. Measured on a 2-core machine: one
-    thread decodes as fast as two alone and much faster under that load."""
+    """torch threads for decode passes where nothing is measured yet: every core
+    but one, which is left to the job threads, the web process and Redis (the
+    engine then measures every core too: see threads.py)."""
     return max(1, available_cores() - 1)
 
 
@@ -130,6 +131,12 @@ class Engine:
         self.loaded = loaded
         self.model_name = loaded.name
         self.threads = config.threads or default_threads()
+        # Decode passes: the configured count, or whichever of every core but
+        # one and every core the engine measures faster (see threads.py).
+        self.thread_choice = ThreadChoice(
+            (config.threads,) if config.threads else (self.threads, available_cores())
+        )
+        self._threads_now = 0  # what torch.set_num_threads was last given on the engine thread
         # Prefill is compute-bound, so it takes every core: measured on 2
         # cores, 56 prompt tokens in 95-100 ms on two threads against 155-160
         # ms on one, 1200 tokens in 1.9-2.1 s against 3.6-3.7 s.
@@ -294,7 +301,7 @@ class Engine:
     def _run(self) -> None:
         # Intra-op threads are per calling thread (OpenMP, MKL): this sets the
         # engine thread's own, not the process's.
-        torch.set_num_threads(self.threads)
+        self._use_threads(self.threads)
         with torch.inference_mode():
             while True:
                 with self._wake:
@@ -332,9 +339,14 @@ class Engine:
         if plan.empty:
             return
         sampled = [*plan.decode, *plan.completing]  # before update(), which advances the prompts
+        threads = self.prefill_threads if plan.prefill else self.thread_choice.threads(len(plan.decode))
+        self._use_threads(threads)
         started = time.perf_counter()
         tokens = self._execute(plan)
-        scheduler.update(plan, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        scheduler.update(plan, seconds)
+        if not plan.prefill:
+            self.thread_choice.observe(threads, len(plan.decode), seconds)
         self._count(plan)
         for request, token in zip(sampled, tokens, strict=True):
             self._accept(self._jobs[request.id], token)
@@ -358,20 +370,14 @@ class Engine:
             if job.length + count == len(job.prompt_ids):
                 logits_of.append(index)
                 completed.append(job)
-        if pieces:
-            torch.set_num_threads(self.prefill_threads)
-        try:
-            logits = self.decoder(
-                torch.tensor([tokens], device=self.device),
-                [job.kv for job in rows if job.kv is not None],
-                [job.length for job in rows],
-                [1] * len(decoding) + [count for _, count in pieces],
-                logits_of,
-                decoding=len(decoding),
-            )
-        finally:
-            if pieces:
-                torch.set_num_threads(self.threads)
+        logits = self.decoder(
+            torch.tensor([tokens], device=self.device),
+            [job.kv for job in rows if job.kv is not None],
+            [job.length for job in rows],
+            [1] * len(decoding) + [count for _, count in pieces],
+            logits_of,
+            decoding=len(decoding),
+        )
         for job in decoding:
             job.length += 1
         for job, count in pieces:
@@ -380,6 +386,11 @@ class Engine:
             self.sampler.start(job.slot, job.prompt_ids)
         sampled = [*decoding, *completed]
         return self.sampler.sample(logits, [job.sampling() for job in sampled]) if sampled else []
+
+    def _use_threads(self, threads: int) -> None:
+        if threads != self._threads_now:
+            torch.set_num_threads(threads)
+            self._threads_now = threads
 
     def _count(self, plan: SchedulerOutput) -> None:
         stats = self.stats
