@@ -17,6 +17,7 @@ keep the feedback queue: the replies people rated, which they asked to be read.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from contextvars import ContextVar
 from datetime import date, timedelta
@@ -38,6 +39,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from chat import charts, exports, selectors
+from chat.models import ENV_NAME as ENV_NAME_PATTERN
 from chat.models import (
     READ_OTHERS_CONVERSATIONS,
     ApiKey,
@@ -46,15 +48,19 @@ from chat.models import (
     Feedback,
     GroupPolicy,
     Invite,
+    McpServer,
+    McpTool,
     Message,
     OidcIdentity,
     Preset,
     Profile,
     Share,
+    ToolStep,
     Usage,
 )
 from chat.services import audit, presets, usage
 from chat.spreadsheets import csv_response
+from chat.tools import services as tool_services
 
 
 class ReadOnlyAdminMixin:
@@ -145,6 +151,7 @@ class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
         "model",
         "content",
         "sources",
+        "tools",
         "error",
         "completion_tokens",
     )
@@ -152,6 +159,10 @@ class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
+
+    @admin.display(description="Tool calls")
+    def tools(self, obj: Message) -> str:
+        return tool_steps_summary(obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -224,12 +235,54 @@ class ConversationAdmin(ReadsOthersMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         return obj.message_count  # type: ignore[attr-defined]
 
 
+def tool_steps_summary(message: Message) -> str:
+    """One line a call: the tool, its arguments, its approval and what came back."""
+    rows = [
+        (
+            f"{step.server_name}.{step.tool}",
+            json.dumps(step.arguments, ensure_ascii=False)[:200],
+            step.status,
+            f", {step.duration_ms} ms" if step.duration_ms is not None else "",
+            (step.error or step.result)[:200],
+        )
+        for step in message.tool_steps.all()
+    ]
+    return format_html_join("", "<div><code>{}({})</code> {}{}: {}</div>", rows) if rows else "—"
+
+
+class ToolStepInline(ReadOnlyAdminMixin, admin.TabularInline):
+    """A reply's tool calls, read-only: arguments, approval, result or error, times."""
+
+    model = ToolStep
+    fields = (
+        "ordinal",
+        "round",
+        "server_name",
+        "tool",
+        "arguments",
+        "approval",
+        "decided_by",
+        "decided_at",
+        "status",
+        "result",
+        "is_error",
+        "truncated",
+        "error",
+        "started_at",
+        "finished_at",
+    )
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
 @admin.register(Message)
 class MessageAdmin(ReadsOthersMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "follows", "conversation", "role", "status", "model", "created", "preview")
     list_select_related = ("conversation__owner",)
     exclude = ("citations",)  # shown readable, as "Sources"
     readonly_fields = ("sources",)
+    inlines = [ToolStepInline]
 
     def shown_conversations(self, obj: Message) -> Iterable[Conversation]:
         return [obj.conversation]
@@ -693,3 +746,96 @@ admin.site.unregister(Group)
 @admin.register(Group)
 class PolicyGroupAdmin(GroupAdmin):
     inlines = [GroupPolicyInline]
+
+
+_ENV_NAME = re.compile(ENV_NAME_PATTERN)
+
+
+class McpServerForm(forms.ModelForm):
+    """A declaration that can run: the fields its transport needs, variable names only."""
+
+    url = forms.URLField(
+        required=False,
+        max_length=500,
+        assume_scheme="https",
+        help_text=McpServer._meta.get_field("url").help_text,
+    )
+
+    class Meta:
+        model = McpServer
+        fields = (
+            "name",
+            "description",
+            "transport",
+            "command",
+            "args",
+            "env_names",
+            "url",
+            "key_env",
+            "enabled",
+            "default_approval",
+        )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("transport") == McpServer.Transport.STDIO:
+            if not data.get("command"):
+                self.add_error("command", "A stdio server needs the program to run.")
+            if not isinstance(data.get("args"), list) or not all(isinstance(a, str) for a in data["args"]):
+                self.add_error(
+                    "args", 'Arguments are a JSON list of strings, e.g. ["-m", "mcp_server_time"].'
+                )
+        elif not data.get("url"):
+            self.add_error("url", "A streamable-HTTP server needs its URL.")
+        names = data.get("env_names")
+        if not isinstance(names, list) or not all(isinstance(n, str) and _ENV_NAME.match(n) for n in names):
+            self.add_error("env_names", 'Variable names are a JSON list, e.g. ["TZ", "API_TOKEN"].')
+        key_env = data.get("key_env") or ""
+        if key_env and not _ENV_NAME.match(key_env):
+            self.add_error(
+                "key_env", "The name of an environment variable (letters, digits, _), not its value."
+            )
+        return data
+
+
+class McpToolInline(admin.TabularInline):
+    """The tools the server listed: the admin chooses which need approval, and which are offered."""
+
+    model = McpTool
+    fields = ("name", "description", "approval", "enabled")
+    readonly_fields = ("name", "description")
+    extra = 0
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # tools come from the server's own list
+
+
+@admin.register(McpServer)
+class McpServerAdmin(admin.ModelAdmin):
+    form = McpServerForm
+    list_display = ("name", "transport", "enabled", "tool_count", "tools_listed_at", "list_error")
+    readonly_fields = ("tools_listed_at", "list_error")
+    inlines = [McpToolInline]
+    actions = ["list_tools"]
+
+    @admin.display(description="Tools")
+    def tool_count(self, obj: McpServer) -> int:
+        return obj.tools.count()
+
+    def save_model(self, request: HttpRequest, obj: McpServer, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if obj.enabled:
+            self._list(request, obj)
+
+    @admin.action(description="List their tools now (tools/list)")
+    def list_tools(self, request: HttpRequest, queryset: QuerySet[McpServer]) -> None:
+        for server in queryset:
+            self._list(request, server)
+
+    def _list(self, request: HttpRequest, server: McpServer) -> None:
+        # In the admin's request, bounded by MCP_TOOL_TIMEOUT_S: the admin asked, and waits to see it.
+        tools = tool_services.tools_refresh(server=server)
+        if server.list_error:
+            self.message_user(request, f"{server.name}: {server.list_error}", level="error")
+        else:
+            self.message_user(request, f"{server.name}: {len(tools)} tools.")

@@ -20,11 +20,13 @@ from chat.auth import UNEXPECTED
 from chat.events import conversation_group, user_group
 from chat.lifecycle.status import NotCancellable, reply_cancel
 from chat.lifecycle.submit import Submission, params_for
-from chat.models import Conversation, Message
+from chat.lifecycle.tools import step_answer
+from chat.models import Conversation, Message, ToolStep
 from chat.params import chat_params
 from chat.services import policies
 from chat.services.conversations import branch_switch
 from chat.services.limits import ConversationBusy
+from chat.tools import services as tool_services
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     def _snapshot(self) -> dict[str, Any]:
         conversation = selectors.conversation_get(user=self.user, conversation_id=self.conversation_id)
+        messages = selectors.branch_payloads(selectors.conversation_branch(conversation=conversation))
         return {
             "type": "snapshot",
             "conversation": {
@@ -116,7 +119,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
                 "documents": selectors.conversation_documents(conversation=conversation),
             },
             # The branch being viewed; each message lists its alternatives.
-            "messages": selectors.branch_payloads(selectors.conversation_branch(conversation=conversation)),
+            "messages": messages,
+            # Its replies' tool calls, by reply id (the page's step blocks).
+            "tool_steps": tool_services.steps_by_reply(reply_ids=[m["id"] for m in messages]),
         }
 
     # Actions, run in a worker thread by receive_json.
@@ -174,6 +179,20 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         except (NotCancellable, Message.DoesNotExist) as exc:
             raise ActionError(str(exc) or "No such message.") from None
 
+    def _approve(self, content: dict[str, Any]) -> None:
+        """{"action": "approve", "step_id": n, "approve": true | false}: the owner's answer."""
+        step_id, approve = content.get("step_id"), content.get("approve")
+        if not isinstance(step_id, int) or isinstance(step_id, bool) or not isinstance(approve, bool):
+            raise ActionError("step_id must be a number and approve true or false.")
+        try:
+            if tool_services.step_get(user=self.user, step_id=step_id).reply.conversation_id != (
+                self.conversation_id
+            ):
+                raise ToolStep.DoesNotExist
+            step_answer(user=self.user, step_id=step_id, approve=approve)
+        except ToolStep.DoesNotExist:
+            raise ActionError("No such tool call in this conversation.") from None
+
 
 def _text(content: dict[str, Any]) -> str:
     text = content.get("content")
@@ -196,4 +215,5 @@ ACTIONS = {
     "regenerate": ConversationConsumer._regenerate,
     "edit": ConversationConsumer._edit,
     "switch": ConversationConsumer._switch,
+    "approve": ConversationConsumer._approve,
 }

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from chat.branches import Tree
-from chat.models import Conversation, Message
+from chat.models import Conversation, McpTool, Message, ToolStep
 
 FORMAT = "sanjai.conversation"
 # 2: messages carry "id" and "parent_id" (the tree of branches) and the export its
@@ -16,6 +18,9 @@ READABLE_VERSIONS = {1, 2}
 MAX_IMPORT_MESSAGES = 10_000
 MAX_IMPORT_CITATIONS = 50  # per reply (DOCUMENT_PASSAGES, or a small document given whole)
 MAX_PASSAGE_CHARS = 10_000  # a chunk is about 1,350 at most
+MAX_IMPORT_TOOL_STEPS = 100  # per reply (MCP_MAX_STEPS_PER_REPLY is far less)
+MAX_TOOL_TEXT_CHARS = 100_000  # a step's result or error (MCP_TOOL_OUTPUT_MAX_CHARS is far less)
+FINISHED_STEPS = {ToolStep.Status.DONE, ToolStep.Status.ERROR, ToolStep.Status.REFUSED}
 
 
 class InvalidImport(ValueError):
@@ -30,6 +35,7 @@ def conversation_to_dict(conversation: Conversation, messages: list[Message]) ->
     """Every message of every branch, parents before children, each naming its parent."""
     messages = sorted(messages, key=lambda m: m.pk)
     tree = Tree.of((m.pk, m.parent_id) for m in messages)
+    steps = _steps_of(messages)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -56,9 +62,39 @@ def conversation_to_dict(conversation: Conversation, messages: list[Message]) ->
                     else {}
                 ),
                 **({"citations": m.citations} if m.citations else {}),
+                **({"tool_steps": [_step_dict(step) for step in steps[m.pk]]} if m.pk in steps else {}),
             }
             for m in messages
         ],
+    }
+
+
+def _steps_of(messages: list[Message]) -> dict[int, list[ToolStep]]:
+    """The replies' tool calls, in one query, by reply."""
+    by_reply: dict[int, list[ToolStep]] = {}
+    replies = [m.pk for m in messages if m.role == Message.Role.ASSISTANT]
+    for step in ToolStep.objects.filter(reply_id__in=replies).order_by("reply_id", "ordinal"):
+        by_reply.setdefault(step.reply_id, []).append(step)
+    return by_reply
+
+
+def _step_dict(step: ToolStep) -> dict[str, Any]:
+    """A tool call as exported: the server by name (ids mean nothing elsewhere)."""
+    return {
+        "round": step.round,
+        "server": step.server_name,
+        "tool": step.tool,
+        "called_as": step.called_as,
+        "arguments": step.arguments,
+        "approval": step.approval,
+        "status": step.status,
+        "result": step.result,
+        "is_error": step.is_error,
+        "truncated": step.truncated,
+        "error": step.error,
+        "decided_at": step.decided_at.isoformat() if step.decided_at else None,
+        "started_at": step.started_at.isoformat() if step.started_at else None,
+        "finished_at": step.finished_at.isoformat() if step.finished_at else None,
     }
 
 
@@ -67,6 +103,7 @@ def conversation_to_markdown(conversation: Conversation, messages: list[Message]
     by_id = {m.pk: m for m in messages}
     tree = Tree.of((m.pk, m.parent_id) for m in messages)
     siblings = tree.children()
+    steps = _steps_of(messages)
     lines = [f"# {conversation.title or 'Conversation'}", ""]
     lines.append(f"_Started {conversation.created:%Y-%m-%d %H:%M} UTC_")
     lines.append("")
@@ -82,6 +119,7 @@ def conversation_to_markdown(conversation: Conversation, messages: list[Message]
             if len(versions) > 1:
                 note += f" _(version {versions.index(message_id) + 1} of {len(versions)})_"
             lines.extend([f"{level} {speaker}{note}", "", message.content or message.error or "", ""])
+            lines.extend(_tool_lines(steps.get(message_id, [])))
             lines.extend(_sources(message.citations))
 
     shown = tree.path(tree.leaf(conversation.current_leaf_id))
@@ -114,6 +152,19 @@ def _sources(citations: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _tool_lines(steps: list[ToolStep]) -> list[str]:
+    """A reply's tool calls as a Markdown list: the call, its outcome, and what came back."""
+    if not steps:
+        return []
+    lines = ["Tool calls:", ""]
+    for step in steps:
+        arguments = json.dumps(step.arguments, ensure_ascii=False)
+        took = f", {step.duration_ms} ms" if step.duration_ms is not None else ""
+        answer = " ".join((step.error or step.result).split())
+        lines.append(f"- `{step.server_name}.{step.tool}({arguments})` ({step.status}{took}): {answer[:300]}")
+    return [*lines, ""]
+
+
 def _quote(message: Message, length: int = 60) -> str:
     text = " ".join((message.content or message.error).split())
     return text if len(text) <= length else text[: length - 1] + "…"
@@ -125,6 +176,7 @@ class ImportedMessage:
     content: str
     parent: int | None = None  # the index of the message it follows in the import; None: a first one
     citations: tuple[dict[str, Any], ...] = ()  # a reply's, without the other server's row ids
+    tool_steps: tuple[dict[str, Any], ...] = ()  # a reply's tool calls (ToolStep fields), finished ones
 
 
 @dataclass(frozen=True)
@@ -166,9 +218,13 @@ def parse_import(data: Any) -> ImportedConversation:
         if tree:
             parent = _parent_index(index, raw, index_of)
             index_of[raw["id"]] = index
-        citations = _citations(index, raw.get("citations", [])) if raw["role"] == "assistant" else ()
+        reply = raw["role"] == "assistant"
+        citations = _citations(index, raw.get("citations", [])) if reply else ()
+        steps = _tool_steps(index, raw.get("tool_steps", [])) if reply else ()
         messages.append(
-            ImportedMessage(role=raw["role"], content=raw["content"], parent=parent, citations=citations)
+            ImportedMessage(
+                role=raw["role"], content=raw["content"], parent=parent, citations=citations, tool_steps=steps
+            )
         )
     title, system_prompt = data.get("title", ""), data.get("system_prompt", "")
     params = data.get("params", {})
@@ -224,6 +280,62 @@ def _citations(index: int, raw: Any) -> tuple[dict[str, Any], ...]:
             }
         )
     return tuple(kept)
+
+
+def _tool_steps(index: int, raw: Any) -> tuple[dict[str, Any], ...]:
+    """A reply's tool calls as exported, finished ones only: they are a record, never run again."""
+    where = f"messages[{index}].tool_steps"
+    if not isinstance(raw, list) or len(raw) > MAX_IMPORT_TOOL_STEPS:
+        raise InvalidImport(f"{where} must be a list of at most {MAX_IMPORT_TOOL_STEPS} tool calls.")
+    kept = []
+    for number, item in enumerate(raw, start=1):
+        texts = ("server", "tool", "result", "error")
+        if not (
+            isinstance(item, dict)
+            and all(isinstance(item.get(key, ""), str) for key in texts)
+            and item.get("tool")
+            and isinstance(item.get("arguments", {}), dict)
+            and item.get("status") in FINISHED_STEPS
+            and item.get("approval", "auto") in McpTool.Approval.values
+            and all(len(item.get(key, "")) <= MAX_TOOL_TEXT_CHARS for key in ("result", "error"))
+            and all(_time_or_none(item.get(key)) for key in ("decided_at", "started_at", "finished_at"))
+        ):
+            raise InvalidImport(
+                f"{where}[{number - 1}] needs a tool name, arguments as an object, a status of done, "
+                f"error or refused, an approval of ask or auto, texts of at most {MAX_TOOL_TEXT_CHARS} "
+                "characters and ISO 8601 times (or null)."
+            )
+        kept.append(
+            {
+                "round": item["round"] if type(item.get("round")) is int and item["round"] > 0 else 1,
+                "ordinal": number,
+                "server_name": item.get("server", "")[:64],
+                "tool": item["tool"][:200],
+                "called_as": str(item.get("called_as") or item["tool"])[:270],
+                "arguments": item.get("arguments", {}),
+                "approval": item.get("approval", "auto"),
+                "status": item["status"],
+                "result": item.get("result", ""),
+                "is_error": item.get("is_error") is True,
+                "truncated": item.get("truncated") is True,
+                "error": item.get("error", ""),
+                **{key: _time(item.get(key)) for key in ("decided_at", "started_at", "finished_at")},
+            }
+        )
+    return tuple(kept)
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+def _time_or_none(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return isinstance(value, str) and datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def _is_id(value: Any) -> bool:

@@ -104,6 +104,10 @@ class Conversation(models.Model):
     documents: models.ManyToManyField[Document, Any] = models.ManyToManyField(
         "Document", blank=True, related_name="conversations"
     )
+    # The MCP servers whose tools its replies may call (chat/tools/); none: no tools.
+    mcp_servers: models.ManyToManyField[McpServer, Any] = models.ManyToManyField(
+        "McpServer", blank=True, related_name="conversations"
+    )
 
     class Meta:
         indexes = [models.Index(fields=["owner", "-updated"], name="conversation_owner_recent")]
@@ -125,6 +129,9 @@ class Message(models.Model):
         DONE = "done"
         FAILED = "failed"
         CANCELLED = "cancelled"
+        # Paused on the tools it called (chat/lifecycle/tools.py): continues, pending again,
+        # once each of its steps has a result, an error or a refusal.
+        TOOL_WAIT = "tool_wait"
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     # The message this one follows; None for a first message. Regenerating a
@@ -530,3 +537,132 @@ class OidcIdentity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} at {self.issuer}"
+
+
+# An environment variable's name, as a shell writes one.
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class McpServer(models.Model):
+    """An MCP server an admin declared (chat/tools/): a command run over stdio, or a
+    streamable-HTTP URL. Secrets stay in the environment: only the names of the
+    variables a command is given, and of the one holding the URL's key, are stored.
+    """
+
+    class Transport(models.TextChoices):
+        STDIO = "stdio", "stdio command"
+        HTTP = "http", "streamable HTTP"
+
+    name = models.SlugField(max_length=64, unique=True, help_text="Shown to users; letters, digits, - and _.")
+    description = models.CharField(max_length=300, blank=True)
+    transport = models.CharField(max_length=8, choices=Transport.choices, default=Transport.STDIO)
+    command = models.CharField(max_length=500, blank=True, help_text="stdio: the program to run.")
+    args = models.JSONField(default=list, blank=True, help_text='stdio: its arguments, e.g. ["-m", "x"].')
+    env_names = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='stdio: names of environment variables passed on, e.g. ["TZ"]; never their values.',
+    )
+    url = models.URLField(max_length=500, blank=True, help_text="HTTP: the server's endpoint, e.g. …/mcp.")
+    key_env = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="HTTP: the environment variable holding its key (sent as a bearer token); empty: none.",
+    )
+    enabled = models.BooleanField(default=True)
+    default_approval = models.CharField(
+        max_length=4,
+        choices=[("ask", "ask the user first"), ("auto", "run automatically")],
+        default="ask",
+        help_text="What a tool found on it starts as; each tool can be changed below.",
+    )
+    # The last tools/list: when, and why it failed (empty: it answered).
+    tools_listed_at = models.DateTimeField(null=True, blank=True)
+    list_error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "MCP server"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class McpTool(models.Model):
+    """A tool a server listed (tools/list, kept MCP_TOOLS_CACHE_S), and whether its calls
+    need the user's approval."""
+
+    class Approval(models.TextChoices):
+        ASK = "ask", "ask the user first"
+        AUTO = "auto", "run automatically"
+
+    server = models.ForeignKey(McpServer, on_delete=models.CASCADE, related_name="tools")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    input_schema = models.JSONField(default=dict, blank=True)
+    approval = models.CharField(max_length=4, choices=Approval.choices, default=Approval.ASK)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["server", "name"]
+        verbose_name = "MCP tool"
+        constraints = [models.UniqueConstraint(fields=["server", "name"], name="mcp_tool_name_per_server")]
+
+    def __str__(self) -> str:
+        return f"{self.server_id}:{self.name}"
+
+
+class ToolStep(models.Model):
+    """One tool call a reply made: a part of the reply, with its arguments, approval,
+    result or error, and times (chat/tools/services.py writes its status)."""
+
+    class Status(models.TextChoices):
+        AWAITING_APPROVAL = "awaiting_approval"
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"  # the tool answered (its own error reports included: `is_error`)
+        ERROR = "error"  # no answer: the server was down, slow or hostile, or a limit was reached
+        REFUSED = "refused"  # by the user, or nobody approved it in time
+
+    reply = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="tool_steps")
+    round = models.PositiveSmallIntegerField()  # the generation pass that made the call, from 1
+    ordinal = models.PositiveSmallIntegerField()  # the step's place in the reply, from 1
+    preface = models.TextField(blank=True)  # what the model wrote before its calls in that pass
+    server = models.ForeignKey(McpServer, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    server_name = models.CharField(max_length=64)  # kept when the server is deleted
+    tool = models.CharField(max_length=200)  # the tool's name on its server
+    called_as = models.CharField(max_length=270)  # the name the model called it by
+    arguments = models.JSONField(default=dict, blank=True)
+    approval = models.CharField(max_length=4, choices=McpTool.Approval.choices)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices)
+    result = models.TextField(blank=True)  # what went back into the prompt
+    is_error = models.BooleanField(default=False)
+    truncated = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["reply", "ordinal"]
+        constraints = [models.UniqueConstraint(fields=["reply", "ordinal"], name="tool_step_ordinal")]
+        indexes = [models.Index(fields=["status", "created"], name="tool_step_status_time")]
+
+    def __str__(self) -> str:
+        return f"{self.called_as} in reply {self.reply_id}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {self.Status.DONE, self.Status.ERROR, self.Status.REFUSED}
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return int((self.finished_at - self.started_at).total_seconds() * 1000)

@@ -24,16 +24,18 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
 from ninja import Field, File, Path, Query, Schema, Status, UploadedFile
 from ninja.errors import HttpError, ValidationError
-from pydantic import ConfigDict
+from pydantic import ConfigDict, StrictBool
 
 from chat import delivery, search, selectors
 from chat.auth import auth_user, http_error_message, json_api
 from chat.lifecycle.status import NotCancellable, reply_cancel
 from chat.lifecycle.submit import Submission
-from chat.models import MAX_ID, Conversation, Document, Folder, MemoryFact, Message, Preset
+from chat.lifecycle.tools import step_answer
+from chat.models import MAX_ID, Conversation, Document, Folder, MemoryFact, Message, Preset, ToolStep
 from chat.params import PARAM_FIELDS, ParamsIn, invalid_param
 from chat.services import conversations, documents, feedback, folders, limits, memory, presets, sharing
 from chat.share_views import share_url
+from chat.tools import services as tool_services
 from inference.params import InvalidParameter
 
 
@@ -256,7 +258,9 @@ class MessageOut(Schema):
     )
     role: Literal["system", "user", "assistant"]
     content: str = Field(description="For a reply being generated: the text saved so far")
-    status: Literal["pending", "streaming", "done", "failed", "cancelled"]
+    status: Literal["pending", "streaming", "tool_wait", "done", "failed", "cancelled"] = Field(
+        description="tool_wait: paused on the tools it called (GET /messages/{id}/tool-steps)"
+    )
     finish_reason: str = Field(description="stop, length, cancelled or timeout; empty until finished")
     error_code: str
     error: str = Field(description="Why a failed reply failed, readable")
@@ -1019,3 +1023,114 @@ def conversation_document_detach(
     except Document.DoesNotExist:
         raise _not_found("Attached document", document_id) from None
     return Status(204, None)
+
+
+# --- MCP tools (chat/tools/, docs/user-guide/tools.md) -----------------------------
+
+StepId = Annotated[int, Path(..., ge=1, le=MAX_ID, description="A tool call of one of your replies")]
+
+
+class McpToolOut(Schema):
+    name: str
+    description: str
+    approval: Literal["ask", "auto"] = Field(description="ask: each call waits for your approval")
+
+
+class McpServerOut(Schema):
+    name: str
+    description: str
+    tools: list[McpToolOut] = Field(description="As the server listed them last")
+
+    @staticmethod
+    def resolve_tools(server: Any) -> list[Any]:
+        return [tool for tool in server.tools.all() if tool.enabled]
+
+
+class McpServersIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    servers: list[Annotated[str, Field(max_length=64)]] = Field(
+        ..., max_length=50, description="Names of servers (GET /api/v1/mcp-servers); []: no tools"
+    )
+
+
+class ToolStepOut(Schema):
+    id: int
+    round: int = Field(description="The generation pass that made the call, from 1")
+    ordinal: int
+    server: str
+    tool: str
+    arguments: dict[str, Any]
+    approval: Literal["ask", "auto"]
+    status: Literal["awaiting_approval", "queued", "running", "done", "error", "refused"]
+    result: str = Field(description="What went back into the prompt (cut at MCP_TOOL_OUTPUT_MAX_CHARS)")
+    is_error: bool = Field(description="The tool itself reported an error")
+    truncated: bool
+    error: str = Field(description="Why there is no result: the server failed, a limit, or a refusal")
+    started_at: str | None
+    finished_at: str | None
+    duration_ms: int | None
+
+
+class ApprovalIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    approve: StrictBool = Field(..., description="true runs the call; false refuses it (the model is told)")
+
+
+@api.get("/mcp-servers", response={200: list[McpServerOut], **ERRORS}, tags=["tools"])
+def mcp_server_list(request: HttpRequest) -> list[Any]:
+    """The MCP servers an admin declared, with their tools: a conversation may use any of them."""
+    return tool_services.servers_offered(user=auth_user(request))
+
+
+@api.get(
+    "/conversations/{conversation_id}/mcp-servers", response={200: list[str], **WITH_404}, tags=["tools"]
+)
+def conversation_mcp_servers(request: HttpRequest, conversation_id: ConversationId) -> list[str]:
+    """The names of the servers whose tools the conversation's replies may call."""
+    conversation = _conversation(request, conversation_id)
+    return list(conversation.mcp_servers.order_by("name").values_list("name", flat=True))
+
+
+@api.put(
+    "/conversations/{conversation_id}/mcp-servers", response={200: list[str], **WITH_404}, tags=["tools"]
+)
+def conversation_mcp_servers_set(
+    request: HttpRequest, conversation_id: ConversationId, payload: McpServersIn
+) -> list[str]:
+    """Let the conversation's next replies call the tools of exactly these servers."""
+    conversation = _conversation(request, conversation_id)
+    try:
+        servers = tool_services.conversation_servers_set(conversation=conversation, names=payload.servers)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    return sorted(server.name for server in servers)
+
+
+@api.get("/messages/{message_id}/tool-steps", response={200: list[ToolStepOut], **WITH_404}, tags=["tools"])
+def message_tool_steps(request: HttpRequest, message_id: MessageId) -> list[dict[str, Any]]:
+    """The reply's tool calls in order: arguments, approval, result or error, and times."""
+    try:
+        reply = selectors.message_get(user=auth_user(request), message_id=message_id)
+    except Message.DoesNotExist:
+        raise _not_found("Message", message_id) from None
+    return [tool_services.step_payload(step) for step in reply.tool_steps.order_by("ordinal")]
+
+
+@api.post(
+    "/tool-steps/{step_id}/approval",
+    response={200: ToolStepOut, 409: ErrorOut, **WITH_404},
+    tags=["tools"],
+)
+def tool_step_approval(request: HttpRequest, step_id: StepId, payload: ApprovalIn) -> dict[str, Any]:
+    """Approve or refuse a call that waits for you; a call already decided answers 409."""
+    user = auth_user(request)
+    try:
+        before = tool_services.step_get(user=user, step_id=step_id).status
+        step = step_answer(user=user, step_id=step_id, approve=payload.approve)
+    except ToolStep.DoesNotExist:
+        raise _not_found("Tool call", step_id) from None
+    if before != ToolStep.Status.AWAITING_APPROVAL:
+        raise HttpError(409, f"Tool call {step_id} is not waiting for approval: it is {step.status}.")
+    return tool_services.step_payload(step)

@@ -237,7 +237,8 @@ def message_branch_payload(message: Message, siblings: list[int]) -> dict[str, A
 
 def reply_in_progress(*, conversation: Conversation) -> bool:
     return conversation.messages.filter(
-        role=Message.Role.ASSISTANT, status__in=[Message.Status.PENDING, Message.Status.STREAMING]
+        role=Message.Role.ASSISTANT,
+        status__in=[Message.Status.PENDING, Message.Status.STREAMING, Message.Status.TOOL_WAIT],
     ).exists()
 
 
@@ -337,7 +338,7 @@ def reply_unfinished_count(*, user: User) -> int:
     return Message.objects.filter(
         conversation__owner=user,
         role=Message.Role.ASSISTANT,
-        status__in=[Message.Status.PENDING, Message.Status.STREAMING],
+        status__in=[Message.Status.PENDING, Message.Status.STREAMING, Message.Status.TOOL_WAIT],
     ).count()
 
 

@@ -14,7 +14,10 @@ from django.conf import settings
 
 from chat.lifecycle.dispatch import GENERATE_TASK, release_waiting
 from chat.lifecycle.run import reply_generate, reply_generate_remote
+from chat.lifecycle.tools import TOOL_TASK, step_done
+from chat.models import McpServer
 from chat.services.documents import INGEST_TASK, document_ingest
+from chat.tools.services import tools_refresh
 
 
 @shared_task(
@@ -63,3 +66,21 @@ def ingest_document(document_id: int) -> None:
     document_ingest(document_id=document_id, worker=f"documents@{socket.gethostname()}:{os.getpid()}")
     # Read or failed: the replies that waited for it go on (with it, or without it).
     release_waiting(document_id=document_id)
+
+
+@shared_task(
+    name=TOOL_TASK,
+    acks_late=True,  # safe: step_run claims the step with a conditional update
+    # Bounded inside: the MCP client's deadline (MCP_TOOL_TIMEOUT_S) covers the whole call.
+)
+def run_tool_step(step_id: int) -> None:
+    """Call one MCP tool for a reply, on the "tools" queue's worker, then move the reply on."""
+    step_done(step_id=step_id, worker=f"tools@{socket.gethostname()}:{os.getpid()}")
+
+
+@shared_task(name="chat.refresh_mcp_tools")
+def refresh_mcp_tools(server_id: int) -> None:
+    """List a server's tools again (tools/list) on the "tools" queue's worker."""
+    server = McpServer.objects.filter(pk=server_id, enabled=True).first()
+    if server is not None:
+        tools_refresh(server=server)

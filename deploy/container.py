@@ -3,11 +3,12 @@
     web                  the ASGI server (pages, APIs, websockets) on HOST:PORT
     worker [MODEL]       a generation worker for a declared model (default: the default one)
     documents            the worker that reads uploaded documents (the "documents" queue)
+    tools                the worker that calls MCP tools for replies (the "tools" queue)
     migrate              apply migrations once, then exit (a one-shot job before web starts)
     manage <command...>  any manage.py command (createsuperuser, create_api_key, ...)
     <anything else>      run as given (python, bash, ...)
 
-web, worker and documents replace this process (exec), so the server or worker is PID 1
+web, worker, documents and tools replace this process (exec), so the server or worker is PID 1
 and gets the container's SIGTERM itself; migrate runs here and exits. The same commands `make run` starts
 (sanjai_site.launcher), without its supervisor: in a container, the
 container engine restarts what dies.
@@ -26,7 +27,9 @@ import sys
 import time
 
 APP = "/app"
-USAGE = "usage: web | worker [MODEL] | documents | migrate | manage <command...> | <program> [args...]"
+USAGE = (
+    "usage: web | worker [MODEL] | documents | tools | migrate | manage <command...> | <program> [args...]"
+)
 
 
 def wait_for_database(*, migrated: bool) -> None:
@@ -100,7 +103,7 @@ def main(argv: list[str]) -> None:
             "SECRET_KEY is not set: give the web container one that stays the same "
             "(compose.yaml reads it from deploy/sanjai.env; `make compose-env` makes that file)"
         )
-    if role in ("web", "worker", "documents", "migrate"):
+    if role in ("web", "worker", "documents", "tools", "migrate"):
         wait_for_database(migrated=role != "migrate")
     if role == "web":
         from sanjai_site.launcher import web_command
@@ -118,6 +121,11 @@ def main(argv: list[str]) -> None:
 
         os.environ["DOCUMENTS_WORKER"] = "1"  # it loads no model
         command = documents_worker_command("documents@%h")
+    elif role == "tools":
+        from sanjai_site.launcher import tools_worker_command
+
+        os.environ["TOOLS_WORKER"] = "1"  # it loads no model
+        command = tools_worker_command("tools@%h")
     elif role == "migrate":
         migrate()
         return

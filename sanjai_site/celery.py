@@ -36,8 +36,8 @@ def _take_own_jobs(sender: Any = None, **kwargs: Any) -> None:
 def _load_model(sender: Any = None, **kwargs: Any) -> None:
     from django.conf import settings
 
-    if settings.DOCUMENTS_WORKER:
-        return  # it reads uploaded documents (the "documents" queue) and loads no model
+    if settings.DOCUMENTS_WORKER or settings.TOOLS_WORKER:
+        return  # it reads uploaded documents or calls MCP tools (its own queue) and loads no model
 
     from chat.events import publish_from_own_loop
     from chat.lifecycle.sweep import sweep

@@ -2,7 +2,8 @@
 
 Starts an embedded Redis-compatible server (unless REDIS_URL points at one),
 applies migrations, then runs the ASGI web server, a generation worker and a
-documents worker (the "documents" queue: uploads are read there) as a
+documents worker (the "documents" queue: uploads are read there) and a tools
+worker (the "tools" queue: MCP tool calls run there) as a
 small supervisor: a child that dies (web, worker or the embedded Redis) is
 reported with its exit status and restarted after a delay that doubles from
 1 s to 30 s, and starts over once the child has stayed up for a minute. Redis
@@ -89,6 +90,22 @@ def documents_worker_command(hostname: str) -> list[str]:
         PYTHON, "-m", "celery", "-A", "sanjai_site", "worker",
         "--pool", "threads", "--queues", settings.DOCUMENT_QUEUE,
         "--concurrency", str(settings.DOCUMENT_WORKER_CONCURRENCY),
+        "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+        "--hostname", hostname,
+    ]  # fmt: skip
+
+
+def tools_worker_command(hostname: str) -> list[str]:
+    """The worker that calls MCP tools for replies: the "tools" queue only, a few threads
+    (TOOL_WORKER_CONCURRENCY), each call held to MCP_TOOL_TIMEOUT_S. Start it with
+    TOOLS_WORKER=1 in its environment, so that it loads no model."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sanjai_site.settings")
+    from django.conf import settings
+
+    return [
+        PYTHON, "-m", "celery", "-A", "sanjai_site", "worker",
+        "--pool", "threads", "--queues", settings.TOOL_QUEUE,
+        "--concurrency", str(settings.TOOL_WORKER_CONCURRENCY),
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",
         "--hostname", hostname,
     ]  # fmt: skip
@@ -428,6 +445,8 @@ def main() -> int:
             children.append(Worker(name, command, model_env, model=model.name))
         documents_env = {**env, "DOCUMENTS_WORKER": "1"}
         children.append(Command("documents worker", documents_worker_command("documents@%h"), documents_env))
+        tools_env = {**env, "TOOLS_WORKER": "1"}
+        children.append(Command("tools worker", tools_worker_command("tools@%h"), tools_env))
         children.append(Command("web", web_command(host, port), env))
         for child in children:
             if child is not embedded:

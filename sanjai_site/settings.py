@@ -58,6 +58,11 @@ CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 # also be set on its own. Only set it when the proxy is the only way in: the
 # header is trusted from whoever sends it.
 TLS_PROXY = envbool("TLS_PROXY", False)
+# Reached only through a reverse proxy that appends the client's address to
+# X-Forwarded-For (deploy/nginx.conf in front of web replicas), TLS or not: that
+# address, not the proxy's, is the one login lockouts, /metrics and the audit
+# log judge. TLS_PROXY implies it. Same caveat: only when the proxy is the only way in.
+BEHIND_PROXY = envbool("BEHIND_PROXY", TLS_PROXY)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TLS_PROXY else None
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", TLS_PROXY)
 CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", TLS_PROXY)
@@ -122,8 +127,25 @@ TEMPLATES = [
 ]
 
 
+# A connection per request by default (0 s), with any number of web replicas:
+# under ASGI each request's sync code runs in a thread of its own, so a
+# persistent connection is held by a thread no later request reuses and they
+# pile up to PostgreSQL's max_connections (Django ticket #33497). And none is
+# one a PostgreSQL restart cut. The price: a connection set up per request
+# (47 ms median with authentication, measured under `make drill-compose`'s load
+# on 2 cores; a query on an open one 0.08 ms). Django's psycopg pool (OPTIONS
+# "pool", the psycopg-pool package) would remove it; not used yet.
+# DATABASE_CONN_MAX_AGE_S > 0 keeps connections that long (a WSGI server), then
+# checked before reuse (CONN_HEALTH_CHECKS).
+DATABASE_CONN_MAX_AGE_S = envint("DATABASE_CONN_MAX_AGE_S", 0, minimum=0)
+
+
 def _database(url: str) -> dict[str, object]:
-    config: dict[str, object] = dict(dj_database_url.parse(url, conn_max_age=0))
+    config: dict[str, object] = dict(
+        dj_database_url.parse(
+            url, conn_max_age=DATABASE_CONN_MAX_AGE_S, conn_health_checks=DATABASE_CONN_MAX_AGE_S > 0
+        )
+    )
     if config["ENGINE"] == "django.db.backends.sqlite3":
         # The web process and the worker write to the same file. Without WAL,
         # IMMEDIATE transactions and a busy timeout, concurrent writers get
@@ -176,9 +198,9 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "chat.account_views.locked_out"
 AXES_VERBOSE = False  # its start-up banner; lockouts are still logged
-# Behind the proxy every request comes from the proxy's address: count failures
+# Behind a proxy every request comes from the proxy's address: count failures
 # against the client's address that the proxy forwards instead.
-AXES_CLIENT_IP_CALLABLE = "chat.auth.client_ip_behind_proxy" if TLS_PROXY else None
+AXES_CLIENT_IP_CALLABLE = "chat.auth.client_ip_behind_proxy" if BEHIND_PROXY else None
 
 # --- Single sign-on: OpenID Connect (chat/sso.py, docs/operating/shared-server.md) ---
 # Off while OIDC_ISSUER is empty: then nothing else here has any effect. The
@@ -549,6 +571,33 @@ REPLY_ENQUEUE_GRACE_S = envfloat("REPLY_ENQUEUE_GRACE_S", 10.0)
 # A queued reply no worker has started after this long is failed: its job was
 # lost (a broker that restarted without its data) or no worker came back.
 REPLY_QUEUE_LIMIT_S = envfloat("REPLY_QUEUE_LIMIT_S", CHAT_REPLY_TIMEOUT_S + GENERATION_TIME_LIMIT_S)
+
+# --- MCP tools in the chat (chat/tools/, docs/user-guide/tools.md) -------------
+# Each call runs on the "tools" queue's worker (`make run` starts one; it loads
+# no model), held to MCP_TOOL_TIMEOUT_S; a result is cut at
+# MCP_TOOL_OUTPUT_MAX_CHARS. A reply makes at most MCP_MAX_STEPS_PER_REPLY calls
+# and spends at most MCP_TOOL_TIME_PER_REPLY_S on them; past either, its next
+# calls are refused and it answers with what it has. A call marked "ask" waits
+# MCP_APPROVAL_TIMEOUT_S for its owner's approval, then counts as refused.
+# A server's tool list (tools/list) is kept MCP_TOOLS_CACHE_S, at most
+# MCP_MAX_TOOLS_PER_SERVER tools. See chat/lifecycle/sweep.py for the bounds.
+MCP_TOOL_TIMEOUT_S = envfloat("MCP_TOOL_TIMEOUT_S", 30.0)
+if MCP_TOOL_TIMEOUT_S <= 0:
+    raise ConfigError(f"MCP_TOOL_TIMEOUT_S={MCP_TOOL_TIMEOUT_S:g}: must be above 0")
+MCP_TOOL_OUTPUT_MAX_CHARS = envint("MCP_TOOL_OUTPUT_MAX_CHARS", 8000, minimum=100)
+MCP_MAX_STEPS_PER_REPLY = envint("MCP_MAX_STEPS_PER_REPLY", 8, minimum=1)
+MCP_TOOL_TIME_PER_REPLY_S = envfloat("MCP_TOOL_TIME_PER_REPLY_S", 120.0)
+MCP_APPROVAL_TIMEOUT_S = envfloat("MCP_APPROVAL_TIMEOUT_S", 600.0)
+MCP_TOOLS_CACHE_S = envfloat("MCP_TOOLS_CACHE_S", 300.0)
+MCP_MAX_TOOLS_PER_SERVER = envint("MCP_MAX_TOOLS_PER_SERVER", 64, minimum=1)
+TOOL_QUEUE = "tools"
+CELERY_TASK_ROUTES = {
+    **CELERY_TASK_ROUTES,
+    "chat.run_tool_step": {"queue": TOOL_QUEUE},
+    "chat.refresh_mcp_tools": {"queue": TOOL_QUEUE},
+}
+TOOLS_WORKER = envbool("TOOLS_WORKER", False)  # set by the launcher for that worker only
+TOOL_WORKER_CONCURRENCY = envint("TOOL_WORKER_CONCURRENCY", 4, minimum=1)
 
 # --- CORS for the OpenAI-compatible API (/v1/) and the REST API (/api/v1/) -----
 # For those two prefixes only. Browsers on other origins may call them

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from inference import presence, registry
-from sanjai_site.launcher import documents_worker_command, web_command, worker_command
+from sanjai_site.launcher import documents_worker_command, tools_worker_command, web_command, worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -108,6 +108,7 @@ def running_stack(
     env: dict[str, str],
     copies: int = 1,
     documents: bool = False,
+    tools: bool = False,
 ) -> Iterator[Stack]:
     ARTIFACTS.mkdir(exist_ok=True)
     port = free_port()
@@ -169,6 +170,18 @@ def running_stack(
             if documents
             else None
         )
+        # The MCP tools' worker (the "tools" queue), also only when asked for.
+        tools_worker = (
+            subprocess.Popen(
+                tools_worker_command(f"{name}-tools@%h"),
+                cwd=ROOT,
+                env={**process_env, "TOOLS_WORKER": "1"},
+                stdout=logs.enter_context(open(ARTIFACTS / f"{name}-tools.log", "wb")),
+                stderr=subprocess.STDOUT,
+            )
+            if tools
+            else None
+        )
         stack = Stack(
             base_url=f"http://127.0.0.1:{port}",
             redis_url=redis_url,
@@ -192,6 +205,8 @@ def running_stack(
             processes = [stack.web, stack.worker, *stack.workers]
             if stack.documents_worker is not None:
                 processes.append(stack.documents_worker)
+            if tools_worker is not None:
+                processes.append(tools_worker)
             for process in processes:
                 process.send_signal(signal.SIGCONT)
                 process.terminate()
@@ -204,7 +219,7 @@ def running_stack(
 
 @contextmanager
 def stack_on_test_database(
-    *, name: str, env: dict[str, str], copies: int = 1, documents: bool = False
+    *, name: str, env: dict[str, str], copies: int = 1, documents: bool = False, tools: bool = False
 ) -> Iterator[Stack]:
     """A stack with its own embedded Redis, on the test session's database.
 
@@ -225,6 +240,7 @@ def stack_on_test_database(
             env=env,
             copies=copies,
             documents=documents,
+            tools=tools,
         ) as stack,
     ):
         yield stack

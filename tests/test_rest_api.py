@@ -332,6 +332,10 @@ def test_the_openapi_schema_and_docs_are_served(client: Client) -> None:
         f"{API}/conversations/{{conversation_id}}/documents",
         f"{API}/conversations/{{conversation_id}}/documents/{{document_id}}",
         f"{API}/documents/{{document_id}}/passages",
+        f"{API}/mcp-servers",
+        f"{API}/conversations/{{conversation_id}}/mcp-servers",
+        f"{API}/messages/{{message_id}}/tool-steps",
+        f"{API}/tool-steps/{{step_id}}/approval",
     }
     post = schema["paths"][f"{API}/conversations/{{conversation_id}}/messages"]["post"]
     assert set(post["responses"]) >= {"202", "400", "401", "404", "409", "429", "503"}

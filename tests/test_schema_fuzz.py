@@ -82,6 +82,13 @@ def test_the_rest_api_survives_schema_fuzzing(stack: Stack, owner: Any, owner_ke
     folder = folders.folder_create(user=owner, name="Fuzzed")
     fact = memory.memory_add(user=owner, text="I am being fuzzed.")
     document = documents.document_upload(user=owner, name="fuzzed.txt", data=b"Fuzzed text.")
+    from chat.models import McpServer, ToolStep
+
+    server = McpServer.objects.create(name="fuzzed", command="unused")
+    step = ToolStep.objects.create(
+        reply=reply, round=1, ordinal=1, server=server, server_name="fuzzed", tool="echo",
+        called_as="echo", approval="ask", status=ToolStep.Status.AWAITING_APPROVAL,
+    )  # fmt: skip
     real_ids = {
         "conversation_id": conversation.pk,
         "message_id": reply.pk,
@@ -89,12 +96,13 @@ def test_the_rest_api_survives_schema_fuzzing(stack: Stack, owner: Any, owner_ke
         "folder_id": folder.pk,
         "fact_id": fact.pk,
         "document_id": document.pk,
+        "step_id": step.pk,
     }
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {owner_key}"
 
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 35, [op.label for op in operations]
+    assert len(operations) == 40, [op.label for op in operations]
     # Deleting the real conversation early would turn every later real-id case into a 404.
     operations.sort(key=lambda op: op.method.upper() == "DELETE")
     tried: dict[str, set[int]] = {}

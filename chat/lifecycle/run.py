@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from asgiref.sync import sync_to_async
+from django.db import DatabaseError, connection
 
 from chat import selectors
 from chat.documents.retrieval import Citation, passages_for, question_with_passages
 from chat.events import DeltaCoalescer, send_event
-from chat.lifecycle.status import reply_claim, reply_fail, reply_finish
+from chat.lifecycle.status import reply_claim, reply_fail
+from chat.lifecycle.tools import reply_pass_end
 from chat.models import Message
+from chat.tools import services as tool_services
 from inference.params import GenerationParams
 from inference.prompt import fits as prompt_fits
 from inference.types import Backend, GenerationError, GenerationRequest, Turn
@@ -42,9 +46,16 @@ class _CancelWatch:
         now = time.monotonic()
         if not self._cancelled and now >= self._next:
             self._next = now + self._interval_s
-            self._cancelled = not Message.objects.filter(
-                pk=self._reply_id, status=Message.Status.STREAMING
-            ).exists()
+            try:
+                self._cancelled = not Message.objects.filter(
+                    pk=self._reply_id, status=Message.Status.STREAMING
+                ).exists()
+            except DatabaseError:
+                # The database restarted or is away for a moment: keep generating, and
+                # drop the dead connection so the next check (and the final write) opens
+                # a new one instead of failing on it until the overrun rule ends the reply.
+                logger.warning("reply %s: the database is unreachable for its cancel check", self._reply_id)
+                connection.close_if_unusable_or_obsolete()
         return self._cancelled
 
 
@@ -86,13 +97,23 @@ class _Progress:
             )
 
 
-def reply_prompt(reply: Message, backend: object = None) -> list[Turn]:
+def reply_prompt(
+    reply: Message, backend: object = None, offered: tool_services.Offered | None = None
+) -> list[Turn]:
     """The turns a reply is generated from: its branch, with its question given the
     passages of the conversation's documents that fit the model's context, which
-    are stored as its citations. A remote model's context is its server's to judge."""
+    are stored as its citations. A remote model's context is its server's to judge.
+    With `offered` tools, they are described, and the passes of calls it made so far
+    follow with their results (chat.tools.services.prompt_turns)."""
     turns = selectors.reply_turns(reply=reply)
-    if not turns or turns[-1].role != "user":
-        return turns
+    if turns and turns[-1].role == "user":
+        turns = _with_passages(reply, turns, backend)
+    if offered is not None:
+        turns = tool_services.prompt_turns(reply=reply, turns=turns, offered=offered)
+    return turns
+
+
+def _with_passages(reply: Message, turns: list[Turn], backend: object) -> list[Turn]:
     question = turns[-1].content
     loaded = getattr(backend, "loaded", None)  # a local model's tokenizer and context
 
@@ -131,8 +152,10 @@ def reply_generate(
         reply_fail(reply_id=reply_id, code=exc.code, error=str(exc))
     except Exception:
         # Whatever broke (the backend, the database, the broker), the reply
-        # must not stay streaming behind a live worker's heartbeat.
+        # must not stay streaming behind a live worker's heartbeat. A connection
+        # a database restart cut would fail this too: a new one is opened.
         logger.exception("generation failed for reply %s", reply_id)
+        connection.close_if_unusable_or_obsolete()
         reply_fail(
             reply_id=reply_id, code="internal", error="The worker hit an internal error while generating."
         )
@@ -156,20 +179,22 @@ async def reply_generate_remote(
             reply.conversation_id, {"type": "message.started", "message_id": reply_id}
         )
         progress = _Progress(reply_id, DeltaCoalescer(reply.conversation_id, reply_id))
+        offered = await sync_to_async(_offered)(reply)
         request = GenerationRequest(
-            turns=await sync_to_async(reply_prompt)(reply, backend),
-            params=GenerationParams.from_dict(reply.params),
+            turns=await sync_to_async(reply_prompt)(reply, backend, offered),
+            params=await sync_to_async(_params)(reply),
             time_limit_s=time_limit_s,
         )
         completion = await backend.generate(
             request, on_text=sync_to_async(progress), should_stop=sync_to_async(_CancelWatch(reply_id))
         )
         await sync_to_async(progress.publish.flush)()
-        await sync_to_async(reply_finish)(
+        await sync_to_async(reply_pass_end)(
             reply=reply,
             completion=completion,
             first_token_at=progress.first_token_at,
             time_limit_s=time_limit_s,
+            offered=await sync_to_async(_callable)(reply, offered),
         )
     except GenerationError as exc:
         await sync_to_async(reply_fail)(reply_id=reply_id, code=exc.code, error=str(exc))
@@ -186,9 +211,10 @@ def _generate(reply_id: int, backend: Backend, time_limit_s: float | None) -> No
     send_event(conversation_id, {"type": "message.started", "message_id": reply_id})
 
     progress = _Progress(reply_id, DeltaCoalescer(conversation_id, reply_id))
+    offered = _offered(reply)
     request = GenerationRequest(
-        turns=reply_prompt(reply, backend),
-        params=GenerationParams.from_dict(reply.params),
+        turns=reply_prompt(reply, backend, offered),
+        params=_params(reply),
         time_limit_s=time_limit_s,
         should_stop=_CancelWatch(reply_id),
         # For the batching engine: a per-user cap on running replies, fair
@@ -200,6 +226,31 @@ def _generate(reply_id: int, backend: Backend, time_limit_s: float | None) -> No
     )
     completion = backend.generate(request, on_text=progress)
     progress.publish.flush()
-    reply_finish(
-        reply=reply, completion=completion, first_token_at=progress.first_token_at, time_limit_s=time_limit_s
+    reply_pass_end(
+        reply=reply,
+        completion=completion,
+        first_token_at=progress.first_token_at,
+        time_limit_s=time_limit_s,
+        offered=_callable(reply, offered),
     )
+
+
+def _offered(reply: Message) -> tool_services.Offered:
+    return tool_services.tools_offered(conversation=reply.conversation)
+
+
+def _callable(reply: Message, offered: tool_services.Offered) -> tool_services.Offered:
+    """The tools this pass's calls are run for: none once a limit is past, so the reply
+    ends with this pass (its prompt told it why)."""
+    if offered.tools and not tool_services.tools_allowed(reply=reply):
+        return tool_services.Offered({})
+    return offered
+
+
+def _params(reply: Message) -> GenerationParams:
+    """The reply's parameters; a grammar that forces a call binds its first pass only
+    (a pass after tool results answers in words, as OpenAI's tool_choice does per request)."""
+    params = GenerationParams.from_dict(reply.params)
+    if params.response_grammar is not None and reply.tool_steps.exists():
+        params = replace(params, response_grammar=None)
+    return params

@@ -2,7 +2,11 @@
 
     (created) -> PENDING -> STREAMING -> DONE
                     |           |------> FAILED   (the time limit; the sweeper: worker lost, overrun)
-                    |           `------> CANCELLED (the user; the worker stops within a step or two)
+                    |           |------> CANCELLED (the user; the worker stops within a step or two)
+                    |           `------> TOOL_WAIT (it called tools: chat/lifecycle/tools.py)
+                    |                      |-> PENDING   (every step ended: the next pass is queued)
+                    |                      |-> CANCELLED (the user)
+                    |                      `-> FAILED    (no worker or broker to continue it)
                     |------> FAILED      (no worker or broker; the sweeper: never started)
                     `------> CANCELLED
 
@@ -72,11 +76,14 @@ def reply_finish(
     now = timezone.now()
     fields = {
         "content": completion.text,
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
+        # A reply that called tools was generated in several passes: its counts add up.
+        "prompt_tokens": (reply.prompt_tokens or 0) + completion.prompt_tokens,
+        "completion_tokens": (reply.completion_tokens or 0) + completion.completion_tokens,
         "finish_reason": completion.finish_reason,
         "finished_at": now,
-        "first_token_at": datetime.fromtimestamp(first_token_at, tz=UTC) if first_token_at else None,
+        # A later pass (after tools) keeps the reply's first token.
+        "first_token_at": reply.first_token_at
+        or (datetime.fromtimestamp(first_token_at, tz=UTC) if first_token_at else None),
     }
     if reply.citations:
         fields["citations"] = mark_cited(reply.citations, completion.text)
@@ -122,9 +129,10 @@ def reply_cancel(*, user: User, message_id: int) -> Message:
     if reply.role != Message.Role.ASSISTANT:
         raise NotCancellable("Only a reply can be cancelled.")
     with transaction.atomic():
-        queued = Message.objects.filter(pk=reply.pk, status=Message.Status.PENDING).update(
-            status=Message.Status.CANCELLED, finish_reason="cancelled", finished_at=timezone.now()
-        )
+        # Pending or waiting on tools: nobody is generating it, so it ends now.
+        queued = Message.objects.filter(
+            pk=reply.pk, status__in=[Message.Status.PENDING, Message.Status.TOOL_WAIT]
+        ).update(status=Message.Status.CANCELLED, finish_reason="cancelled", finished_at=timezone.now())
         if queued:
             reply.refresh_from_db()
             send_event(reply.conversation_id, reply_event(reply))
@@ -146,7 +154,11 @@ def reply_fail(
     only if no worker has claimed it (a publish that failed, or seemed to,
     must not fail a reply a worker is writing). The text generated so far stays.
     """
-    states = [Message.Status.PENDING] if only_pending else [Message.Status.PENDING, Message.Status.STREAMING]
+    states = (
+        [Message.Status.PENDING]
+        if only_pending
+        else [Message.Status.PENDING, Message.Status.STREAMING, Message.Status.TOOL_WAIT]
+    )
     unfinished = Message.objects.filter(pk=reply_id, status__in=states)
     if worker is not None:
         unfinished = unfinished.filter(worker=worker)
@@ -158,6 +170,40 @@ def reply_fail(
             reply = Message.objects.get(pk=reply_id)
             send_event(reply.conversation_id, reply_event(reply))
     return bool(updated)
+
+
+def reply_tool_wait(*, reply: Message, completion: Completion, first_token_at: float | None) -> bool:
+    """STREAMING -> TOOL_WAIT: the pass ended in tool calls. Its tokens are counted and
+    kept on the reply; False if the reply was cancelled, failed or deleted meanwhile."""
+    now = timezone.now()
+    with transaction.atomic():
+        usage_record(
+            user_id=reply.conversation.owner_id,
+            model=reply.model,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            day=timezone.localdate(now),
+            replies=0,
+        )
+        waiting = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
+            status=Message.Status.TOOL_WAIT,
+            content="",
+            prompt_tokens=(reply.prompt_tokens or 0) + completion.prompt_tokens,
+            completion_tokens=(reply.completion_tokens or 0) + completion.completion_tokens,
+            first_token_at=reply.first_token_at
+            or (datetime.fromtimestamp(first_token_at, tz=UTC) if first_token_at else None),
+        )
+    return waiting == 1
+
+
+def reply_resume(*, reply_id: int) -> bool:
+    """TOOL_WAIT -> PENDING, to be queued again for its next pass; False if it was not waiting."""
+    return (
+        Message.objects.filter(pk=reply_id, status=Message.Status.TOOL_WAIT).update(
+            status=Message.Status.PENDING, queued_at=None, worker=""
+        )
+        == 1
+    )
 
 
 FINISHED_EVENTS = {

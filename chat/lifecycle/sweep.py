@@ -26,6 +26,26 @@ least T: a restarted Redis is empty until every worker's next beat (T / 3).
 
 Documents still processing after DOCUMENT_INGEST_STALE_S are queued again
 once, then failed (chat.services.documents.sweep_stale_documents).
+
+Replies waiting on tools (TOOL_WAIT, chat/lifecycle/tools.py) end as follows:
+
+- A step waiting for an approval nobody gives: refused ("nobody approved it")
+  MCP_APPROVAL_TIMEOUT_S (A) after it was asked, within A + I; the reply then
+  continues with that refusal in its prompt.
+- A step queued or running whose tools worker died (or none runs): ended with
+  an error MCP_TOOL_TIMEOUT_S (M) + TOOL_STEP_MARGIN (60 s) after it was queued
+  or started, within M + 60 s + I; the reply continues with that error.
+  A live worker ends its own call within M (plus a few seconds to stop a stdio
+  server): the client's one deadline covers connect, handshake and call.
+- A waiting reply whose steps have all ended but which was never queued again
+  (its process died in between): queued within I.
+- The continued pass is then a pending reply like any other (the rules above).
+  A reply makes at most MCP_MAX_STEPS_PER_REPLY calls in all, so it waits at
+  most that many times: its whole tool time is bounded by
+  MCP_MAX_STEPS_PER_REPLY x (A + M + 60 s + I), and in practice by
+  MCP_TOOL_TIME_PER_REPLY_S of running tools plus the approvals' waits.
+
+Tool lists older than MCP_TOOLS_CACHE_S are listed again on the tools queue.
 """
 
 from __future__ import annotations
@@ -36,15 +56,20 @@ from contextlib import suppress
 from datetime import timedelta
 
 import redis
+from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import close_old_connections, connection
+from django.db.models import Q
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
 
 from chat.lifecycle.dispatch import WorkerUnavailable, reply_enqueue
 from chat.lifecycle.status import reply_fail
-from chat.models import Message
+from chat.lifecycle.tools import reply_continue
+from chat.models import McpServer, Message, ToolStep
 from chat.services.documents import sweep_stale_documents
+from chat.tools import services as tool_services
 from inference import presence
 
 logger = logging.getLogger(__name__)
@@ -128,9 +153,78 @@ def fail_unstarted() -> int:
     return failed
 
 
+# A tool call's worker ends it within MCP_TOOL_TIMEOUT_S; past it plus this, nobody is running it.
+TOOL_STEP_MARGIN = timedelta(seconds=60)
+
+
+def refuse_unanswered() -> int:
+    """Refuse steps nobody approved within MCP_APPROVAL_TIMEOUT_S; returns how many."""
+    limit = settings.MCP_APPROVAL_TIMEOUT_S
+    cutoff = timezone.now() - timedelta(seconds=limit)
+    stale = ToolStep.objects.filter(status=ToolStep.Status.AWAITING_APPROVAL, created__lt=cutoff)
+    ended = 0
+    for step_id, reply_id in list(stale.values_list("pk", "reply_id")):
+        error = f"Nobody approved this call within {limit:g} s; it was not run."
+        if tool_services.step_fail(step_id=step_id, error=error, refuse=True):
+            ended += 1
+            _moved_on(reply_id)
+    return ended
+
+
+def fail_lost_steps() -> int:
+    """End steps queued or running past MCP_TOOL_TIMEOUT_S plus a margin; returns how many."""
+    cutoff = timezone.now() - timedelta(seconds=settings.MCP_TOOL_TIMEOUT_S) - TOOL_STEP_MARGIN
+    queued = Q(status=ToolStep.Status.QUEUED) & (
+        Q(decided_at__lt=cutoff) | Q(decided_at__isnull=True, created__lt=cutoff)
+    )
+    running = Q(status=ToolStep.Status.RUNNING, started_at__lt=cutoff)
+    ended = 0
+    for step_id, reply_id in list(ToolStep.objects.filter(queued | running).values_list("pk", "reply_id")):
+        error = "The tool worker did not run this call in time (it stopped, or none is running)."
+        if tool_services.step_fail(step_id=step_id, error=error):
+            ended += 1
+            _moved_on(reply_id)
+    return ended
+
+
+def continue_tool_waits() -> int:
+    """Queue again waiting replies whose steps have all ended; returns how many."""
+    waiting = Message.objects.filter(status=Message.Status.TOOL_WAIT).values_list("pk", flat=True)
+    return sum(reply_continue(reply_id=reply_id) for reply_id in list(waiting))
+
+
+def refresh_tool_lists() -> int:
+    """Queue a new tools/list for each server whose list is older than MCP_TOOLS_CACHE_S."""
+    stale = tool_services.stale_servers()
+    for server in stale:
+        with suppress(redis.RedisError, OSError, BrokerError):
+            # Marked as listed now, so the next sweeps do not queue it again meanwhile.
+            McpServer.objects.filter(pk=server.pk).update(tools_listed_at=timezone.now())
+            current_app.send_task("chat.refresh_mcp_tools", args=[server.pk], queue=settings.TOOL_QUEUE)
+    return len(stale)
+
+
+def _moved_on(reply_id: int) -> None:
+    with suppress(WorkerUnavailable):
+        reply_continue(reply_id=reply_id)
+
+
+RULES = (
+    fail_lost_replies,
+    fail_overrun,
+    requeue_unpublished,
+    fail_unstarted,
+    sweep_stale_documents,
+    refuse_unanswered,
+    fail_lost_steps,
+    continue_tool_waits,
+    refresh_tool_lists,
+)
+
+
 def sweep() -> None:
     """One pass over every rule; errors are logged, never raised (the next pass tries again)."""
-    for rule in (fail_lost_replies, fail_overrun, requeue_unpublished, fail_unstarted, sweep_stale_documents):
+    for rule in RULES:
         try:
             if count := rule():
                 logger.warning("sweeper: %s handled %d replies", rule.__name__, count)

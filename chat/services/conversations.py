@@ -12,7 +12,7 @@ from chat import exports, selectors
 from chat import params as chat_params
 from chat.branches import Tree
 from chat.events import send_event
-from chat.models import Conversation, Message, Preset
+from chat.models import Conversation, Message, Preset, ToolStep
 from chat.services.folders import folder_for_import
 from chat.services.limits import InvalidInput, check_idle, check_length, check_model
 from chat.services.profiles import params_for_new_conversations, profile_get_or_create
@@ -207,6 +207,11 @@ def conversation_import(*, user: User, data: Any) -> Conversation:
         row.parent_id = None if message.parent is None else rows[message.parent].pk
     linked = [row for row in rows if row.parent_id is not None]
     Message.objects.bulk_update(linked, ["parent"], batch_size=500)
+    ToolStep.objects.bulk_create(  # a reply's tool calls: a record, never run again
+        ToolStep(reply=row, **step)
+        for row, message in zip(rows, imported.messages, strict=True)
+        for step in message.tool_steps
+    )
     if rows:
         chosen = rows[-1] if imported.current is None else rows[imported.current]
         tree = Tree.of((row.pk, row.parent_id) for row in rows)

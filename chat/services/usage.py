@@ -22,11 +22,14 @@ from chat.models import Profile, Usage
 from chat.services.policies import allowance
 
 
-def usage_record(*, user_id: int, model: str, prompt_tokens: int, completion_tokens: int, day: date) -> None:
-    """Add one reply's tokens to the user's row for `day` and `model` (call inside a transaction)."""
+def usage_record(
+    *, user_id: int, model: str, prompt_tokens: int, completion_tokens: int, day: date, replies: int = 1
+) -> None:
+    """Add one reply's tokens to the user's row for `day` and `model` (call inside a transaction).
+    A pass that ended in tool calls adds its tokens with `replies=0`: its reply counts once, at its end."""
     row, _ = Usage.objects.get_or_create(user_id=user_id, day=day, model=model)
     Usage.objects.filter(pk=row.pk).update(
-        replies=F("replies") + 1,
+        replies=F("replies") + replies,
         prompt_tokens=F("prompt_tokens") + prompt_tokens,
         completion_tokens=F("completion_tokens") + completion_tokens,
     )

@@ -9,7 +9,7 @@ import { announce, button, copyText, input, showBanner } from "./ui.js";
 export function actionsFor(message, rerender) {
   const actions = document.createElement("div");
   actions.className = "actions";
-  const finished = !["pending", "streaming"].includes(message.status);
+  const finished = !["pending", "streaming", "tool_wait"].includes(message.status);
   const busy = activeReply() !== null;
   const versions = branchNav(message, busy);
   if (versions) actions.append(versions);

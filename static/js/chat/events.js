@@ -6,17 +6,25 @@ import { fillSettings } from "./settings.js";
 import { connect, isReconnect, sync } from "./socket.js";
 import { activeReply, forgetSent, messages, pending, upsert } from "./store.js";
 import { refreshControls, render, renderNow, renderSoon, showBranchAt, withScroll } from "./render.js";
+import { addDelta, catchUp, forgetAhead, keepShown } from "./resume.js";
 import { announce, chat, input, list, showBanner, title } from "./ui.js";
 
 const handlers = {
   snapshot(event) {
+    const shown = new Map([...messages.values()].map((m) => [m.id, m.content]));
     messages.clear();
     list.replaceChildren();
     title.textContent = event.conversation.title || gettext("New conversation");
     fillSettings(event.conversation);
     const attached = event.documents || event.conversation.documents;
     if (attachments && Array.isArray(attached)) attachments.setAttached(attached);
-    for (const payload of event.messages) render(upsert(payload));
+    for (const payload of event.messages) {
+      const message = upsert(payload);
+      keepShown(message, shown.get(message.id));
+      message.toolSteps = (event.tool_steps || {})[message.id] || [];
+      if (message.status === "streaming") catchUp(message);  // deltas that came before this text
+      render(message);
+    }
     if (!event.messages.length) {
       const empty = document.createElement("li");
       empty.id = "empty-chat";
@@ -56,6 +64,20 @@ const handlers = {
     message.waiting = event.documents;
     renderSoon(message);
   },
+  "reply.tools"(event) {
+    // Its calls, each step's state; a reply that called tools waits for them.
+    const message = messages.get(event.message_id);
+    if (!message) return;
+    message.toolSteps = event.steps;
+    if (event.steps.some((step) => !["done", "error", "refused"].includes(step.status)) && message.status !== "tool_wait") {
+      // The pass that streamed the calls' text is over: the next one starts its text afresh.
+      forgetAhead(message.id);
+      message.content = "";
+      message.status = "tool_wait";
+    }
+    if (event.waiting) announce(gettext("A tool call waits for your approval."));
+    renderSoon(message);
+  },
   "document.progress"(event) {
     if (attachments) attachments.progress(event);
     const reply = activeReply();
@@ -84,11 +106,9 @@ const handlers = {
   "message.delta"(event) {
     const message = messages.get(event.message_id);
     if (!message) return;
-    const have = (message.content || "").length;
-    // A snapshot may already hold part of this delta: keep only what is new.
-    if (event.offset <= have && event.offset + event.text.length > have) {
-      message.content = (message.content || "") + event.text.slice(have - event.offset);
-    }
+    // A snapshot may already hold part of this delta (keep only what is new), or
+    // not yet reach it (after a reconnect): resume.js keeps it until one does.
+    addDelta(message, event.offset, event.text);
     message.status = "streaming";
     message.position = null;
     renderSoon(message);
@@ -126,6 +146,7 @@ export function listen() {
 function finish(event, status, spoken) {
   const message = messages.get(event.message_id);
   if (!message) return;
+  forgetAhead(message.id);
   message.status = status;
   if (event.content || status === "done") message.content = event.content;
   message.error = event.error;

@@ -5,6 +5,7 @@ import { actionsFor } from "./actions.js";
 import { attachments, citations } from "./documents.js";
 import { isOpen } from "./socket.js";
 import { activeReply, messages, pending } from "./store.js";
+import { toolBlocksFor, toolWaitText } from "./tools.js";
 import { chat, copyText, list, number, sendButton, stopButton } from "./ui.js";
 
 let renderQueued = new Set();
@@ -52,12 +53,12 @@ export function render(message) {
   const el = bubbleFor(message);
   el.className = `bubble ${message.role} ${message.status}`;
   el.dataset.status = message.status;
-  el.setAttribute("aria-busy", String(message.status === "streaming" || message.status === "pending"));
+  el.setAttribute("aria-busy", String(["pending", "streaming", "tool_wait"].includes(message.status)));
   el.replaceChildren();
   const content = document.createElement("div");
   content.className = "content";
   if (message.role === "assistant") {
-    const settled = !["pending", "streaming"].includes(message.status);
+    const settled = !["pending", "streaming", "tool_wait"].includes(message.status);
     renderMarkdownInto(content, message.content || "", settled);
     if (settled && citations) citations.linkMarkers(content, message);
     if ((message.status === "pending" || message.status === "streaming") && !message.content) {
@@ -66,6 +67,9 @@ export function render(message) {
   } else {
     content.textContent = message.content;
   }
+  const tools = message.role === "assistant" && toolBlocksFor(message);
+  if (tools) el.append(tools);  // the calls came before the answer
+  if (message.status === "tool_wait") content.append(typingIndicator(null, "", "", toolWaitText(message)));
   el.append(content);
   if (message.status === "failed") {
     const error = document.createElement("div");
@@ -115,12 +119,12 @@ function usageLine(message) {
   return line;
 }
 
-function typingIndicator(position, loading, indexing) {
+function typingIndicator(position, loading, indexing, tools = "") {
   const wrap = document.createElement("span");
   wrap.className = "typing";
-  const waiting = indexing ? interpolate(gettext("%(what)s: the reply starts once it is read"), { what: indexing }, true) :
+  const waiting = tools || (indexing ? interpolate(gettext("%(what)s: the reply starts once it is read"), { what: indexing }, true) :
     loading ? interpolate(gettext("%(what)s: the reply starts once it is ready"), { what: loading }, true) :
-    position ? interpolate(gettext("queued (#%(position)s)"), { position }, true) : "";
+    position ? interpolate(gettext("queued (#%(position)s)"), { position }, true) : "");
   wrap.setAttribute("aria-label", waiting || gettext("SanjAI is typing"));
   for (let i = 0; i < 3; i++) wrap.append(document.createElement("span"));
   if (waiting) {

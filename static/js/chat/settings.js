@@ -1,6 +1,7 @@
 // The conversation's settings panel: system prompt, model, memory and the
 // generation parameters, filled from each snapshot and saved over HTTP.
 import { postJSON } from "./http.js";
+import { loadToolServers } from "./tools.js";
 import { chat } from "./ui.js";
 
 export const settings = document.getElementById("settings");
@@ -27,6 +28,7 @@ export function setUpSettings() {
   toggle.addEventListener("click", () => {
     settings.hidden = !settings.hidden;
     toggle.setAttribute("aria-expanded", String(!settings.hidden));
+    if (!settings.hidden) loadToolServers();  // the servers may have changed since
   });
 
   settings.addEventListener("submit", async (event) => {

@@ -33,7 +33,7 @@ export function lastOf(role) {
 
 export function activeReply() {
   for (const m of messages.values()) {
-    if (m.role === "assistant" && (m.status === "pending" || m.status === "streaming")) return m;
+    if (m.role === "assistant" && ["pending", "streaming", "tool_wait"].includes(m.status)) return m;
   }
   return null;
 }
