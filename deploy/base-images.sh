@@ -4,7 +4,8 @@
 # `podman pull` works -> the official image; otherwise a local stand-in built
 # from Debian bookworm's own packages with mmdebstrap, tagged with the
 # official name so that an unchanged FROM / image: line finds it.
-#   deploy/base-images.sh [python] [postgres] [redis]   (default: all three)
+#   deploy/base-images.sh [python] [postgres] [redis] [nginx]   (default: all four;
+#   nginx is for compose.replicas.yaml only)
 # The stand-ins keep the official images' interface that compose.yaml uses
 # (each deploy/local/*.Dockerfile says which); they are for machines like this project's, never
 # to push anywhere.
@@ -17,6 +18,7 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
 POSTGRES_IMAGE=docker.io/library/postgres:15-bookworm
 REDIS_IMAGE=docker.io/library/redis:7-bookworm
+NGINX_IMAGE=docker.io/library/nginx:stable-bookworm
 
 need() {
   command -v "$1" >/dev/null || { echo "$1 is missing: apt-get install podman mmdebstrap podman-compose runc" >&2; exit 1; }
@@ -69,13 +71,21 @@ build_redis() {
   podman build --quiet --format docker -t "$REDIS_IMAGE" -f deploy/local/redis.Dockerfile deploy/local >/dev/null
 }
 
-for which in "${@:-python postgres redis}"; do
+build_nginx() {
+  local tar
+  tar=$(rootfs nginx nginx-light | tail -1)
+  podman import --quiet "$tar" localhost/sanjai-local/nginx-rootfs:bookworm >/dev/null
+  podman build --quiet --format docker -t "$NGINX_IMAGE" -f deploy/local/nginx.Dockerfile deploy/local >/dev/null
+}
+
+for which in "${@:-python postgres redis nginx}"; do
   for name in $which; do
     case $name in
       python) ensure "$PYTHON_IMAGE" build_python ;;
       postgres) ensure "$POSTGRES_IMAGE" build_postgres ;;
       redis) ensure "$REDIS_IMAGE" build_redis ;;
-      *) echo "unknown base image: $name (python, postgres or redis)" >&2; exit 2 ;;
+      nginx) ensure "$NGINX_IMAGE" build_nginx ;;
+      *) echo "unknown base image: $name (python, postgres, redis or nginx)" >&2; exit 2 ;;
     esac
   done
 done
