@@ -717,6 +717,8 @@ def int4_speed(
         f"  (int4 engine x1 decode in turn with the {engine.weights} engine's: "
         f"{int4_x1:.1f} against {fp16_x1:.1f} tok/s)"
     )
+    if engine.weights != "fp16":  # the default decodes in 4 bits too (int4-decode): no target between them
+        return []
     return [("int4 engine x1 decode > fp16 engine x1, in turn", int4_x1 / fp16_x1, 1.0, True)]
 
 
