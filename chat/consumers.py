@@ -53,15 +53,26 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.user = user
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         try:
-            snapshot = await database_sync_to_async(self._snapshot)()
+            # Only the owner joins the conversation's group.
+            await database_sync_to_async(selectors.conversation_get)(
+                user=user, conversation_id=self.conversation_id
+            )
         except Conversation.DoesNotExist:
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        # Join before sending the snapshot: events from now on reach this
-        # socket, and deltas carry offsets so the page skips what it has.
+        # Join, then read the snapshot: an event published between the two is
+        # queued for this socket and handled after connect(), so it follows the
+        # snapshot (deltas carry offsets: the page skips what it has). Read the
+        # other way round, it would be lost until the page's quiet check asks again.
         self.groups_joined = [conversation_group(self.conversation_id), user_group(user.pk)]
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
+        try:
+            snapshot = await database_sync_to_async(self._snapshot)()
+        except Conversation.DoesNotExist:  # deleted in between
+            await self.disconnect(CLOSE_NOT_FOUND)
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
         await self.accept()
         await self.send_json(snapshot)
 

@@ -13,7 +13,8 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 
-from chat.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
+from chat.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, ConversationConsumer
+from chat.events import send_event
 from chat.lifecycle.run import reply_generate
 from chat.models import Message
 from chat.routing import websocket_application
@@ -116,6 +117,35 @@ def test_the_owner_gets_a_snapshot_with_the_text_so_far(owner: Any, queued: list
         ("user", "done", "Hi"),
         ("assistant", "streaming", "Hel"),
     ]
+
+
+def test_an_event_published_while_the_snapshot_is_read_follows_it(
+    owner: Any, queued: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply's delta sent while the socket reads its snapshot is not lost: the
+    socket has joined the conversation's group first, so the delta comes after the snapshot."""
+    conversation = conversations.conversation_create(user=owner)
+    posted = submit(owner, "Hi", conversation_id=conversation.pk)
+    cookie = session_cookie(owner)
+    read = ConversationConsumer._snapshot
+
+    def snapshot_with_a_delta_meanwhile(consumer: ConversationConsumer) -> dict[str, Any]:
+        delta = {"type": "message.delta", "message_id": posted.reply.pk, "offset": 0, "delta": "Hel"}
+        send_event(conversation.pk, delta)  # a worker streaming at that moment
+        return read(consumer)
+
+    monkeypatch.setattr(ConversationConsumer, "_snapshot", snapshot_with_a_delta_meanwhile)
+
+    async def scenario() -> list[Any]:
+        ws = communicator(conversation.pk, ORIGIN, cookie)
+        assert (await ws.connect())[0]
+        received = [await ws.receive_json_from(timeout=5), await ws.receive_json_from(timeout=5)]
+        await ws.disconnect()
+        return received
+
+    snapshot, delta = run(scenario)
+    assert snapshot["type"] == "snapshot"
+    assert (delta["type"], delta["delta"]) == ("message.delta", "Hel")
 
 
 def test_sending_stores_first_and_reports_a_down_worker(owner: Any, no_broker: None) -> None:
