@@ -39,8 +39,9 @@ def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> It
     from tests.tiny_model import build_endless_model
 
     # Deeper than the other browser tests' (slower per token): the reply must outlast a
-    # server's death, a restart and the seconds sampled after.
-    model = build_endless_model(tmp_path_factory.mktemp("replica-browser-model"), layers=64)
+    # server's death, a restart and the seconds sampled after, on a loaded CI machine too
+    # (at 64 layers a reply once ended before the restarted server answered).
+    model = build_endless_model(tmp_path_factory.mktemp("replica-browser-model"), layers=160)
     env = {"MODEL_PATH": str(model), "GENERATION_MAX_NEW_TOKENS": "4000"}
     with stack_on_test_database(name="browser-replicas", env=env) as running:
         yield running
