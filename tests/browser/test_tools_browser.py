@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -156,5 +157,8 @@ def test_the_settings_choose_the_conversations_servers(
     expect(page.locator("[data-tool-server-status]")).to_have_text("Saved.")
     assert list(conversation.mcp_servers.values_list("name", flat=True)) == ["ours"]
     choice.uncheck()
-    expect(page.locator("[data-tool-server-status]")).to_have_text("Saved.")
+    # The status already reads "Saved." from the check: wait for the store itself.
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while conversation.mcp_servers.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not conversation.mcp_servers.exists()
