@@ -9,6 +9,7 @@ from typing import Any
 
 from chat.branches import Tree
 from chat.models import Conversation, McpTool, Message, ToolStep
+from chat.tools.services import step_payload
 
 FORMAT = "sanjai.conversation"
 # 2: messages carry "id" and "parent_id" (the tree of branches) and the export its
@@ -78,24 +79,13 @@ def _steps_of(messages: list[Message]) -> dict[int, list[ToolStep]]:
     return by_reply
 
 
+# What the page's payload has that means nothing in another server's copy.
+_LOCAL_STEP_FIELDS = frozenset({"id", "ordinal", "duration_ms"})
+
+
 def _step_dict(step: ToolStep) -> dict[str, Any]:
-    """A tool call as exported: the server by name (ids mean nothing elsewhere)."""
-    return {
-        "round": step.round,
-        "server": step.server_name,
-        "tool": step.tool,
-        "called_as": step.called_as,
-        "arguments": step.arguments,
-        "approval": step.approval,
-        "status": step.status,
-        "result": step.result,
-        "is_error": step.is_error,
-        "truncated": step.truncated,
-        "error": step.error,
-        "decided_at": step.decided_at.isoformat() if step.decided_at else None,
-        "started_at": step.started_at.isoformat() if step.started_at else None,
-        "finished_at": step.finished_at.isoformat() if step.finished_at else None,
-    }
+    """A tool call as exported: the page's payload, the server by name (ids mean nothing elsewhere)."""
+    return {key: value for key, value in step_payload(step).items() if key not in _LOCAL_STEP_FIELDS}
 
 
 def conversation_to_markdown(conversation: Conversation, messages: list[Message]) -> str:
