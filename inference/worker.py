@@ -65,6 +65,15 @@ def _quiet(stage: str, percent: int) -> None:
 
 
 def load_backend(config: WorkerConfig, on_progress: Progress = _quiet) -> Backend:
+    """The worker's model and its engine, loaded on a thread that ends once they
+    are built, so the engine thread's OpenMP team is the process's only one
+    (see inference.engine.threads.on_a_thread_of_its_own)."""
+    from inference.engine.threads import on_a_thread_of_its_own
+
+    return on_a_thread_of_its_own(lambda: _load_backend(config, on_progress))
+
+
+def _load_backend(config: WorkerConfig, on_progress: Progress) -> Backend:
     import torch
 
     from inference.backend import TransformersBackend

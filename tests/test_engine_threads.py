@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 
 import pytest
 
-from inference.engine.threads import ThreadChoice
+from inference.engine.threads import ThreadChoice, on_a_thread_of_its_own
 
 PassTime = Callable[[int, int], float]  # (threads, rows) -> seconds
 
@@ -67,3 +68,24 @@ def test_a_fixed_thread_count_is_kept_whatever_the_times() -> None:
 def test_thread_counts_below_one_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ThreadChoice((0, 1))
+
+
+def test_work_on_a_thread_of_its_own_returns_its_result_from_a_thread_that_has_ended() -> None:
+    """A model loads this way so that its loading thread's OpenMP team ends before the engine runs."""
+    ran_on: list[threading.Thread] = []
+
+    def work() -> str:
+        ran_on.append(threading.current_thread())
+        return "loaded"
+
+    assert on_a_thread_of_its_own(work) == "loaded"
+    assert ran_on[0] is not threading.current_thread()
+    assert not ran_on[0].is_alive()
+
+
+def test_what_the_work_raises_reaches_the_caller() -> None:
+    def work() -> None:
+        raise FileNotFoundError("no model at /nowhere")
+
+    with pytest.raises(FileNotFoundError, match="/nowhere"):
+        on_a_thread_of_its_own(work)

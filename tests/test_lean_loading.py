@@ -247,6 +247,39 @@ def test_the_worker_loads_half_weights_for_an_fp16_engine_only(tiny_model_dir: P
     assert half.model.get_input_embeddings().weight.dtype == torch.float16
 
 
+def test_the_worker_loads_its_model_on_a_thread_that_has_ended_when_the_engine_runs(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loading thread's OpenMP team must be gone before the engine decodes:
+    two teams on two cores make every team's workers sleep between ops
+    (inference.engine.threads.on_a_thread_of_its_own)."""
+    from inference import worker
+
+    loaded_on: list[threading.Thread] = []
+    real_load = loading.load_model
+
+    def load_model(*args: Any, **kwargs: Any) -> Any:
+        loaded_on.append(threading.current_thread())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_model", load_model)
+    config = worker.WorkerConfig(
+        name="tiny",
+        model_path=str(tiny_model_dir),
+        device="cpu",
+        cache_dir=tmp_path,
+        engine=EngineConfig(max_batch=1),
+    )
+    backend = worker.load_backend(config)
+    try:
+        assert isinstance(backend, Engine)
+        assert loaded_on and loaded_on[0] is not threading.current_thread()
+        assert not loaded_on[0].is_alive()
+        assert backend.generate(GenerationRequest(turns=HELLO, params=greedy(4))).completion_tokens > 0
+    finally:
+        backend.close()
+
+
 def test_weight_bytes_count_the_checkpoint_in_the_storage_dtype(saved_in: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(saved_in)
     # The tied output layer is stored once in the file.

@@ -6,11 +6,10 @@ many rows takes (`threads`); tests/test_engine_threads.py drives it with
 synthetic times.
 
 Why measured, not fixed: on a 2-core machine a decode step of the default
-model with 4-bit weights takes 12.5 ms on two threads and 19 ms on one when
+model with 4-bit weights takes 9.3 ms on two threads and 14.7 ms on one when
 nothing else runs, while with the web process, its job threads or anything
-else busy on the other core two threads stall at their barriers and one
-thread is the faster (measured: 37.8 against 33.7 tok/s at one reply, 109
-against 98 tok/s at eight). Which holds changes as the machine's load does,
+else busy on the other core two threads can stall at their barriers and one
+thread is then the faster. Which holds changes as the machine's load does,
 so each candidate's pass time is kept as a moving average by row count and
 the faster one runs; every `probe_every` passes of a row count the other
 candidates run `probe_passes` passes so their figures stay current.
@@ -18,7 +17,44 @@ candidates run `probe_passes` passes so their figures stay current.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def on_a_thread_of_its_own(work: Callable[[], T], name: str = "model-loading") -> T:
+    """`work()` run on a new thread that ends when it returns: its result, or its exception.
+
+    Load a model and build its engine this way, so that the engine thread's
+    OpenMP team is the only one in the process. torch's OpenMP (libgomp)
+    gives each thread that runs a parallel op a team of worker threads of its
+    own, which lives as long as that thread, and once the process has more
+    such workers than cores, every team's workers stop spinning between ops
+    and sleep instead (libgomp's "throttled" spin count). A decode pass is
+    hundreds of small parallel ops, so each then waits for a wake-up: the
+    default model's decode step on two threads took 22.9 ms on the engine
+    thread when the loading thread's team was alive, against 9.3 ms without
+    it (and 14.7 ms on one thread), 2 cores. A thread that has ended takes its
+    team with it.
+    """
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as exc:  # raised again on the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 @dataclass
