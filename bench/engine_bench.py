@@ -320,7 +320,7 @@ def gaps_while_a_long_prompt_arrives(
     """
     saved = engine.config
     # Text (so a time stamp) for every token.
-    engine.config = replace(saved, gap_ratio=gap_ratio, stream_interval_s=0.0)
+    engine.config = replace(saved, gap_ratio=gap_ratio, stream_interval_s=0.0, stream_pieces_per_s=0)
     engine.scheduler.config = engine.config
     params = GenerationParams(max_new_tokens=reply_tokens, temperature=0, repetition_penalty=1.0)
     stamps: list[list[float]] = [[] for _ in range(replies)]

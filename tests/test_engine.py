@@ -75,6 +75,7 @@ def make_engine(tiny_loaded: LoadedModel) -> Iterator[Callable[..., Engine]]:
         # Text for every token, unless a test asks otherwise: several tests
         # pace themselves on the pieces a reply streams.
         options.setdefault("stream_interval_s", 0.0)
+        options.setdefault("stream_pieces_per_s", 0)
         engine = Engine(tiny_loaded, EngineConfig(**options))
         # Never stop at a turn boundary: every reply runs to max_new_tokens, so
         # the batch really holds requests of the lengths each test chooses.

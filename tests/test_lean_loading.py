@@ -113,7 +113,7 @@ def test_the_engine_keeps_each_weight_once_and_both_paths_answer_as_rounded_fp32
     before = fallback.generate(GenerationRequest(turns=HELLO, params=greedy(30)))
     assert before.completion_tokens == 30
     assert loaded.tokenizer.decode(expected, skip_special_tokens=True).strip() == before.text
-    engine = Engine(loaded, EngineConfig(stream_interval_s=0.0))
+    engine = Engine(loaded, EngineConfig(stream_interval_s=0.0, stream_pieces_per_s=0))
     engine.stop_token_ids = []
     try:
         assert engine.weights == "fp16"

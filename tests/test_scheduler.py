@@ -300,3 +300,14 @@ def test_one_slow_pass_does_not_shrink_the_budget_for_good() -> None:
     (alone,) = simulate([Arrival(at=0.0, prompt_tokens=3000, new_tokens=2)]).outcomes
     first_pass = run.passes[0][0]
     assert run.outcomes[0].first_token <= first_pass + 1.5 * alone.first_token
+
+
+def test_with_many_replies_streaming_each_hands_out_its_text_less_often() -> None:
+    """The engine's pieces of text a second stay near stream_pieces_per_s in total,
+    so relaying them takes less of the machine; one reply still streams smoothly."""
+    config = EngineConfig(stream_interval_s=0.05, stream_pieces_per_s=40.0)
+    assert config.stream_interval(1) == 0.05
+    assert config.stream_interval(2) == 0.05
+    assert config.stream_interval(8) == 8 / 40.0
+    assert [round(n / config.stream_interval(n)) for n in (4, 8, 16)] == [40, 40, 40]
+    assert EngineConfig(stream_interval_s=0.05, stream_pieces_per_s=0).stream_interval(8) == 0.05

@@ -59,7 +59,7 @@ def loaded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Lo
 @pytest.fixture(scope="module")
 def engine(loaded: LoadedModel) -> Iterator[Engine]:
     # Its turn-boundary tokens stay: a constrained reply ends on one once its document is complete.
-    engine = Engine(loaded, EngineConfig(max_batch=4, stream_interval_s=0.0))
+    engine = Engine(loaded, EngineConfig(max_batch=4, stream_interval_s=0.0, stream_pieces_per_s=0))
     yield engine
     engine.close()
 

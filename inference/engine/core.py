@@ -460,7 +460,8 @@ class Engine:
     def _emit(self, job: _Job, upto: int, *, now: bool = False) -> None:
         if upto > job.emitted:
             moment = time.monotonic()
-            if not now and job.emitted and moment - job.emitted_at < self.config.stream_interval_s:
+            interval = self.config.stream_interval(len(self.scheduler.running))
+            if not now and job.emitted and moment - job.emitted_at < interval:
                 return  # handed out with a later piece, or at the end
             job.events.put(("text", job.text.text[job.emitted : upto]))
             job.emitted = upto
