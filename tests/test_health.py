@@ -310,7 +310,9 @@ def test_the_engines_metrics_reach_the_web_labelled_by_worker(
     settings.REDIS_URL = own_redis
     metrics = WorkerMetrics()
     engine = Engine(
-        tiny_loaded, EngineConfig(max_batch=2, stream_interval_s=0.0, stream_pieces_per_s=0, prefix_block_tokens=4), metrics=metrics
+        tiny_loaded,
+        EngineConfig(max_batch=2, stream_interval_s=0.0, stream_pieces_per_s=0, prefix_block_tokens=4),
+        metrics=metrics,
     )
     engine.stop_token_ids = []  # every reply runs to its max_new_tokens
     try:
