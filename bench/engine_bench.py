@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sanjai_site.settings")
@@ -44,8 +45,9 @@ from django.conf import settings  # noqa: E402
 
 from bench import plots  # noqa: E402
 from inference.engine.config import EngineConfig  # noqa: E402
-from inference.engine.core import Engine  # noqa: E402
+from inference.engine.core import Engine, available_cores  # noqa: E402
 from inference.engine.prefix_cache import PrefixCache  # noqa: E402
+from inference.engine.threads import on_a_thread_of_its_own  # noqa: E402
 from inference.loading import LoadedModel, load_model  # noqa: E402
 from inference.params import GenerationParams  # noqa: E402
 from inference.prompt import build_prompt  # noqa: E402
@@ -136,15 +138,13 @@ def raw_generate_decode_rate(loaded: LoadedModel, tokens: int) -> float:
     uses on a 2-core machine), so that the engine is never compared with a
     baseline slowed by a thread count the engine does not use.
     """
-    default = torch.get_num_threads()
-    rates = []
-    for threads in sorted({default, 1}):
+
+    def on(threads: int) -> float:
         torch.set_num_threads(threads)
-        try:
-            rates.append(_raw_rate(loaded, tokens))
-        finally:
-            torch.set_num_threads(default)
-    return max(rates)
+        return _raw_rate(loaded, tokens)
+
+    # Each on a thread of its own, whose OpenMP team ends with it (see main()).
+    return max(on_a_thread_of_its_own(partial(on, threads)) for threads in sorted({available_cores(), 1}))
 
 
 def _raw_rate(loaded: LoadedModel, tokens: int) -> float:
@@ -549,15 +549,21 @@ def main() -> int:
     )
     args = parser.parse_args()
     tokens = args.tokens
+    # This thread stays on one torch thread, so that it never holds an OpenMP
+    # team beside the engines' (inference.engine.threads.on_a_thread_of_its_own):
+    # what runs on every core here runs on a thread of its own.
+    torch.set_num_threads(1)
     if args.rss_probe:
         print(json.dumps(rss_probe(args.rss_idle_s)))
         return 0
     if args.only_long_prompt:
         return long_prompt_rows(args)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; cache {settings.MODEL_CACHE_DIR}")
+    print(f"torch {torch.__version__}, {available_cores()} cores; cache {settings.MODEL_CACHE_DIR}")
     loaded = load_model("", device="cpu", cache_dir=settings.MODEL_CACHE_DIR)
-    read_bw, copy_bw = memory_bandwidth()
+    read_bw, copy_bw = on_a_thread_of_its_own(
+        lambda: (torch.set_num_threads(available_cores()), memory_bandwidth())[1]
+    )
     weights = weight_bytes(loaded.model)
     bound = read_bw / weights
     print(
@@ -577,7 +583,7 @@ def main() -> int:
     )
     print(
         f"  engine: {engine.weights} weights, {engine.threads} torch thread(s); "
-        f"raw generate(): best of 1 and {torch.get_num_threads()} threads"
+        f"raw generate(): best of 1 and {available_cores()} threads"
     )
     agree = greedy_agreement(engine, plain, tokens)
     record(f"{engine.weights} engine: greedy tokens equal to the fp32 engine's", agree, "%", kind="")

@@ -174,6 +174,7 @@ def measure(
     from bench.engine_bench import engine_run, memory_bandwidth, rss_bytes, summarise
     from inference.engine.config import EngineConfig
     from inference.engine.core import Engine, available_cores
+    from inference.engine.threads import on_a_thread_of_its_own
     from inference.loading import load_model, load_options, pick_device
     from inference.sizing import default_source, gguf_parameters, weight_bytes
 
@@ -189,10 +190,15 @@ def measure(
     # The default model's GGUF converts once into the workers' own cache (make run's, the tests').
     cache_dir = MODELS_DIR / "cache" if folder else Path(settings.MODEL_CACHE_DIR)
     half_weights, dtype = load_options(weights)  # as the worker loads for these engine weights
-    loaded = load_model(
-        str(folder or ""), device=device, cache_dir=cache_dir, half_weights=half_weights, dtype=dtype
-    )
-    engine = Engine(loaded, EngineConfig(max_batch=max(batches), max_per_owner=0, weights=weights))
+
+    def build() -> Engine:
+        loaded = load_model(
+            str(folder or ""), device=device, cache_dir=cache_dir, half_weights=half_weights, dtype=dtype
+        )
+        return Engine(loaded, EngineConfig(max_batch=max(batches), max_per_owner=0, weights=weights))
+
+    # As the worker builds it: no OpenMP team is left beside the engine's (inference.engine.threads).
+    engine = on_a_thread_of_its_own(build)
     load_s = time.monotonic() - started
     streamed = sum(projection.weight_bytes() for projection in engine.decoder.projections())
     engine.stop_token_ids = []  # every request runs to `tokens`
@@ -222,7 +228,7 @@ def measure(
         results["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(target)
         results["gpu"] = torch.cuda.get_device_name(target)
     # Last: the probe's own buffers (1 GiB) would otherwise count in the peak.
-    del engine, loaded
+    del engine
     read_bw, _ = memory_bandwidth(target)
     results["read_bandwidth"] = read_bw
     results["bound"] = read_bw / streamed

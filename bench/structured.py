@@ -38,6 +38,7 @@ from bench.engine_bench import ROWS, print_checks, record
 from bench.schemas import TASKS, TOOL_QUESTIONS, TOOLS
 from inference.engine.config import EngineConfig
 from inference.engine.core import Engine
+from inference.engine.threads import on_a_thread_of_its_own
 from inference.grammar import schema_text
 from inference.loading import load_model
 from inference.params import GenerationParams
@@ -143,8 +144,13 @@ def main() -> int:
     args = parser.parse_args()
     from django.conf import settings
 
-    loaded = load_model("", device="cpu", cache_dir=settings.MODEL_CACHE_DIR)
-    engine = Engine(loaded, EngineConfig(max_batch=8, max_per_owner=0))
+    # As the worker builds it: no OpenMP team is left beside the engine's (inference.engine.threads).
+    engine = on_a_thread_of_its_own(
+        lambda: Engine(
+            load_model("", device="cpu", cache_dir=settings.MODEL_CACHE_DIR),
+            EngineConfig(max_batch=8, max_per_owner=0),
+        )
+    )
 
     free = answer_all(engine, constrained=False)
     bound = answer_all(engine, constrained=True)

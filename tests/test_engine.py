@@ -168,6 +168,8 @@ def test_requests_arriving_together_are_prefilled_together_and_answer_as_alone(
         results[index] = engine.generate(request)
 
     threads = [threading.Thread(target=run, args=(index,)) for index in range(4)]
+    engine.IDLE_THREAD_S = 60.0
+    engine.generate(GenerationRequest(turns=HELLO, params=greedy(1)))  # its thread now waits for work
     wake = engine._wake
     wake.notify = lambda n=1: None  # type: ignore[method-assign]  # the engine sleeps until all four wait
     for thread in threads:
@@ -564,3 +566,23 @@ def test_one_long_row_does_not_grow_the_kv_memory_of_the_others(make_engine: Cal
     # Finished rows hold nothing.
     assert engine.kv_row_bytes() == {}
     assert engine.metrics.kv_batch_bytes._value.get() == 0
+
+
+def test_an_idle_engine_ends_its_thread_and_the_next_request_starts_one(
+    make_engine: Callable[..., Engine], tiny_loaded: LoadedModel
+) -> None:
+    """An idle engine holds no thread (nor its OpenMP team, which would slow other
+    engines' passes in the process); it answers the next request as before."""
+    engine = make_engine()
+    engine.IDLE_THREAD_S = 0.05
+    expected = reference_text(tiny_loaded, HELLO, 6)
+
+    def engine_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "generation-engine" and t is engine._thread]
+
+    assert engine.generate(GenerationRequest(turns=HELLO, params=greedy(6))).text == expected
+    deadline = time.monotonic() + 10
+    while engine._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine._thread is None and not engine_threads()
+    assert engine.generate(GenerationRequest(turns=HELLO, params=greedy(6))).text == expected

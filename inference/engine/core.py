@@ -165,8 +165,8 @@ class Engine:
         self._incoming: list[_Job] = []  # submitted, not yet handed to the scheduler
         self._wake = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
-        self._thread.start()
+        # Started by the first request, ended after IDLE_THREAD_S with nothing to do.
+        self._thread: threading.Thread | None = None
         logger.info(
             "engine: batch up to %d, %d per owner, prefix cache %d MB in blocks of %d tokens, %s weights, "
             "%d torch threads (%d in prefill), passes beside replies within %.1fx their own time",
@@ -254,6 +254,9 @@ class Engine:
             if self._closing:
                 raise RuntimeError("the engine is closed")
             self._incoming.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="generation-engine", daemon=True)
+                self._thread.start()
             self._wake.notify()
         should_stop = request.should_stop
         while True:
@@ -290,7 +293,9 @@ class Engine:
         with self._wake:
             self._closing = True
             self._wake.notify()
-        self._thread.join(timeout=30)
+            thread = self._thread
+        if thread is not None:  # it fails what it still holds, then ends
+            thread.join(timeout=30)
 
     def kv_row_bytes(self) -> dict[int, int]:
         """Allocated KV bytes of each admitted request's row, by the request's slot."""
@@ -298,15 +303,26 @@ class Engine:
 
     # --- The engine thread ----------------------------------------------------------
 
+    # An engine with nothing to do for this long ends its thread, and with it the
+    # thread's OpenMP team (see threads.on_a_thread_of_its_own): an idle engine
+    # must not slow another one's passes in the same process (a benchmark's, a
+    # test's). The next request starts a new thread.
+    IDLE_THREAD_S = 2.0
+
     def _run(self) -> None:
-        # Intra-op threads are per calling thread (OpenMP, MKL): this sets the
-        # engine thread's own, not the process's.
+        # Intra-op threads are per calling thread (OpenMP, MKL): this sets this
+        # thread's own, not the process's.
+        self._threads_now = 0
         self._use_threads(self.threads)
         with torch.inference_mode():
             while True:
                 with self._wake:
                     while not self._closing and not self.scheduler.has_work() and not self._incoming:
-                        self._wake.wait()
+                        if not self._wake.wait(timeout=self.IDLE_THREAD_S) and not (
+                            self.scheduler.has_work() or self._incoming
+                        ):
+                            self._thread = None  # the next request starts another
+                            return
                     if self._closing:
                         break
                     incoming, self._incoming = self._incoming, []
