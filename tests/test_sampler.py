@@ -1,0 +1,70 @@
+"""The sampler's nucleus (top-p) draw against transformers' own TopPLogitsWarper."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from transformers.generation.logits_process import TopPLogitsWarper
+
+from inference.engine.sampler import NUCLEUS_FIRST_K, Sampler, SamplingRow, nucleus_choice
+from inference.params import GenerationParams
+
+
+def warper_kept(logits: torch.Tensor, top_p: float) -> set[int]:
+    """The tokens transformers keeps for sampling at `top_p`."""
+    warped = TopPLogitsWarper(top_p)(torch.zeros(1, 1, dtype=torch.long), logits[None].clone())[0]
+    return set(torch.nonzero(warped > float("-inf")).flatten().tolist())
+
+
+def distributions() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    peaked = torch.randn(5000, generator=generator)
+    peaked[:6] += torch.tensor([9.0, 8.5, 8.0, 7.0, 6.0, 5.0])
+    return {
+        "peaked": peaked,  # a few likely tokens, as a model mostly gives
+        "flat": torch.randn(5000, generator=generator) * 0.01,  # a nucleus far over NUCLEUS_FIRST_K
+        "one": torch.cat((torch.tensor([30.0]), torch.zeros(4999))),  # one token holds it all
+    }
+
+
+@pytest.mark.parametrize("name", ["peaked", "flat", "one"])
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
+def test_draws_come_from_the_same_tokens_transformers_keeps(name: str, top_p: float) -> None:
+    logits = distributions()[name]
+    kept = warper_kept(logits, top_p)
+    generator = torch.Generator().manual_seed(1)
+    probs = logits.softmax(-1)
+    draws = {nucleus_choice(probs, top_p, generator) for _ in range(300)}
+    assert draws <= kept
+    if len(kept) <= 8:  # every one of a few kept tokens comes up in 300 draws
+        assert draws == kept
+    if name == "flat":
+        assert len(kept) > NUCLEUS_FIRST_K  # the case that grows k
+        assert len(draws) > NUCLEUS_FIRST_K
+
+
+def test_draws_follow_the_nucleus_probabilities() -> None:
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.04, 0.01] + [0.0] * 995) + 1e-12)
+    probs = logits.softmax(-1)
+    generator = torch.Generator().manual_seed(2)
+    counts = Counter(nucleus_choice(probs, 0.9, generator) for _ in range(6000))
+    # The nucleus at 0.9 is the first three tokens (0.5 + 0.3 < 0.9), renormalised over 0.95.
+    assert set(counts) == {0, 1, 2}
+    for token, p in ((0, 0.5), (1, 0.3), (2, 0.15)):
+        assert abs(counts[token] / 6000 - p / 0.95) < 0.03
+
+
+def test_a_seeded_row_draws_the_same_reply_twice() -> None:
+    logits = distributions()["peaked"].repeat(2, 1)
+    params = GenerationParams(temperature=0.7, top_p=0.9, repetition_penalty=1.0, seed=5)
+
+    def draws() -> list[int]:
+        sampler = Sampler(rows=2, vocab=logits.shape[1], device=torch.device("cpu"))
+        rows = [SamplingRow(slot, params, torch.Generator().manual_seed(5)) for slot in range(2)]
+        return [token for _ in range(20) for token in sampler.sample(logits.clone(), rows)]
+
+    first = draws()
+    assert first == draws()
+    assert len(set(first)) > 1  # sampled, not greedy
