@@ -8,8 +8,9 @@ Q4_1 unless --model names another: llama-server with `-t 2 -tb 2 --parallel 8`,
 SanjAI as `make run` starts it (sanjai_site.launcher: embedded Redis, a
 Celery worker and uvicorn), with eight users and their API keys. Both are
 measured through their OpenAI-compatible APIs with the official `openai`
-client, streaming, at temperature 0 and no repetition penalty, with prompts
-that differ from round to round (so no prompt cache answers one). The rounds
+client, streaming, at temperature 0 and no repetition penalty (one row again
+sampled, at the chat's default temperature and top-p), with prompts that
+differ from round to round (so no prompt cache answers one). The rounds
 alternate between the two servers, so the machine's drift hits both alike,
 and each row is the median of its rounds.
 
@@ -53,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.plots import RESULTS, provenance  # noqa: E402
+from inference.params import DEFAULT_TEMPERATURE, DEFAULT_TOP_P  # noqa: E402
 
 PEERS = ROOT / "var" / "peers"
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -412,9 +414,19 @@ class Sample:
         return (self.completion_tokens - 1) / span if span > 0 and self.completion_tokens > 1 else 0.0
 
 
-def stream(target: Target, user: int, content: str, max_tokens: int) -> Sample:
-    """One streamed chat completion; times from the client's side."""
+def stream(target: Target, user: int, content: str, max_tokens: int, *, sampled: bool = False) -> Sample:
+    """One streamed chat completion; times from the client's side.
+
+    `sampled`: at the chat's default temperature and top-p rather than
+    greedy, everything else at each server's own defaults (SanjAI's
+    repetition penalty; llama-server's top-k 40 and min-p 0.05), as a person
+    chatting gets them."""
     client = target.client(user)
+    sampling: dict[str, Any] = (
+        {"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P}
+        if sampled
+        else {"temperature": 0, "extra_body": target.extra_body or None}
+    )
     sent = time.time()
     first = last = 0.0
     usage = None
@@ -422,10 +434,9 @@ def stream(target: Target, user: int, content: str, max_tokens: int) -> Sample:
         model=target.model,
         messages=[{"role": "user", "content": content}],
         max_tokens=max_tokens,
-        temperature=0,
         stream=True,
         stream_options={"include_usage": True},
-        extra_body=target.extra_body or None,
+        **sampling,
     ) as response:
         message_id = response.headers.get("X-SanjAI-Message-Id")
         pieces = 0
@@ -566,6 +577,7 @@ def wait_for_quiet(limit_s: float, below: float) -> float:
 @dataclass
 class Round:
     decode: Sample
+    sampled: Sample
     ttft: list[Sample]
     burst: list[Sample]
     long: Sample
@@ -583,6 +595,7 @@ def warm_up(target: Target) -> None:
 def measure_round(target: Target, number: int) -> Round:
     base = number * 100  # every round's prompts are new to both servers' prompt caches
     decode = stream(target, 0, story(number), DECODE_TOKENS)
+    sampled = stream(target, 0, story(number + 50), DECODE_TOKENS, sampled=True)
     ttft = [stream(target, 0, question(base + i), SHORT_TOKENS) for i in range(TTFT_SAMPLES)]
     burst = together(target, [(user, story(base + 20 + user), BURST_TOKENS, 0.0) for user in range(USERS)])
     long, behind_long = together(
@@ -590,7 +603,7 @@ def measure_round(target: Target, number: int) -> Round:
         [(0, long_prompt(number), SHORT_TOKENS, 0.0), (1, question(base + 10), SHORT_TOKENS, LONG_DELAY_S)],
     )
     alone = stream(target, 1, question(base + 11), SHORT_TOKENS)
-    return Round(decode, ttft, burst, long, behind_long, alone)
+    return Round(decode, sampled, ttft, burst, long, behind_long, alone)
 
 
 def burst_aggregate(burst: list[Sample]) -> float:
@@ -614,6 +627,12 @@ class Row:
 ROWS = [
     Row(
         "decode_1", "one stream: decode tok/s after the first token", "tok/s", lambda r: r.decode.decode_tok_s
+    ),
+    Row(
+        "decode_1_sampled",
+        f"one stream, sampled (temperature {DEFAULT_TEMPERATURE:g}, top-p {DEFAULT_TOP_P:g}): decode tok/s",
+        "tok/s",
+        lambda r: r.sampled.decode_tok_s,
     ),
     Row(
         "ttft_1",
