@@ -68,3 +68,59 @@ def test_a_seeded_row_draws_the_same_reply_twice() -> None:
     first = draws()
     assert first == draws()
     assert len(set(first)) > 1  # sampled, not greedy
+
+
+def test_the_repetition_penalty_is_transformers_own() -> None:
+    """Greedy choices after the penalty equal those after transformers'
+    RepetitionPenaltyLogitsProcessor, over each row's prompt and reply tokens."""
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    generator = torch.Generator().manual_seed(3)
+    vocab, penalty = 3000, 1.6
+    sampler = Sampler(rows=4, vocab=vocab, device=torch.device("cpu"))
+    params = GenerationParams(temperature=0, repetition_penalty=penalty)
+    changed = 0
+    for trial in range(40):
+        # Rows 1 and 3 wholly negative: the penalty multiplies those logits instead.
+        logits = (
+            torch.randn(4, vocab, generator=generator) * 3 - torch.tensor([0.0, 30.0, 0.0, 30.0])[:, None]
+        )
+        histories = []
+        for slot in range(4):
+            # The likeliest tokens are among those seen, so the penalty often decides.
+            prompt = (
+                logits[slot].topk(4).indices.tolist()
+                + torch.randint(vocab, (300,), generator=generator).tolist()
+            )
+            reply = torch.randint(vocab, (trial * 8,), generator=generator).tolist()  # grows past 256 ids
+            sampler.start(slot, prompt)
+            for token in reply:
+                sampler.saw(slot, token)
+            histories.append(prompt + reply)
+        expected = [
+            int(
+                RepetitionPenaltyLogitsProcessor(penalty)(
+                    torch.tensor([ids]), logits[slot : slot + 1].clone()
+                ).argmax()
+            )
+            for slot, ids in enumerate(histories)
+        ]
+        rows = [SamplingRow(slot, params) for slot in range(4)]
+        assert sampler.sample(logits.clone(), rows) == expected
+        changed += sum(e != int(logits[slot].argmax()) for slot, e in enumerate(expected))
+    assert changed > 20  # the penalty changed many choices, so the comparison meant something
+
+
+def test_greedy_and_sampled_rows_share_a_pass() -> None:
+    logits = torch.randn(3, 2000, generator=torch.Generator().manual_seed(4))
+    sampler = Sampler(rows=3, vocab=2000, device=torch.device("cpu"))
+    greedy = GenerationParams(temperature=0, repetition_penalty=1.0)
+    sampled = GenerationParams(temperature=1.0, top_p=0.5, repetition_penalty=1.0)
+    rows = [
+        SamplingRow(0, greedy),
+        SamplingRow(1, sampled, torch.Generator().manual_seed(1)),
+        SamplingRow(2, greedy),
+    ]
+    chosen = sampler.sample(logits.clone(), rows)
+    assert chosen[0] == int(logits[0].argmax()) and chosen[2] == int(logits[2].argmax())
+    assert chosen[1] in warper_kept(logits[1], 0.5)
