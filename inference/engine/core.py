@@ -297,6 +297,18 @@ class Engine:
         if thread is not None:  # it fails what it still holds, then ends
             thread.join(timeout=30)
 
+    def settle(self, timeout_s: float = 30.0) -> bool:
+        """Wait until the engine, idle, has ended its thread and with it the
+        thread's OpenMP team (see IDLE_THREAD_S); True once it has. For a
+        process that measures several engines in turn: two live teams slow
+        each other's passes (threads.on_a_thread_of_its_own)."""
+        with self._wake:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=timeout_s)
+            return not thread.is_alive()
+        return True
+
     def kv_row_bytes(self) -> dict[int, int]:
         """Allocated KV bytes of each admitted request's row, by the request's slot."""
         return {job.slot: job.kv.nbytes for job in list(self._jobs.values()) if job.kv is not None}
