@@ -124,3 +124,18 @@ def test_greedy_and_sampled_rows_share_a_pass() -> None:
     chosen = sampler.sample(logits.clone(), rows)
     assert chosen[0] == int(logits[0].argmax()) and chosen[2] == int(logits[2].argmax())
     assert chosen[1] in warper_kept(logits[1], 0.5)
+
+
+def test_token_ids_past_the_logits_touch_no_other_row() -> None:
+    """A tokenizer's added token past the output layer's rows has no logit: it is
+    not penalised, and the next row's logits stay as they were."""
+    vocab = 100
+    sampler = Sampler(rows=2, vocab=vocab, device=torch.device("cpu"))
+    sampler.start(0, [vocab + 7, 3])
+    sampler.saw(0, vocab + 1)
+    sampler.start(1, [])
+    logits = torch.zeros(2, vocab)
+    logits[1, 7] = logits[1, 1] = 5.0  # what row 0's stray ids would hit, one row on
+    params = GenerationParams(temperature=0, repetition_penalty=100.0)
+    assert sampler.sample(logits, [SamplingRow(0, params), SamplingRow(1, params)]) == [0, 1]
+    assert logits[1, 7] == 5.0 and logits[1, 1] == 5.0

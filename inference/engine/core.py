@@ -157,7 +157,7 @@ class Engine:
         self.scheduler = Scheduler(config)
         self.kv = KVRows(self.decoder)
         self.prefix_cache = PrefixCache(config.prefix_block_tokens, config.prefix_cache_mb * 1024 * 1024)
-        self.sampler = Sampler(config.max_batch, self.decoder.embed.weight.shape[0], self.device)
+        self.sampler = Sampler(config.max_batch, self.decoder.lm_head.out_features, self.device)
         self._free_slots = list(range(config.max_batch - 1, -1, -1))
         self._grammar_tokenizer: GrammarTokenizer | None = None  # built for the first JSON reply
         self._grammar_lock = threading.Lock()

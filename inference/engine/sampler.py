@@ -52,6 +52,8 @@ class Sampler:
     """
 
     def __init__(self, rows: int, vocab: int, device: torch.device) -> None:
+        """`vocab`: the width of a logits row; a token id past it (a tokenizer's
+        added token the output layer has no row for) has no logit to penalise."""
         self.device = device
         self.vocab = vocab
         # The distinct tokens each slot's request has seen (prompt and reply),
@@ -63,14 +65,14 @@ class Sampler:
 
     def start(self, slot: int, prompt_ids: Sequence[int]) -> None:
         """A slot's request begins to decode, having seen its prompt."""
-        seen = set(prompt_ids)
+        seen = {token for token in prompt_ids if 0 <= token < self.vocab}
         ids = torch.empty(max(2 * len(seen), 256), dtype=torch.long, device=self.device)
         ids[: len(seen)] = torch.tensor(sorted(seen), dtype=torch.long)
         self._seen[slot], self._ids[slot], self._counts[slot] = seen, ids, len(seen)
 
     def saw(self, slot: int, token: int) -> None:
         seen = self._seen[slot]
-        if token in seen:
+        if token in seen or not 0 <= token < self.vocab:
             return
         seen.add(token)
         count, ids = self._counts[slot], self._ids[slot]
@@ -118,6 +120,7 @@ class Sampler:
         if not penalised:
             return
         width = logits.shape[-1]
+        assert width == self.vocab, f"logits {width} wide for a sampler of {self.vocab} tokens"
         positions = torch.cat(
             [self._ids[row.slot][: self._counts[row.slot]] + index * width for index, row in penalised]
         )
